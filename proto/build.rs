@@ -1,0 +1,10 @@
+// Compiles camp/v1/*.proto with protox (pure Rust), so no system protoc is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/camp/v1/jobs.proto", "proto/camp/v1/worker.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
