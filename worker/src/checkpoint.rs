@@ -1,0 +1,231 @@
+//! Checkpoints as safetensors files: every VarStore tensor under its path
+//! (weights and BN running statistics), the optimiser's momentum buffers under
+//! `optim.momentum.<parameter>`, and in `__metadata__` everything else an exact
+//! resume needs (position in the run, best result so far, the spec, and the
+//! running totals of a partly done epoch).
+
+use std::collections::{BTreeMap, HashMap};
+
+use camp_proto::spec::JobSpec;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::model::{ComputeOptions, PreActResNet};
+use crate::optim::Sgd;
+
+pub const FORMAT: &str = "camp-checkpoint";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MOMENTUM_PREFIX: &str = "optim.momentum.";
+
+/// Training totals of the epoch in progress, for exact epoch metrics after a resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct EpochTotals {
+    /// Sum over the epoch's images of the per-image loss.
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub seen: i64,
+}
+
+/// Where a run stands, as stored in a checkpoint's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointMeta {
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Optimiser steps taken since the start of the run.
+    pub step: i64,
+    /// Steps already taken in epoch `epoch + 1`; 0 at an epoch boundary.
+    pub step_in_epoch: i64,
+    /// Best test top-1 so far (NaN before the first evaluation) and its epoch (0 = none).
+    pub best_top1: f64,
+    pub best_epoch: u32,
+    pub seed: u64,
+    pub spec: JobSpec,
+    /// Totals of epoch `epoch + 1` so far (zero at an epoch boundary).
+    pub partial_epoch: EpochTotals,
+}
+
+impl CheckpointMeta {
+    fn to_map(&self) -> Result<BTreeMap<String, String>> {
+        let spec = serde_json::to_string(&self.spec).map_err(|e| EngineError::Checkpoint(format!("spec to JSON: {e}")))?;
+        // f64 Display prints the shortest text that parses back to the same bits.
+        Ok([
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("epoch", self.epoch.to_string()),
+            ("step", self.step.to_string()),
+            ("step_in_epoch", self.step_in_epoch.to_string()),
+            ("best_top1", self.best_top1.to_string()),
+            ("best_epoch", self.best_epoch.to_string()),
+            ("seed", self.seed.to_string()),
+            ("spec", spec),
+            ("train_loss_sum", self.partial_epoch.loss_sum.to_string()),
+            ("train_correct", self.partial_epoch.correct.to_string()),
+            ("train_seen", self.partial_epoch.seen.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
+    }
+
+    fn from_map(map: &HashMap<String, String>) -> Result<Self> {
+        fn field<T: std::str::FromStr>(map: &HashMap<String, String>, key: &str) -> Result<T> {
+            let text = map.get(key).ok_or_else(|| EngineError::Checkpoint(format!("metadata lacks '{key}'")))?;
+            text.parse().map_err(|_| EngineError::Checkpoint(format!("metadata '{key}' = '{text}' does not parse")))
+        }
+        let format: String = field(map, "format")?;
+        let version: u32 = field(map, "format_version")?;
+        if format != FORMAT || version != FORMAT_VERSION {
+            return Err(EngineError::Checkpoint(format!(
+                "format {format} version {version}, this worker reads {FORMAT} version {FORMAT_VERSION}"
+            )));
+        }
+        let spec_json: String = field(map, "spec")?;
+        let spec: JobSpec =
+            serde_json::from_str(&spec_json).map_err(|e| EngineError::Checkpoint(format!("metadata 'spec': {e}")))?;
+        Ok(CheckpointMeta {
+            epoch: field(map, "epoch")?,
+            step: field(map, "step")?,
+            step_in_epoch: field(map, "step_in_epoch")?,
+            best_top1: field(map, "best_top1")?,
+            best_epoch: field(map, "best_epoch")?,
+            seed: field(map, "seed")?,
+            spec,
+            partial_epoch: EpochTotals {
+                loss_sum: field(map, "train_loss_sum")?,
+                correct: field(map, "train_correct")?,
+                seen: field(map, "train_seen")?,
+            },
+        })
+    }
+
+    /// The metadata as a JSON object of strings (as stored in the file).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(&self.to_map()?).map_err(|e| EngineError::Checkpoint(e.to_string()))
+    }
+}
+
+/// A checkpoint read back, tensors on the CPU.
+pub struct TrainState {
+    pub meta: CheckpointMeta,
+    /// VarStore tensors by path.
+    pub model: BTreeMap<String, Tensor>,
+    /// Momentum buffers by parameter path.
+    pub momentum: BTreeMap<String, Tensor>,
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Uint8 => Dtype::U8,
+        other => return Err(EngineError::Checkpoint(format!("cannot store tensors of kind {other:?}"))),
+    })
+}
+
+fn kind_of(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::U8 => Kind::Uint8,
+        other => return Err(EngineError::Checkpoint(format!("unsupported dtype {other:?}"))),
+    })
+}
+
+/// A tensor's bytes in row-major order, with its dtype and shape.
+fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+    let cpu = t.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let numel = cpu.numel();
+    let mut bytes = vec![0u8; numel * cpu.f_kind()?.elt_size_in_bytes()];
+    cpu.f_copy_data_u8(&mut bytes, numel)?;
+    Ok((dtype_of(cpu.f_kind()?)?, cpu.size().iter().map(|&d| d as usize).collect(), bytes))
+}
+
+/// Serialises the model's variables, the optimiser's momentum and `meta`.
+pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> {
+    let mut entries: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> = Vec::new();
+    for (name, t) in vs.variables() {
+        entries.push((name, tensor_bytes(&t)?));
+    }
+    for (name, buf) in sgd.momentum_buffers() {
+        entries.push((format!("{MOMENTUM_PREFIX}{name}"), tensor_bytes(buf)?));
+    }
+    let views = entries
+        .iter()
+        .map(|(name, (dtype, shape, bytes))| {
+            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+    let metadata: HashMap<String, String> = meta.to_map()?.into_iter().collect();
+    safetensors::serialize(views, Some(metadata)).map_err(|e| EngineError::Checkpoint(e.to_string()))
+}
+
+/// Reads only the metadata of a checkpoint.
+pub fn read_meta(bytes: &[u8]) -> Result<CheckpointMeta> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+    let map = metadata.metadata().clone().ok_or_else(|| EngineError::Checkpoint("no __metadata__".into()))?;
+    CheckpointMeta::from_map(&map)
+}
+
+/// Reads a whole checkpoint; tensors land on the CPU.
+pub fn load(bytes: &[u8]) -> Result<TrainState> {
+    let meta = read_meta(bytes)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+    let mut model = BTreeMap::new();
+    let mut momentum = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind_of(view.dtype())?)?;
+        match name.strip_prefix(MOMENTUM_PREFIX) {
+            Some(param) => momentum.insert(param.to_string(), t),
+            None => model.insert(name, t),
+        };
+    }
+    Ok(TrainState { meta, model, momentum })
+}
+
+/// Copies `tensors` into the variables of `vs`. Every variable must be
+/// present with its shape, and no tensor may be left over.
+pub fn load_weights(vs: &VarStore, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let variables = vs.variables();
+    if let Some(extra) = tensors.keys().find(|k| !variables.contains_key(*k)) {
+        return Err(EngineError::Checkpoint(format!("tensor '{extra}' matches no variable of the model")));
+    }
+    let _no_grad = tch::no_grad_guard();
+    for (name, mut var) in variables {
+        let saved = tensors.get(&name).ok_or_else(|| EngineError::Checkpoint(format!("missing tensor '{name}'")))?;
+        if saved.size() != var.size() {
+            return Err(EngineError::Checkpoint(format!(
+                "tensor '{name}' has shape {:?}, the model's has {:?}",
+                saved.size(),
+                var.size()
+            )));
+        }
+        var.f_copy_(saved)?;
+    }
+    Ok(())
+}
+
+/// Checks that `bytes` is a checkpoint this worker can resume from: reads it,
+/// builds its spec's model on the CPU and loads every tensor into it.
+pub fn verify(bytes: &[u8]) -> Result<CheckpointMeta> {
+    let state = load(bytes)?;
+    let spec = &state.meta.spec;
+    let info = crate::data::dataset_info(&spec.dataset)
+        .ok_or_else(|| EngineError::Checkpoint(format!("unknown data set '{}'", spec.dataset)))?;
+    let vs = VarStore::new(Device::Cpu);
+    PreActResNet::new(&vs.root(), &spec.arch, info.channels, info.classes, ComputeOptions::default())?;
+    load_weights(&vs, &state.model)?;
+    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay);
+    sgd.set_momentum_buffers(&state.momentum)?;
+    Ok(state.meta)
+}

@@ -1,0 +1,15 @@
+//! camp's training engine: data sets, models, optimiser, checkpoints and the
+//! training stages, plus the local runner and the benchmark.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod local;
+pub mod model;
+pub mod optim;
+mod rng;
+pub mod stage;
+
+pub use error::EngineError;
