@@ -380,3 +380,54 @@ pub fn write_fashion_mnist_like(data_dir: &Path, n_train: usize, n_test: usize, 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batched crop and flip must equal the obvious per-image version.
+    #[test]
+    fn batch_augmentation_equals_per_image_crop_and_flip() {
+        tch::set_num_threads(1);
+        let dir = tempfile::tempdir().unwrap();
+        write_cifar10_like(dir.path(), 20, 4, 3).unwrap();
+        let data = Dataset::load("cifar10", dir.path(), Device::Cpu, 0, 0).unwrap();
+        let plan = data.epoch_plan(7, 2).unwrap();
+        let (start, len) = (5, 9);
+        let (batch, labels) = data.train_batch(&plan, start, len).unwrap();
+        assert_eq!(batch.size(), [len, 3, 32, 32]);
+        for i in 0..len {
+            let source = plan.order.int64_value(&[start + i]);
+            let (row0, col0, flip) = (
+                plan.crops.int64_value(&[0, start + i]),
+                plan.crops.int64_value(&[1, start + i]),
+                plan.crops.int64_value(&[2, start + i]),
+            );
+            let padded = data.train_images.get(source).constant_pad_nd([4, 4, 4, 4]);
+            let mut crop = padded.narrow(1, row0, 32).narrow(2, col0, 32);
+            if flip == 1 {
+                crop = crop.flip([2]);
+            }
+            let expected = normalize(&crop).unwrap();
+            assert!(batch.get(i).equal(&expected), "image {i} (source {source}, crop {row0},{col0}, flip {flip})");
+            assert_eq!(labels.int64_value(&[i]), data.train_labels.int64_value(&[source]));
+        }
+    }
+
+    #[test]
+    fn epoch_plans_depend_on_seed_and_epoch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fashion_mnist_like(dir.path(), 50, 5, 1, true).unwrap();
+        let data = Dataset::load("fashion-mnist", dir.path(), Device::Cpu, 0, 0).unwrap();
+        let a = data.epoch_plan(1, 3).unwrap();
+        let b = data.epoch_plan(1, 3).unwrap();
+        assert!(a.order.equal(&b.order) && a.crops.equal(&b.crops));
+        let other_epoch = data.epoch_plan(1, 4).unwrap();
+        let other_seed = data.epoch_plan(2, 3).unwrap();
+        assert!(!a.order.equal(&other_epoch.order) && !a.order.equal(&other_seed.order));
+        // Offsets lie in 0..=2*pad, flips in {0, 1}; every image appears once.
+        assert!(a.crops.narrow(0, 0, 2).max().int64_value(&[]) <= 4 && a.crops.min().int64_value(&[]) >= 0);
+        assert!(a.crops.get(2).max().int64_value(&[]) <= 1);
+        assert!(a.order.sort(0, false).0.equal(&Tensor::arange(50, (Kind::Int64, Device::Cpu))));
+    }
+}

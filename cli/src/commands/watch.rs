@@ -1,0 +1,482 @@
+//! `camp watch`: follows a job live until it ends.
+//!
+//! For people: a progress line (epoch, step, loss, top-1, images/s, ETA) and one
+//! line per finished epoch. The metric names it reads, as the worker reports them:
+//! per step `loss` and `top1`; per epoch `train_loss`, `train_top1`, `test_loss`,
+//! `test_top1`, `test_top5`, `lr`; `images_per_s` at either level. Other names are
+//! ignored here (they are all in `--json` and `camp metrics`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use camp_proto::v1::{self, job_event::Event, GetJobRequest, WatchJobRequest};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::args::GlobalOpts;
+use crate::client;
+use crate::exit;
+use crate::output::{duration_precise, number};
+use crate::wire;
+
+/// After the job has ended, how long to wait for the rest of the coordinator's events.
+const DRAIN_AFTER_END: Duration = Duration::from_millis(500);
+
+/// Follows the job; the exit code says how it ended (0 succeeded, 1 failed, 7 cancelled).
+pub async fn run(opts: &GlobalOpts, id: i64) -> anyhow::Result<u8> {
+    let mut client = client::connect(opts).await?;
+    let mut events = client.watch_job(WatchJobRequest { id, history: true }).await?.into_inner();
+    let mut display: Box<dyn WatchDisplay> = if opts.json { Box::new(JsonLines { job_id: id }) } else { Box::new(Live::new(id)) };
+    let mut last_job: Option<v1::Job> = None;
+    loop {
+        let ended = last_job.as_ref().is_some_and(|job| wire::is_terminal(job.state));
+        let next = if ended {
+            match tokio::time::timeout(DRAIN_AFTER_END, events.message()).await {
+                Ok(Ok(next)) => next,
+                // Quiet, or the stream broke: the job has ended either way.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        } else {
+            events.message().await?
+        };
+        let Some(message) = next else { break };
+        let Some(event) = message.event else { continue };
+        display.event(&event)?;
+        if let Event::Job(job) = event {
+            last_job = Some(job);
+        }
+    }
+    let job = match last_job.filter(|job| wire::is_terminal(job.state)) {
+        Some(job) => job,
+        None => client.get_job(GetJobRequest { id }).await?.into_inner(),
+    };
+    if !wire::is_terminal(job.state) {
+        bail!("the coordinator ended the watch of job {id} while it is {}", wire::state_name(job.state));
+    }
+    display.finish(&job);
+    Ok(exit_code_for_end(job.state))
+}
+
+/// 0 succeeded, 1 failed, 7 cancelled.
+fn exit_code_for_end(state: i32) -> u8 {
+    match v1::JobState::try_from(state) {
+        Ok(v1::JobState::Succeeded) => exit::SUCCESS,
+        Ok(v1::JobState::Cancelled) => exit::CANCELLED,
+        _ => exit::FAILURE,
+    }
+}
+
+trait WatchDisplay {
+    fn event(&mut self, event: &Event) -> anyhow::Result<()>;
+    fn finish(&mut self, job: &v1::Job);
+}
+
+/// `--json`: one JSON object per event, `{"event": "job"|"metric"|"log", <kind>: {...}}`.
+struct JsonLines {
+    job_id: i64,
+}
+
+fn event_json(job_id: i64, event: &Event) -> serde_json::Value {
+    match event {
+        Event::Job(job) => json!({ "event": "job", "job": wire::job(job) }),
+        Event::Metric(metric) => json!({ "event": "metric", "metric": wire::metric(job_id, metric) }),
+        Event::Log(line) => json!({ "event": "log", "log": wire::log_line(job_id, line) }),
+    }
+}
+
+impl WatchDisplay for JsonLines {
+    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string(&event_json(self.job_id, event))?);
+        Ok(())
+    }
+
+    fn finish(&mut self, _job: &v1::Job) {}
+}
+
+/// The metrics `watch` shows, by the names the worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    StepLoss,
+    StepTop1,
+    TrainLoss,
+    TrainTop1,
+    TestLoss,
+    TestTop1,
+    TestTop5,
+    Lr,
+    ImagesPerSec,
+}
+
+impl Tracked {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "loss" => Tracked::StepLoss,
+            "top1" => Tracked::StepTop1,
+            "train_loss" => Tracked::TrainLoss,
+            "train_top1" => Tracked::TrainTop1,
+            "test_loss" => Tracked::TestLoss,
+            "test_top1" => Tracked::TestTop1,
+            "test_top5" => Tracked::TestTop5,
+            "lr" => Tracked::Lr,
+            "images_per_s" => Tracked::ImagesPerSec,
+            _ => return None,
+        })
+    }
+
+    /// Reported once per epoch, so its `step` is the global step at the epoch's end.
+    fn is_epoch_summary(self) -> bool {
+        !matches!(self, Tracked::StepLoss | Tracked::StepTop1 | Tracked::ImagesPerSec)
+    }
+}
+
+/// One epoch's summary metrics as they arrive.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct EpochSummary {
+    train_loss: Option<f64>,
+    train_top1: Option<f64>,
+    test_loss: Option<f64>,
+    test_top1: Option<f64>,
+    test_top5: Option<f64>,
+    lr: Option<f64>,
+    images_per_s: Option<f64>,
+}
+
+impl EpochSummary {
+    fn set(&mut self, metric: Tracked, value: f64) {
+        let slot = match metric {
+            Tracked::TrainLoss => &mut self.train_loss,
+            Tracked::TrainTop1 => &mut self.train_top1,
+            Tracked::TestLoss => &mut self.test_loss,
+            Tracked::TestTop1 => &mut self.test_top1,
+            Tracked::TestTop5 => &mut self.test_top5,
+            Tracked::Lr => &mut self.lr,
+            Tracked::ImagesPerSec => &mut self.images_per_s,
+            Tracked::StepLoss | Tracked::StepTop1 => return,
+        };
+        *slot = Some(value);
+    }
+
+    fn is_complete(&self) -> bool {
+        [self.train_loss, self.train_top1, self.test_loss, self.test_top1, self.test_top5, self.lr, self.images_per_s]
+            .iter()
+            .all(Option::is_some)
+    }
+
+    /// Worth a line: it has some loss or accuracy, not only images/s.
+    fn has_results(&self) -> bool {
+        [self.train_loss, self.train_top1, self.test_loss, self.test_top1, self.test_top5]
+            .iter()
+            .any(Option::is_some)
+    }
+
+    /// `epoch 3/200  train loss 1.234 top-1 55.10  test loss ... top-5 ...  lr 0.1000  8900 img/s  best 60.20 (epoch 3)`
+    fn line(&self, epoch: u32, epochs: u32, best: Option<Best>) -> String {
+        let part = |label: &str, value: Option<f64>| value.map(|v| format!(" {label} {}", number(v))).unwrap_or_default();
+        let mut line = format!("epoch {epoch}/{epochs}");
+        if self.train_loss.is_some() || self.train_top1.is_some() {
+            line += &format!("  train{}{}", part("loss", self.train_loss), part("top-1", self.train_top1));
+        }
+        if self.test_loss.is_some() || self.test_top1.is_some() || self.test_top5.is_some() {
+            line += &format!(
+                "  test{}{}{}",
+                part("loss", self.test_loss),
+                part("top-1", self.test_top1),
+                part("top-5", self.test_top5)
+            );
+        }
+        if let Some(lr) = self.lr {
+            line += &format!("  lr {}", number(lr));
+        }
+        if let Some(rate) = self.images_per_s {
+            line += &format!("  {rate:.0} img/s");
+        }
+        if let Some(best) = best {
+            line += &format!("  best {} (epoch {})", number(best.top1), best.epoch);
+        }
+        line
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Best {
+    top1: f64,
+    epoch: u32,
+}
+
+/// Training images per epoch of each data set.
+fn train_images(dataset: &str) -> Option<u32> {
+    match dataset {
+        "cifar10" | "cifar100" => Some(50_000),
+        "fashion-mnist" => Some(60_000),
+        _ => None,
+    }
+}
+
+/// Steps per epoch from the spec: the images it trains on over the batch size.
+fn steps_per_epoch_from_spec(spec: &v1::JobSpec) -> Option<f64> {
+    let images = match (spec.train_limit, train_images(&spec.dataset)) {
+        (0, full) => full?,
+        (limit, Some(full)) => limit.min(full),
+        (limit, None) => limit,
+    };
+    (spec.batch_size > 0).then(|| (f64::from(images) / f64::from(spec.batch_size)).ceil())
+}
+
+/// Time left at `images_per_s` to reach `epochs * steps_per_epoch` steps of `batch_size` images.
+fn eta(epochs: u32, steps_per_epoch: f64, batch_size: u32, step: i64, images_per_s: f64) -> Option<Duration> {
+    if images_per_s <= 0.0 || !images_per_s.is_finite() || steps_per_epoch <= 0.0 {
+        return None;
+    }
+    let steps_left = (f64::from(epochs) * steps_per_epoch - step as f64).max(0.0);
+    Some(Duration::from_secs_f64(steps_left * f64::from(batch_size) / images_per_s))
+}
+
+/// For people: a progress line on stderr and epoch lines on stdout.
+struct Live {
+    job_id: i64,
+    bar: ProgressBar,
+    spec: v1::JobSpec,
+    /// The (state, attempt) last announced, to print each change once.
+    announced: Option<(i32, u32)>,
+    epoch: u32,
+    step: i64,
+    loss: Option<f64>,
+    top1: Option<f64>,
+    images_per_s: Option<f64>,
+    /// Global step at the end of an epoch over that epoch: the measured steps per epoch.
+    steps_per_epoch_seen: Option<f64>,
+    pending: BTreeMap<u32, EpochSummary>,
+    best: Option<Best>,
+}
+
+impl Live {
+    fn new(job_id: i64) -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Live {
+            job_id,
+            bar,
+            spec: v1::JobSpec::default(),
+            announced: None,
+            epoch: 0,
+            step: 0,
+            loss: None,
+            top1: None,
+            images_per_s: None,
+            steps_per_epoch_seen: None,
+            pending: BTreeMap::new(),
+            best: None,
+        }
+    }
+
+    /// Prints a line above the progress bar.
+    fn print(&self, line: &str) {
+        self.bar.suspend(|| println!("{line}"));
+    }
+
+    fn on_job(&mut self, job: &v1::Job) {
+        if let Some(spec) = &job.spec {
+            self.spec = spec.clone();
+        }
+        if job.epoch > self.epoch {
+            self.epoch = job.epoch;
+        }
+        let key = (job.state, job.attempt);
+        if !wire::is_terminal(job.state) && self.announced != Some(key) {
+            let line = match v1::JobState::try_from(job.state) {
+                Ok(v1::JobState::Running) => {
+                    format!("job {} running on {} (attempt {}/{})", self.job_id, job.worker, job.attempt, job.max_attempts)
+                }
+                Ok(v1::JobState::Queued) if job.attempt > 0 => {
+                    format!("job {} re-queued after attempt {}/{}: {}", self.job_id, job.attempt, job.max_attempts, job.message)
+                }
+                _ => format!("job {} {}", self.job_id, wire::state_name(job.state)),
+            };
+            self.print(&line);
+            self.announced = Some(key);
+        }
+        self.flush_epochs(|epoch| epoch <= job.epoch);
+    }
+
+    fn on_metric(&mut self, metric: &v1::Metric) {
+        let Some(tracked) = Tracked::from_name(&metric.name) else { return };
+        self.flush_epochs(|epoch| epoch < metric.epoch);
+        self.epoch = metric.epoch;
+        self.step = metric.step;
+        match tracked {
+            Tracked::StepLoss | Tracked::TrainLoss => self.loss = Some(metric.value),
+            Tracked::StepTop1 | Tracked::TrainTop1 => self.top1 = Some(metric.value),
+            Tracked::ImagesPerSec => self.images_per_s = Some(metric.value),
+            _ => {}
+        }
+        if tracked == Tracked::TestTop1 && self.best.is_none_or(|best| metric.value > best.top1) {
+            self.best = Some(Best { top1: metric.value, epoch: metric.epoch });
+        }
+        if tracked.is_epoch_summary() && metric.epoch > 0 && metric.step > 0 {
+            self.steps_per_epoch_seen = Some(metric.step as f64 / f64::from(metric.epoch));
+        }
+        let summary = self.pending.entry(metric.epoch).or_default();
+        summary.set(tracked, metric.value);
+        if summary.is_complete() {
+            let epoch = metric.epoch;
+            self.flush_epochs(|pending| pending == epoch);
+        }
+    }
+
+    /// Prints (and forgets) the pending epoch summaries that `due` selects.
+    fn flush_epochs(&mut self, due: impl Fn(u32) -> bool) {
+        let epochs: Vec<u32> = self.pending.keys().copied().filter(|&epoch| due(epoch)).collect();
+        for epoch in epochs {
+            let summary = self.pending.remove(&epoch).unwrap_or_default();
+            if summary.has_results() {
+                let best = self.best.filter(|best| best.epoch <= epoch);
+                self.print(&summary.line(epoch, self.spec.epochs, best));
+            }
+        }
+    }
+
+    fn steps_per_epoch(&self) -> Option<f64> {
+        self.steps_per_epoch_seen.or_else(|| steps_per_epoch_from_spec(&self.spec))
+    }
+
+    fn refresh(&self) {
+        let mut message = format!("job {}  epoch {}/{}  step {}", self.job_id, self.epoch, self.spec.epochs, self.step);
+        if let Some(steps_per_epoch) = self.steps_per_epoch() {
+            message += &format!("/{:.0}", steps_per_epoch * f64::from(self.spec.epochs));
+        }
+        if let Some(loss) = self.loss {
+            message += &format!("  loss {}", number(loss));
+        }
+        if let Some(top1) = self.top1 {
+            message += &format!("  top-1 {}", number(top1));
+        }
+        if let Some(rate) = self.images_per_s {
+            message += &format!("  {rate:.0} img/s");
+            let left = self
+                .steps_per_epoch()
+                .and_then(|steps| eta(self.spec.epochs, steps, self.spec.batch_size, self.step, rate));
+            if let Some(left) = left {
+                message += &format!("  ETA {}", duration_precise(left));
+            }
+        }
+        self.bar.set_message(message);
+    }
+}
+
+impl WatchDisplay for Live {
+    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+        match event {
+            Event::Job(job) => self.on_job(job),
+            Event::Metric(metric) => self.on_metric(metric),
+            // Log lines are for `camp logs` and `--json`.
+            Event::Log(_) => {}
+        }
+        self.refresh();
+        Ok(())
+    }
+
+    fn finish(&mut self, job: &v1::Job) {
+        self.flush_epochs(|_| true);
+        self.bar.finish_and_clear();
+        let took = if job.started_at_ms > 0 && job.finished_at_ms >= job.started_at_ms {
+            format!(" after {}", duration_precise(Duration::from_millis((job.finished_at_ms - job.started_at_ms) as u64)))
+        } else {
+            String::new()
+        };
+        let mut line = format!("job {} {}{took}", self.job_id, wire::state_name(job.state));
+        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).or(self.best.map(|best| best.top1));
+        if let Some(best) = best {
+            line += &format!(", best top-1 {}", number(best));
+        }
+        if !job.message.is_empty() {
+            line += &format!(": {}", job.message);
+        }
+        println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_states_map_to_watch_exit_codes() {
+        assert_eq!(exit_code_for_end(v1::JobState::Succeeded as i32), 0);
+        assert_eq!(exit_code_for_end(v1::JobState::Failed as i32), 1);
+        assert_eq!(exit_code_for_end(v1::JobState::Cancelled as i32), 7);
+    }
+
+    #[test]
+    fn steps_per_epoch_from_data_set_and_limit() {
+        let spec = camp_proto::JobSpec::default().to_proto();
+        assert_eq!(steps_per_epoch_from_spec(&spec), Some(391.0));
+        let limited = v1::JobSpec { train_limit: 1000, batch_size: 100, ..spec.clone() };
+        assert_eq!(steps_per_epoch_from_spec(&limited), Some(10.0));
+        let unknown = v1::JobSpec { dataset: "other".into(), ..spec };
+        assert_eq!(steps_per_epoch_from_spec(&unknown), None);
+    }
+
+    #[test]
+    fn eta_from_images_per_second() {
+        // 2 epochs of 10 steps of 100 images, 5 steps done: 1500 images at 500/s.
+        assert_eq!(eta(2, 10.0, 100, 5, 500.0), Some(Duration::from_secs(3)));
+        assert_eq!(eta(2, 10.0, 100, 50, 500.0), Some(Duration::ZERO));
+        assert_eq!(eta(2, 10.0, 100, 5, 0.0), None);
+    }
+
+    fn metric(name: &str, value: f64, epoch: u32, step: i64) -> v1::Metric {
+        v1::Metric { name: name.into(), value, step, epoch, attempt: 1, at_ms: 0 }
+    }
+
+    #[test]
+    fn live_view_measures_steps_and_tracks_best() {
+        let mut live = Live::new(1);
+        live.bar = ProgressBar::hidden();
+        live.on_job(&v1::Job { spec: Some(camp_proto::JobSpec::default().to_proto()), ..Default::default() });
+        live.on_metric(&metric("loss", 2.0, 1, 10));
+        live.on_metric(&metric("test_top1", 40.0, 1, 400));
+        live.on_metric(&metric("test_top1", 35.0, 2, 800));
+        assert_eq!(live.steps_per_epoch_seen, Some(400.0));
+        assert_eq!(live.best, Some(Best { top1: 40.0, epoch: 1 }));
+        assert_eq!(live.loss, Some(2.0));
+        assert!(!live.pending.contains_key(&1), "epoch 1 printed once epoch 2 began");
+        live.on_metric(&metric("something_else", 1.0, 9, 9));
+        assert_eq!(live.epoch, 2, "unknown names are ignored");
+    }
+
+    #[test]
+    fn epoch_line_reads_well() {
+        let mut summary = EpochSummary::default();
+        for (name, value) in [
+            ("train_loss", 1.2345),
+            ("train_top1", 55.1),
+            ("test_loss", 1.1),
+            ("test_top1", 60.2),
+            ("test_top5", 95.0),
+            ("lr", 0.1),
+        ] {
+            summary.set(Tracked::from_name(name).unwrap(), value);
+        }
+        assert!(!summary.is_complete());
+        summary.set(Tracked::ImagesPerSec, 8900.4);
+        assert!(summary.is_complete());
+        assert_eq!(
+            summary.line(3, 200, Some(Best { top1: 60.2, epoch: 3 })),
+            "epoch 3/200  train loss 1.23 top-1 55.10  test loss 1.10 top-1 60.20 top-5 95.00  lr 0.1000  8900 img/s  best 60.20 (epoch 3)"
+        );
+        let only_rate = EpochSummary { images_per_s: Some(1.0), ..Default::default() };
+        assert!(!only_rate.has_results());
+    }
+
+    #[test]
+    fn json_lines_name_the_event() {
+        let line = event_json(3, &Event::Metric(metric("loss", 1.5, 1, 10)));
+        assert_eq!(line["event"], "metric");
+        assert_eq!(line["metric"]["name"], "loss");
+        assert_eq!(line["metric"]["job_id"], 3);
+        let line = event_json(3, &Event::Job(v1::Job { id: 3, state: v1::JobState::Queued as i32, ..Default::default() }));
+        assert_eq!((line["event"].as_str(), line["job"]["state"].as_str()), (Some("job"), Some("queued")));
+    }
+}

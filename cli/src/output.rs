@@ -1,0 +1,168 @@
+//! Output helpers: aligned tables, JSON, CSV fields, ages, sizes and numbers.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// A plain text table: left-aligned columns two spaces apart.
+pub struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&'static str]) -> Self {
+        Table { headers: headers.to_vec(), rows: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header: Vec<String> = self.headers.iter().map(|h| h.to_uppercase()).collect();
+        let lines: Vec<&[String]> = std::iter::once(header.as_slice()).chain(self.rows.iter().map(Vec::as_slice)).collect();
+        let mut widths = vec![0; self.headers.len()];
+        for line in &lines {
+            for (width, cell) in widths.iter_mut().zip(line.iter()) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for line in lines {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            writeln!(f, "{}", cells.join("  ").trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints a JSON value for scripts (pretty, one document).
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+pub fn csv_field(text: &str) -> Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `3m ago` for a `*_ms` timestamp; `-` when unset (0).
+pub fn age(at_ms: i64, now_ms: i64) -> String {
+    if at_ms <= 0 {
+        return "-".into();
+    }
+    let seconds = (now_ms - at_ms).max(0) / 1000;
+    format!("{} ago", duration_short(Duration::from_secs(seconds as u64)))
+}
+
+/// `45s`, `3m`, `5h`, `2d`: the largest unit only.
+pub fn duration_short(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        3600..=172_799 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// `45s`, `3m12s`, `1h05m`: for an ETA.
+pub fn duration_precise(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `44.2 MiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A metric value for people: 4 significant digits or so, `-` for NaN.
+pub fn number(value: f64) -> String {
+    if value.is_nan() {
+        "-".into()
+    } else if value == 0.0 || value.abs() >= 1000.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 1.0 {
+        format!("{value:.2}")
+    } else if value.abs() >= 1e-3 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.2e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut table = Table::new(&["id", "name"]);
+        table.push(vec!["7".into(), "a".into()]);
+        table.push(vec!["1234".into(), "long name".into()]);
+        assert_eq!(table.to_string(), "ID    NAME\n7     a\n1234  long name\n");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("test_top1"), "test_top1");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn ages_and_durations_read_well() {
+        assert_eq!(age(0, 5_000), "-");
+        assert_eq!(age(1_000, 46_000), "45s ago");
+        assert_eq!(age(0 + 1, 180_001), "3m ago");
+        assert_eq!(age(10_000, 5_000), "0s ago");
+        assert_eq!(duration_short(Duration::from_secs(5 * 3600)), "5h");
+        assert_eq!(duration_short(Duration::from_secs(3 * 86_400)), "3d");
+        assert_eq!(duration_precise(Duration::from_secs(192)), "3m12s");
+        assert_eq!(duration_precise(Duration::from_secs(3900)), "1h05m");
+    }
+
+    #[test]
+    fn sizes_and_numbers_read_well() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(number(91.234), "91.23");
+        assert_eq!(number(0.1), "0.1000");
+        assert_eq!(number(2e-4), "2.00e-4");
+        assert_eq!(number(8900.4), "8900");
+        assert_eq!(number(f64::NAN), "-");
+    }
+}

@@ -1,0 +1,189 @@
+//! The JSON shapes of the wire types for `--json`, and their names for people.
+
+use camp_proto::v1;
+use serde_json::{json, Value};
+
+/// Lowercase state name: queued, running, succeeded, failed, cancelled.
+pub fn state_name(state: i32) -> &'static str {
+    match v1::JobState::try_from(state) {
+        Ok(v1::JobState::Queued) => "queued",
+        Ok(v1::JobState::Running) => "running",
+        Ok(v1::JobState::Succeeded) => "succeeded",
+        Ok(v1::JobState::Failed) => "failed",
+        Ok(v1::JobState::Cancelled) => "cancelled",
+        Ok(v1::JobState::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        v1::JobState::try_from(state),
+        Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+    )
+}
+
+/// Embedded JSON text (result_json, metadata_json): parsed, `null` when empty,
+/// kept as a string when it does not parse.
+pub fn embedded_json(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The best top-1 in a job's result summary, under the first key it uses.
+pub fn best_top1(result: &Value) -> Option<f64> {
+    ["best_top1", "best_acc1", "top1"].iter().find_map(|key| result.get(key)?.as_f64())
+}
+
+pub fn spec(spec: &v1::JobSpec) -> Value {
+    let lr_schedule: Vec<Value> = spec
+        .lr_schedule
+        .iter()
+        .map(|step| json!({ "epoch": step.epoch, "gamma": step.gamma }))
+        .collect();
+    json!({
+        "stage": spec.stage,
+        "arch": spec.arch,
+        "dataset": spec.dataset,
+        "lr": spec.lr,
+        "batch_size": spec.batch_size,
+        "epochs": spec.epochs,
+        "weight_decay": spec.weight_decay,
+        "momentum": spec.momentum,
+        "print_freq": spec.print_freq,
+        "seed": spec.seed,
+        "device": spec.device,
+        "lr_schedule": lr_schedule,
+        "bf16": spec.bf16,
+        "channels_last": spec.channels_last,
+        "train_limit": spec.train_limit,
+        "test_limit": spec.test_limit,
+    })
+}
+
+pub fn job(job: &v1::Job) -> Value {
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "owner": job.owner,
+        "stage": job.spec.as_ref().map_or("", |spec| spec.stage.as_str()),
+        "state": state_name(job.state),
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "lease_losses": job.lease_losses,
+        "cancel_requested": job.cancel_requested,
+        "worker": job.worker,
+        "message": job.message,
+        "epoch": job.epoch,
+        "spec": job.spec.as_ref().map_or(Value::Null, spec),
+        "result": embedded_json(&job.result_json),
+        "created_at_ms": job.created_at_ms,
+        "started_at_ms": job.started_at_ms,
+        "finished_at_ms": job.finished_at_ms,
+    })
+}
+
+pub fn metric(job_id: i64, metric: &v1::Metric) -> Value {
+    json!({
+        "job_id": job_id,
+        "attempt": metric.attempt,
+        "epoch": metric.epoch,
+        "step": metric.step,
+        "name": metric.name,
+        "value": metric.value,
+        "at_ms": metric.at_ms,
+    })
+}
+
+pub fn log_line(job_id: i64, line: &v1::LogLine) -> Value {
+    json!({ "job_id": job_id, "attempt": line.attempt, "at_ms": line.at_ms, "line": line.line })
+}
+
+pub fn checkpoint(checkpoint: &v1::Checkpoint) -> Value {
+    json!({
+        "id": checkpoint.id,
+        "job_id": checkpoint.job_id,
+        "attempt": checkpoint.attempt,
+        "epoch": checkpoint.epoch,
+        "step": checkpoint.step,
+        "sha256": checkpoint.sha256,
+        "size": checkpoint.size,
+        "top1": checkpoint.top1,
+        "best": checkpoint.best,
+        "metadata": embedded_json(&checkpoint.metadata_json),
+        "created_at_ms": checkpoint.created_at_ms,
+    })
+}
+
+pub fn worker(worker: &v1::Worker) -> Value {
+    json!({
+        "id": worker.id,
+        "name": worker.name,
+        "hostname": worker.hostname,
+        "device_kind": worker.device_kind,
+        "gpus": worker.gpus,
+        "datasets": worker.datasets,
+        "labels": worker.labels,
+        "alive": worker.alive,
+        "last_heartbeat_ms": worker.last_heartbeat_ms,
+        "running_jobs": worker.running_jobs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_json_has_the_documented_keys() {
+        let running = v1::Job {
+            id: 12,
+            state: v1::JobState::Running as i32,
+            spec: Some(camp_proto::JobSpec::default().to_proto()),
+            result_json: r#"{"best_top1": 91.5, "best_epoch": 180}"#.into(),
+            attempt: 1,
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let value = job(&running);
+        assert_eq!(value["id"], 12);
+        assert_eq!(value["state"], "running");
+        assert_eq!(value["stage"], "baseline");
+        assert_eq!((value["attempt"].as_u64(), value["max_attempts"].as_u64()), (Some(1), Some(3)));
+        assert_eq!(value["spec"]["arch"], "preact_resnet20_cifar");
+        assert_eq!(value["spec"]["lr_schedule"][0], json!({ "epoch": 80, "gamma": 0.1 }));
+        assert_eq!(value["result"]["best_top1"], 91.5);
+        for key in ["message", "worker", "created_at_ms", "started_at_ms", "finished_at_ms"] {
+            assert!(value.get(key).is_some(), "{key}");
+        }
+        let unfinished = super::job(&v1::Job { id: 1, ..Default::default() });
+        assert_eq!((unfinished["result"].clone(), unfinished["spec"].clone()), (Value::Null, Value::Null));
+    }
+
+    #[test]
+    fn embedded_json_is_parsed_or_kept() {
+        assert_eq!(embedded_json(""), Value::Null);
+        assert_eq!(embedded_json(r#"{"a":1}"#), json!({ "a": 1 }));
+        assert_eq!(embedded_json("not json"), json!("not json"));
+        assert_eq!(best_top1(&json!({ "best_top1": 90.0 })), Some(90.0));
+        assert_eq!(best_top1(&Value::Null), None);
+    }
+
+    #[test]
+    fn metric_and_checkpoint_rows() {
+        let row = metric(4, &v1::Metric { name: "test_top1".into(), value: 55.5, step: 390, epoch: 1, attempt: 2, at_ms: 9 });
+        assert_eq!(row, json!({ "job_id": 4, "attempt": 2, "epoch": 1, "step": 390, "name": "test_top1", "value": 55.5, "at_ms": 9 }));
+        let row = checkpoint(&v1::Checkpoint { id: 3, top1: f64::NAN, metadata_json: r#"{"arch":"x"}"#.into(), ..Default::default() });
+        assert_eq!(row["top1"], Value::Null);
+        assert_eq!(row["metadata"]["arch"], "x");
+    }
+
+    #[test]
+    fn states_have_lowercase_names() {
+        assert_eq!(state_name(v1::JobState::Cancelled as i32), "cancelled");
+        assert_eq!(state_name(99), "unspecified");
+        assert!(is_terminal(v1::JobState::Failed as i32) && !is_terminal(v1::JobState::Running as i32));
+    }
+}

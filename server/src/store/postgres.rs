@@ -1,0 +1,678 @@
+//! The PostgreSQL store. Claims use `FOR UPDATE SKIP LOCKED` so that many
+//! coordinators and workers claim without blocking each other; changes are
+//! announced with NOTIFY on channel `camp` so that every coordinator can wake
+//! its long-polls and watchers.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use camp_proto::JobSpec;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::*;
+
+const CHANNEL: &str = "camp";
+const QUEUE_PAYLOAD: &str = "queue";
+
+pub struct PgStore {
+    pool: PgPool,
+    changes: broadcast::Sender<Change>,
+}
+
+impl PgStore {
+    /// Connects, applies the migrations and starts listening for changes.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(16).connect(url).await?;
+        Self::from_pool(pool).await
+    }
+
+    pub async fn from_pool(pool: PgPool) -> StoreResult<Self> {
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        let (changes, _) = broadcast::channel(1024);
+        tokio::spawn(listen(pool.clone(), changes.clone()));
+        Ok(PgStore { pool, changes })
+    }
+}
+
+/// Forwards NOTIFYs to local subscribers; reconnects on failure and then wakes
+/// everyone, since notifications may have been missed meanwhile.
+async fn listen(pool: PgPool, changes: broadcast::Sender<Change>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("change listener: connect failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!("change listener: LISTEN failed: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let _ = changes.send(Change::Queue);
+        loop {
+            match listener.recv().await {
+                Ok(n) => {
+                    let change = match n.payload() {
+                        QUEUE_PAYLOAD => Change::Queue,
+                        id => match id.parse() {
+                            Ok(id) => Change::Job(id),
+                            Err(_) => continue,
+                        },
+                    };
+                    let _ = changes.send(change);
+                }
+                Err(e) => {
+                    tracing::warn!("change listener: {e}; reconnecting");
+                    break;
+                }
+            }
+        }
+        if changes.receiver_count() == 0 && pool.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>, change: Change) -> StoreResult<()> {
+    let payload = match change {
+        Change::Queue => QUEUE_PAYLOAD.to_string(),
+        Change::Job(id) => id.to_string(),
+    };
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&mut **tx).await?;
+    Ok(())
+}
+
+const JOB_SELECT: &str = "SELECT j.id, j.name, j.owner, j.spec, j.state, j.priority, j.attempt, j.max_attempts, \
+     j.lease_losses, j.cancel_requested, w.name AS worker, j.message, j.result, j.epoch, j.created_at, \
+     j.started_at, j.finished_at FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker";
+
+#[derive(FromRow)]
+struct JobRecord {
+    id: i64,
+    name: String,
+    owner: String,
+    spec: serde_json::Value,
+    state: String,
+    priority: i32,
+    attempt: i32,
+    max_attempts: i32,
+    lease_losses: i32,
+    cancel_requested: bool,
+    worker: Option<String>,
+    message: String,
+    result: Option<serde_json::Value>,
+    epoch: i32,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<JobRecord> for Job {
+    type Error = StoreError;
+    fn try_from(r: JobRecord) -> StoreResult<Job> {
+        let spec: JobSpec = serde_json::from_value(r.spec)
+            .map_err(|e| StoreError::FailedPrecondition(format!("job {} has an unreadable spec: {e}", r.id)))?;
+        let state = JobState::parse(&r.state)
+            .ok_or_else(|| StoreError::FailedPrecondition(format!("job {} has unknown state {}", r.id, r.state)))?;
+        Ok(Job {
+            id: r.id,
+            name: r.name,
+            owner: r.owner,
+            spec,
+            state,
+            priority: r.priority,
+            attempt: r.attempt as u32,
+            max_attempts: r.max_attempts as u32,
+            lease_losses: r.lease_losses as u32,
+            cancel_requested: r.cancel_requested,
+            worker: if state == JobState::Running { r.worker } else { None },
+            message: r.message,
+            result: r.result,
+            epoch: r.epoch as u32,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+const CHECKPOINT_SELECT: &str = "SELECT c.id, c.job_id, c.attempt, c.epoch, c.step, c.sha256, c.size, c.top1, \
+     c.metadata, c.created_at, c.id = COALESCE((SELECT b.id FROM checkpoints b WHERE b.job_id = c.job_id \
+     AND b.top1 IS NOT NULL ORDER BY b.top1 DESC, b.id LIMIT 1), -1) AS best FROM checkpoints c";
+
+#[derive(FromRow)]
+struct CheckpointRecord {
+    id: i64,
+    job_id: i64,
+    attempt: i32,
+    epoch: i32,
+    step: i64,
+    sha256: String,
+    size: i64,
+    top1: Option<f64>,
+    metadata: serde_json::Value,
+    created_at: DateTime<Utc>,
+    best: Option<bool>,
+}
+
+impl From<CheckpointRecord> for Checkpoint {
+    fn from(r: CheckpointRecord) -> Self {
+        Checkpoint {
+            id: r.id,
+            job_id: r.job_id,
+            attempt: r.attempt as u32,
+            epoch: r.epoch as u32,
+            step: r.step,
+            sha256: r.sha256,
+            size: r.size as u64,
+            top1: r.top1,
+            metadata: r.metadata,
+            created_at: r.created_at,
+            best: r.best.unwrap_or(false),
+        }
+    }
+}
+
+fn lease_secs(lease: Duration) -> f64 {
+    lease.as_secs_f64()
+}
+
+/// Locks the job row and checks that `at` is its running attempt.
+async fn fence(tx: &mut Transaction<'_, Postgres>, at: AttemptRef) -> StoreResult<()> {
+    let row: Option<(String, i32)> = sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(at.job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (state, attempt) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
+    if state != "running" || attempt as u32 != at.attempt {
+        return Err(StoreError::Stale(format!(
+            "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
+            at.job_id, at.attempt
+        )));
+    }
+    Ok(())
+}
+
+async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
+    let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    async fn submit_job(&self, job: NewJob) -> StoreResult<Job> {
+        let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
+        let mut tx = self.pool.begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8) RETURNING id",
+        )
+        .bind(&job.name)
+        .bind(&job.owner)
+        .bind(job.spec.stage.as_str())
+        .bind(&job.spec.dataset)
+        .bind(job.spec.device.as_str())
+        .bind(spec)
+        .bind(job.priority)
+        .bind(job.max_attempts as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        notify(&mut tx, Change::Queue).await?;
+        notify(&mut tx, Change::Job(id)).await?;
+        let stored = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn get_job(&self, id: i64) -> StoreResult<Job> {
+        let rec: Option<JobRecord> =
+            sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+        let recs: Vec<JobRecord> = sqlx::query_as(&format!(
+            "{JOB_SELECT} WHERE ($1::text IS NULL OR j.state = $1) AND ($2::text IS NULL OR j.stage = $2) \
+             AND ($3::text IS NULL OR j.owner = $3) ORDER BY j.id DESC LIMIT $4"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.stage.as_deref())
+        .bind(filter.owner.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        recs.into_iter().map(Job::try_from).collect()
+    }
+
+    async fn cancel_job(&self, id: i64, user: &str) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let job = job_in(&mut tx, id).await?;
+        sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
+        if job.owner != user {
+            return Err(StoreError::PermissionDenied(format!("job {id} belongs to {}, not {user}", job.owner)));
+        }
+        match job.state {
+            JobState::Queued => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(format!("cancelled by {user} while queued"))
+                .execute(&mut *tx)
+                .await?;
+            }
+            JobState::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = true, message = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(format!("cancel requested by {user}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            done => {
+                return Err(StoreError::FailedPrecondition(format!("job {id} already {}", done.as_str())));
+            }
+        }
+        notify(&mut tx, Change::Job(id)).await?;
+        let job = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn register_worker(&self, w: NewWorker) -> StoreResult<Uuid> {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(&w.name)
+        .bind(&w.hostname)
+        .bind(&w.device_kind)
+        .bind(&w.gpus)
+        .bind(&w.datasets)
+        .bind(&w.labels)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
+        #[derive(FromRow)]
+        struct Rec {
+            id: Uuid,
+            name: String,
+            hostname: String,
+            device_kind: String,
+            gpus: Vec<String>,
+            datasets: Vec<String>,
+            labels: serde_json::Value,
+            last_heartbeat: DateTime<Utc>,
+            running_jobs: Vec<i64>,
+        }
+        let recs: Vec<Rec> = sqlx::query_as(
+            "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.last_heartbeat, \
+             ARRAY(SELECT j.id FROM jobs j WHERE j.lease_worker = w.id AND j.state = 'running' ORDER BY j.id) \
+             AS running_jobs FROM workers w ORDER BY w.last_heartbeat DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(recs
+            .into_iter()
+            .map(|r| Worker {
+                id: r.id,
+                new: NewWorker {
+                    name: r.name,
+                    hostname: r.hostname,
+                    device_kind: r.device_kind,
+                    gpus: r.gpus,
+                    datasets: r.datasets,
+                    labels: r.labels,
+                },
+                last_heartbeat: r.last_heartbeat,
+                running_jobs: r.running_jobs,
+            })
+            .collect())
+    }
+
+    async fn claim(&self, worker: Uuid, lease: Duration) -> StoreResult<Option<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound(format!("worker {worker}")));
+        }
+        let claimed: Option<(i64,)> = sqlx::query_as(
+            "WITH next AS ( \
+               SELECT j.id FROM jobs j, workers w \
+               WHERE w.id = $1 AND j.state = 'queued' \
+                 AND (j.device = 'any' OR j.device = w.device_kind) \
+                 AND j.dataset = ANY(w.datasets) \
+               ORDER BY j.priority DESC, j.id \
+               LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
+             UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_worker = $1, \
+               lease_expires_at = now() + make_interval(secs => $2), started_at = COALESCE(started_at, now()) \
+             FROM next WHERE jobs.id = next.id RETURNING jobs.id",
+        )
+        .bind(worker)
+        .bind(lease_secs(lease))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((job_id,)) = claimed else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let job = job_in(&mut tx, job_id).await?;
+        let latest: Option<CheckpointRecord> =
+            sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let resume_from: Option<Checkpoint> = latest.map(Into::into);
+        // Work that earlier attempts did past the checkpoint we resume from is lost and
+        // will be redone: drop its metrics so the series has one row per step.
+        let resume_step = resume_from.as_ref().map_or(0, |c| c.step);
+        sqlx::query("DELETE FROM metrics WHERE job_id = $1 AND attempt < $2 AND step > $3")
+            .bind(job_id)
+            .bind(job.attempt as i32)
+            .bind(resume_step)
+            .execute(&mut *tx)
+            .await?;
+        notify(&mut tx, Change::Job(job_id)).await?;
+        tx.commit().await?;
+        Ok(Some(Claimed { job, resume_from }))
+    }
+
+    async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
+        let mut tx = self.pool.begin().await?;
+        let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound(format!("worker {worker}")));
+        }
+        let ids: Vec<i64> = running.iter().map(|r| r.job_id).collect();
+        let attempts: Vec<i32> = running.iter().map(|r| r.attempt as i32).collect();
+        let renewed: Vec<(i64, bool)> = sqlx::query_as(
+            "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4) \
+             FROM unnest($2::bigint[], $3::int[]) AS r(id, attempt) \
+             WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.lease_worker = $1 \
+             RETURNING j.id, j.cancel_requested",
+        )
+        .bind(worker)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(lease_secs(lease))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut reply = HeartbeatReply::default();
+        for r in running {
+            match renewed.iter().find(|(id, _)| *id == r.job_id) {
+                Some((id, true)) => reply.cancel.push(*id),
+                Some(_) => {}
+                None => reply.lost.push(r.job_id),
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn report(&self, batch: ReportBatch) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, batch.at).await?;
+        let fresh: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO report_batches (job_id, attempt, sequence) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING job_id",
+        )
+        .bind(batch.at.job_id)
+        .bind(batch.at.attempt as i32)
+        .bind(batch.sequence as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if fresh.is_none() {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        if !batch.metrics.is_empty() {
+            let steps: Vec<i64> = batch.metrics.iter().map(|m| m.step).collect();
+            let epochs: Vec<i32> = batch.metrics.iter().map(|m| m.epoch as i32).collect();
+            let names: Vec<&str> = batch.metrics.iter().map(|m| m.name.as_str()).collect();
+            let values: Vec<f64> = batch.metrics.iter().map(|m| m.value).collect();
+            sqlx::query(
+                "INSERT INTO metrics (job_id, attempt, step, epoch, name, value) \
+                 SELECT $1, $2, * FROM unnest($3::bigint[], $4::int[], $5::text[], $6::float8[])",
+            )
+            .bind(batch.at.job_id)
+            .bind(batch.at.attempt as i32)
+            .bind(&steps)
+            .bind(&epochs)
+            .bind(&names)
+            .bind(&values)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !batch.log_lines.is_empty() {
+            sqlx::query("INSERT INTO job_logs (job_id, attempt, line) SELECT $1, $2, * FROM unnest($3::text[])")
+                .bind(batch.at.job_id)
+                .bind(batch.at.attempt as i32)
+                .bind(&batch.log_lines)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE jobs SET epoch = GREATEST(epoch, $2) WHERE id = $1")
+            .bind(batch.at.job_id)
+            .bind(batch.epoch as i32)
+            .execute(&mut *tx)
+            .await?;
+        notify(&mut tx, Change::Job(batch.at.job_id)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_checkpoint(&self, c: NewCheckpoint, chunks: Vec<Vec<u8>>, retention: Retention) -> StoreResult<Checkpoint> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, c.at).await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO checkpoints (job_id, attempt, epoch, step, sha256, size, top1, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(c.at.job_id)
+        .bind(c.at.attempt as i32)
+        .bind(c.epoch as i32)
+        .bind(c.step)
+        .bind(&c.sha256)
+        .bind(c.size as i64)
+        .bind(c.top1)
+        .bind(&c.metadata)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (idx, data) in chunks.iter().enumerate() {
+            sqlx::query("INSERT INTO checkpoint_chunks (checkpoint_id, idx, data) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(idx as i32)
+                .bind(data)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM checkpoints WHERE job_id = $1 \
+             AND id NOT IN (SELECT id FROM checkpoints WHERE job_id = $1 ORDER BY id DESC LIMIT $2) \
+             AND (NOT $3 OR id <> COALESCE((SELECT id FROM checkpoints WHERE job_id = $1 AND top1 IS NOT NULL \
+                                            ORDER BY top1 DESC, id LIMIT 1), -1))",
+        )
+        .bind(c.at.job_id)
+        .bind(retention.keep_latest.max(1) as i64)
+        .bind(retention.keep_best)
+        .execute(&mut *tx)
+        .await?;
+        notify(&mut tx, Change::Job(c.at.job_id)).await?;
+        let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rec.into())
+    }
+
+    async fn finish(&self, at: AttemptRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, at).await?;
+        let state = match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Released => "queued",
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = $2, message = $3, result = COALESCE($4, result), lease_worker = NULL, \
+             lease_expires_at = NULL, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END \
+             WHERE id = $1",
+        )
+        .bind(at.job_id)
+        .bind(state)
+        .bind(message)
+        .bind(result)
+        .execute(&mut *tx)
+        .await?;
+        if outcome == Outcome::Released {
+            notify(&mut tx, Change::Queue).await?;
+        }
+        notify(&mut tx, Change::Job(at.job_id)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, i32, String)> = sqlx::query_as(
+            "UPDATE jobs SET \
+               state = CASE WHEN cancel_requested THEN 'cancelled' \
+                            WHEN lease_losses + 1 >= max_attempts THEN 'failed' ELSE 'queued' END, \
+               message = CASE WHEN cancel_requested THEN 'cancelled: the worker stopped heartbeating' \
+                              WHEN lease_losses + 1 >= max_attempts THEN \
+                                format('failed: lease expired on attempt %s (worker %s stopped heartbeating); %s of %s attempts lost', \
+                                       attempt, (SELECT name FROM workers WHERE id = lease_worker), lease_losses + 1, max_attempts) \
+                              ELSE format('re-queued: lease expired on attempt %s (worker %s stopped heartbeating)', \
+                                          attempt, (SELECT name FROM workers WHERE id = lease_worker)) END, \
+               finished_at = CASE WHEN cancel_requested OR lease_losses + 1 >= max_attempts THEN now() END, \
+               lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL \
+             WHERE state = 'running' AND lease_expires_at < now() \
+             RETURNING id, attempt, state",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut reaped = Vec::with_capacity(rows.len());
+        for (job_id, attempt, state) in rows {
+            let new_state = JobState::parse(&state).unwrap_or(JobState::Failed);
+            if new_state == JobState::Queued {
+                notify(&mut tx, Change::Queue).await?;
+            }
+            notify(&mut tx, Change::Job(job_id)).await?;
+            reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
+        }
+        tx.commit().await?;
+        Ok(reaped)
+    }
+
+    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64) -> StoreResult<Vec<StoredMetric>> {
+        let rows: Vec<(i64, i32, i64, i32, String, f64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, attempt, step, epoch, name, value, at FROM metrics WHERE job_id = $1 \
+             AND ($2::text IS NULL OR name = $2) AND ($3::int IS NULL OR attempt = $3) AND id > $4 ORDER BY id",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(attempt.map(|a| a as i32))
+        .bind(after_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, attempt, step, epoch, name, value, at)| StoredMetric {
+                id,
+                attempt: attempt as u32,
+                point: MetricPoint { name, value, step, epoch: epoch as u32 },
+                at,
+            })
+            .collect())
+    }
+
+    async fn logs(&self, job_id: i64, after_id: i64) -> StoreResult<Vec<LogLine>> {
+        let rows: Vec<(i64, i32, DateTime<Utc>, String)> =
+            sqlx::query_as("SELECT id, attempt, at, line FROM job_logs WHERE job_id = $1 AND id > $2 ORDER BY id")
+                .bind(job_id)
+                .bind(after_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, attempt, at, line)| LogLine { id, attempt: attempt as u32, at, line }).collect())
+    }
+
+    async fn checkpoints(&self, job_id: i64) -> StoreResult<Vec<Checkpoint>> {
+        let recs: Vec<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.id"))
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(recs.into_iter().map(Into::into).collect())
+    }
+
+    async fn checkpoint(&self, id: i64) -> StoreResult<Checkpoint> {
+        let rec: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        rec.map(Into::into).ok_or_else(|| StoreError::NotFound(format!("checkpoint {id}")))
+    }
+
+    async fn checkpoint_chunk_count(&self, id: i64) -> StoreResult<u32> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM checkpoint_chunks WHERE checkpoint_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u32)
+    }
+
+    async fn checkpoint_chunk(&self, id: i64, idx: u32) -> StoreResult<Vec<u8>> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT data FROM checkpoint_chunks WHERE checkpoint_id = $1 AND idx = $2")
+            .bind(id)
+            .bind(idx as i32)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(d,)| d).ok_or_else(|| StoreError::NotFound(format!("checkpoint {id} (deleted by retention?)")))
+    }
+
+    async fn create_token(&self, user: &str, token_sha256: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING").bind(user).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO api_tokens (token_sha256, user_name) VALUES ($1, $2)")
+            .bind(token_sha256)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn user_for_token(&self, token_sha256: &str) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT user_name FROM api_tokens WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(u,)| u))
+    }
+}
