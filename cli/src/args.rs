@@ -33,9 +33,15 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Coordinator address.
-    #[arg(long, global = true, env = "CAMP_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAMP_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub addr: String,
     /// User name sent with every call (metadata x-camp-user) [default: $USER].
     #[arg(long, global = true, env = "CAMP_USER")]
@@ -70,9 +76,11 @@ pub enum Command {
     /// Show one job's details.
     Show { id: i64 },
     /// Follow a job live until it finishes.
-    #[command(after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
+    #[command(
+        after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
                             (and the usual error codes, e.g. 3 if there is no such job).\n\
-                            With --json every event is printed as one JSON line (NDJSON).")]
+                            With --json every event is printed as one JSON line (NDJSON)."
+    )]
     Watch { id: i64 },
     /// Print a job's log lines.
     Logs { id: i64 },
@@ -125,7 +133,7 @@ pub struct BaselineArgs {
     #[arg(long, default_value_t = JobSpec::default().dataset)]
     pub dataset: String,
     /// A name for the job.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// Random seed.
     #[arg(long, default_value_t = JobSpec::default().seed, allow_negative_numbers = true)]
@@ -140,7 +148,7 @@ pub struct BaselineArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub max_attempts: Option<u32>,
     /// Learning-rate steps as EPOCH:GAMMA,... (lr *= gamma from that epoch on), or `none`.
-    #[arg(long, default_value_t = LrSchedule(JobSpec::default().lr_schedule))]
+    #[arg(long, value_name = "EPOCH:GAMMA,...", default_value_t = LrSchedule(JobSpec::default().lr_schedule))]
     pub lr_schedule: LrSchedule,
     /// bf16 autocast (CUDA only).
     #[arg(long)]
@@ -198,7 +206,10 @@ fn spec_error_with_flag(err: SpecError) -> UsageError {
         "channels_last" => "--channels-last",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
-    UsageError(format!("invalid spec: {} ({flag}): {}", err.field, err.reason))
+    UsageError(format!(
+        "invalid spec: {} ({flag}): {}",
+        err.field, err.reason
+    ))
 }
 
 /// `--lr-schedule`: a multi-step schedule written `80:0.1,120:0.1,160:0.2`, or `none`.
@@ -214,13 +225,12 @@ impl FromStr for LrSchedule {
             return Ok(LrSchedule(Vec::new()));
         }
         let parse_step = |item: &str| -> Result<LrStep, String> {
-            let (epoch, gamma) = item
-                .split_once(':')
-                .ok_or_else(|| format!("'{item}' is not EPOCH:GAMMA (e.g. 80:0.1), or use `none`"))?;
-            let epoch: u32 = epoch
-                .trim()
-                .parse()
-                .map_err(|_| format!("epoch '{}' in '{item}' is not a whole number", epoch.trim()))?;
+            let (epoch, gamma) = item.split_once(':').ok_or_else(|| {
+                format!("'{item}' is not EPOCH:GAMMA (e.g. 80:0.1), or use `none`")
+            })?;
+            let epoch: u32 = epoch.trim().parse().map_err(|_| {
+                format!("epoch '{}' in '{item}' is not a whole number", epoch.trim())
+            })?;
             let gamma: f64 = gamma
                 .trim()
                 .parse()
@@ -233,7 +243,10 @@ impl FromStr for LrSchedule {
             }
             Ok(LrStep { epoch, gamma })
         };
-        text.split(',').map(|item| parse_step(item.trim())).collect::<Result<_, _>>().map(LrSchedule)
+        text.split(',')
+            .map(|item| parse_step(item.trim()))
+            .collect::<Result<_, _>>()
+            .map(LrSchedule)
     }
 }
 
@@ -242,7 +255,11 @@ impl fmt::Display for LrSchedule {
         if self.0.is_empty() {
             return f.write_str("none");
         }
-        let steps: Vec<String> = self.0.iter().map(|step| format!("{}:{}", step.epoch, step.gamma)).collect();
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|step| format!("{}:{}", step.epoch, step.gamma))
+            .collect();
         f.write_str(&steps.join(","))
     }
 }
@@ -335,7 +352,9 @@ mod tests {
     fn baseline(line: &[&str]) -> BaselineArgs {
         let full: Vec<&str> = ["submit", "baseline"].iter().chain(line).copied().collect();
         match parse(&full).unwrap().command {
-            Command::Submit { stage: SubmitStage::Baseline(args) } => args,
+            Command::Submit {
+                stage: SubmitStage::Baseline(args),
+            } => args,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -347,39 +366,97 @@ mod tests {
         assert_eq!(schedule.to_string(), "80:0.1,120:0.1,160:0.2");
         assert_eq!("none".parse::<LrSchedule>().unwrap().0, vec![]);
         assert_eq!(LrSchedule(vec![]).to_string(), "none");
-        assert_eq!("3:10".parse::<LrSchedule>().unwrap().0, vec![LrStep { epoch: 3, gamma: 10.0 }]);
+        assert_eq!(
+            "3:10".parse::<LrSchedule>().unwrap().0,
+            vec![LrStep {
+                epoch: 3,
+                gamma: 10.0
+            }]
+        );
     }
 
     #[test]
     fn lr_schedule_refuses_bad_steps() {
-        for bad in ["", "80", "80:", "x:0.1", "0:0.1", "80:0", "80:-1", "80:nan", "80:0.1,,"] {
+        for bad in [
+            "", "80", "80:", "x:0.1", "0:0.1", "80:0", "80:-1", "80:nan", "80:0.1,,",
+        ] {
             assert!(bad.parse::<LrSchedule>().is_err(), "{bad:?} parsed");
         }
     }
 
     #[test]
     fn baseline_defaults_equal_the_reference_spec() {
-        let spec = baseline(&["-a", "preact_resnet20_cifar"]).to_spec().unwrap();
+        let spec = baseline(&["-a", "preact_resnet20_cifar"])
+            .to_spec()
+            .unwrap();
         assert_eq!(spec, JobSpec::default());
     }
 
     #[test]
     fn baseline_flags_reach_the_spec() {
         let args = baseline(&[
-            "-a", "preact_resnet44_cifar", "--lr", "0.05", "-b", "64", "--epochs", "3", "--wd", "1e-4",
-            "--momentum", "0.8", "-p", "5", "--dataset", "fashion-mnist", "--seed", "7", "--device", "cuda",
-            "--lr-schedule", "none", "--bf16", "--channels-last", "--train-limit", "256", "--test-limit", "128",
-            "--name", "tiny", "--priority", "-2", "--max-attempts", "1",
+            "-a",
+            "preact_resnet44_cifar",
+            "--lr",
+            "0.05",
+            "-b",
+            "64",
+            "--epochs",
+            "3",
+            "--wd",
+            "1e-4",
+            "--momentum",
+            "0.8",
+            "-p",
+            "5",
+            "--dataset",
+            "fashion-mnist",
+            "--seed",
+            "7",
+            "--device",
+            "cuda",
+            "--lr-schedule",
+            "none",
+            "--bf16",
+            "--channels-last",
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "128",
+            "--name",
+            "tiny",
+            "--priority",
+            "-2",
+            "--max-attempts",
+            "1",
         ]);
         let spec = args.to_spec().unwrap();
         assert_eq!(spec.arch, "preact_resnet44_cifar");
-        assert_eq!((spec.lr, spec.batch_size, spec.epochs, spec.weight_decay, spec.momentum), (0.05, 64, 3, 1e-4, 0.8));
-        assert_eq!((spec.print_freq, spec.seed, spec.device), (5, 7, DeviceRequest::Cuda));
+        assert_eq!(
+            (
+                spec.lr,
+                spec.batch_size,
+                spec.epochs,
+                spec.weight_decay,
+                spec.momentum
+            ),
+            (0.05, 64, 3, 1e-4, 0.8)
+        );
+        assert_eq!(
+            (spec.print_freq, spec.seed, spec.device),
+            (5, 7, DeviceRequest::Cuda)
+        );
         assert_eq!(spec.dataset, "fashion-mnist");
         assert!(spec.lr_schedule.is_empty() && spec.bf16 && spec.channels_last);
         assert_eq!((spec.train_limit, spec.test_limit), (256, 128));
-        assert_eq!((args.name.as_str(), args.priority, args.max_attempts), ("tiny", -2, Some(1)));
-        assert_eq!(baseline(&["-a", "x", "--weight-decay", "0.5"]).weight_decay, 0.5);
+        assert_eq!(
+            (args.name.as_str(), args.priority, args.max_attempts),
+            ("tiny", -2, Some(1))
+        );
+        assert_eq!(
+            baseline(&["-a", "x", "--weight-decay", "0.5"]).weight_decay,
+            0.5
+        );
     }
 
     #[test]
@@ -389,9 +466,15 @@ mod tests {
         assert!(invalid(&["-a", "preact_resnet20_cifar", "--lr", "-0.1"]).contains("--lr"));
         assert!(invalid(&["-a", "preact_resnet20_cifar", "-b", "0"]).contains("--batch-size"));
         assert!(invalid(&["-a", "preact_resnet20_cifar", "--wd", "-1"]).contains("--weight-decay"));
-        assert!(invalid(&["-a", "preact_resnet20_cifar", "--dataset", "imagenet"]).contains("--dataset"));
+        assert!(
+            invalid(&["-a", "preact_resnet20_cifar", "--dataset", "imagenet"])
+                .contains("--dataset")
+        );
         assert!(invalid(&["-a", "preact_resnet20_cifar", "-p", "0"]).contains("--print-freq"));
-        assert!(invalid(&["-a", "preact_resnet20_cifar", "--bf16", "--device", "cpu"]).contains("--bf16"));
+        assert!(
+            invalid(&["-a", "preact_resnet20_cifar", "--bf16", "--device", "cpu"])
+                .contains("--bf16")
+        );
 
         let usage = |line: &[&str]| parse(line).unwrap_err();
         let err = usage(&["submit", "baseline", "-a", "x", "--lr-schedule", "80"]);
@@ -401,13 +484,26 @@ mod tests {
         assert!(err.to_string().contains("--device"), "{err}");
         let err = usage(&["submit", "baseline", "-a", "x", "-b", "-1"]);
         assert!(err.to_string().contains("--batch-size"), "{err}");
-        assert_eq!(usage(&["submit", "baseline"]).kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            usage(&["submit", "baseline"]).kind(),
+            ErrorKind::MissingRequiredArgument
+        );
         assert_eq!(usage(&["submit", "baseline"]).exit_code(), 2);
     }
 
     #[test]
     fn global_flags_go_anywhere() {
-        let cli = parse(&["jobs", "--json", "--addr", "http://coord:1", "--user", "ada", "--state", "running"]).unwrap();
+        let cli = parse(&[
+            "jobs",
+            "--json",
+            "--addr",
+            "http://coord:1",
+            "--user",
+            "ada",
+            "--state",
+            "running",
+        ])
+        .unwrap();
         assert!(cli.global.json);
         assert_eq!(cli.global.addr, "http://coord:1");
         assert_eq!(cli.global.user_name().as_deref(), Some("ada"));
@@ -419,11 +515,31 @@ mod tests {
 
     #[test]
     fn download_takes_one_selector() {
-        assert!(parse(&["checkpoint", "download", "3", "-o", "f", "--best", "--latest"]).is_err());
+        assert!(parse(&[
+            "checkpoint",
+            "download",
+            "3",
+            "-o",
+            "f",
+            "--best",
+            "--latest"
+        ])
+        .is_err());
         assert!(parse(&["checkpoint", "download", "3", "--best"]).is_err());
-        let cli = parse(&["checkpoint", "download", "3", "-o", "f", "--checkpoint", "9"]).unwrap();
+        let cli = parse(&[
+            "checkpoint",
+            "download",
+            "3",
+            "-o",
+            "f",
+            "--checkpoint",
+            "9",
+        ])
+        .unwrap();
         match cli.command {
-            Command::Checkpoint { action: CheckpointAction::Download(args) } => {
+            Command::Checkpoint {
+                action: CheckpointAction::Download(args),
+            } => {
                 assert_eq!((args.id, args.checkpoint, args.best), (3, Some(9), false))
             }
             other => panic!("parsed as {other:?}"),

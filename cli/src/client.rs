@@ -29,7 +29,10 @@ pub struct CallMetadata {
 impl CallMetadata {
     pub fn new(user: Option<&str>, token: Option<&str>) -> Result<Self, UsageError> {
         let user = user
-            .map(|user| user.parse().map_err(|_| UsageError(format!("invalid --user '{user}': not a header value"))))
+            .map(|user| {
+                user.parse()
+                    .map_err(|_| UsageError(format!("invalid --user '{user}': not a header value")))
+            })
             .transpose()?;
         let authorization = token
             .filter(|token| !token.is_empty())
@@ -39,7 +42,10 @@ impl CallMetadata {
                     .map_err(|_| UsageError("invalid --token: not a header value".into()))
             })
             .transpose()?;
-        Ok(CallMetadata { user, authorization })
+        Ok(CallMetadata {
+            user,
+            authorization,
+        })
     }
 }
 
@@ -49,7 +55,9 @@ impl Interceptor for CallMetadata {
             request.metadata_mut().insert("x-camp-user", user.clone());
         }
         if let Some(authorization) = &self.authorization {
-            request.metadata_mut().insert("authorization", authorization.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
         }
         Ok(request)
     }
@@ -88,7 +96,10 @@ mod tests {
         let mut metadata = CallMetadata::new(Some("ada"), Some("s3cret")).unwrap();
         let request = metadata.call(Request::new(())).unwrap();
         assert_eq!(request.metadata().get("x-camp-user").unwrap(), "ada");
-        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
 
         let mut anonymous = CallMetadata::new(None, Some("")).unwrap();
         let request = anonymous.call(Request::new(())).unwrap();

@@ -103,11 +103,19 @@ mod tests {
     fn message_is_one_line_without_status_dump() {
         let err = anyhow::Error::new(Status::not_found("job 42 not found"));
         assert_eq!(one_line_message(&err), "job 42 not found");
-        let err = Err::<(), _>(Status::invalid_argument("invalid spec: lr:\nmust be positive"))
-            .context("submitting")
-            .unwrap_err();
-        assert_eq!(one_line_message(&err), "submitting: invalid spec: lr: must be positive");
+        let err = Err::<(), _>(Status::invalid_argument(
+            "invalid spec: lr:\nmust be positive",
+        ))
+        .context("submitting")
+        .unwrap_err();
+        assert_eq!(
+            one_line_message(&err),
+            "submitting: invalid spec: lr: must be positive"
+        );
         let err = anyhow::Error::new(Status::new(Code::PermissionDenied, ""));
-        assert_eq!(one_line_message(&err), "The caller does not have permission to execute the specified operation");
+        assert_eq!(
+            one_line_message(&err),
+            "The caller does not have permission to execute the specified operation"
+        );
     }
 }

@@ -33,7 +33,9 @@ pub fn embedded_json(text: &str) -> Value {
 
 /// The best top-1 in a job's result summary, under the first key it uses.
 pub fn best_top1(result: &Value) -> Option<f64> {
-    ["best_top1", "best_acc1", "top1"].iter().find_map(|key| result.get(key)?.as_f64())
+    ["best_top1", "best_acc1", "top1"]
+        .iter()
+        .find_map(|key| result.get(key)?.as_f64())
 }
 
 pub fn spec(spec: &v1::JobSpec) -> Value {
@@ -151,15 +153,33 @@ mod tests {
         assert_eq!(value["id"], 12);
         assert_eq!(value["state"], "running");
         assert_eq!(value["stage"], "baseline");
-        assert_eq!((value["attempt"].as_u64(), value["max_attempts"].as_u64()), (Some(1), Some(3)));
+        assert_eq!(
+            (value["attempt"].as_u64(), value["max_attempts"].as_u64()),
+            (Some(1), Some(3))
+        );
         assert_eq!(value["spec"]["arch"], "preact_resnet20_cifar");
-        assert_eq!(value["spec"]["lr_schedule"][0], json!({ "epoch": 80, "gamma": 0.1 }));
+        assert_eq!(
+            value["spec"]["lr_schedule"][0],
+            json!({ "epoch": 80, "gamma": 0.1 })
+        );
         assert_eq!(value["result"]["best_top1"], 91.5);
-        for key in ["message", "worker", "created_at_ms", "started_at_ms", "finished_at_ms"] {
+        for key in [
+            "message",
+            "worker",
+            "created_at_ms",
+            "started_at_ms",
+            "finished_at_ms",
+        ] {
             assert!(value.get(key).is_some(), "{key}");
         }
-        let unfinished = super::job(&v1::Job { id: 1, ..Default::default() });
-        assert_eq!((unfinished["result"].clone(), unfinished["spec"].clone()), (Value::Null, Value::Null));
+        let unfinished = super::job(&v1::Job {
+            id: 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            (unfinished["result"].clone(), unfinished["spec"].clone()),
+            (Value::Null, Value::Null)
+        );
     }
 
     #[test]
@@ -173,9 +193,27 @@ mod tests {
 
     #[test]
     fn metric_and_checkpoint_rows() {
-        let row = metric(4, &v1::Metric { name: "test_top1".into(), value: 55.5, step: 390, epoch: 1, attempt: 2, at_ms: 9 });
-        assert_eq!(row, json!({ "job_id": 4, "attempt": 2, "epoch": 1, "step": 390, "name": "test_top1", "value": 55.5, "at_ms": 9 }));
-        let row = checkpoint(&v1::Checkpoint { id: 3, top1: f64::NAN, metadata_json: r#"{"arch":"x"}"#.into(), ..Default::default() });
+        let row = metric(
+            4,
+            &v1::Metric {
+                name: "test_top1".into(),
+                value: 55.5,
+                step: 390,
+                epoch: 1,
+                attempt: 2,
+                at_ms: 9,
+            },
+        );
+        assert_eq!(
+            row,
+            json!({ "job_id": 4, "attempt": 2, "epoch": 1, "step": 390, "name": "test_top1", "value": 55.5, "at_ms": 9 })
+        );
+        let row = checkpoint(&v1::Checkpoint {
+            id: 3,
+            top1: f64::NAN,
+            metadata_json: r#"{"arch":"x"}"#.into(),
+            ..Default::default()
+        });
         assert_eq!(row["top1"], Value::Null);
         assert_eq!(row["metadata"]["arch"], "x");
     }
@@ -184,6 +222,8 @@ mod tests {
     fn states_have_lowercase_names() {
         assert_eq!(state_name(v1::JobState::Cancelled as i32), "cancelled");
         assert_eq!(state_name(99), "unspecified");
-        assert!(is_terminal(v1::JobState::Failed as i32) && !is_terminal(v1::JobState::Running as i32));
+        assert!(
+            is_terminal(v1::JobState::Failed as i32) && !is_terminal(v1::JobState::Running as i32)
+        );
     }
 }

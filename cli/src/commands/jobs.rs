@@ -10,12 +10,19 @@ use crate::wire;
 
 pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
     let request = ListJobsRequest {
-        state: args.state.map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
+        state: args
+            .state
+            .map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
         stage: args.stage.clone().unwrap_or_default(),
         owner: args.owner.clone().unwrap_or_default(),
         limit: args.limit.unwrap_or(0),
     };
-    let jobs = client::connect(opts).await?.list_jobs(request).await?.into_inner().jobs;
+    let jobs = client::connect(opts)
+        .await?
+        .list_jobs(request)
+        .await?
+        .into_inner()
+        .jobs;
     if opts.json {
         return print_json(&Value::Array(jobs.iter().map(wire::job).collect()));
     }
@@ -25,11 +32,23 @@ pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
 
 fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
     let mut table = Table::new(&[
-        "id", "name", "stage", "arch", "dataset", "state", "attempt", "epoch", "best top-1", "owner", "age",
+        "id",
+        "name",
+        "stage",
+        "arch",
+        "dataset",
+        "state",
+        "attempt",
+        "epoch",
+        "best top-1",
+        "owner",
+        "age",
     ]);
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
-        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).map(number).unwrap_or_default();
+        let best = wire::best_top1(&wire::embedded_json(&job.result_json))
+            .map(number)
+            .unwrap_or_default();
         table.push(vec![
             job.id.to_string(),
             job.name.clone(),
@@ -48,7 +67,11 @@ fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
 }
 
 pub async fn show(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let job = client::connect(opts).await?.get_job(GetJobRequest { id }).await?.into_inner();
+    let job = client::connect(opts)
+        .await?
+        .get_job(GetJobRequest { id })
+        .await?
+        .into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
@@ -58,13 +81,25 @@ pub async fn show(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
 
 /// `key  value` lines for people, the spec indented below.
 fn job_details(job: &v1::Job, now_ms: i64) -> String {
-    let when = |at_ms: i64| if at_ms > 0 { age(at_ms, now_ms) } else { String::new() };
+    let when = |at_ms: i64| {
+        if at_ms > 0 {
+            age(at_ms, now_ms)
+        } else {
+            String::new()
+        }
+    };
     let mut fields: Vec<(&str, String)> = vec![
         ("id", job.id.to_string()),
         ("name", job.name.clone()),
         ("owner", job.owner.clone()),
         ("state", state_line(job)),
-        ("attempt", format!("{}/{} ({} lost to expired leases)", job.attempt, job.max_attempts, job.lease_losses)),
+        (
+            "attempt",
+            format!(
+                "{}/{} ({} lost to expired leases)",
+                job.attempt, job.max_attempts, job.lease_losses
+            ),
+        ),
         ("priority", job.priority.to_string()),
         ("worker", job.worker.clone()),
         ("message", job.message.clone()),
@@ -78,7 +113,10 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         let schedule = LrSchedule(
             spec.lr_schedule
                 .iter()
-                .map(|step| camp_proto::spec::LrStep { epoch: step.epoch, gamma: step.gamma })
+                .map(|step| camp_proto::spec::LrStep {
+                    epoch: step.epoch,
+                    gamma: step.gamma,
+                })
                 .collect(),
         );
         fields.extend([
@@ -119,7 +157,11 @@ fn state_line(job: &v1::Job) -> String {
 }
 
 pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let job = client::connect(opts).await?.cancel_job(CancelJobRequest { id }).await?.into_inner();
+    let job = client::connect(opts)
+        .await?
+        .cancel_job(CancelJobRequest { id })
+        .await?
+        .into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
@@ -128,9 +170,16 @@ pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
 }
 
 pub async fn logs(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let lines = client::connect(opts).await?.get_logs(GetLogsRequest { job_id: id }).await?.into_inner().lines;
+    let lines = client::connect(opts)
+        .await?
+        .get_logs(GetLogsRequest { job_id: id })
+        .await?
+        .into_inner()
+        .lines;
     if opts.json {
-        return print_json(&Value::Array(lines.iter().map(|line| wire::log_line(id, line)).collect()));
+        return print_json(&Value::Array(
+            lines.iter().map(|line| wire::log_line(id, line)).collect(),
+        ));
     }
     for line in &lines {
         println!("[attempt {}] {}", line.attempt, line.line);
@@ -166,16 +215,38 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["12", "tiny", "baseline", "preact_resnet20_cifar", "cifar10", "running", "1/3", "4/200", "61.25", "ada", "3m", "ago"]
+            [
+                "12",
+                "tiny",
+                "baseline",
+                "preact_resnet20_cifar",
+                "cifar10",
+                "running",
+                "1/3",
+                "4/200",
+                "61.25",
+                "ada",
+                "3m",
+                "ago"
+            ]
         );
     }
 
     #[test]
     fn details_name_state_and_spec() {
-        let job = v1::Job { cancel_requested: true, ..sample_job() };
+        let job = v1::Job {
+            cancel_requested: true,
+            ..sample_job()
+        };
         let text = job_details(&job, 181_000);
         assert!(text.contains("running (cancel requested)"), "{text}");
-        assert!(text.contains("lr_schedule") && text.contains("80:0.1,120:0.1,160:0.2"), "{text}");
-        assert!(!text.contains("finished"), "unset timestamps are left out: {text}");
+        assert!(
+            text.contains("lr_schedule") && text.contains("80:0.1,120:0.1,160:0.2"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("finished"),
+            "unset timestamps are left out: {text}"
+        );
     }
 }

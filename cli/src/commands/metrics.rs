@@ -16,11 +16,21 @@ pub async fn run(opts: &GlobalOpts, args: &MetricsArgs) -> anyhow::Result<()> {
         name: args.name.clone().unwrap_or_default(),
         attempt: args.attempt.unwrap_or(0),
     };
-    let metrics = client::connect(opts).await?.query_metrics(request).await?.into_inner().metrics;
+    let metrics = client::connect(opts)
+        .await?
+        .query_metrics(request)
+        .await?
+        .into_inner()
+        .metrics;
     if args.csv {
         print!("{}", csv(args.id, &metrics));
     } else if opts.json {
-        print_json(&Value::Array(metrics.iter().map(|metric| wire::metric(args.id, metric)).collect()))?;
+        print_json(&Value::Array(
+            metrics
+                .iter()
+                .map(|metric| wire::metric(args.id, metric))
+                .collect(),
+        ))?;
     } else {
         print!("{}", table(&metrics, now_ms()));
     }
@@ -63,12 +73,26 @@ mod tests {
     use super::*;
 
     fn metric(name: &str, value: f64) -> v1::Metric {
-        v1::Metric { name: name.into(), value, step: 390, epoch: 1, attempt: 1, at_ms: 0 }
+        v1::Metric {
+            name: name.into(),
+            value,
+            step: 390,
+            epoch: 1,
+            attempt: 1,
+            at_ms: 0,
+        }
     }
 
     #[test]
     fn csv_has_the_documented_header_and_exact_values() {
-        let text = csv(7, &[metric("test_top1", 55.25), metric("lr", 0.1), metric("odd,name", 1e-5)]);
+        let text = csv(
+            7,
+            &[
+                metric("test_top1", 55.25),
+                metric("lr", 0.1),
+                metric("odd,name", 1e-5),
+            ],
+        );
         assert_eq!(
             text,
             "job_id,attempt,epoch,step,name,value\n\
@@ -81,6 +105,13 @@ mod tests {
     #[test]
     fn table_shows_rounded_values() {
         let text = table(&[metric("train_loss", 1.234567)], 0).to_string();
-        assert_eq!(text.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>(), ["1", "1", "390", "train_loss", "1.23", "-"]);
+        assert_eq!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["1", "1", "390", "train_loss", "1.23", "-"]
+        );
     }
 }

@@ -14,7 +14,9 @@ use crate::exit;
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let opts = &cli.global;
     match &cli.command {
-        Command::Submit { stage: SubmitStage::Baseline(args) } => submit::baseline(opts, args).await?,
+        Command::Submit {
+            stage: SubmitStage::Baseline(args),
+        } => submit::baseline(opts, args).await?,
         Command::Jobs(args) => jobs::list(opts, args).await?,
         Command::Show { id } => jobs::show(opts, *id).await?,
         Command::Watch { id } => return watch::run(opts, *id).await,
@@ -22,7 +24,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Metrics(args) => metrics::run(opts, args).await?,
         Command::Cancel { id } => jobs::cancel(opts, *id).await?,
         Command::Checkpoints { id } => checkpoints::list(opts, *id).await?,
-        Command::Checkpoint { action: CheckpointAction::Download(args) } => checkpoints::download(opts, args).await?,
+        Command::Checkpoint {
+            action: CheckpointAction::Download(args),
+        } => checkpoints::download(opts, args).await?,
         Command::Workers => workers::list(opts).await?,
     }
     Ok(exit::SUCCESS)

@@ -16,10 +16,20 @@ pub async fn baseline(opts: &GlobalOpts, args: &BaselineArgs) -> anyhow::Result<
         priority: args.priority,
         max_attempts: args.max_attempts.unwrap_or(0),
     };
-    let job = client::connect(opts).await?.submit_job(request).await?.into_inner();
+    let job = client::connect(opts)
+        .await?
+        .submit_job(request)
+        .await?
+        .into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
-    println!("submitted job {} ({} {} on {})", job.id, spec.stage.as_str(), spec.arch, spec.dataset);
+    println!(
+        "submitted job {} ({} {} on {})",
+        job.id,
+        spec.stage.as_str(),
+        spec.arch,
+        spec.dataset
+    );
     Ok(())
 }
