@@ -140,8 +140,10 @@ fn kind_of(dtype: Dtype) -> Result<Kind> {
     })
 }
 
-/// A tensor's bytes in row-major order, with its dtype and shape.
-fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+/// A tensor as stored: dtype, shape and bytes in row-major order.
+type StoredTensor = (Dtype, Vec<usize>, Vec<u8>);
+
+fn tensor_bytes(t: &Tensor) -> Result<StoredTensor> {
     let cpu = t.f_to_device(Device::Cpu)?.f_contiguous()?;
     let numel = cpu.numel();
     let mut bytes = vec![0u8; numel * cpu.f_kind()?.elt_size_in_bytes()];
@@ -151,7 +153,7 @@ fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
 
 /// Serialises the model's variables, the optimiser's momentum and `meta`.
 pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> {
-    let mut entries: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> = Vec::new();
+    let mut entries: Vec<(String, StoredTensor)> = Vec::new();
     for (name, t) in vs.variables() {
         entries.push((name, tensor_bytes(&t)?));
     }

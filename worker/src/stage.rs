@@ -380,8 +380,10 @@ impl Run<'_> {
             ],
         );
         observer.log(format!(
-            "epoch {epoch}/{} lr {lr}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | {:.0} images/s",
+            "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | {:.0} images/s",
             self.spec.epochs,
+            // Rounded so that 0.1 * 0.1 prints as 0.01.
+            (lr * 1e12).round() / 1e12,
             train.mean_loss(),
             100.0 * train.top1(),
             eval.loss,
