@@ -118,6 +118,15 @@ pub fn size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A top-1/top-5 fraction (0..1, as the worker reports it) as a percentage: `91.23%`; `-` for NaN.
+pub fn percent(fraction: f64) -> String {
+    if fraction.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.2}%", 100.0 * fraction)
+    }
+}
+
 /// A metric value for people: 4 significant digits or so, `-` for NaN.
 pub fn number(value: f64) -> String {
     if value.is_nan() {
@@ -174,5 +183,7 @@ mod tests {
         assert_eq!(number(2e-4), "2.00e-4");
         assert_eq!(number(8900.4), "8900");
         assert_eq!(number(f64::NAN), "-");
+        assert_eq!(percent(0.91234), "91.23%");
+        assert_eq!(percent(f64::NAN), "-");
     }
 }

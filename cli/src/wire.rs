@@ -31,11 +31,9 @@ pub fn embedded_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-/// The best top-1 in a job's result summary, under the first key it uses.
+/// The best top-1 (a fraction) in a job's result summary.
 pub fn best_top1(result: &Value) -> Option<f64> {
-    ["best_top1", "best_acc1", "top1"]
-        .iter()
-        .find_map(|key| result.get(key)?.as_f64())
+    result.get("best_top1")?.as_f64()
 }
 
 pub fn spec(spec: &v1::JobSpec) -> Value {

@@ -13,7 +13,7 @@ use tonic::Status;
 
 use crate::args::{DownloadArgs, GlobalOpts};
 use crate::client;
-use crate::output::{age, now_ms, number, print_json, size, Table};
+use crate::output::{age, now_ms, percent, print_json, size, Table};
 use crate::wire;
 
 pub async fn list(opts: &GlobalOpts, job_id: i64) -> anyhow::Result<()> {
@@ -41,7 +41,7 @@ fn table(checkpoints: &[v1::Checkpoint], now_ms: i64) -> Table {
             checkpoint.id.to_string(),
             checkpoint.epoch.to_string(),
             checkpoint.step.to_string(),
-            number(checkpoint.top1),
+            percent(checkpoint.top1),
             if checkpoint.best { "*" } else { "" }.into(),
             size(checkpoint.size),
             checkpoint.sha256.chars().take(12).collect(),
@@ -256,14 +256,14 @@ mod tests {
             id: 2,
             epoch: 3,
             step: 1170,
-            top1: 48.5,
+            top1: 0.485,
             best: true,
             size: 2048,
             ..info_for(DATA)
         };
         let text = table(&[checkpoint], 0).to_string();
         let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(cells[..7], ["2", "3", "1170", "48.50", "*", "2.0", "KiB"]);
+        assert_eq!(cells[..7], ["2", "3", "1170", "48.50%", "*", "2.0", "KiB"]);
         assert_eq!(cells[7].len(), 12);
     }
 }

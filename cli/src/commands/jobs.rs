@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::args::{GlobalOpts, JobsArgs, LrSchedule};
 use crate::client;
-use crate::output::{age, now_ms, number, print_json, Table};
+use crate::output::{age, now_ms, percent, print_json, Table};
 use crate::wire;
 
 pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
@@ -47,7 +47,7 @@ fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
         let best = wire::best_top1(&wire::embedded_json(&job.result_json))
-            .map(number)
+            .map(percent)
             .unwrap_or_default();
         table.push(vec![
             job.id.to_string(),
@@ -202,7 +202,7 @@ mod tests {
             max_attempts: 3,
             epoch: 4,
             created_at_ms: 1_000,
-            result_json: r#"{"best_top1": 61.25}"#.into(),
+            result_json: r#"{"best_top1": 0.6125}"#.into(),
             ..Default::default()
         }
     }
@@ -224,7 +224,7 @@ mod tests {
                 "running",
                 "1/3",
                 "4/200",
-                "61.25",
+                "61.25%",
                 "ada",
                 "3m",
                 "ago"

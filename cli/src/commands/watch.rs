@@ -2,9 +2,10 @@
 //!
 //! For people: a progress line (epoch, step, loss, top-1, images/s, ETA) and one
 //! line per finished epoch. The metric names it reads, as the worker reports them:
-//! per step `loss` and `top1`; per epoch `train_loss`, `train_top1`, `test_loss`,
-//! `test_top1`, `test_top5`, `lr`; `images_per_s` at either level. Other names are
-//! ignored here (they are all in `--json` and `camp metrics`).
+//! per step `loss`, `top1`, `lr`, `images_per_s`; per epoch `train_loss`,
+//! `train_top1`, `test_loss`, `test_top1`, `test_top5`, `lr`, `epoch_images_per_s`.
+//! Accuracies are fractions, shown as percentages. Other names are ignored here
+//! (they are all in `--json` and `camp metrics`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use serde_json::json;
 use crate::args::GlobalOpts;
 use crate::client;
 use crate::exit;
-use crate::output::{duration_precise, number};
+use crate::output::{duration_precise, number, percent};
 use crate::wire;
 
 /// After the job has ended, how long to wait for the rest of the coordinator's events.
@@ -123,6 +124,7 @@ enum Tracked {
     TestTop5,
     Lr,
     ImagesPerSec,
+    EpochImagesPerSec,
 }
 
 impl Tracked {
@@ -137,15 +139,16 @@ impl Tracked {
             "test_top5" => Tracked::TestTop5,
             "lr" => Tracked::Lr,
             "images_per_s" => Tracked::ImagesPerSec,
+            "epoch_images_per_s" => Tracked::EpochImagesPerSec,
             _ => return None,
         })
     }
 
-    /// Reported once per epoch, so its `step` is the global step at the epoch's end.
+    /// Reported only once per epoch, so its `step` is the global step at the epoch's end.
     fn is_epoch_summary(self) -> bool {
         !matches!(
             self,
-            Tracked::StepLoss | Tracked::StepTop1 | Tracked::ImagesPerSec
+            Tracked::StepLoss | Tracked::StepTop1 | Tracked::Lr | Tracked::ImagesPerSec
         )
     }
 }
@@ -171,8 +174,8 @@ impl EpochSummary {
             Tracked::TestTop1 => &mut self.test_top1,
             Tracked::TestTop5 => &mut self.test_top5,
             Tracked::Lr => &mut self.lr,
-            Tracked::ImagesPerSec => &mut self.images_per_s,
-            Tracked::StepLoss | Tracked::StepTop1 => return,
+            Tracked::EpochImagesPerSec => &mut self.images_per_s,
+            Tracked::StepLoss | Tracked::StepTop1 | Tracked::ImagesPerSec => return,
         };
         *slot = Some(value);
     }
@@ -206,25 +209,25 @@ impl EpochSummary {
 
     /// `epoch 3/200  train loss 1.234 top-1 55.10  test loss ... top-5 ...  lr 0.1000  8900 img/s  best 60.20 (epoch 3)`
     fn line(&self, epoch: u32, epochs: u32, best: Option<Best>) -> String {
-        let part = |label: &str, value: Option<f64>| {
+        let part = |label: &str, value: Option<f64>, show: fn(f64) -> String| {
             value
-                .map(|v| format!(" {label} {}", number(v)))
+                .map(|v| format!(" {label} {}", show(v)))
                 .unwrap_or_default()
         };
         let mut line = format!("epoch {epoch}/{epochs}");
         if self.train_loss.is_some() || self.train_top1.is_some() {
             line += &format!(
                 "  train{}{}",
-                part("loss", self.train_loss),
-                part("top-1", self.train_top1)
+                part("loss", self.train_loss, number),
+                part("top-1", self.train_top1, percent)
             );
         }
         if self.test_loss.is_some() || self.test_top1.is_some() || self.test_top5.is_some() {
             line += &format!(
                 "  test{}{}{}",
-                part("loss", self.test_loss),
-                part("top-1", self.test_top1),
-                part("top-5", self.test_top5)
+                part("loss", self.test_loss, number),
+                part("top-1", self.test_top1, percent),
+                part("top-5", self.test_top5, percent)
             );
         }
         if let Some(lr) = self.lr {
@@ -234,7 +237,7 @@ impl EpochSummary {
             line += &format!("  {rate:.0} img/s");
         }
         if let Some(best) = best {
-            line += &format!("  best {} (epoch {})", number(best.top1), best.epoch);
+            line += &format!("  best {} (epoch {})", percent(best.top1), best.epoch);
         }
         line
     }
@@ -371,7 +374,9 @@ impl Live {
         match tracked {
             Tracked::StepLoss | Tracked::TrainLoss => self.loss = Some(metric.value),
             Tracked::StepTop1 | Tracked::TrainTop1 => self.top1 = Some(metric.value),
-            Tracked::ImagesPerSec => self.images_per_s = Some(metric.value),
+            Tracked::ImagesPerSec | Tracked::EpochImagesPerSec => {
+                self.images_per_s = Some(metric.value)
+            }
             _ => {}
         }
         if tracked == Tracked::TestTop1 && self.best.is_none_or(|best| metric.value > best.top1) {
@@ -437,7 +442,7 @@ impl Live {
             message += &format!("  loss {}", number(loss));
         }
         if let Some(top1) = self.top1 {
-            message += &format!("  top-1 {}", number(top1));
+            message += &format!("  top-1 {}", percent(top1));
         }
         if let Some(rate) = self.images_per_s {
             message += &format!("  {rate:.0} img/s");
@@ -487,7 +492,7 @@ impl WatchDisplay for Live {
         let best = wire::best_top1(&wire::embedded_json(&job.result_json))
             .or(self.best.map(|best| best.top1));
         if let Some(best) = best {
-            line += &format!(", best top-1 {}", number(best));
+            line += &format!(", best top-1 {}", percent(best));
         }
         if !job.message.is_empty() {
             line += &format!(": {}", job.message);
@@ -552,13 +557,18 @@ mod tests {
             ..Default::default()
         });
         live.on_metric(&metric("loss", 2.0, 1, 10));
-        live.on_metric(&metric("test_top1", 40.0, 1, 400));
-        live.on_metric(&metric("test_top1", 35.0, 2, 800));
+        live.on_metric(&metric("lr", 0.1, 1, 10));
+        assert_eq!(
+            live.steps_per_epoch_seen, None,
+            "step metrics say nothing of epoch length"
+        );
+        live.on_metric(&metric("test_top1", 0.40, 1, 400));
+        live.on_metric(&metric("test_top1", 0.35, 2, 800));
         assert_eq!(live.steps_per_epoch_seen, Some(400.0));
         assert_eq!(
             live.best,
             Some(Best {
-                top1: 40.0,
+                top1: 0.40,
                 epoch: 1
             })
         );
@@ -576,20 +586,22 @@ mod tests {
         let mut summary = EpochSummary::default();
         for (name, value) in [
             ("train_loss", 1.2345),
-            ("train_top1", 55.1),
+            ("train_top1", 0.551),
             ("test_loss", 1.1),
-            ("test_top1", 60.2),
-            ("test_top5", 95.0),
+            ("test_top1", 0.602),
+            ("test_top5", 0.95),
             ("lr", 0.1),
         ] {
             summary.set(Tracked::from_name(name).unwrap(), value);
         }
         assert!(!summary.is_complete());
-        summary.set(Tracked::ImagesPerSec, 8900.4);
+        summary.set(Tracked::ImagesPerSec, 1.0);
+        assert!(!summary.is_complete(), "step throughput is not the epoch's");
+        summary.set(Tracked::EpochImagesPerSec, 8900.4);
         assert!(summary.is_complete());
         assert_eq!(
-            summary.line(3, 200, Some(Best { top1: 60.2, epoch: 3 })),
-            "epoch 3/200  train loss 1.23 top-1 55.10  test loss 1.10 top-1 60.20 top-5 95.00  lr 0.1000  8900 img/s  best 60.20 (epoch 3)"
+            summary.line(3, 200, Some(Best { top1: 0.602, epoch: 3 })),
+            "epoch 3/200  train loss 1.23 top-1 55.10%  test loss 1.10 top-1 60.20% top-5 95.00%  lr 0.1000  8900 img/s  best 60.20% (epoch 3)"
         );
         let only_rate = EpochSummary {
             images_per_s: Some(1.0),
