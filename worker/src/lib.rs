@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod error;

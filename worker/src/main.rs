@@ -1,1 +1,138 @@
-fn main() {}
+//! `camp-worker`: the worker daemon (default), plus `bench` and `run` for
+//! measuring and for training one job without a coordinator.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use camp_worker::bench::{run_bench, BenchConfig};
+use camp_worker::daemon::{self, DaemonConfig};
+use camp_worker::device::parse_device;
+use camp_worker::local::run_local;
+use camp_worker::stage::StageOutcome;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "camp-worker", version, about = "camp's worker: claims training jobs from a coordinator and runs them with libtorch")]
+struct Cli {
+    /// Coordinator address.
+    #[arg(long, env = "CAMP_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// Folder holding data sets as cifar10/, cifar100/, fashion-mnist/ (official file formats).
+    #[arg(long, env = "CAMP_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Training device: cpu, cuda or cuda:N. CUDA never falls back to the CPU.
+    #[arg(long, env = "CAMP_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Name shown in `camp workers` (default: the host name).
+    #[arg(long, env = "CAMP_WORKER_NAME")]
+    name: Option<String>,
+    /// Labels as key=value, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// CPU threads libtorch may use (default: all cores).
+    #[arg(long, env = "CAMP_THREADS")]
+    threads: Option<i32>,
+    /// API token, when the coordinator requires one.
+    #[arg(long, env = "CAMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print training and evaluation images/s of an architecture on random data.
+    Bench {
+        #[arg(short = 'a', long, default_value = "preact_resnet44_cifar")]
+        arch: String,
+        #[arg(short = 'b', long, default_value_t = 128)]
+        batch: i64,
+        /// bf16 autocast (CUDA).
+        #[arg(long)]
+        bf16: bool,
+        #[arg(long)]
+        channels_last: bool,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup_steps: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train one job from a YAML spec, with no coordinator; checkpoints go to --out.
+    Run {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, default_value = "camp-run")]
+        out: PathBuf,
+        /// Continue from --out/latest.safetensors if present.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("'{s}' is not key=value"))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        tch::set_num_threads(threads);
+    }
+    let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
+    match cli.command {
+        Some(Command::Bench { arch, batch, bf16, channels_last, steps, warmup_steps, json }) => {
+            let report = run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Some(Command::Run { spec, out, resume }) => {
+            match run_local(&spec, &cli.data_dir, device, &out, resume)? {
+                StageOutcome::Completed(_) => Ok(()),
+                _ => anyhow::bail!("run stopped before the end"),
+            }
+        }
+        None => run_daemon(cli, device),
+    }
+}
+
+fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
+    let name = cli.name.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
+    });
+    let config = DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(tokio::sync::Notify::new());
+        {
+            let (shutdown, signal) = (shutdown.clone(), signal.clone());
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("signal received: finishing the current step, then checkpointing and handing the job back");
+                shutdown.store(true, Ordering::SeqCst);
+                signal.notify_waiters();
+                signal.notify_one();
+            });
+        }
+        daemon::run(config, shutdown, signal).await?;
+        Ok(())
+    })
+}
