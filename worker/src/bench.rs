@@ -69,9 +69,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
     let mut train_step = || -> Result<()> {
         let logits = model.forward_t(&images, true)?;
         let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
-        sgd.zero_grad();
-        loss.f_backward()?;
-        sgd.step(0.01)
+        sgd.step(&loss, 0.01)
     };
     for _ in 0..config.warmup_steps {
         train_step()?;

@@ -157,8 +157,8 @@ pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> 
     for (name, t) in vs.variables() {
         entries.push((name, tensor_bytes(&t)?));
     }
-    for (name, buf) in sgd.momentum_buffers() {
-        entries.push((format!("{MOMENTUM_PREFIX}{name}"), tensor_bytes(buf)?));
+    for (name, buf) in sgd.momentum_buffers()? {
+        entries.push((format!("{MOMENTUM_PREFIX}{name}"), tensor_bytes(&buf)?));
     }
     let views = entries
         .iter()

@@ -1,8 +1,11 @@
 //! SGD with momentum and weight decay, computing what PyTorch's `torch.optim.SGD`
 //! computes with dampening 0 and Nesterov off:
 //! `d = g + wd*p; buf = d (first step) or momentum*buf + d; p -= lr*buf`.
-//! Written here (not tch's optimizer) so that the momentum buffers can be
-//! checkpointed and restored.
+//!
+//! Written here (not tch's optimizer) so that the momentum can be checkpointed.
+//! Gradients come from `run_backward` (no `.grad` to zero), and the update runs
+//! on all parameters at once, concatenated: a handful of large kernels instead
+//! of several small ones per parameter, which bounds small-batch GPU training.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +17,9 @@ use crate::error::{EngineError, Result};
 pub struct Sgd {
     /// Trainable parameters by VarStore path, in name order.
     params: Vec<(String, Tensor)>,
-    /// One buffer per parameter, created on its first update.
-    momentum_buffers: Vec<Option<Tensor>>,
+    /// Every parameter's momentum back to back (each in row-major order);
+    /// created by the first step.
+    momentum_buffer: Option<Tensor>,
     momentum: f64,
     weight_decay: f64,
 }
@@ -25,78 +29,78 @@ impl Sgd {
     pub fn new(vs: &VarStore, momentum: f64, weight_decay: f64) -> Self {
         let params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect::<BTreeMap<_, _>>().into_iter().collect();
-        let momentum_buffers = params.iter().map(|_| None).collect();
-        Sgd { params, momentum_buffers, momentum, weight_decay }
+        Sgd { params, momentum_buffer: None, momentum, weight_decay }
     }
 
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
-    }
-
-    /// One update with learning rate `lr`; parameters without a gradient are skipped.
-    pub fn step(&mut self, lr: f64) -> Result<()> {
+    /// Back-propagates `loss` to the parameters and updates them with learning rate `lr`.
+    pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+        let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
+        let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;
         let _no_grad = tch::no_grad_guard();
-        for ((_, p), buf) in self.params.iter_mut().zip(self.momentum_buffers.iter_mut()) {
-            let grad = p.f_grad()?;
-            if !grad.defined() {
-                continue;
+        let flat = |ts: &[&Tensor]| -> Result<Tensor> {
+            let rows = ts.iter().map(|t| t.f_reshape([-1])).collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(Tensor::f_cat(&rows, 0)?)
+        };
+        let mut d = flat(&grads.iter().collect::<Vec<_>>())?;
+        if self.weight_decay != 0.0 {
+            d = d.f_add(&flat(&params)?.f_mul_scalar(self.weight_decay)?)?;
+        }
+        let buf = match &mut self.momentum_buffer {
+            Some(buf) => {
+                let _ = buf.f_mul_scalar_(self.momentum)?.f_add_(&d)?;
+                buf.shallow_clone()
             }
-            let d = if self.weight_decay != 0.0 { grad.f_add(&p.f_mul_scalar(self.weight_decay)?)? } else { grad };
-            let update = match buf {
-                Some(b) => {
-                    let _ = b.f_mul_scalar_(self.momentum)?.f_add_(&d)?;
-                    b.shallow_clone()
-                }
-                None => {
-                    // A copy: `d` may be the gradient itself, which zero_grad clears.
-                    let mut b = d.f_empty_like()?;
-                    b.f_copy_(&d)?;
-                    *buf = Some(b.shallow_clone());
-                    b
-                }
-            };
-            let _ = p.f_sub_(&update.f_mul_scalar(lr)?)?;
+            // `d` is a fresh tensor (made by cat), safe to keep as the buffer.
+            None => self.momentum_buffer.insert(d).shallow_clone(),
+        };
+        let update = buf.f_mul_scalar(lr)?;
+        let mut offset = 0;
+        for (_, p) in &mut self.params {
+            let numel = p.numel() as i64;
+            let _ = p.f_sub_(&update.f_narrow(0, offset, numel)?.f_view(p.size().as_slice())?)?;
+            offset += numel;
         }
         Ok(())
     }
 
-    /// The momentum buffers that exist, by parameter name.
-    pub fn momentum_buffers(&self) -> Vec<(&str, &Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.momentum_buffers)
-            .filter_map(|((name, _), buf)| buf.as_ref().map(|b| (name.as_str(), b)))
-            .collect()
+    /// Each parameter's momentum buffer (views into the flat buffer); empty before the first step.
+    pub fn momentum_buffers(&self) -> Result<Vec<(&str, Tensor)>> {
+        let Some(buf) = &self.momentum_buffer else { return Ok(Vec::new()) };
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            let numel = p.numel() as i64;
+            out.push((name.as_str(), buf.f_narrow(0, offset, numel)?.f_view(p.size().as_slice())?));
+            offset += numel;
+        }
+        Ok(out)
     }
 
-    /// Restores buffers saved by `momentum_buffers`, copying them onto each
-    /// parameter's device. Unknown names or wrong shapes are an error.
+    /// Restores buffers saved from `momentum_buffers`: one per parameter, or
+    /// none at all (a run that has not stepped yet).
     pub fn set_momentum_buffers(&mut self, buffers: &BTreeMap<String, Tensor>) -> Result<()> {
-        for name in buffers.keys() {
-            if !self.params.iter().any(|(n, _)| n == name) {
-                return Err(EngineError::Checkpoint(format!("momentum buffer for unknown parameter '{name}'")));
+        if buffers.is_empty() {
+            self.momentum_buffer = None;
+            return Ok(());
+        }
+        if let Some(name) = buffers.keys().find(|name| !self.params.iter().any(|(n, _)| n == *name)) {
+            return Err(EngineError::Checkpoint(format!("momentum buffer for unknown parameter '{name}'")));
+        }
+        let mut rows = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            let saved = buffers.get(name).ok_or_else(|| EngineError::Checkpoint(format!("no momentum buffer for '{name}'")))?;
+            if saved.size() != p.size() {
+                return Err(EngineError::Checkpoint(format!(
+                    "momentum buffer '{name}' has shape {:?}, the parameter has {:?}",
+                    saved.size(),
+                    p.size()
+                )));
             }
+            rows.push(saved.f_to_kind(p.kind())?.f_reshape([-1])?);
         }
-        for ((name, p), buf) in self.params.iter().zip(self.momentum_buffers.iter_mut()) {
-            *buf = match buffers.get(name) {
-                Some(saved) if saved.size() == p.size() => {
-                    // A fresh buffer in the parameter's layout, never an alias of `saved`.
-                    let mut b = p.f_empty_like()?;
-                    b.f_copy_(saved)?;
-                    Some(b)
-                }
-                Some(saved) => {
-                    return Err(EngineError::Checkpoint(format!(
-                        "momentum buffer '{name}' has shape {:?}, parameter has {:?}",
-                        saved.size(),
-                        p.size()
-                    )))
-                }
-                None => None,
-            };
-        }
+        let device = self.params.first().map(|(_, p)| p.device()).unwrap_or(tch::Device::Cpu);
+        // cat makes a new tensor: the buffer never aliases `buffers`.
+        self.momentum_buffer = Some(Tensor::f_cat(&rows, 0)?.f_to_device(device)?);
         Ok(())
     }
 }

@@ -1,0 +1,116 @@
+//! Architecture shapes and the optimiser's arithmetic.
+
+use camp_worker::model::{blocks_per_stage, ComputeOptions, PreActResNet};
+use camp_worker::optim::Sgd;
+use tch::nn::{Init, VarStore};
+use tch::{Device, Kind, Tensor};
+
+/// Parameters of a pre-activation ResNet counted from its layer shapes:
+/// stem conv3x3 (in -> 16); per block pre_bn(in) + conv3x3(in -> out) + bn(out) + conv3x3(out -> out);
+/// final_bn(64); fc 64 -> classes with bias.
+fn expected_parameters(n: i64, in_channels: i64, classes: i64) -> i64 {
+    let conv = |i: i64, o: i64| 9 * i * o;
+    let bn = |c: i64| 2 * c;
+    let mut total = conv(in_channels, 16);
+    let mut width = 16;
+    for out in [16, 32, 64] {
+        for _ in 0..n {
+            total += bn(width) + conv(width, out) + bn(out) + conv(out, out);
+            width = out;
+        }
+    }
+    total + bn(64) + 64 * classes + classes
+}
+
+#[test]
+fn parameter_counts_match_the_layer_shapes() {
+    let depths = [(20, 3), (32, 5), (44, 7), (56, 9), (110, 18)];
+    for (depth, n) in depths {
+        let arch = format!("preact_resnet{depth}_cifar");
+        assert_eq!(blocks_per_stage(&arch), Some(n));
+        for (in_channels, classes) in [(3, 10), (3, 100), (1, 10)] {
+            let vs = VarStore::new(Device::Cpu);
+            PreActResNet::new(&vs.root(), &arch, in_channels, classes, ComputeOptions::default()).unwrap();
+            let count: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+            assert_eq!(count, expected_parameters(n, in_channels, classes), "{arch} in {in_channels} classes {classes}");
+        }
+    }
+    // Pre-activation ResNet-20 on CIFAR-10, summed by hand: 432 + 3*4672 + 13920 + 2*18560
+    // + 55488 + 2*73984 + 128 + 650.
+    assert_eq!(expected_parameters(3, 3, 10), 269_722);
+}
+
+#[test]
+fn forward_gives_logits_for_32_and_28_pixel_inputs_and_names_follow_the_reference() {
+    tch::set_num_threads(1);
+    let vs = VarStore::new(Device::Cpu);
+    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 1, 10, ComputeOptions::default()).unwrap();
+    let logits = model.forward_t(&Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu)), true).unwrap();
+    assert_eq!(logits.size(), [2, 10]);
+    let names = vs.variables();
+    for name in ["conv1.weight", "layer1.0.pre_bn.weight", "layer2.0.conv1.weight", "layer3.2.bn.running_var", "final_bn.bias", "fc.weight", "fc.bias"] {
+        assert!(names.contains_key(name), "{name} missing");
+    }
+    assert_eq!(names["layer2.0.conv1.weight"].size(), [32, 16, 3, 3]);
+
+    let vs = VarStore::new(Device::Cpu);
+    let options = ComputeOptions { bf16: false, channels_last: true };
+    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 3, 100, options).unwrap();
+    let logits = model.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false).unwrap();
+    assert_eq!(logits.size(), [2, 100]);
+    // A wrong input is an error, not a panic.
+    assert!(model.forward_t(&Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu)), false).is_err());
+}
+
+#[test]
+fn sgd_matches_a_hand_computed_update_for_two_steps() {
+    let (lr, momentum, wd) = (0.1, 0.9, 0.01);
+    let vs = VarStore::new(Device::Cpu);
+    let p = vs.root().var("p", &[2], Init::Const(0.0));
+    tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, -2.0])));
+    let coefficients = Tensor::from_slice(&[3.0f32, 0.5]);
+    let mut sgd = Sgd::new(&vs, momentum, wd);
+
+    // loss = sum(c * p * p) / 2  ->  gradient c * p.
+    let step = |sgd: &mut Sgd| {
+        let loss = (&coefficients * &p * &p).sum(Kind::Float).divide_scalar(2.0);
+        sgd.step(&loss, lr).unwrap();
+    };
+    let c = [3.0f64, 0.5];
+    let mut expected = [1.0f64, -2.0];
+    let mut buf = [0.0f64; 2];
+    for k in 0..2 {
+        step(&mut sgd);
+        for i in 0..2 {
+            let d = c[i] * expected[i] + wd * expected[i];
+            buf[i] = if k == 0 { d } else { momentum * buf[i] + d };
+            expected[i] -= lr * buf[i];
+        }
+        let got = Vec::<f32>::try_from(&p).unwrap();
+        for i in 0..2 {
+            assert!((got[i] as f64 - expected[i]).abs() < 1e-6, "step {k} element {i}: {} vs {}", got[i], expected[i]);
+        }
+    }
+    let buffers = sgd.momentum_buffers().unwrap();
+    assert_eq!(buffers.len(), 1);
+    assert_eq!(buffers[0].0, "p");
+    let saved = Vec::<f32>::try_from(&buffers[0].1).unwrap();
+    assert!((saved[0] as f64 - buf[0]).abs() < 1e-6 && (saved[1] as f64 - buf[1]).abs() < 1e-6);
+}
+
+#[test]
+fn bench_reports_positive_throughput() {
+    tch::set_num_threads(1);
+    let config = camp_worker::bench::BenchConfig {
+        arch: "preact_resnet20_cifar".into(),
+        batch: 4,
+        device: Device::Cpu,
+        bf16: false,
+        channels_last: false,
+        warmup_steps: 1,
+        steps: 2,
+    };
+    let report = camp_worker::bench::run_bench(&config).unwrap();
+    assert!(report.train_images_per_s > 0.0 && report.eval_images_per_s > 0.0);
+    assert!(report.to_string().contains("train"));
+}
