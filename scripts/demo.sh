@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets everything up (libtorch, PostgreSQL, Fashion-MNIST, a release build) and
+# runs the main job: a coordinator and a worker on loopback train a short
+# pre-activation ResNet-20 baseline on real Fashion-MNIST, watched live.
+#   CAMP_DEMO_EPOCHS / CAMP_DEMO_TRAIN / CAMP_DEMO_TEST / CAMP_DEMO_DEVICE tune the run.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$repo"
+ensure_rust
+ensure_libtorch
+ensure_postgres
+ensure_fashion_mnist
+
+demo="$repo/.demo"
+mkdir -p "$demo/data"
+ln -sfn "$FASHION_MNIST_DIR" "$demo/data/fashion-mnist"
+psql "$DATABASE_URL" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'camp_demo'" | grep -q 1 \
+  || psql "$DATABASE_URL" -qc "CREATE DATABASE camp_demo"
+db_url="${DATABASE_URL%/*}/camp_demo"
+
+cargo build --release --bins
+bin="$repo/target/release"
+port="${CAMP_DEMO_PORT:-50151}"
+export CAMP_ADDR="http://127.0.0.1:$port"
+
+"$bin/camp-server" --listen "127.0.0.1:$port" --database-url "$db_url" >"$demo/server.log" 2>&1 &
+server=$!
+trap 'kill $worker $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+"$bin/camp-worker" --coordinator "$CAMP_ADDR" --data-dir "$demo/data" --device "${CAMP_DEMO_DEVICE:-cpu}" --name demo-worker \
+  >"$demo/worker.log" 2>&1 &
+worker=$!
+echo "coordinator on $CAMP_ADDR (log: $demo/server.log), worker log: $demo/worker.log"
+
+id=$("$bin/camp" submit baseline -a preact_resnet20_cifar --dataset fashion-mnist \
+  --epochs "${CAMP_DEMO_EPOCHS:-3}" --train-limit "${CAMP_DEMO_TRAIN:-10000}" --test-limit "${CAMP_DEMO_TEST:-2000}" \
+  -b 128 --lr 0.1 --lr-schedule 3:0.1 -p 20 --name demo-fashion-mnist --json \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+echo "submitted job $id; watching it live"
+"$bin/camp" watch "$id"
+"$bin/camp" show "$id"
+"$bin/camp" checkpoints "$id"
+echo "final test top-1: $("$bin/camp" show "$id" --json | python3 -c 'import json, sys; r = json.load(sys.stdin)["result"]; print("%.2f%% (best %.2f%% at epoch %d)" % (100 * r["final_top1"], 100 * r["best_top1"], r["best_epoch"]))')"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: coordinator, worker engine, CLI and the end-to-end system
+# tests, against a real PostgreSQL (one fresh database per test).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$repo"
+ensure_rust
+ensure_libtorch
+ensure_postgres
+ensure_fashion_mnist
+echo "libtorch: $LIBTORCH" >&2
+echo "database: $DATABASE_URL" >&2
+# The system tests start the binaries as processes: build them first.
+cargo build --workspace --bins --tests
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi
