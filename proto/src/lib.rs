@@ -1,6 +1,12 @@
-//! camp's contract: the generated gRPC code of `camp.v1` and the job spec,
-//! whose validation the coordinator, the worker and the CLI share.
+//! camp's contract: the generated gRPC code of `camp.v1`, the job spec with
+//! its validation, and what every part computes alike from a spec: the
+//! architecture's layer shapes, the quantisation plan, the energy model and the
+//! reference's schedule files.
 
+pub mod arch;
+pub mod energy;
+pub mod quant;
+pub mod schedule;
 pub mod spec;
 
 /// Generated from `proto/camp/v1/*.proto`.

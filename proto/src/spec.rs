@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::energy::EnergyTable;
 use crate::v1;
 
 /// A spec field that is wrong, and why. `field` is the spec's key (`lr`, `batch_size`, ...).
@@ -13,7 +14,7 @@ pub struct SpecError {
     pub reason: String,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
     SpecError { field, reason: reason.into() }
 }
 
@@ -25,26 +26,53 @@ pub const ARCHITECTURES: &[&str] = &[
     "preact_resnet110_cifar",
 ];
 pub const DATASETS: &[&str] = &["cifar10", "cifar100", "fashion-mnist"];
-pub const STAGES: &[&str] = &["baseline"];
+pub const STAGES: &[&str] = &["baseline", "qat", "sp", "rl"];
 pub const DEVICES: &[&str] = &["any", "cpu", "cuda"];
+/// Suffix naming the dual-path variant of an architecture (stages sp and rl).
+pub const DUAL_PATH_SUFFIX: &str = "_dualpath";
 
-/// Stage names that this build runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The stages of the method (ALGORITHMS 4-6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Full precision.
     Baseline,
+    /// Quantisation-aware training at fixed bits.
+    Qat,
+    /// Dual-path network, gates trained supervised.
+    Sp,
+    /// Dual-path network, gates trained with REINFORCE.
+    Rl,
 }
 
 impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Baseline => "baseline",
+            Stage::Qat => "qat",
+            Stage::Sp => "sp",
+            Stage::Rl => "rl",
         }
     }
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         match s {
             "baseline" => Ok(Stage::Baseline),
+            "qat" => Ok(Stage::Qat),
+            "sp" => Ok(Stage::Sp),
+            "rl" => Ok(Stage::Rl),
             other => Err(invalid("stage", format!("unknown stage '{other}' (known: {})", STAGES.join(", ")))),
+        }
+    }
+    /// Stages that train the dual-path network.
+    pub fn is_dual_path(self) -> bool {
+        matches!(self, Stage::Sp | Stage::Rl)
+    }
+    /// Bits of the quantised layers when the spec names none (the basic path for sp/rl).
+    pub fn default_bits(self) -> u32 {
+        match self {
+            Stage::Baseline => 32,
+            Stage::Qat => 4,
+            Stage::Sp | Stage::Rl => 1,
         }
     }
 }
@@ -76,6 +104,32 @@ impl DeviceRequest {
     }
 }
 
+/// Activation quantiser: DoReFa's clamp to [0, 1] (the reference's) or PACT's learned clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActQuant {
+    #[default]
+    Dorefa,
+    Pact,
+}
+
+impl ActQuant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActQuant::Dorefa => "dorefa",
+            ActQuant::Pact => "pact",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "" | "dorefa" => Ok(ActQuant::Dorefa),
+            "pact" => Ok(ActQuant::Pact),
+            other => Err(invalid("act_quant", format!("unknown activation quantiser '{other}' (known: dorefa, pact)"))),
+        }
+    }
+}
+
+/// A milestone of distiller's MultiStepMultiGammaLR: after `epoch` epochs, lr *= gamma.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LrStep {
@@ -83,7 +137,17 @@ pub struct LrStep {
     pub gamma: f64,
 }
 
-/// The reference's "MultiStepMultiGammaLR": x0.1 at 80, x0.1 at 120, x0.2 at 160.
+/// Bits for the modules whose path matches `pattern` (glob; `*` matches anything).
+/// `None` keeps them in full precision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitsOverride {
+    pub pattern: String,
+    pub wts: Option<u32>,
+    pub acts: Option<u32>,
+}
+
+/// The reference's schedule: x0.1 after 80 epochs, x0.1 after 120, x0.2 after 160.
 pub fn reference_lr_schedule() -> Vec<LrStep> {
     vec![
         LrStep { epoch: 80, gamma: 0.1 },
@@ -97,6 +161,7 @@ pub fn reference_lr_schedule() -> Vec<LrStep> {
 #[serde(deny_unknown_fields, default)]
 pub struct JobSpec {
     pub stage: Stage,
+    /// The base architecture; stages sp and rl train its dual-path variant.
     pub arch: String,
     pub dataset: String,
     pub lr: f64,
@@ -114,6 +179,22 @@ pub struct JobSpec {
     pub train_limit: u32,
     /// Use only the first N test images (0 = all).
     pub test_limit: u32,
+    /// Weight bits of quantised layers; None = the stage's default.
+    pub bits_weights: Option<u32>,
+    /// Activation bits of quantised ReLUs; None = the stage's default.
+    pub bits_activations: Option<u32>,
+    pub act_quant: ActQuant,
+    /// The job's own overrides, checked before the stage's defaults; first match wins.
+    pub bits_overrides: Vec<BitsOverride>,
+    pub energy_table: EnergyTable,
+    /// rl: energy reward per gate that picks the 1-bit path.
+    pub alpha: f64,
+    /// rl: discount between gates.
+    pub gamma: f64,
+    /// rl: weight of the REINFORCE loss.
+    pub rl_weight: f64,
+    /// Start from this job's best checkpoint (0 = from scratch).
+    pub init_from: i64,
 }
 
 impl Default for JobSpec {
@@ -135,11 +216,56 @@ impl Default for JobSpec {
             channels_last: false,
             train_limit: 0,
             test_limit: 0,
+            bits_weights: None,
+            bits_activations: None,
+            act_quant: ActQuant::Dorefa,
+            bits_overrides: Vec::new(),
+            energy_table: EnergyTable::default(),
+            alpha: 0.1,
+            gamma: 1.0,
+            rl_weight: 0.01,
+            init_from: 0,
         }
     }
 }
 
+fn valid_bits(bits: u32) -> bool {
+    (1..=8).contains(&bits) || bits == 32
+}
+
 impl JobSpec {
+    /// The reference's defaults for `stage` (ALGORITHMS 4-6): sp starts at lr 0.01
+    /// with a x10 warm-up after 3 epochs; rl at lr 0.01.
+    pub fn defaults_for(stage: Stage) -> JobSpec {
+        let base = JobSpec { stage, ..JobSpec::default() };
+        match stage {
+            Stage::Baseline | Stage::Qat => base,
+            Stage::Sp => JobSpec {
+                lr: 0.01,
+                lr_schedule: std::iter::once(LrStep { epoch: 3, gamma: 10.0 }).chain(reference_lr_schedule()).collect(),
+                ..base
+            },
+            Stage::Rl => JobSpec { lr: 0.01, ..base },
+        }
+    }
+
+    /// The architecture as built: the dual-path variant for stages sp and rl.
+    pub fn model_arch(&self) -> String {
+        if self.stage.is_dual_path() {
+            format!("{}{DUAL_PATH_SUFFIX}", self.arch)
+        } else {
+            self.arch.clone()
+        }
+    }
+
+    pub fn weight_bits(&self) -> u32 {
+        self.bits_weights.unwrap_or(self.stage.default_bits())
+    }
+
+    pub fn activation_bits(&self) -> u32 {
+        self.bits_activations.unwrap_or(self.stage.default_bits())
+    }
+
     /// Checks every field; the first wrong one is named in the error.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !ARCHITECTURES.contains(&self.arch.as_str()) {
@@ -183,22 +309,57 @@ impl JobSpec {
         if self.bf16 && self.device == DeviceRequest::Cpu {
             return Err(invalid("bf16", "bf16 autocast needs device cuda (or any)"));
         }
+        for (field, bits) in [("bits_weights", self.bits_weights), ("bits_activations", self.bits_activations)] {
+            if let Some(b) = bits {
+                if !valid_bits(b) {
+                    return Err(invalid(field, format!("must be 1..8 or 32, got {b}")));
+                }
+            }
+        }
+        if self.stage == Stage::Baseline && (self.weight_bits() != 32 || self.activation_bits() != 32) {
+            return Err(invalid("bits_weights", "stage baseline trains in full precision (use stage qat for bits)"));
+        }
+        for o in &self.bits_overrides {
+            if o.pattern.trim().is_empty() {
+                return Err(invalid("bits_overrides", "a pattern must not be empty"));
+            }
+            for b in [o.wts, o.acts].into_iter().flatten() {
+                if !valid_bits(b) {
+                    return Err(invalid("bits_overrides", format!("pattern '{}': bits must be 1..8 or 32, got {b}", o.pattern)));
+                }
+            }
+        }
+        self.energy_table.validate()?;
+        if !self.alpha.is_finite() || self.alpha < 0.0 {
+            return Err(invalid("alpha", format!("must be >= 0, got {}", self.alpha)));
+        }
+        if !(self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma)) {
+            return Err(invalid("gamma", format!("must be in [0, 1], got {}", self.gamma)));
+        }
+        if !self.rl_weight.is_finite() || self.rl_weight < 0.0 {
+            return Err(invalid("rl_weight", format!("must be >= 0, got {}", self.rl_weight)));
+        }
+        if self.init_from < 0 {
+            return Err(invalid("init_from", format!("must be a job id, got {}", self.init_from)));
+        }
         Ok(())
     }
 
-    /// Learning rate in effect during `epoch` (1-based).
+    /// Learning rate in effect during `epoch` (1-based): milestones count completed
+    /// epochs, as distiller's MultiStepMultiGammaLR does.
     pub fn lr_at_epoch(&self, epoch: u32) -> f64 {
         self.lr_schedule
             .iter()
-            .filter(|s| s.epoch <= epoch)
+            .filter(|s| s.epoch < epoch)
             .fold(self.lr, |lr, s| lr * s.gamma)
     }
 
     /// Reads and validates a wire spec.
     pub fn from_proto(p: &v1::JobSpec) -> Result<Self, SpecError> {
+        let defaults = JobSpec::default();
         let spec = JobSpec {
             stage: Stage::parse(&p.stage)?,
-            arch: p.arch.clone(),
+            arch: p.arch.strip_suffix(DUAL_PATH_SUFFIX).unwrap_or(&p.arch).to_string(),
             dataset: p.dataset.clone(),
             lr: p.lr,
             batch_size: p.batch_size,
@@ -213,6 +374,19 @@ impl JobSpec {
             channels_last: p.channels_last,
             train_limit: p.train_limit,
             test_limit: p.test_limit,
+            bits_weights: p.bits_weights,
+            bits_activations: p.bits_activations,
+            act_quant: ActQuant::parse(&p.act_quant)?,
+            bits_overrides: p
+                .bits_overrides
+                .iter()
+                .map(|o| BitsOverride { pattern: o.pattern.clone(), wts: o.wts, acts: o.acts })
+                .collect(),
+            energy_table: p.energy_table.as_ref().map(EnergyTable::from_proto).unwrap_or(defaults.energy_table),
+            alpha: p.alpha.unwrap_or(defaults.alpha),
+            gamma: p.gamma.unwrap_or(defaults.gamma),
+            rl_weight: p.rl_weight.unwrap_or(defaults.rl_weight),
+            init_from: p.init_from,
         };
         spec.validate()?;
         Ok(spec)
@@ -236,6 +410,19 @@ impl JobSpec {
             channels_last: self.channels_last,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
+            bits_weights: self.bits_weights,
+            bits_activations: self.bits_activations,
+            act_quant: self.act_quant.as_str().into(),
+            bits_overrides: self
+                .bits_overrides
+                .iter()
+                .map(|o| v1::BitsOverride { pattern: o.pattern.clone(), wts: o.wts, acts: o.acts })
+                .collect(),
+            energy_table: Some(self.energy_table.to_proto()),
+            alpha: Some(self.alpha),
+            gamma: Some(self.gamma),
+            rl_weight: Some(self.rl_weight),
+            init_from: self.init_from,
         }
     }
 }
@@ -256,6 +443,13 @@ mod tests {
         spec.validate().unwrap();
         assert_eq!((spec.lr, spec.batch_size, spec.epochs, spec.momentum, spec.weight_decay), (0.1, 128, 200, 0.9, 2e-4));
         assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+        for stage in [Stage::Qat, Stage::Sp, Stage::Rl] {
+            let s = JobSpec::defaults_for(stage);
+            assert_eq!(JobSpec::from_proto(&s.to_proto()).unwrap(), s);
+        }
+        let sp = JobSpec::defaults_for(Stage::Sp);
+        assert_eq!((sp.lr, sp.lr_at_epoch(3), sp.lr_at_epoch(4)), (0.01, 0.01, 0.1));
+        assert_eq!(sp.model_arch(), "preact_resnet20_cifar_dualpath");
     }
 
     #[test]
@@ -273,17 +467,30 @@ mod tests {
         assert_eq!(field_of(|p| p.print_freq = 0), "print_freq");
         assert_eq!(field_of(|p| p.device = "tpu".into()), "device");
         assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 0, gamma: 0.1 }]), "lr_schedule");
+        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_weights = Some(9) }), "bits_weights");
+        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_activations = Some(0) }), "bits_activations");
+        assert_eq!(field_of(|p| p.bits_weights = Some(4)), "bits_weights");
+        assert_eq!(field_of(|p| p.act_quant = "lsq".into()), "act_quant");
+        assert_eq!(field_of(|p| p.alpha = Some(-1.0)), "alpha");
+        assert_eq!(field_of(|p| p.gamma = Some(1.5)), "gamma");
+        assert_eq!(field_of(|p| p.rl_weight = Some(f64::INFINITY)), "rl_weight");
+        assert_eq!(field_of(|p| p.init_from = -3), "init_from");
+        assert_eq!(
+            field_of(|p| p.bits_overrides = vec![v1::BitsOverride { pattern: "fc".into(), wts: Some(12), acts: None }]),
+            "bits_overrides"
+        );
+        assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().fp32_pj = -1.0), "energy_table");
     }
 
     #[test]
-    fn lr_schedule_is_multi_step_multi_gamma() {
+    fn lr_milestones_count_completed_epochs() {
         let spec = JobSpec::default();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         assert!(close(spec.lr_at_epoch(1), 0.1));
-        assert!(close(spec.lr_at_epoch(79), 0.1));
-        assert!(close(spec.lr_at_epoch(80), 0.01));
-        assert!(close(spec.lr_at_epoch(120), 0.001));
-        assert!(close(spec.lr_at_epoch(160), 0.0002));
+        assert!(close(spec.lr_at_epoch(80), 0.1));
+        assert!(close(spec.lr_at_epoch(81), 0.01));
+        assert!(close(spec.lr_at_epoch(121), 0.001));
+        assert!(close(spec.lr_at_epoch(161), 0.0002));
         assert!(close(spec.lr_at_epoch(200), 0.0002));
     }
 

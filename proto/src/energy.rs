@@ -1,0 +1,207 @@
+//! The energy model (ALGORITHMS 7): MACs from the architecture's layer shapes,
+//! charged at each layer's weight bits from a table that a job may override.
+//! Stem and head are full precision in every variant and reported apart; the
+//! normalised figure divides the blocks' energy by the same architecture's
+//! blocks all at 4 bits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{self, PathKind, Role};
+use crate::quant::BitsPlan;
+use crate::spec::{invalid, JobSpec, SpecError};
+use crate::v1;
+
+/// Energy per MAC: fp32, and b-bit integer = mult * (b/8)^2 + add * (b/8)
+/// (an 8-bit multiplier scales with b^2, an adder with b).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnergyTable {
+    pub name: String,
+    pub fp32_pj: f64,
+    pub int8_mult_pj: f64,
+    pub int8_add_pj: f64,
+}
+
+impl Default for EnergyTable {
+    /// Horowitz, ISSCC 2014, 45 nm: fp32 3.7 pJ mult + 0.9 pJ add; int8 0.2 pJ mult, 0.03 pJ add.
+    fn default() -> Self {
+        EnergyTable { name: "horowitz-45nm".into(), fp32_pj: 4.6, int8_mult_pj: 0.2, int8_add_pj: 0.03 }
+    }
+}
+
+impl EnergyTable {
+    /// pJ per MAC at `bits` weight bits (None = full precision).
+    pub fn pj_per_mac(&self, bits: Option<u32>) -> f64 {
+        match bits {
+            None | Some(32) => self.fp32_pj,
+            Some(b) => {
+                let r = b as f64 / 8.0;
+                self.int8_mult_pj * r * r + self.int8_add_pj * r
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("energy_table", "the table needs a name (every report names it)"));
+        }
+        for (key, v) in [("fp32_pj", self.fp32_pj), ("int8_mult_pj", self.int8_mult_pj), ("int8_add_pj", self.int8_add_pj)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid("energy_table", format!("{key} must be a positive number, got {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn from_proto(p: &v1::EnergyTable) -> Self {
+        EnergyTable { name: p.name.clone(), fp32_pj: p.fp32_pj, int8_mult_pj: p.int8_mult_pj, int8_add_pj: p.int8_add_pj }
+    }
+
+    pub fn to_proto(&self) -> v1::EnergyTable {
+        v1::EnergyTable { name: self.name.clone(), fp32_pj: self.fp32_pj, int8_mult_pj: self.int8_mult_pj, int8_add_pj: self.int8_add_pj }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerEnergy {
+    pub path: String,
+    pub role: Role,
+    pub path_kind: PathKind,
+    pub block: Option<usize>,
+    pub macs: u64,
+    /// Weight bits it is charged at; None = full precision.
+    pub bits: Option<u32>,
+    pub energy_pj: f64,
+}
+
+/// Per-image energy of one network under one bits plan and table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnergyReport {
+    pub arch: String,
+    pub table: String,
+    pub layers: Vec<LayerEnergy>,
+    pub macs: u64,
+    /// Stem and head: full precision, the same in every variant.
+    pub stem_head_pj: f64,
+    /// Blocks (and gates) that always run: every block of a plain network; the
+    /// basic path and the gates of a dual-path one.
+    pub fixed_pj: f64,
+    /// Dual path: each block's 4-bit path, run where its gate says so (empty otherwise).
+    pub fullbit_pj: Vec<f64>,
+    /// The same architecture's blocks with every quantisable layer at 4 bits.
+    pub reference_4bit_pj: f64,
+}
+
+impl EnergyReport {
+    /// Energy per image of the blocks (stem and head excluded) when block `b` routes
+    /// the fraction `shares[b]` of images to its 4-bit path (ignored for plain networks).
+    pub fn blocks_pj(&self, shares: &[f64]) -> f64 {
+        self.fixed_pj + self.fullbit_pj.iter().zip(shares).map(|(e, s)| e * s).sum::<f64>()
+    }
+
+    pub fn normalized(&self, blocks_pj: f64) -> f64 {
+        blocks_pj / self.reference_4bit_pj
+    }
+
+    /// Blocks' energy with every gate open (the dual path's most) or of the plain network.
+    pub fn all_blocks_pj(&self) -> f64 {
+        self.fixed_pj + self.fullbit_pj.iter().sum::<f64>()
+    }
+}
+
+/// Image channels, classes and side of a data set.
+pub fn input_shape(dataset: &str) -> Result<(usize, usize, usize), SpecError> {
+    match dataset {
+        "cifar10" => Ok((3, 10, 32)),
+        "cifar100" => Ok((3, 100, 32)),
+        "fashion-mnist" => Ok((1, 10, 28)),
+        other => Err(invalid("dataset", format!("unknown data set '{other}'"))),
+    }
+}
+
+/// The energy report of the network `spec` trains.
+pub fn report(spec: &JobSpec) -> Result<EnergyReport, SpecError> {
+    let (in_ch, classes, hw) = input_shape(&spec.dataset)?;
+    let dual = spec.stage.is_dual_path();
+    let plan = BitsPlan::for_spec(spec);
+    let table = &spec.energy_table;
+    let all = arch::layers(&spec.arch, dual, in_ch, classes, hw)?;
+    let mut module_paths: Vec<String> = all.iter().map(|l| l.path.clone()).collect();
+    module_paths.extend(arch::relu_paths(&spec.arch, dual, hw)?);
+    BitsPlan::check_patterns(spec, &module_paths)?;
+
+    let n_blocks = arch::blocks(&spec.arch, hw)?.len();
+    let mut report = EnergyReport {
+        arch: spec.model_arch(),
+        table: table.name.clone(),
+        layers: Vec::with_capacity(all.len()),
+        macs: all.iter().map(|l| l.macs).sum(),
+        stem_head_pj: 0.0,
+        fixed_pj: 0.0,
+        fullbit_pj: if dual { vec![0.0; n_blocks] } else { Vec::new() },
+        reference_4bit_pj: arch::layers(&spec.arch, false, in_ch, classes, hw)?
+            .iter()
+            .filter(|l| l.role == Role::Block)
+            .map(|l| l.macs as f64 * table.pj_per_mac(Some(4)))
+            .sum(),
+    };
+    for l in all {
+        // Stem and head are charged in full precision whatever the plan says of their weights.
+        let bits = match l.role {
+            Role::Stem | Role::Head => None,
+            Role::Block | Role::Gate => plan.weight_bits(&l.path),
+        };
+        let energy_pj = l.macs as f64 * table.pj_per_mac(bits);
+        match (l.role, l.path_kind) {
+            (Role::Stem | Role::Head, _) => report.stem_head_pj += energy_pj,
+            (_, PathKind::Fullbit) => report.fullbit_pj[l.block.expect("fullbit layers sit in a block")] += energy_pj,
+            _ => report.fixed_pj += energy_pj,
+        }
+        report.layers.push(LayerEnergy { path: l.path, role: l.role, path_kind: l.path_kind, block: l.block, macs: l.macs, bits, energy_pj });
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Stage;
+
+    fn spec(stage: Stage, bits: Option<u32>) -> JobSpec {
+        JobSpec { stage, bits_weights: bits, bits_activations: bits, ..JobSpec::default() }
+    }
+
+    #[test]
+    fn table_figures_are_the_specs() {
+        let t = EnergyTable::default();
+        assert!((t.pj_per_mac(Some(4)) - 0.065).abs() < 1e-12);
+        assert!((t.pj_per_mac(Some(1)) - 0.006875).abs() < 1e-12);
+        assert_eq!(t.pj_per_mac(None), 4.6);
+    }
+
+    #[test]
+    fn normalised_energy_is_one_at_4_bits_and_the_table_ratio_elsewhere() {
+        for arch in ["preact_resnet20_cifar", "preact_resnet44_cifar"] {
+            let at = |stage, bits| {
+                let r = report(&JobSpec { arch: arch.into(), ..spec(stage, bits) }).unwrap();
+                r.normalized(r.all_blocks_pj())
+            };
+            assert!((at(Stage::Qat, Some(4)) - 1.0).abs() < 1e-12);
+            assert!((at(Stage::Qat, Some(1)) - 0.006875 / 0.065).abs() < 1e-12);
+            assert!((at(Stage::Baseline, None) - 4.6 / 0.065).abs() < 1e-9);
+        }
+        let r = report(&spec(Stage::Qat, Some(4))).unwrap();
+        assert!((r.stem_head_pj - (442_368.0 + 640.0) * 4.6).abs() < 1e-6);
+        assert_eq!(r.table, "horowitz-45nm");
+    }
+
+    #[test]
+    fn dual_path_energy_splits_into_fixed_and_per_block_fullbit() {
+        let r = report(&spec(Stage::Sp, None)).unwrap();
+        assert_eq!(r.fullbit_pj.len(), 9);
+        let one_bit = report(&spec(Stage::Qat, Some(1))).unwrap().all_blocks_pj();
+        let gates: f64 = r.layers.iter().filter(|l| l.role == Role::Gate).map(|l| l.energy_pj).sum();
+        assert!((r.blocks_pj(&[0.0; 9]) - (one_bit + gates)).abs() < 1e-6);
+        assert!((r.blocks_pj(&[1.0; 9]) - (one_bit + gates + r.reference_4bit_pj)).abs() < 1e-6);
+    }
+}
