@@ -14,6 +14,8 @@ pub enum EngineError {
     Data { dataset: String, path: PathBuf, reason: String },
     #[error("spec file {path}: {reason}")]
     SpecFile { path: PathBuf, reason: String },
+    #[error("quantisation: {0}")]
+    Quantization(String),
     #[error("model: {0}")]
     Model(String),
     #[error("checkpoint: {0}")]

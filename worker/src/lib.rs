@@ -10,6 +10,7 @@ pub mod error;
 pub mod local;
 pub mod model;
 pub mod optim;
+pub mod quant;
 mod rng;
 pub mod stage;
 

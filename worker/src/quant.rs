@@ -1,0 +1,166 @@
+//! Quantisers of weights and activations (ALGORITHMS 3), computing the values
+//! of the reference's DoReFa / PACT formulas with as few kernels as the maths
+//! allows: quantised training on a GPU is bound by small elementwise kernels
+//! (GPU.md), so rounding, clamping and the straight-through gradient go
+//! through libtorch's fused `fake_quantize_per_tensor_affine`.
+//!
+//! The float weights stay the trained parameters; the quantised copy is made
+//! on each forward pass.
+
+use tch::nn::{Init, Path};
+use tch::{Kind, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// Bit widths at or above this are full precision.
+pub const FULL_PRECISION_BITS: u32 = 32;
+/// Widest integer quantisation offered (DoReFa's range).
+pub const MAX_QUANTIZED_BITS: u32 = 8;
+/// PACT's initial clipping value (ref `act_clip_init_val`).
+pub const PACT_INITIAL_CLIP: f64 = 8.0;
+
+/// Which activation quantiser replaces the quantised ReLUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationScheme {
+    /// clamp to [0, 1], then k-bit rounding (the reference's default).
+    Dorefa,
+    /// Learned clip per layer, then k-bit rounding of [0, clip].
+    Pact,
+}
+
+/// Quantisation levels above zero at k bits: 2^k - 1.
+fn levels(bits: u32) -> i64 {
+    (1i64 << bits) - 1
+}
+
+/// Checks a bit width; `None` and 32 mean full precision.
+fn quantized_bits(bits: Option<u32>, what: &str) -> Result<Option<u32>> {
+    match bits {
+        None | Some(FULL_PRECISION_BITS) => Ok(None),
+        Some(b) if (1..=MAX_QUANTIZED_BITS).contains(&b) => Ok(Some(b)),
+        Some(b) => Err(EngineError::Quantization(format!(
+            "{what}: {b} bits is not offered (1..={MAX_QUANTIZED_BITS} or {FULL_PRECISION_BITS})"
+        ))),
+    }
+}
+
+/// How a Conv2d or Linear weight is quantised on each forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightQuantizer {
+    Full,
+    /// `sign(w) * mean(|w|)`, gradient passed unchanged.
+    Binary,
+    /// DoReFa at 2..=8 bits.
+    Dorefa { bits: u32 },
+}
+
+impl WeightQuantizer {
+    /// The quantiser for a weight bit width (`None` = full precision).
+    pub fn for_bits(bits: Option<u32>) -> Result<Self> {
+        Ok(match quantized_bits(bits, "weights")? {
+            None => WeightQuantizer::Full,
+            Some(1) => WeightQuantizer::Binary,
+            Some(bits) => WeightQuantizer::Dorefa { bits },
+        })
+    }
+
+    /// The bit width the energy model charges (32 for full precision).
+    pub fn bits(self) -> u32 {
+        match self {
+            WeightQuantizer::Full => FULL_PRECISION_BITS,
+            WeightQuantizer::Binary => 1,
+            WeightQuantizer::Dorefa { bits } => bits,
+        }
+    }
+
+    /// The quantised copy of `w`, differentiable back to `w`.
+    pub fn quantize(self, w: &Tensor) -> Result<Tensor> {
+        match self {
+            WeightQuantizer::Full => Ok(w.shallow_clone()),
+            WeightQuantizer::Binary => {
+                // Detach identity: forward sign(w)*E, gradient 1 (E gets none, as in the reference).
+                let delta = tch::no_grad(|| -> Result<Tensor> {
+                    let mean_abs = w.f_reshape([-1])?.f_linalg_norm(1.0, None::<&[i64]>, false, None::<Kind>)?.f_div_scalar(w.numel() as f64)?;
+                    Ok(w.f_sign()?.f_mul(&mean_abs)?.f_sub(w)?)
+                })?;
+                Ok(w.f_add(&delta)?)
+            }
+            WeightQuantizer::Dorefa { bits } => {
+                // t = tanh(w); u = t / max|t| * 0.5 + 0.5 in [0, 1]; w_q = 2 round_k(u) - 1.
+                // Computed as fq(2u) at scale 2/n, which is 2 round_k(u), with the STE
+                // of the fused kernel (2u always lies inside its range); tanh and the
+                // max normalisation are differentiated normally.
+                let n = levels(bits);
+                let t = w.f_tanh()?;
+                let max_abs = t.f_reshape([-1])?.f_linalg_norm(f64::INFINITY, None::<&[i64]>, false, None::<Kind>)?;
+                let twice_u = t.f_div(&max_abs)?.f_add_scalar(1.0)?;
+                Ok(twice_u.f_fake_quantize_per_tensor_affine(2.0 / n as f64, 0, 0, n)?.f_add_scalar(-1.0)?)
+            }
+        }
+    }
+}
+
+/// What a ReLU of the network computes.
+#[derive(Debug)]
+pub enum Activation {
+    Relu,
+    /// `round_k(clamp(x, 0, 1))`, gradient 1 inside [0, 1].
+    Dorefa { bits: u32 },
+    /// `round_k` on [0, clip] of `clamp(x, 0, clip)` with a learned `clip_val`.
+    Pact {
+        bits: u32,
+        clip_val: Tensor,
+        /// Constants on the model's device, made once instead of on every step.
+        zero: Tensor,
+        zero_point: Tensor,
+    },
+}
+
+impl Activation {
+    /// The activation at `bits` (`None` = full precision ReLU). PACT's
+    /// `clip_val` is a variable under `p`.
+    pub fn new(p: Path, bits: Option<u32>, scheme: ActivationScheme) -> Result<Self> {
+        let Some(bits) = quantized_bits(bits, "activations")? else { return Ok(Activation::Relu) };
+        Ok(match scheme {
+            ActivationScheme::Dorefa => Activation::Dorefa { bits },
+            ActivationScheme::Pact => {
+                let device = p.device();
+                Activation::Pact {
+                    bits,
+                    clip_val: p.f_var("clip_val", &[1], Init::Const(PACT_INITIAL_CLIP))?,
+                    zero: Tensor::f_zeros([1], (Kind::Float, device))?,
+                    zero_point: Tensor::f_zeros([1], (Kind::Int, device))?,
+                }
+            }
+        })
+    }
+
+    /// Activation bit width (32 for a plain ReLU).
+    pub fn bits(&self) -> u32 {
+        match self {
+            Activation::Relu => FULL_PRECISION_BITS,
+            Activation::Dorefa { bits } | Activation::Pact { bits, .. } => *bits,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Relu => Ok(x.f_relu()?),
+            Activation::Dorefa { bits } => {
+                // The clamp first: the fused quantiser alone would also pass gradient
+                // within half a step outside [0, 1]. On [0, 1] its mask is all ones,
+                // a pure STE through the rounding.
+                let n = levels(*bits);
+                Ok(x.f_clamp(0.0, 1.0)?.f_fake_quantize_per_tensor_affine(1.0 / n as f64, 0, 0, n)?)
+            }
+            Activation::Pact { bits, clip_val, zero, zero_point } => {
+                // clamp's backward gives x its gradient inside [0, clip] and clip_val
+                // the gradient where x >= clip; the scale takes no gradient (ref).
+                let n = levels(*bits);
+                let clipped = x.f_clamp_tensor(Some(zero), Some(clip_val))?;
+                let scale = tch::no_grad(|| clip_val.f_div_scalar(n as f64))?;
+                Ok(clipped.f_fake_quantize_per_tensor_affine_tensor_qparams(&scale, zero_point, 0, n)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The quantisers against hand-computed values (ALGORITHMS 3), and the fused
+//! implementations against a plain elementwise transcription of the spec's
+//! formulas (clamp, round, detach identity) in values and gradients.
+
+use camp_worker::quant::{Activation, ActivationScheme, WeightQuantizer};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn leaf(values: &[f64]) -> Tensor {
+    Tensor::from_slice(values).to_kind(Kind::Float).set_requires_grad(true)
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (all: {got:?})");
+    }
+}
+
+/// Gradient of sum(upstream * f(x)) with respect to each of `inputs`.
+fn gradients(output: &Tensor, upstream: &Tensor, inputs: &[&Tensor]) -> Vec<Vec<f64>> {
+    let loss = (output * upstream).sum(Kind::Float);
+    Tensor::run_backward(&[loss], inputs, false, false).iter().map(values).collect()
+}
+
+fn weight(bits: u32) -> WeightQuantizer {
+    WeightQuantizer::for_bits(Some(bits)).unwrap()
+}
+
+fn activation(bits: u32, scheme: ActivationScheme) -> (VarStore, Activation) {
+    let vs = VarStore::new(Device::Cpu);
+    let act = Activation::new(vs.root() / "relu", Some(bits), scheme).unwrap();
+    (vs, act)
+}
+
+#[test]
+fn bit_widths_outside_the_offered_range_are_refused() {
+    assert_eq!(WeightQuantizer::for_bits(None).unwrap(), WeightQuantizer::Full);
+    assert_eq!(WeightQuantizer::for_bits(Some(32)).unwrap(), WeightQuantizer::Full);
+    assert_eq!(weight(1), WeightQuantizer::Binary);
+    assert_eq!(weight(4), WeightQuantizer::Dorefa { bits: 4 });
+    for bits in [0, 9, 16] {
+        assert!(WeightQuantizer::for_bits(Some(bits)).is_err(), "{bits}");
+    }
+    let vs = VarStore::new(Device::Cpu);
+    assert!(Activation::new(vs.root(), Some(12), ActivationScheme::Dorefa).is_err());
+    assert!(matches!(Activation::new(vs.root(), None, ActivationScheme::Pact).unwrap(), Activation::Relu));
+}
+
+#[test]
+fn full_precision_weights_are_unchanged() {
+    let w = leaf(&[0.1, -2.0, 3.5]);
+    let q = WeightQuantizer::Full.quantize(&w).unwrap();
+    assert_eq!(values(&q), values(&w));
+}
+
+#[test]
+fn binary_weights_are_sign_times_mean_magnitude_with_identity_gradient() {
+    // mean |w| = (0.5 + 1 + 2 + 0.5) / 4 = 1.
+    let w = leaf(&[0.5, -1.0, 2.0, -0.5]);
+    let q = weight(1).quantize(&w).unwrap();
+    assert_close(&values(&q), &[1.0, -1.0, 1.0, -1.0], 1e-7, "values");
+    let upstream = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+    assert_close(&gradients(&q, &upstream, &[&w])[0], &[1.0, 2.0, 3.0, 4.0], 1e-7, "gradient");
+}
+
+#[test]
+fn dorefa_weights_match_hand_computed_values_and_gradients() {
+    // t = tanh(w), u = t / max|t| * 0.5 + 0.5, n * u (computed by hand):
+    // [8.2754, 11.0952, 1.5749, 15, 5.2336] / 15 for n = 15, likewise for n = 3 and 255.
+    let w_values = [0.1, 0.5, -1.0, 2.0, -0.3];
+    let cases: [(u32, [f64; 5]); 3] = [
+        (2, [1.0 / 3.0, 1.0 / 3.0, -1.0, 1.0, -1.0 / 3.0]),
+        (4, [2.0 * 8.0 / 15.0 - 1.0, 2.0 * 11.0 / 15.0 - 1.0, 2.0 * 2.0 / 15.0 - 1.0, 1.0, 2.0 * 5.0 / 15.0 - 1.0]),
+        (8, [2.0 * 141.0 / 255.0 - 1.0, 2.0 * 189.0 / 255.0 - 1.0, 2.0 * 27.0 / 255.0 - 1.0, 1.0, 2.0 * 89.0 / 255.0 - 1.0]),
+    ];
+    let upstream_values = [0.3, -1.2, 0.7, 2.0, 0.4];
+    // STE through the rounding only: the gradient is that of 2u - 1 = tanh(w) / m with
+    // m = max|tanh(w)| = tanh(w[3]) (the largest |w|):
+    // d/dw_i = g_i (1 - t_i^2) / m, and for i = 3 also - sum_j g_j t_j / m^2 * (1 - t_3^2).
+    let t: Vec<f64> = w_values.iter().map(|w: &f64| w.tanh()).collect();
+    let m = t[3];
+    let g_dot_t: f64 = upstream_values.iter().zip(&t).map(|(g, t)| g * t).sum();
+    let mut want_grad: Vec<f64> = (0..5).map(|i| upstream_values[i] * (1.0 - t[i] * t[i]) / m).collect();
+    want_grad[3] -= g_dot_t / (m * m) * (1.0 - t[3] * t[3]);
+
+    for (bits, want) in cases {
+        let w = leaf(&w_values);
+        let q = weight(bits).quantize(&w).unwrap();
+        assert_close(&values(&q), &want, 1e-6, &format!("{bits}-bit values"));
+        let upstream = Tensor::from_slice(&upstream_values).to_kind(Kind::Float);
+        assert_close(&gradients(&q, &upstream, &[&w])[0], &want_grad, 1e-5, &format!("{bits}-bit gradient"));
+    }
+}
+
+#[test]
+fn dorefa_activations_match_hand_computed_values_and_pass_gradient_inside_0_1() {
+    let x_values = [-0.3, 0.2, 0.4, 0.6, 0.93, 1.7];
+    let cases: [(u32, [f64; 6]); 3] = [
+        // clamp -> [0, 0.2, 0.4, 0.6, 0.93, 1], then round(v * n) / n.
+        (1, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+        (2, [0.0, 1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]),
+        (4, [0.0, 3.0 / 15.0, 6.0 / 15.0, 9.0 / 15.0, 14.0 / 15.0, 1.0]),
+    ];
+    for (bits, want) in cases {
+        let (_vs, act) = activation(bits, ActivationScheme::Dorefa);
+        let x = leaf(&x_values);
+        let y = act.forward(&x).unwrap();
+        assert_close(&values(&y), &want, 1e-6, &format!("{bits}-bit values"));
+        let upstream = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_close(&gradients(&y, &upstream, &[&x])[0], &[0.0, 2.0, 3.0, 4.0, 5.0, 0.0], 0.0, &format!("{bits}-bit gradient"));
+    }
+}
+
+#[test]
+fn pact_clips_at_the_learned_value_and_its_gradient_is_one_above_the_clip() {
+    let (vs, act) = activation(2, ActivationScheme::Pact);
+    let clip_val = vs.variables()["relu.clip_val"].shallow_clone();
+    assert_eq!(values(&clip_val), [8.0]);
+    // clamp to [0, 8], then round(y * 3 / 8) * 8 / 3: [0, 0.75 -> 1, 1.875 -> 2, 3, 3].
+    let x = leaf(&[-1.0, 2.0, 5.0, 9.0, 12.0]);
+    let y = act.forward(&x).unwrap();
+    assert_close(&values(&y), &[0.0, 8.0 / 3.0, 16.0 / 3.0, 8.0, 8.0], 1e-6, "values");
+    let upstream = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0]);
+    let grads = gradients(&y, &upstream, &[&x, &clip_val]);
+    assert_close(&grads[0], &[0.0, 2.0, 3.0, 0.0, 0.0], 0.0, "input gradient");
+    // d y / d clip = 1 where x >= clip, else 0: 4 + 5.
+    assert_close(&grads[1], &[9.0], 0.0, "clip gradient");
+}
+
+/// The spec's formulas, one elementwise op at a time, with the detach identity
+/// `x + (f(x) - x).detach()` for every straight-through estimator.
+mod plain {
+    use tch::{Kind, Tensor};
+
+    fn straight_through(x: &Tensor, fx: &Tensor) -> Tensor {
+        x + (fx - x).detach()
+    }
+
+    fn round_k(v: &Tensor, bits: u32) -> Tensor {
+        let n = ((1u64 << bits) - 1) as f64;
+        (v * n).round() / n
+    }
+
+    pub fn weight(w: &Tensor, bits: u32) -> Tensor {
+        if bits == 1 {
+            let e = w.abs().mean(Kind::Float);
+            return straight_through(w, &(w.sign() * e));
+        }
+        let t = w.tanh();
+        let t = &t / t.abs().max() * 0.5 + 0.5;
+        2.0 * straight_through(&t, &round_k(&t, bits)) - 1.0
+    }
+
+    pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
+        let c = x.clamp(0.0, 1.0);
+        straight_through(&c, &round_k(&c, bits))
+    }
+
+    pub fn pact_activation(x: &Tensor, clip: &Tensor, bits: u32) -> Tensor {
+        let n = ((1u64 << bits) - 1) as f64;
+        let y = x.relu().where_self(&x.lt_tensor(clip), clip);
+        let scale = clip.detach() / n;
+        straight_through(&y, &((&y / &scale).round() * &scale))
+    }
+}
+
+#[test]
+fn fused_quantizers_equal_the_plain_formulas_on_random_tensors() {
+    tch::manual_seed(5);
+    let upstream_w = Tensor::randn([64, 32, 3, 3], (Kind::Float, Device::Cpu));
+    for bits in [1, 2, 3, 4, 8] {
+        let w = (Tensor::randn([64, 32, 3, 3], (Kind::Float, Device::Cpu)) * 0.2).set_requires_grad(true);
+        let fused = weight(bits).quantize(&w).unwrap();
+        let plain = plain::weight(&w, bits);
+        assert_close(&values(&fused), &values(&plain), 1e-6, &format!("{bits}-bit weight values"));
+        let (gf, gp) = (gradients(&fused, &upstream_w, &[&w]), gradients(&plain, &upstream_w, &[&w]));
+        assert_close(&gf[0], &gp[0], 1e-6, &format!("{bits}-bit weight gradients"));
+    }
+    let upstream_x = Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu));
+    for bits in [1, 2, 4, 8] {
+        let x = (Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu)) * 0.7 + 0.4).set_requires_grad(true);
+        let (_vs, act) = activation(bits, ActivationScheme::Dorefa);
+        let fused = act.forward(&x).unwrap();
+        let plain = plain::dorefa_activation(&x, bits);
+        assert_close(&values(&fused), &values(&plain), 1e-6, &format!("{bits}-bit DoReFa values"));
+        let (gf, gp) = (gradients(&fused, &upstream_x, &[&x]), gradients(&plain, &upstream_x, &[&x]));
+        assert_close(&gf[0], &gp[0], 1e-6, &format!("{bits}-bit DoReFa gradients"));
+
+        let (vs, act) = activation(bits, ActivationScheme::Pact);
+        let clip = vs.variables()["relu.clip_val"].shallow_clone();
+        let _ = tch::no_grad(|| clip.shallow_clone().fill_(1.3));
+        let x = (Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu)) + 0.5).set_requires_grad(true);
+        let fused = act.forward(&x).unwrap();
+        let plain = plain::pact_activation(&x, &clip, bits);
+        assert_close(&values(&fused), &values(&plain), 1e-6, &format!("{bits}-bit PACT values"));
+        let (gf, gp) = (gradients(&fused, &upstream_x, &[&x, &clip]), gradients(&plain, &upstream_x, &[&x, &clip]));
+        assert_close(&gf[0], &gp[0], 1e-6, &format!("{bits}-bit PACT input gradients"));
+        assert_close(&gf[1], &gp[1], 1e-4, &format!("{bits}-bit PACT clip gradient"));
+    }
+}
