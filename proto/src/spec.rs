@@ -67,6 +67,14 @@ impl Stage {
     pub fn is_dual_path(self) -> bool {
         matches!(self, Stage::Sp | Stage::Rl)
     }
+    /// The stage a job of this stage must start from: sp from qat, rl from sp.
+    pub fn required_parent(self) -> Option<Stage> {
+        match self {
+            Stage::Sp => Some(Stage::Qat),
+            Stage::Rl => Some(Stage::Sp),
+            Stage::Baseline | Stage::Qat => None,
+        }
+    }
     /// Bits of the quantised layers when the spec names none (the basic path for sp/rl).
     pub fn default_bits(self) -> u32 {
         match self {
@@ -345,6 +353,35 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Checks the job this one starts from (`init_from`): sp needs a qat job, rl an
+    /// sp job, and the weights must fit (same architecture and data set).
+    pub fn check_init_parent(&self, parent: Option<&JobSpec>) -> Result<(), SpecError> {
+        let Some(parent) = parent else {
+            return match self.stage.required_parent() {
+                Some(want) => Err(invalid(
+                    "init_from",
+                    format!("stage {} starts from a {} job: name it (init_from)", self.stage.as_str(), want.as_str()),
+                )),
+                None => Ok(()),
+            };
+        };
+        if let Some(want) = self.stage.required_parent() {
+            if parent.stage != want {
+                return Err(invalid(
+                    "init_from",
+                    format!("stage {} starts from a {} job, not a {} job", self.stage.as_str(), want.as_str(), parent.stage.as_str()),
+                ));
+            }
+        }
+        if parent.arch != self.arch || parent.dataset != self.dataset {
+            return Err(invalid(
+                "init_from",
+                format!("that job trained {} on {}; this one is {} on {}", parent.arch, parent.dataset, self.arch, self.dataset),
+            ));
+        }
+        Ok(())
+    }
+
     /// Learning rate in effect during `epoch` (1-based): milestones count completed
     /// epochs, as distiller's MultiStepMultiGammaLR does.
     pub fn lr_at_epoch(&self, epoch: u32) -> f64 {
@@ -480,6 +517,19 @@ mod tests {
             "bits_overrides"
         );
         assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().fp32_pj = -1.0), "energy_table");
+    }
+
+    #[test]
+    fn init_parents_must_fit_the_stage() {
+        let sp = JobSpec::defaults_for(Stage::Sp);
+        let qat = JobSpec::defaults_for(Stage::Qat);
+        assert_eq!(sp.check_init_parent(None).unwrap_err().field, "init_from");
+        sp.check_init_parent(Some(&qat)).unwrap();
+        assert!(sp.check_init_parent(Some(&JobSpec::default())).unwrap_err().reason.contains("from a qat job"));
+        let other = JobSpec { arch: "preact_resnet32_cifar".into(), ..qat.clone() };
+        assert_eq!(sp.check_init_parent(Some(&other)).unwrap_err().field, "init_from");
+        qat.check_init_parent(None).unwrap();
+        JobSpec::defaults_for(Stage::Rl).check_init_parent(Some(&sp)).unwrap();
     }
 
     #[test]

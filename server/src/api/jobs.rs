@@ -11,9 +11,9 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::{checkpoint_to_proto, job_to_proto, ms, state_from_proto, CHUNK_BYTES};
+use super::{checkpoint_to_proto, experiment_to_proto, job_to_proto, ms, state_from_proto, CHUNK_BYTES};
 use crate::auth::Auth;
-use crate::store::{Change, JobFilter, NewJob, Store};
+use crate::store::{Change, JobFilter, NewJob, NewNode, NewPipeline, Store};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Watchers re-read the job at least this often, in case a notification was lost.
@@ -63,6 +63,21 @@ pub async fn checkpoint_download(store: Arc<dyn Store>, req: &v1::DownloadCheckp
     Ok(Box::pin(stream))
 }
 
+fn max_attempts(requested: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(DEFAULT_MAX_ATTEMPTS),
+        n if n > 100 => Err(Status::invalid_argument("max_attempts: at most 100")),
+        n => Ok(n),
+    }
+}
+
+fn job_name(requested: &str, spec: &JobSpec) -> String {
+    match requested.trim() {
+        "" => format!("{}-{}-{}", spec.stage.as_str(), spec.arch, spec.dataset),
+        name => name.to_string(),
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for JobApi {
     async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::Job>, Status> {
@@ -70,15 +85,8 @@ impl JobService for JobApi {
         let req = req.into_inner();
         let wire = req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         let spec = JobSpec::from_proto(&wire).map_err(|e| Status::invalid_argument(format!("{}: {}", e.field, e.reason)))?;
-        if req.max_attempts > 100 {
-            return Err(Status::invalid_argument("max_attempts: at most 100"));
-        }
-        let name = if req.name.trim().is_empty() {
-            format!("{}-{}-{}", spec.stage.as_str(), spec.arch, spec.dataset)
-        } else {
-            req.name.trim().to_string()
-        };
-        let max_attempts = if req.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { req.max_attempts };
+        let max_attempts = max_attempts(req.max_attempts)?;
+        let name = job_name(&req.name, &spec);
         let job = self
             .store
             .submit_job(NewJob { name, owner: user, spec, priority: req.priority, max_attempts })
@@ -243,5 +251,48 @@ impl JobService for JobApi {
             })
             .collect();
         Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn submit_pipeline(&self, req: Request<v1::SubmitPipelineRequest>) -> Result<Response<v1::Experiment>, Status> {
+        let user = self.auth.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let mut nodes = Vec::with_capacity(r.nodes.len());
+        for (i, n) in r.nodes.into_iter().enumerate() {
+            let at = format!("nodes[{i}] ({})", n.key);
+            let wire = n.spec.ok_or_else(|| Status::invalid_argument(format!("{at}.spec: missing")))?;
+            let spec = JobSpec::from_proto(&wire).map_err(|e| Status::invalid_argument(format!("{at}.spec.{}: {}", e.field, e.reason)))?;
+            if spec.init_from != 0 {
+                return Err(Status::invalid_argument(format!("{at}.spec.init_from: inside a pipeline, name the node (init_from) instead")));
+            }
+            let name = if n.name.trim().is_empty() { format!("{}-{}", r.name.trim(), n.key) } else { job_name(&n.name, &spec) };
+            let init_from = (!n.init_from.is_empty()).then_some(n.init_from);
+            nodes.push(NewNode { key: n.key, name, spec, after: n.after, init_from, priority: n.priority });
+        }
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument("name: a pipeline needs a name"));
+        }
+        let pipeline = NewPipeline { name: r.name.trim().to_string(), owner: user, nodes, max_attempts: max_attempts(r.max_attempts)? };
+        let experiment = self.store.submit_pipeline(pipeline).await?;
+        tracing::info!(experiment = experiment.id, jobs = experiment.jobs.len(), "pipeline submitted");
+        Ok(Response::new(experiment_to_proto(&experiment)))
+    }
+
+    async fn get_experiment(&self, req: Request<v1::GetExperimentRequest>) -> Result<Response<v1::Experiment>, Status> {
+        self.auth.caller(req.metadata()).await?;
+        let experiment = self.store.get_experiment(req.get_ref().id).await?;
+        Ok(Response::new(experiment_to_proto(&experiment)))
+    }
+
+    async fn list_experiments(&self, req: Request<v1::ListExperimentsRequest>) -> Result<Response<v1::ListExperimentsResponse>, Status> {
+        self.auth.caller(req.metadata()).await?;
+        let experiments = self.store.list_experiments(req.get_ref().limit).await?;
+        Ok(Response::new(v1::ListExperimentsResponse { experiments: experiments.iter().map(experiment_to_proto).collect() }))
+    }
+
+    async fn cancel_experiment(&self, req: Request<v1::CancelExperimentRequest>) -> Result<Response<v1::Experiment>, Status> {
+        let user = self.auth.caller(req.metadata()).await?;
+        let experiment = self.store.cancel_experiment(req.get_ref().id, &user).await?;
+        tracing::info!(experiment = experiment.id, by = %user, "experiment cancelled");
+        Ok(Response::new(experiment_to_proto(&experiment)))
     }
 }

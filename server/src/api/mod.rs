@@ -8,7 +8,7 @@ use camp_proto::v1;
 use chrono::{DateTime, Utc};
 use tonic::Status;
 
-use crate::store::{Checkpoint, Job, JobState, StoreError};
+use crate::store::{Checkpoint, Experiment, Job, JobState, StoreError};
 
 /// Maps store errors to precise gRPC codes; database details stay in our logs.
 impl From<StoreError> for Status {
@@ -79,7 +79,14 @@ pub fn job_to_proto(j: &Job) -> v1::Job {
         finished_at_ms: opt_ms(j.finished_at),
         result_json: j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
         epoch: j.epoch,
+        experiment_id: j.experiment_id.unwrap_or(0),
+        node: j.node.clone(),
+        parents: j.parents.clone(),
     }
+}
+
+pub fn experiment_to_proto(e: &Experiment) -> v1::Experiment {
+    v1::Experiment { id: e.id, name: e.name.clone(), owner: e.owner.clone(), created_at_ms: ms(e.created_at), jobs: e.jobs.iter().map(job_to_proto).collect() }
 }
 
 pub fn checkpoint_to_proto(c: &Checkpoint) -> v1::Checkpoint {

@@ -82,6 +82,7 @@ impl WorkerService for WorkerApi {
                 spec: job_to_proto(&c.job).spec,
                 lease_ms: self.lease.as_millis() as u32,
                 resume_from: c.resume_from.as_ref().map(checkpoint_to_proto),
+                init_from: c.init_from.as_ref().map(checkpoint_to_proto),
                 name: c.job.name,
             }
         });

@@ -24,7 +24,7 @@ pub enum StoreError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -95,6 +95,40 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub experiment_id: Option<i64>,
+    /// Its key in the pipeline ("" outside one).
+    pub node: String,
+    /// Jobs that must succeed before this one may start.
+    pub parents: Vec<i64>,
+}
+
+/// One job of a new pipeline; `after` and `init_from` name other nodes' keys.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub key: String,
+    pub name: String,
+    pub spec: JobSpec,
+    pub after: Vec<String>,
+    pub init_from: Option<String>,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPipeline {
+    pub name: String,
+    pub owner: String,
+    pub nodes: Vec<NewNode>,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub id: i64,
+    pub name: String,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    /// In submission (topological) order; empty in listings.
+    pub jobs: Vec<Job>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -123,11 +157,13 @@ pub struct Worker {
     pub running_jobs: Vec<i64>,
 }
 
-/// A job handed to a worker, with the checkpoint to resume from.
+/// A job handed to a worker, with the checkpoint to resume from and, for a job
+/// that starts from another's weights, that job's best checkpoint.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub job: Job,
     pub resume_from: Option<Checkpoint>,
+    pub init_from: Option<Checkpoint>,
 }
 
 /// Identifies one attempt of one job: the fencing token every worker write carries.
@@ -250,6 +286,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     /// Cancels a queued job at once; asks the worker of a running one to stop.
     async fn cancel_job(&self, id: i64, user: &str) -> StoreResult<Job>;
+
+    /// Stores a whole DAG of jobs as one experiment, or nothing.
+    async fn submit_pipeline(&self, pipeline: NewPipeline) -> StoreResult<Experiment>;
+    async fn get_experiment(&self, id: i64) -> StoreResult<Experiment>;
+    async fn list_experiments(&self, limit: u32) -> StoreResult<Vec<Experiment>>;
+    /// Cancels every job of the experiment that has not finished.
+    async fn cancel_experiment(&self, id: i64, user: &str) -> StoreResult<Experiment>;
 
     async fn register_worker(&self, worker: NewWorker) -> StoreResult<Uuid>;
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;

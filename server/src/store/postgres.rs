@@ -3,6 +3,7 @@
 //! announced with NOTIFY on channel `camp` so that every coordinator can wake
 //! its long-polls and watchers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -91,7 +92,9 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, change: Change) -> StoreResu
 
 const JOB_SELECT: &str = "SELECT j.id, j.name, j.owner, j.spec, j.state, j.priority, j.attempt, j.max_attempts, \
      j.lease_losses, j.cancel_requested, w.name AS worker, j.message, j.result, j.epoch, j.created_at, \
-     j.started_at, j.finished_at FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker";
+     j.started_at, j.finished_at, j.experiment_id, j.node, \
+     ARRAY(SELECT d.parent_id FROM job_dependencies d WHERE d.child_id = j.id ORDER BY d.parent_id) AS parents \
+     FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker";
 
 #[derive(FromRow)]
 struct JobRecord {
@@ -112,6 +115,9 @@ struct JobRecord {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    experiment_id: Option<i64>,
+    node: String,
+    parents: Vec<i64>,
 }
 
 impl TryFrom<JobRecord> for Job {
@@ -139,6 +145,9 @@ impl TryFrom<JobRecord> for Job {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            experiment_id: r.experiment_id,
+            node: r.node,
+            parents: r.parents,
         })
     }
 }
@@ -208,6 +217,115 @@ async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job>
     rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
 }
 
+fn spec_invalid(e: camp_proto::SpecError) -> StoreError {
+    StoreError::Invalid { field: e.field.to_string(), reason: e.reason }
+}
+
+/// The job a new one starts from: it must exist and not have failed.
+async fn init_parent(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
+    let parent = match job_in(tx, id).await {
+        Err(StoreError::NotFound(_)) => {
+            return Err(StoreError::Invalid { field: "init_from".into(), reason: format!("job {id} does not exist") })
+        }
+        other => other?,
+    };
+    if matches!(parent.state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Invalid {
+            field: "init_from".into(),
+            reason: format!("job {id} {}: there is nothing to start from", parent.state.as_str()),
+        });
+    }
+    Ok(parent)
+}
+
+async fn insert_job(tx: &mut Transaction<'_, Postgres>, job: &NewJob, experiment_id: Option<i64>, node: &str, parents: &[i64]) -> StoreResult<i64> {
+    let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(&job.name)
+    .bind(&job.owner)
+    .bind(job.spec.stage.as_str())
+    .bind(&job.spec.dataset)
+    .bind(job.spec.device.as_str())
+    .bind(spec)
+    .bind(job.priority)
+    .bind(job.max_attempts as i32)
+    .bind(experiment_id)
+    .bind(node)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO job_dependencies (child_id, parent_id) SELECT $1, unnest($2::bigint[])")
+        .bind(id)
+        .bind(parents)
+        .execute(&mut **tx)
+        .await?;
+    notify(tx, Change::Job(id)).await?;
+    Ok(id)
+}
+
+/// The nodes in an order where every node comes after the nodes it names.
+fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
+    let invalid = |field: String, reason: String| StoreError::Invalid { field, reason };
+    if nodes.is_empty() {
+        return Err(invalid("nodes".into(), "a pipeline needs at least one job".into()));
+    }
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.key.trim().is_empty() {
+            return Err(invalid(format!("nodes[{i}].key"), "must not be empty".into()));
+        }
+        if index.insert(n.key.as_str(), i).is_some() {
+            return Err(invalid(format!("nodes[{i}].key"), format!("'{}' is used twice", n.key)));
+        }
+    }
+    let mut parents: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let mut ps = Vec::new();
+        for (field, key) in n.after.iter().map(|k| ("after", k)).chain(n.init_from.iter().map(|k| ("init_from", k))) {
+            let p = *index
+                .get(key.as_str())
+                .ok_or_else(|| invalid(format!("nodes[{i}] ({}).{field}", n.key), format!("no node '{key}'")))?;
+            ps.push(p);
+        }
+        parents.push(ps);
+    }
+    let mut order = Vec::with_capacity(nodes.len());
+    let mut placed = vec![false; nodes.len()];
+    while order.len() < nodes.len() {
+        let ready: Vec<usize> = (0..nodes.len()).filter(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p])).collect();
+        if ready.is_empty() {
+            let stuck = (0..nodes.len()).find(|&i| !placed[i]).expect("some node is unplaced");
+            return Err(invalid("nodes".into(), format!("the dependencies form a cycle through '{}'", nodes[stuck].key)));
+        }
+        for i in ready {
+            placed[i] = true;
+            order.push(i);
+        }
+    }
+    Ok(order)
+}
+
+/// Cancels the jobs waiting on a job that failed or was cancelled, however deep.
+async fn cancel_descendants(tx: &mut Transaction<'_, Postgres>, job_id: i64, why: &str) -> StoreResult<()> {
+    let cancelled: Vec<(i64,)> = sqlx::query_as(
+        "WITH RECURSIVE below(id) AS ( \
+           SELECT child_id FROM job_dependencies WHERE parent_id = $1 \
+           UNION SELECT d.child_id FROM job_dependencies d JOIN below b ON d.parent_id = b.id) \
+         UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 \
+         WHERE id IN (SELECT id FROM below) AND state = 'queued' RETURNING id",
+    )
+    .bind(job_id)
+    .bind(format!("cancelled: parent job {job_id} {why}"))
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id,) in cancelled {
+        notify(tx, Change::Job(id)).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -215,27 +333,88 @@ impl Store for PgStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> StoreResult<Job> {
-        let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
         let mut tx = self.pool.begin().await?;
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8) RETURNING id",
-        )
-        .bind(&job.name)
-        .bind(&job.owner)
-        .bind(job.spec.stage.as_str())
-        .bind(&job.spec.dataset)
-        .bind(job.spec.device.as_str())
-        .bind(spec)
-        .bind(job.priority)
-        .bind(job.max_attempts as i32)
-        .fetch_one(&mut *tx)
-        .await?;
+        let parent = match job.spec.init_from {
+            0 => None,
+            id => Some(init_parent(&mut tx, id).await?),
+        };
+        job.spec.check_init_parent(parent.as_ref().map(|p| &p.spec)).map_err(spec_invalid)?;
+        let id = insert_job(&mut tx, &job, None, "", parent.as_ref().map(|p| p.id).as_slice()).await?;
         notify(&mut tx, Change::Queue).await?;
-        notify(&mut tx, Change::Job(id)).await?;
         let stored = job_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn submit_pipeline(&self, p: NewPipeline) -> StoreResult<Experiment> {
+        let order = topological_order(&p.nodes)?;
+        let mut tx = self.pool.begin().await?;
+        let (experiment_id,): (i64,) = sqlx::query_as("INSERT INTO experiments (name, owner) VALUES ($1, $2) RETURNING id")
+            .bind(&p.name)
+            .bind(&p.owner)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut ids: HashMap<&str, (i64, &JobSpec)> = HashMap::new();
+        for i in order {
+            let node = &p.nodes[i];
+            let mut spec = node.spec.clone();
+            let init = node.init_from.as_deref().map(|k| ids[k]);
+            spec.init_from = init.map_or(0, |(id, _)| id);
+            spec.check_init_parent(init.map(|(_, s)| s)).map_err(|e| StoreError::Invalid {
+                field: format!("nodes[{i}] ({}).spec.{}", node.key, e.field),
+                reason: e.reason,
+            })?;
+            let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()].0).collect();
+            parents.extend(init.map(|(id, _)| id));
+            parents.sort_unstable();
+            parents.dedup();
+            let job = NewJob { name: node.name.clone(), owner: p.owner.clone(), spec, priority: node.priority, max_attempts: p.max_attempts };
+            let id = insert_job(&mut tx, &job, Some(experiment_id), &node.key, &parents).await?;
+            ids.insert(node.key.as_str(), (id, &node.spec));
+        }
+        notify(&mut tx, Change::Queue).await?;
+        tx.commit().await?;
+        self.get_experiment(experiment_id).await
+    }
+
+    async fn get_experiment(&self, id: i64) -> StoreResult<Experiment> {
+        let row: Option<(i64, String, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (id, name, owner, created_at) = row.ok_or_else(|| StoreError::NotFound(format!("experiment {id}")))?;
+        let recs: Vec<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.experiment_id = $1 ORDER BY j.id"))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        let jobs = recs.into_iter().map(Job::try_from).collect::<StoreResult<_>>()?;
+        Ok(Experiment { id, name, owner, created_at, jobs })
+    }
+
+    async fn list_experiments(&self, limit: u32) -> StoreResult<Vec<Experiment>> {
+        let limit = if limit == 0 { 100 } else { limit } as i64;
+        let rows: Vec<(i64, String, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments ORDER BY id DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, name, owner, created_at)| Experiment { id, name, owner, created_at, jobs: Vec::new() }).collect())
+    }
+
+    async fn cancel_experiment(&self, id: i64, user: &str) -> StoreResult<Experiment> {
+        let experiment = self.get_experiment(id).await?;
+        if experiment.owner != user {
+            return Err(StoreError::PermissionDenied(format!("experiment {id} belongs to {}, not {user}", experiment.owner)));
+        }
+        for job in experiment.jobs.iter().filter(|j| !j.state.is_terminal() && !j.cancel_requested) {
+            match self.cancel_job(job.id, user).await {
+                // Finished meanwhile, or cancelled with its parent: nothing left to do.
+                Ok(_) | Err(StoreError::FailedPrecondition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.get_experiment(id).await
     }
 
     async fn get_job(&self, id: i64) -> StoreResult<Job> {
@@ -275,6 +454,7 @@ impl Store for PgStore {
                 .bind(format!("cancelled by {user} while queued"))
                 .execute(&mut *tx)
                 .await?;
+                cancel_descendants(&mut tx, id, "was cancelled").await?;
             }
             JobState::Running => {
                 sqlx::query("UPDATE jobs SET cancel_requested = true, message = $2 WHERE id = $1")
@@ -364,6 +544,8 @@ impl Store for PgStore {
                WHERE w.id = $1 AND j.state = 'queued' \
                  AND (j.device = 'any' OR j.device = w.device_kind) \
                  AND j.dataset = ANY(w.datasets) \
+                 AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+                                 WHERE d.child_id = j.id AND p.state <> 'succeeded') \
                ORDER BY j.priority DESC, j.id \
                LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
              UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_worker = $1, \
@@ -394,9 +576,19 @@ impl Store for PgStore {
             .bind(resume_step)
             .execute(&mut *tx)
             .await?;
+        // A job that starts from another's weights gets that job's best checkpoint.
+        let init_from: Option<CheckpointRecord> = match job.spec.init_from {
+            0 => None,
+            parent => sqlx::query_as(&format!(
+                "{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"
+            ))
+            .bind(parent)
+            .fetch_optional(&mut *tx)
+            .await?,
+        };
         notify(&mut tx, Change::Job(job_id)).await?;
         tx.commit().await?;
-        Ok(Some(Claimed { job, resume_from }))
+        Ok(Some(Claimed { job, resume_from, init_from: init_from.map(Into::into) }))
     }
 
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
@@ -551,8 +743,11 @@ impl Store for PgStore {
         .bind(result)
         .execute(&mut *tx)
         .await?;
-        if outcome == Outcome::Released {
-            notify(&mut tx, Change::Queue).await?;
+        match outcome {
+            // Released work, and children waiting for this parent, are claimable now.
+            Outcome::Released | Outcome::Succeeded => notify(&mut tx, Change::Queue).await?,
+            Outcome::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
+            Outcome::Cancelled => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
         }
         notify(&mut tx, Change::Job(at.job_id)).await?;
         tx.commit().await?;
@@ -581,8 +776,10 @@ impl Store for PgStore {
         let mut reaped = Vec::with_capacity(rows.len());
         for (job_id, attempt, state) in rows {
             let new_state = JobState::parse(&state).unwrap_or(JobState::Failed);
-            if new_state == JobState::Queued {
-                notify(&mut tx, Change::Queue).await?;
+            match new_state {
+                JobState::Queued => notify(&mut tx, Change::Queue).await?,
+                JobState::Failed => cancel_descendants(&mut tx, job_id, "failed: its worker stopped heartbeating").await?,
+                _ => cancel_descendants(&mut tx, job_id, "was cancelled").await?,
             }
             notify(&mut tx, Change::Job(job_id)).await?;
             reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
