@@ -63,6 +63,13 @@ pub async fn checkpoint_download(store: Arc<dyn Store>, req: &v1::DownloadCheckp
     Ok(Box::pin(stream))
 }
 
+/// A wire spec, validated, whose bits overrides each match a module of its network.
+fn checked_spec(wire: &v1::JobSpec) -> Result<JobSpec, camp_proto::SpecError> {
+    let spec = JobSpec::from_proto(wire)?;
+    camp_proto::energy::report(&spec)?;
+    Ok(spec)
+}
+
 fn max_attempts(requested: u32) -> Result<u32, Status> {
     match requested {
         0 => Ok(DEFAULT_MAX_ATTEMPTS),
@@ -84,7 +91,7 @@ impl JobService for JobApi {
         let user = self.auth.caller(req.metadata()).await?;
         let req = req.into_inner();
         let wire = req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = JobSpec::from_proto(&wire).map_err(|e| Status::invalid_argument(format!("{}: {}", e.field, e.reason)))?;
+        let spec = checked_spec(&wire).map_err(|e| Status::invalid_argument(format!("{}: {}", e.field, e.reason)))?;
         let max_attempts = max_attempts(req.max_attempts)?;
         let name = job_name(&req.name, &spec);
         let job = self
@@ -260,7 +267,7 @@ impl JobService for JobApi {
         for (i, n) in r.nodes.into_iter().enumerate() {
             let at = format!("nodes[{i}] ({})", n.key);
             let wire = n.spec.ok_or_else(|| Status::invalid_argument(format!("{at}.spec: missing")))?;
-            let spec = JobSpec::from_proto(&wire).map_err(|e| Status::invalid_argument(format!("{at}.spec.{}: {}", e.field, e.reason)))?;
+            let spec = checked_spec(&wire).map_err(|e| Status::invalid_argument(format!("{at}.spec.{}: {}", e.field, e.reason)))?;
             if spec.init_from != 0 {
                 return Err(Status::invalid_argument(format!("{at}.spec.init_from: inside a pipeline, name the node (init_from) instead")));
             }
