@@ -1,10 +1,11 @@
 //! The command line: global options, subcommands and their flags.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use camp_proto::spec::{DeviceRequest, LrStep, SpecError};
+use camp_proto::energy::EnergyTable;
+use camp_proto::spec::{ActQuant, BitsOverride, DeviceRequest, LrStep, SpecError, Stage};
 use camp_proto::v1;
 use camp_proto::JobSpec;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -69,7 +70,7 @@ pub enum Command {
     /// Submit a job.
     Submit {
         #[command(subcommand)]
-        stage: SubmitStage,
+        stage: Box<SubmitStage>,
     },
     /// List jobs, newest first.
     Jobs(JobsArgs),
@@ -97,96 +98,545 @@ pub enum Command {
     },
     /// List the workers.
     Workers,
+    /// Compute a network's energy per image (ALGORITHMS 7): per layer and in all. No coordinator.
+    Energy(EnergyArgs),
+    /// Submit, show, list and cancel pipelines (experiments: DAGs of jobs).
+    Pipeline {
+        #[command(subcommand)]
+        action: PipelineAction,
+    },
+    /// One row per job of an experiment: stage, bits or alpha, top-1, energy, 4-bit share.
+    Results(ResultsArgs),
+    /// Plot an experiment's accuracy against energy (SVG or PNG by the file's extension).
+    #[command(
+        after_help = "Exit code 5 when the experiment has no succeeded job with top-1 and energy."
+    )]
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnergyArgs {
+    /// Architecture: preact_resnet{20,32,44,56,110}_cifar.
+    #[arg(short, long)]
+    pub arch: String,
+    /// Data set: cifar10, cifar100 or fashion-mnist.
+    #[arg(long, default_value_t = JobSpec::default().dataset)]
+    pub dataset: String,
+    /// The stage's network and bits: sp and rl are dual path [default: qat when bits are given, else baseline].
+    #[arg(long, value_enum)]
+    pub stage: Option<StageArg>,
+    #[command(flatten)]
+    pub bits: BitsArgs,
+    /// Bits of the modules whose path matches PATTERN (as for submit); repeatable.
+    #[arg(long = "bits-override", value_name = "PATTERN=W[/A]")]
+    pub bits_overrides: Vec<BitsOverrideArg>,
+    /// Energy table (YAML with keys name, fp32_pj, int8_mult_pj, int8_add_pj) [default: horowitz-45nm].
+    #[arg(long, value_name = "FILE.yaml")]
+    pub energy_table: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    Baseline,
+    Qat,
+    Sp,
+    Rl,
+}
+
+impl From<StageArg> for Stage {
+    fn from(stage: StageArg) -> Self {
+        match stage {
+            StageArg::Baseline => Stage::Baseline,
+            StageArg::Qat => Stage::Qat,
+            StageArg::Sp => Stage::Sp,
+            StageArg::Rl => Stage::Rl,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineAction {
+    /// Submit the CAMP pipeline: baseline (fp32), qat4, qat1, sp (from qat4), one rl-<alpha> per alpha (from sp).
+    Camp(Box<PipelineCampArgs>),
+    /// Submit any DAG from a YAML file: {name, max_attempts?, nodes: [{key, name?, after?, init_from?, priority?, spec}]}.
+    Submit {
+        /// The pipeline file.
+        #[arg(value_name = "FILE.yaml")]
+        file: PathBuf,
+    },
+    /// Draw an experiment's DAG with each job's state and key result.
+    Show {
+        /// The experiment id.
+        id: i64,
+    },
+    /// List experiments, newest first.
+    List {
+        /// At most this many [default: the coordinator's].
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Cancel every unfinished job of an experiment.
+    Cancel {
+        /// The experiment id.
+        id: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineCampArgs {
+    /// Architecture: preact_resnet{20,32,44,56,110}_cifar.
+    #[arg(short, long)]
+    pub arch: String,
+    /// Data set: cifar10, cifar100 or fashion-mnist.
+    #[arg(long, default_value_t = JobSpec::default().dataset)]
+    pub dataset: String,
+    /// The rl stage's alphas, one rl job each.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0.01,0.05,0.1,0.2,0.5", allow_negative_numbers = true)]
+    pub alphas: Vec<f64>,
+    /// Epochs of every stage not given its own below.
+    #[arg(long, default_value_t = JobSpec::default().epochs)]
+    pub epochs: u32,
+    /// Epochs of the baseline job [default: --epochs].
+    #[arg(long)]
+    pub baseline_epochs: Option<u32>,
+    /// Epochs of the qat jobs [default: --epochs].
+    #[arg(long)]
+    pub qat_epochs: Option<u32>,
+    /// Epochs of the sp job [default: --epochs].
+    #[arg(long)]
+    pub sp_epochs: Option<u32>,
+    /// Epochs of the rl jobs [default: --epochs].
+    #[arg(long)]
+    pub rl_epochs: Option<u32>,
+    /// Experiment name [default: camp-<arch>-<dataset>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Mini-batch size of every job [default: the stages', 128].
+    #[arg(short = 'b', long)]
+    pub batch_size: Option<u32>,
+    /// Train on the first N training images only (0 = all).
+    #[arg(long)]
+    pub train_limit: Option<u32>,
+    /// Test on the first N test images only (0 = all).
+    #[arg(long)]
+    pub test_limit: Option<u32>,
+    /// Which kind of worker may run the jobs: any, cpu or cuda.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceRequest>,
+    /// Random seed of every job.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Steps between step metrics.
+    #[arg(short = 'p', long)]
+    pub print_freq: Option<u32>,
+    /// Scheduling priority of every job; higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Attempts per job before it fails for good [default: the coordinator's].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Distiller schedule for the qat4 job.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub compress_qat4: Option<PathBuf>,
+    /// Distiller schedule for the qat1 job.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub compress_qat1: Option<PathBuf>,
+    /// Distiller schedule for the sp job.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub compress_sp: Option<PathBuf>,
+    /// Distiller schedule for the rl jobs.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub compress_rl: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The experiment id.
+    pub id: i64,
+    /// Print CSV (node,job_id,stage,bits_weights,bits_activations,alpha,top1,normalized_energy,fullbit_share,state); takes precedence over --json.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The experiment id.
+    pub id: i64,
+    /// The image to write: FILE.svg or FILE.png.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SubmitStage {
     /// Full-precision (FP32) training from scratch, as the reference.
     Baseline(BaselineArgs),
+    /// Quantisation-aware training at fixed bits (4/4 unless told), from scratch or from a job.
+    Qat(QatArgs),
+    /// Dual-path network (1-bit and 4-bit paths), gates trained supervised, from a qat job.
+    Sp(SpArgs),
+    /// Dual-path network, gates trained by REINFORCE for an energy reward, from an sp job.
+    Rl(RlArgs),
 }
 
-/// The flags of the reference's training script, plus camp's own.
+/// `TEXT [default: V]`, or the value per stage where the stages' defaults differ.
+fn stage_default_help(text: &str, value: impl Fn(&JobSpec) -> String) -> String {
+    let values: Vec<(Stage, String)> = [Stage::Baseline, Stage::Qat, Stage::Sp, Stage::Rl]
+        .into_iter()
+        .map(|stage| (stage, value(&JobSpec::defaults_for(stage))))
+        .collect();
+    if values.iter().all(|(_, v)| *v == values[0].1) {
+        return format!("{text} [default: {}]", values[0].1);
+    }
+    let per_stage: Vec<String> = values
+        .iter()
+        .map(|(stage, v)| format!("{} {v}", stage.as_str()))
+        .collect();
+    format!("{text} [default: {}]", per_stage.join("; "))
+}
+
+fn rl_default_help(text: &str, value: impl Fn(&JobSpec) -> f64) -> String {
+    format!(
+        "{text} [default: {}]",
+        value(&JobSpec::defaults_for(Stage::Rl))
+    )
+}
+
+/// The flags every stage takes: the reference's training script's, plus camp's own.
+/// A spec flag left out takes `JobSpec::defaults_for(stage)`'s value.
 #[derive(Debug, Args)]
-pub struct BaselineArgs {
+pub struct CommonArgs {
     /// Architecture: preact_resnet{20,32,44,56,110}_cifar.
     #[arg(short, long)]
     pub arch: String,
-    /// Initial learning rate.
-    #[arg(long, default_value_t = JobSpec::default().lr, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// Mini-batch size.
-    #[arg(short = 'b', long, default_value_t = JobSpec::default().batch_size, allow_negative_numbers = true)]
-    pub batch_size: u32,
-    /// Number of epochs to train.
-    #[arg(long, default_value_t = JobSpec::default().epochs, allow_negative_numbers = true)]
-    pub epochs: u32,
-    /// Weight decay.
-    #[arg(long = "weight-decay", visible_alias = "wd", default_value_t = JobSpec::default().weight_decay, allow_negative_numbers = true)]
-    pub weight_decay: f64,
-    /// SGD momentum.
-    #[arg(long, default_value_t = JobSpec::default().momentum, allow_negative_numbers = true)]
-    pub momentum: f64,
-    /// Steps between step metrics.
-    #[arg(short = 'p', long, default_value_t = JobSpec::default().print_freq, allow_negative_numbers = true)]
-    pub print_freq: u32,
-    /// Data set: cifar10, cifar100 or fashion-mnist.
-    #[arg(long, default_value_t = JobSpec::default().dataset)]
-    pub dataset: String,
+    #[arg(long, allow_negative_numbers = true, help = stage_default_help("Initial learning rate.", |s| s.lr.to_string()))]
+    pub lr: Option<f64>,
+    #[arg(short = 'b', long, allow_negative_numbers = true, help = stage_default_help("Mini-batch size.", |s| s.batch_size.to_string()))]
+    pub batch_size: Option<u32>,
+    #[arg(long, allow_negative_numbers = true, help = stage_default_help("Number of epochs to train.", |s| s.epochs.to_string()))]
+    pub epochs: Option<u32>,
+    #[arg(long = "weight-decay", visible_alias = "wd", allow_negative_numbers = true, help = stage_default_help("Weight decay.", |s| s.weight_decay.to_string()))]
+    pub weight_decay: Option<f64>,
+    #[arg(long, allow_negative_numbers = true, help = stage_default_help("SGD momentum.", |s| s.momentum.to_string()))]
+    pub momentum: Option<f64>,
+    #[arg(short = 'p', long, allow_negative_numbers = true, help = stage_default_help("Steps between step metrics.", |s| s.print_freq.to_string()))]
+    pub print_freq: Option<u32>,
+    #[arg(long, help = stage_default_help("Data set: cifar10, cifar100 or fashion-mnist.", |s| s.dataset.clone()))]
+    pub dataset: Option<String>,
     /// A name for the job.
     #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
-    /// Random seed.
-    #[arg(long, default_value_t = JobSpec::default().seed, allow_negative_numbers = true)]
-    pub seed: u64,
+    #[arg(long, allow_negative_numbers = true, help = stage_default_help("Random seed.", |s| s.seed.to_string()))]
+    pub seed: Option<u64>,
     /// Scheduling priority; higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
-    /// Which kind of worker may run it: any, cpu or cuda.
-    #[arg(long, default_value = JobSpec::default().device.as_str(), value_parser = parse_device)]
-    pub device: DeviceRequest,
+    #[arg(long, value_parser = parse_device, help = stage_default_help("Which kind of worker may run it: any, cpu or cuda.", |s| s.device.as_str().to_owned()))]
+    pub device: Option<DeviceRequest>,
     /// Attempts before the job fails for good [default: the coordinator's, 3].
     #[arg(long, allow_negative_numbers = true)]
     pub max_attempts: Option<u32>,
-    /// Learning-rate steps as EPOCH:GAMMA,... (lr *= gamma from that epoch on), or `none`.
-    #[arg(long, value_name = "EPOCH:GAMMA,...", default_value_t = LrSchedule(JobSpec::default().lr_schedule))]
-    pub lr_schedule: LrSchedule,
+    #[arg(long, value_name = "EPOCH:GAMMA,...", help = stage_default_help(
+        "Learning-rate steps as EPOCH:GAMMA,...: lr *= GAMMA once EPOCH epochs have completed, as distiller \
+         counts them (80:0.1 = x0.1 from the 81st epoch on), or `none`.",
+        |s| LrSchedule(s.lr_schedule.clone()).to_string()))]
+    pub lr_schedule: Option<LrSchedule>,
     /// bf16 autocast (CUDA only).
     #[arg(long)]
     pub bf16: bool,
     /// Channels-last memory format.
     #[arg(long)]
     pub channels_last: bool,
-    /// Train on the first N training images only (0 = all).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub train_limit: u32,
-    /// Test on the first N test images only (0 = all).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub test_limit: u32,
+    /// Train on the first N training images only (0 = all) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub train_limit: Option<u32>,
+    /// Test on the first N test images only (0 = all) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub test_limit: Option<u32>,
+    /// A distiller schedule (the reference's configs/*.yaml): sets the quantisation
+    /// (bits, bits_overrides, DoReFa/PACT) and the LR schedule; the flags above and
+    /// below still win.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub compress: Option<PathBuf>,
+    /// Bits of the modules whose path matches PATTERN (glob, `*` matches anything):
+    /// W weight bits, A activation bits (A = W when left out); `fp` = full precision.
+    /// Repeatable; checked in order before the stage's defaults, first match wins.
+    #[arg(long = "bits-override", value_name = "PATTERN=W[/A]")]
+    pub bits_overrides: Vec<BitsOverrideArg>,
+    /// Energy table (YAML with keys name, fp32_pj, int8_mult_pj, int8_add_pj)
+    /// [default: horowitz-45nm].
+    #[arg(long, value_name = "FILE.yaml")]
+    pub energy_table: Option<PathBuf>,
 }
 
-impl BaselineArgs {
+/// Weight and activation bits of the quantised layers.
+#[derive(Debug, Default, Args)]
+pub struct BitsArgs {
+    /// Weight and activation bits alike (1..8, or 32).
+    #[arg(long, value_name = "N", conflicts_with_all = ["bits_weights", "bits_activations"])]
+    pub bits: Option<u32>,
+    /// Weight bits [default: the stage's: qat 4; sp and rl 1, the basic path (the 4-bit path stays at 4)].
+    #[arg(long, value_name = "N")]
+    pub bits_weights: Option<u32>,
+    /// Activation bits [default: as for weights].
+    #[arg(long, value_name = "N")]
+    pub bits_activations: Option<u32>,
+}
+
+impl BitsArgs {
+    pub fn apply(&self, spec: &mut JobSpec) {
+        if let Some(bits) = self.bits {
+            spec.bits_weights = Some(bits);
+            spec.bits_activations = Some(bits);
+        }
+        if let Some(bits) = self.bits_weights {
+            spec.bits_weights = Some(bits);
+        }
+        if let Some(bits) = self.bits_activations {
+            spec.bits_activations = Some(bits);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActQuantArg {
+    /// DoReFa: clamp to [0, 1], then quantise (the reference's).
+    Dorefa,
+    /// PACT: a learned clip per layer.
+    Pact,
+}
+
+impl From<ActQuantArg> for ActQuant {
+    fn from(arg: ActQuantArg) -> Self {
+        match arg {
+            ActQuantArg::Dorefa => ActQuant::Dorefa,
+            ActQuantArg::Pact => ActQuant::Pact,
+        }
+    }
+}
+
+fn job_id(text: &str) -> Result<i64, String> {
+    match text.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(format!(
+            "'{text}' is not a job id (a positive whole number)"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct QatArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub bits: BitsArgs,
+    /// Activation quantiser [default: dorefa].
+    #[arg(long, value_enum)]
+    pub act_quant: Option<ActQuantArg>,
+    /// Start from this job's best checkpoint (it waits for the job to succeed).
+    #[arg(long, value_name = "JOB", value_parser = job_id)]
+    pub init_from: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub bits: BitsArgs,
+    /// The qat (4-bit) job to start from (its best checkpoint; it waits for the job to succeed).
+    #[arg(long, value_name = "JOB", value_parser = job_id)]
+    pub init_from: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct RlArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub bits: BitsArgs,
+    /// The sp job to start from (its best checkpoint; it waits for the job to succeed).
+    #[arg(long, value_name = "JOB", value_parser = job_id)]
+    pub init_from: i64,
+    #[arg(long, allow_negative_numbers = true, help = rl_default_help("Energy reward per gate that picks the 1-bit path: the accuracy/energy knob.", |s| s.alpha))]
+    pub alpha: Option<f64>,
+    #[arg(long, allow_negative_numbers = true, help = rl_default_help("Discount between gates.", |s| s.gamma))]
+    pub gamma: Option<f64>,
+    #[arg(long, allow_negative_numbers = true, help = rl_default_help("Weight of the REINFORCE loss.", |s| s.rl_weight))]
+    pub rl_weight: Option<f64>,
+}
+
+impl SubmitStage {
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            SubmitStage::Baseline(args) => &args.common,
+            SubmitStage::Qat(args) => &args.common,
+            SubmitStage::Sp(args) => &args.common,
+            SubmitStage::Rl(args) => &args.common,
+        }
+    }
+
     /// The spec these flags describe, validated; a bad value names its flag.
     pub fn to_spec(&self) -> Result<JobSpec, UsageError> {
-        let spec = JobSpec {
-            arch: self.arch.clone(),
-            dataset: self.dataset.clone(),
-            lr: self.lr,
-            batch_size: self.batch_size,
-            epochs: self.epochs,
-            weight_decay: self.weight_decay,
-            momentum: self.momentum,
-            print_freq: self.print_freq,
-            seed: self.seed,
-            device: self.device,
-            lr_schedule: self.lr_schedule.0.clone(),
-            bf16: self.bf16,
-            channels_last: self.channels_last,
-            train_limit: self.train_limit,
-            test_limit: self.test_limit,
-            ..JobSpec::default()
-        };
-        spec.validate().map_err(spec_error_with_flag)?;
+        match self {
+            SubmitStage::Baseline(args) => args.common.to_spec(Stage::Baseline, |_| {}),
+            SubmitStage::Qat(args) => args.common.to_spec(Stage::Qat, |spec| {
+                args.bits.apply(spec);
+                if let Some(act_quant) = args.act_quant {
+                    spec.act_quant = act_quant.into();
+                }
+                spec.init_from = args.init_from.unwrap_or(0);
+            }),
+            SubmitStage::Sp(args) => args.common.to_spec(Stage::Sp, |spec| {
+                args.bits.apply(spec);
+                spec.init_from = args.init_from;
+            }),
+            SubmitStage::Rl(args) => args.common.to_spec(Stage::Rl, |spec| {
+                args.bits.apply(spec);
+                spec.init_from = args.init_from;
+                if let Some(alpha) = args.alpha {
+                    spec.alpha = alpha;
+                }
+                if let Some(gamma) = args.gamma {
+                    spec.gamma = gamma;
+                }
+                if let Some(rl_weight) = args.rl_weight {
+                    spec.rl_weight = rl_weight;
+                }
+            }),
+        }
+    }
+}
+
+impl CommonArgs {
+    /// `JobSpec::defaults_for(stage)`, then `--compress`, then the flags
+    /// (`stage_flags` sets the stage's own); validated, bad values naming their flag.
+    pub fn to_spec(
+        &self,
+        stage: Stage,
+        stage_flags: impl FnOnce(&mut JobSpec),
+    ) -> Result<JobSpec, UsageError> {
+        let mut spec = JobSpec::defaults_for(stage);
+        spec.arch = self.arch.clone();
+        set(&mut spec.dataset, self.dataset.clone());
+        set(&mut spec.lr, self.lr);
+        set(&mut spec.batch_size, self.batch_size);
+        set(&mut spec.epochs, self.epochs);
+        set(&mut spec.weight_decay, self.weight_decay);
+        set(&mut spec.momentum, self.momentum);
+        set(&mut spec.print_freq, self.print_freq);
+        set(&mut spec.seed, self.seed);
+        set(&mut spec.device, self.device);
+        set(&mut spec.train_limit, self.train_limit);
+        set(&mut spec.test_limit, self.test_limit);
+        spec.bf16 |= self.bf16;
+        spec.channels_last |= self.channels_last;
+        if let Some(path) = &self.compress {
+            apply_compress_file(path, &mut spec, "--compress")?;
+        }
+        set(&mut spec.lr_schedule, self.lr_schedule.clone().map(|s| s.0));
+        stage_flags(&mut spec);
+        if !self.bits_overrides.is_empty() {
+            let mut overrides: Vec<BitsOverride> =
+                self.bits_overrides.iter().map(|o| o.0.clone()).collect();
+            overrides.append(&mut spec.bits_overrides);
+            spec.bits_overrides = overrides;
+        }
+        if let Some(path) = &self.energy_table {
+            spec.energy_table = read_energy_table(path)?;
+        }
+        check_spec(&spec)?;
         Ok(spec)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// Validates a spec as the coordinator will, plus what only the architecture
+/// can tell (an override pattern that matches no module).
+pub fn check_spec(spec: &JobSpec) -> Result<(), UsageError> {
+    spec.validate().map_err(spec_error_with_flag)?;
+    camp_proto::energy::report(spec).map_err(spec_error_with_flag)?;
+    Ok(())
+}
+
+/// Reads a distiller schedule and applies it to `spec` (for `spec.epochs` epochs).
+pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Result<(), UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
+    let schedule = camp_proto::schedule::parse(&text, spec.epochs)
+        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
+    schedule.apply(spec);
+    Ok(())
+}
+
+/// Reads an energy table: YAML with every one of name, fp32_pj, int8_mult_pj, int8_add_pj.
+pub fn read_energy_table(path: &Path) -> Result<EnergyTable, UsageError> {
+    let fail = |reason: String| UsageError(format!("--energy-table {}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|err| fail(err.to_string()))?;
+    parse_energy_table(&text).map_err(fail)
+}
+
+pub fn parse_energy_table(text: &str) -> Result<EnergyTable, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|err| err.to_string())?;
+    let map = value.as_mapping().ok_or("expected a mapping")?;
+    for key in ["name", "fp32_pj", "int8_mult_pj", "int8_add_pj"] {
+        if !map.contains_key(key) {
+            return Err(format!("{key}: missing"));
+        }
+    }
+    let table: EnergyTable = serde_yaml::from_value(value).map_err(|err| err.to_string())?;
+    table.validate().map_err(|err| err.reason)?;
+    Ok(table)
+}
+
+/// `--bits-override PATTERN=W[/A]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BitsOverrideArg(pub BitsOverride);
+
+impl FromStr for BitsOverrideArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (pattern, bits) = text.split_once('=').ok_or_else(|| {
+            format!("'{text}' is not PATTERN=W[/A] (e.g. 'layer3.*=8/4' or 'fc=fp')")
+        })?;
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err(format!("'{text}': the pattern is empty"));
+        }
+        let one = |bits: &str| -> Result<Option<u32>, String> {
+            let bits = bits.trim();
+            if bits.eq_ignore_ascii_case("fp") {
+                return Ok(None);
+            }
+            match bits.parse::<u32>() {
+                Ok(b) if (1..=8).contains(&b) || b == 32 => Ok(Some(b)),
+                _ => Err(format!("'{text}': bits '{bits}' must be 1..8, 32 or fp")),
+            }
+        };
+        let (wts, acts) = match bits.split_once('/') {
+            Some((w, a)) => (one(w)?, one(a)?),
+            None => {
+                let b = one(bits)?;
+                (b, b)
+            }
+        };
+        Ok(BitsOverrideArg(BitsOverride {
+            pattern: pattern.to_owned(),
+            wts,
+            acts,
+        }))
     }
 }
 
@@ -195,7 +645,7 @@ fn parse_device(text: &str) -> Result<DeviceRequest, String> {
 }
 
 /// Names the flag that sets the spec field in error, e.g. `invalid spec: lr (--lr): ...`.
-fn spec_error_with_flag(err: SpecError) -> UsageError {
+pub fn spec_error_with_flag(err: SpecError) -> UsageError {
     let flag = match err.field {
         "batch_size" => "--batch-size",
         "weight_decay" => "--weight-decay",
@@ -204,6 +654,13 @@ fn spec_error_with_flag(err: SpecError) -> UsageError {
         "train_limit" => "--train-limit",
         "test_limit" => "--test-limit",
         "channels_last" => "--channels-last",
+        "bits_weights" => "--bits-weights",
+        "bits_activations" => "--bits-activations",
+        "act_quant" => "--act-quant",
+        "bits_overrides" => "--bits-override",
+        "energy_table" => "--energy-table",
+        "rl_weight" => "--rl-weight",
+        "init_from" => "--init-from",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
     UsageError(format!(
@@ -212,7 +669,8 @@ fn spec_error_with_flag(err: SpecError) -> UsageError {
     ))
 }
 
-/// `--lr-schedule`: a multi-step schedule written `80:0.1,120:0.1,160:0.2`, or `none`.
+/// `--lr-schedule`: a multi-step schedule written `80:0.1,120:0.1,160:0.2`, or `none`;
+/// `80:0.1` multiplies the lr by 0.1 once 80 epochs have completed (from the 81st on).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LrSchedule(pub Vec<LrStep>);
 
@@ -349,14 +807,16 @@ mod tests {
         Cli::try_parse_from(std::iter::once("camp").chain(line.iter().copied()))
     }
 
-    fn baseline(line: &[&str]) -> BaselineArgs {
-        let full: Vec<&str> = ["submit", "baseline"].iter().chain(line).copied().collect();
+    fn submit(stage: &str, line: &[&str]) -> SubmitStage {
+        let full: Vec<&str> = ["submit", stage].iter().chain(line).copied().collect();
         match parse(&full).unwrap().command {
-            Command::Submit {
-                stage: SubmitStage::Baseline(args),
-            } => args,
+            Command::Submit { stage } => *stage,
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    fn baseline(line: &[&str]) -> SubmitStage {
+        submit("baseline", line)
     }
 
     #[test]
@@ -449,13 +909,16 @@ mod tests {
         assert_eq!(spec.dataset, "fashion-mnist");
         assert!(spec.lr_schedule.is_empty() && spec.bf16 && spec.channels_last);
         assert_eq!((spec.train_limit, spec.test_limit), (256, 128));
+        let common = args.common();
         assert_eq!(
-            (args.name.as_str(), args.priority, args.max_attempts),
+            (common.name.as_str(), common.priority, common.max_attempts),
             ("tiny", -2, Some(1))
         );
         assert_eq!(
-            baseline(&["-a", "x", "--weight-decay", "0.5"]).weight_decay,
-            0.5
+            baseline(&["-a", "x", "--weight-decay", "0.5"])
+                .common()
+                .weight_decay,
+            Some(0.5)
         );
     }
 
@@ -544,5 +1007,390 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    /// The keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
+    const FP4: &str = "
+quantizers:
+  pact_quantizer:
+    class: DorefaQuantizer
+    # act_clip_init_val: 8.0
+    bits_activations: 4
+    bits_weights: 4
+    bits_overrides:
+    # Don't quantize first and last layers
+      conv1:
+        wts: null
+        acts: null
+      layer1.0.pre_relu:
+        wts: null
+        acts: null
+      final_relu:
+        wts: null
+        acts: null
+      fc:
+        wts: null
+        acts: null
+
+lr_schedulers:
+  training_lr:
+    class: MultiStepMultiGammaLR
+    milestones: [80, 120, 160]
+    gammas: [0.1, 0.1, 0.2]
+
+policies:
+    - quantizer:
+        instance_name: pact_quantizer
+      starting_epoch: 0
+      ending_epoch: 200
+      frequency: 1
+
+    - lr_scheduler:
+        instance_name: training_lr
+      starting_epoch: 0
+      ending_epoch: 200
+      frequency: 1
+";
+
+    const R20: [&str; 2] = ["-a", "preact_resnet20_cifar"];
+
+    fn spec_of(stage: &str, line: &[&str]) -> JobSpec {
+        let full: Vec<&str> = R20.iter().chain(line).copied().collect();
+        submit(stage, &full).to_spec().unwrap()
+    }
+
+    fn invalid(stage: &str, line: &[&str]) -> String {
+        let full: Vec<&str> = R20.iter().chain(line).copied().collect();
+        submit(stage, &full).to_spec().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_stage_defaults_to_defaults_for() {
+        assert_eq!(spec_of("qat", &[]), JobSpec::defaults_for(Stage::Qat));
+        let sp = spec_of("sp", &["--init-from", "7"]);
+        assert_eq!(
+            sp,
+            JobSpec {
+                init_from: 7,
+                ..JobSpec::defaults_for(Stage::Sp)
+            }
+        );
+        assert_eq!(
+            (sp.lr, sp.lr_schedule[0]),
+            (
+                0.01,
+                LrStep {
+                    epoch: 3,
+                    gamma: 10.0
+                }
+            )
+        );
+        assert_eq!((sp.weight_bits(), sp.activation_bits()), (1, 1));
+        let rl = spec_of("rl", &["--init-from", "8"]);
+        assert_eq!(
+            rl,
+            JobSpec {
+                init_from: 8,
+                ..JobSpec::defaults_for(Stage::Rl)
+            }
+        );
+        assert_eq!(
+            (rl.alpha, rl.gamma, rl.rl_weight, rl.lr),
+            (0.1, 1.0, 0.01, 0.01)
+        );
+        let qat = spec_of("qat", &[]);
+        assert_eq!(
+            (qat.weight_bits(), qat.activation_bits(), qat.init_from),
+            (4, 4, 0)
+        );
+
+        for stage in ["sp", "rl"] {
+            let err = parse(&["submit", stage, "-a", "preact_resnet20_cifar"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{stage}"
+            );
+            assert!(err.to_string().contains("--init-from"), "{err}");
+            let err = parse(&["submit", stage, "-a", "x", "--init-from", "0"]).unwrap_err();
+            assert!(err.to_string().contains("--init-from"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stage_flags_reach_the_spec() {
+        let qat = spec_of(
+            "qat",
+            &[
+                "--bits",
+                "2",
+                "--act-quant",
+                "pact",
+                "--init-from",
+                "5",
+                "--lr",
+                "0.05",
+            ],
+        );
+        assert_eq!((qat.bits_weights, qat.bits_activations), (Some(2), Some(2)));
+        assert_eq!(
+            (qat.act_quant, qat.init_from, qat.lr),
+            (ActQuant::Pact, 5, 0.05)
+        );
+        let qat = spec_of("qat", &["--bits-weights", "2"]);
+        assert_eq!((qat.weight_bits(), qat.activation_bits()), (2, 4));
+        let qat = spec_of("qat", &["--bits-weights", "1", "--bits-activations", "8"]);
+        assert_eq!((qat.weight_bits(), qat.activation_bits()), (1, 8));
+        assert!(parse(&[
+            "submit",
+            "qat",
+            "-a",
+            "x",
+            "--bits",
+            "2",
+            "--bits-weights",
+            "3"
+        ])
+        .is_err());
+
+        let sp = spec_of(
+            "sp",
+            &[
+                "--init-from",
+                "3",
+                "--bits",
+                "2",
+                "--epochs",
+                "5",
+                "--lr-schedule",
+                "none",
+            ],
+        );
+        assert_eq!((sp.bits_weights, sp.init_from, sp.epochs), (Some(2), 3, 5));
+        assert!(sp.lr_schedule.is_empty());
+
+        let rl = spec_of(
+            "rl",
+            &[
+                "--init-from",
+                "4",
+                "--alpha",
+                "0.5",
+                "--gamma",
+                "0.9",
+                "--rl-weight",
+                "0.02",
+                "--seed",
+                "3",
+            ],
+        );
+        assert_eq!(
+            (rl.alpha, rl.gamma, rl.rl_weight, rl.init_from, rl.seed),
+            (0.5, 0.9, 0.02, 4, 3)
+        );
+
+        let with_overrides = spec_of(
+            "qat",
+            &[
+                "--bits-override",
+                "layer3.*=8/4",
+                "--bits-override",
+                "fc=fp",
+            ],
+        );
+        assert_eq!(
+            with_overrides.bits_overrides,
+            vec![
+                BitsOverride {
+                    pattern: "layer3.*".into(),
+                    wts: Some(8),
+                    acts: Some(4)
+                },
+                BitsOverride {
+                    pattern: "fc".into(),
+                    wts: None,
+                    acts: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bits_overrides_parse() {
+        let o = |text: &str| text.parse::<BitsOverrideArg>().map(|o| o.0);
+        assert_eq!(
+            o("layer3.*=8/4").unwrap(),
+            BitsOverride {
+                pattern: "layer3.*".into(),
+                wts: Some(8),
+                acts: Some(4)
+            }
+        );
+        assert_eq!(
+            o("layer1.0.conv1=2").unwrap(),
+            BitsOverride {
+                pattern: "layer1.0.conv1".into(),
+                wts: Some(2),
+                acts: Some(2)
+            }
+        );
+        assert_eq!(
+            o("fc=fp").unwrap(),
+            BitsOverride {
+                pattern: "fc".into(),
+                wts: None,
+                acts: None
+            }
+        );
+        assert_eq!(
+            o("conv1=FP/4").unwrap(),
+            BitsOverride {
+                pattern: "conv1".into(),
+                wts: None,
+                acts: Some(4)
+            }
+        );
+        assert_eq!(o("x=32/fp").unwrap().wts, Some(32));
+        for bad in ["layer3", "=4", "a=9", "a=0", "a=4/x", "a=", "a=4/"] {
+            assert!(o(bad).is_err(), "{bad:?} parsed");
+        }
+        let err = parse(&["submit", "qat", "-a", "x", "--bits-override", "fc=12"]).unwrap_err();
+        assert!(err.to_string().contains("--bits-override"), "{err}");
+    }
+
+    #[test]
+    fn compress_applies_the_reference_fp4_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp4 = dir.path().join("fp4.yaml");
+        std::fs::write(&fp4, FP4).unwrap();
+        let file = fp4.to_str().unwrap();
+        let spec = spec_of("qat", &["--compress", file]);
+        assert_eq!(
+            (spec.bits_weights, spec.bits_activations, spec.act_quant),
+            (Some(4), Some(4), ActQuant::Dorefa)
+        );
+        let patterns: Vec<&str> = spec
+            .bits_overrides
+            .iter()
+            .map(|o| o.pattern.as_str())
+            .collect();
+        assert_eq!(patterns, ["conv1", "layer1.0.pre_relu", "final_relu", "fc"]);
+        assert!(spec
+            .bits_overrides
+            .iter()
+            .all(|o| o.wts.is_none() && o.acts.is_none()));
+        assert_eq!(spec.lr_schedule, camp_proto::spec::reference_lr_schedule());
+
+        // Flags still win over the file; command-line overrides come first.
+        let spec = spec_of(
+            "qat",
+            &[
+                "--compress",
+                file,
+                "--bits",
+                "2",
+                "--lr-schedule",
+                "100:0.1",
+                "--bits-override",
+                "layer3.*=8",
+            ],
+        );
+        assert_eq!(
+            (spec.bits_weights, spec.bits_activations),
+            (Some(2), Some(2))
+        );
+        assert_eq!(
+            spec.lr_schedule,
+            vec![LrStep {
+                epoch: 100,
+                gamma: 0.1
+            }]
+        );
+        assert_eq!(spec.bits_overrides.len(), 5);
+        assert_eq!(spec.bits_overrides[0].pattern, "layer3.*");
+
+        // What cannot be honoured is named, exit 2.
+        std::fs::write(
+            &fp4,
+            FP4.replace("class: DorefaQuantizer", "class: WRPNQuantizer"),
+        )
+        .unwrap();
+        let err = submit("qat", &[R20[0], R20[1], "--compress", file])
+            .to_spec()
+            .unwrap_err();
+        assert!(
+            err.0.contains("--compress") && err.0.contains("quantizers.pact_quantizer.class"),
+            "{err}"
+        );
+        assert_eq!(crate::exit::code_for_error(&err.into()), crate::exit::USAGE);
+        std::fs::write(&fp4, FP4).unwrap();
+        let err = invalid("qat", &["--compress", file, "--epochs", "300"]);
+        assert!(err.contains("policies[0].ending_epoch"), "{err}");
+        let err = invalid("qat", &["--compress", "/nonexistent/fp4.yaml"]);
+        assert!(err.contains("--compress /nonexistent/fp4.yaml"), "{err}");
+    }
+
+    #[test]
+    fn energy_table_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        std::fs::write(
+            &path,
+            "name: 7nm\nfp32_pj: 1.0\nint8_mult_pj: 0.05\nint8_add_pj: 0.01\n",
+        )
+        .unwrap();
+        let spec = spec_of("qat", &["--energy-table", path.to_str().unwrap()]);
+        assert_eq!(spec.energy_table.name, "7nm");
+        assert_eq!(spec.energy_table.fp32_pj, 1.0);
+        assert!(parse_energy_table("name: x\nfp32_pj: 1\nint8_mult_pj: 1\n")
+            .unwrap_err()
+            .contains("int8_add_pj"));
+        assert!(parse_energy_table(
+            "name: x\nfp32_pj: 1\nint8_mult_pj: 1\nint8_add_pj: 1\nextra: 2\n"
+        )
+        .unwrap_err()
+        .contains("extra"));
+        assert!(
+            parse_energy_table("name: x\nfp32_pj: -1\nint8_mult_pj: 1\nint8_add_pj: 1\n")
+                .unwrap_err()
+                .contains("fp32_pj")
+        );
+    }
+
+    #[test]
+    fn new_bad_values_name_their_flag() {
+        assert!(invalid("qat", &["--bits", "9"]).contains("--bits-weights"));
+        assert!(invalid("qat", &["--bits-activations", "0"]).contains("--bits-activations"));
+        assert!(invalid("rl", &["--init-from", "2", "--gamma", "2"]).contains("--gamma"));
+        assert!(invalid("rl", &["--init-from", "2", "--alpha", "-1"]).contains("--alpha"));
+        assert!(invalid("rl", &["--init-from", "2", "--rl-weight", "-1"]).contains("--rl-weight"));
+        let err = invalid("qat", &["--bits-override", "layer9.*=4"]);
+        assert!(
+            err.contains("--bits-override") && err.contains("layer9.*"),
+            "{err}"
+        );
+        let err = parse(&["submit", "qat", "-a", "x", "--act-quant", "lsq"]).unwrap_err();
+        assert!(err.to_string().contains("--act-quant"), "{err}");
+    }
+
+    #[test]
+    fn lr_schedule_help_says_milestones_count_completed_epochs() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("submit")
+            .unwrap()
+            .find_subcommand_mut("baseline")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("completed") && help.contains("81st"),
+            "{help}"
+        );
+        assert!(
+            help.contains("baseline 0.1; qat 0.1; sp 0.01; rl 0.01"),
+            "{help}"
+        );
     }
 }

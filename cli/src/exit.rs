@@ -21,6 +21,11 @@ pub const CANCELLED: u8 = 7;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A state of things the CLI itself finds wrong for the command (e.g. nothing to plot).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PreconditionError(pub String);
+
 /// The exit code for a gRPC status code.
 pub fn code_for_status(code: Code) -> u8 {
     match code {
@@ -46,6 +51,9 @@ pub fn code_for_error(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<UsageError>() {
             return USAGE;
+        }
+        if cause.is::<PreconditionError>() {
+            return FAILED_PRECONDITION;
         }
     }
     FAILURE
@@ -96,6 +104,10 @@ mod tests {
     #[test]
     fn local_errors_map_to_usage_or_failure() {
         assert_eq!(code_for_error(&UsageError("bad".into()).into()), USAGE);
+        assert_eq!(
+            code_for_error(&PreconditionError("nothing to plot".into()).into()),
+            FAILED_PRECONDITION
+        );
         assert_eq!(code_for_error(&anyhow::anyhow!("sha256 mismatch")), FAILURE);
     }
 

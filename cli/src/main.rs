@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod exit;
 mod output;
+mod plot;
 mod wire;
 
 use std::process::ExitCode;

@@ -127,6 +127,19 @@ pub fn percent(fraction: f64) -> String {
     }
 }
 
+/// `40,551,040`.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A metric value for people: 4 significant digits or so, `-` for NaN.
 pub fn number(value: f64) -> String {
     if value.is_nan() {
@@ -185,5 +198,8 @@ mod tests {
         assert_eq!(number(f64::NAN), "-");
         assert_eq!(percent(0.91234), "91.23%");
         assert_eq!(percent(f64::NAN), "-");
+        assert_eq!(thousands(40_551_040), "40,551,040");
+        assert_eq!(thousands(640), "640");
+        assert_eq!(thousands(1000), "1,000");
     }
 }

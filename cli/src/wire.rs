@@ -59,6 +59,17 @@ pub fn spec(spec: &v1::JobSpec) -> Value {
         "channels_last": spec.channels_last,
         "train_limit": spec.train_limit,
         "test_limit": spec.test_limit,
+        "bits_weights": spec.bits_weights,
+        "bits_activations": spec.bits_activations,
+        "act_quant": spec.act_quant,
+        "bits_overrides": spec.bits_overrides.iter().map(|o| json!({ "pattern": o.pattern, "wts": o.wts, "acts": o.acts })).collect::<Vec<_>>(),
+        "energy_table": spec.energy_table.as_ref().map(|t| json!({
+            "name": t.name, "fp32_pj": t.fp32_pj, "int8_mult_pj": t.int8_mult_pj, "int8_add_pj": t.int8_add_pj,
+        })),
+        "alpha": spec.alpha,
+        "gamma": spec.gamma,
+        "rl_weight": spec.rl_weight,
+        "init_from": spec.init_from,
     })
 }
 
@@ -82,6 +93,20 @@ pub fn job(job: &v1::Job) -> Value {
         "created_at_ms": job.created_at_ms,
         "started_at_ms": job.started_at_ms,
         "finished_at_ms": job.finished_at_ms,
+        "experiment_id": job.experiment_id,
+        "node": job.node,
+        "parents": job.parents,
+    })
+}
+
+/// An experiment with its jobs (`jobs` is empty in a listing).
+pub fn experiment(experiment: &v1::Experiment) -> Value {
+    json!({
+        "id": experiment.id,
+        "name": experiment.name,
+        "owner": experiment.owner,
+        "created_at_ms": experiment.created_at_ms,
+        "jobs": experiment.jobs.iter().map(job).collect::<Vec<_>>(),
     })
 }
 

@@ -1,22 +1,23 @@
 //! One module per command group; `run` dispatches a parsed command line.
 
 mod checkpoints;
+mod energy;
 mod jobs;
 mod metrics;
+mod pipeline;
+pub mod results;
 mod submit;
 mod watch;
 mod workers;
 
-use crate::args::{CheckpointAction, Cli, Command, SubmitStage};
+use crate::args::{CheckpointAction, Cli, Command, PipelineAction};
 use crate::exit;
 
 /// Runs the command; the exit code is SUCCESS except where `watch` reports how the job ended.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let opts = &cli.global;
     match &cli.command {
-        Command::Submit {
-            stage: SubmitStage::Baseline(args),
-        } => submit::baseline(opts, args).await?,
+        Command::Submit { stage } => submit::run(opts, stage).await?,
         Command::Jobs(args) => jobs::list(opts, args).await?,
         Command::Show { id } => jobs::show(opts, *id).await?,
         Command::Watch { id } => return watch::run(opts, *id).await,
@@ -28,6 +29,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             action: CheckpointAction::Download(args),
         } => checkpoints::download(opts, args).await?,
         Command::Workers => workers::list(opts).await?,
+        Command::Energy(args) => energy::run(opts, args)?,
+        Command::Pipeline { action } => match action {
+            PipelineAction::Camp(args) => pipeline::camp(opts, args).await?,
+            PipelineAction::Submit { file } => pipeline::submit_file(opts, file).await?,
+            PipelineAction::Show { id } => pipeline::show(opts, *id).await?,
+            PipelineAction::List { limit } => pipeline::list(opts, *limit).await?,
+            PipelineAction::Cancel { id } => pipeline::cancel(opts, *id).await?,
+        },
+        Command::Results(args) => results::results(opts, args).await?,
+        Command::Plot(args) => results::plot(opts, args).await?,
     }
     Ok(exit::SUCCESS)
 }

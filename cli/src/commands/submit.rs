@@ -2,14 +2,15 @@
 
 use camp_proto::v1::SubmitJobRequest;
 
-use crate::args::{BaselineArgs, GlobalOpts};
+use crate::args::{GlobalOpts, SubmitStage};
 use crate::client;
 use crate::output::print_json;
 use crate::wire;
 
 /// Validates the spec locally (exit 2 naming the flag), then submits it.
-pub async fn baseline(opts: &GlobalOpts, args: &BaselineArgs) -> anyhow::Result<()> {
-    let spec = args.to_spec()?;
+pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
+    let spec = stage.to_spec()?;
+    let args = stage.common();
     let request = SubmitJobRequest {
         spec: Some(spec.to_proto()),
         name: args.name.clone(),
@@ -24,8 +25,13 @@ pub async fn baseline(opts: &GlobalOpts, args: &BaselineArgs) -> anyhow::Result<
     if opts.json {
         return print_json(&wire::job(&job));
     }
+    let from = if spec.init_from > 0 {
+        format!(", from job {}", spec.init_from)
+    } else {
+        String::new()
+    };
     println!(
-        "submitted job {} ({} {} on {})",
+        "submitted job {} ({} {} on {}{from})",
         job.id,
         spec.stage.as_str(),
         spec.arch,

@@ -1,0 +1,319 @@
+//! `camp results` and `camp plot`: an experiment's jobs as rows of results, and
+//! its accuracy/energy curve.
+
+use camp_proto::spec::Stage;
+use camp_proto::v1::{self, GetExperimentRequest};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::args::{GlobalOpts, PlotArgs, ResultsArgs};
+use crate::client;
+use crate::exit::{PreconditionError, UsageError};
+use crate::output::{csv_field, number, percent, print_json, Table};
+use crate::plot;
+use crate::wire;
+
+/// One job's result, as `camp results --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultRow {
+    pub node: String,
+    pub job_id: i64,
+    pub stage: String,
+    pub bits_weights: Option<u32>,
+    pub bits_activations: Option<u32>,
+    /// rl jobs only.
+    pub alpha: Option<f64>,
+    /// Best test top-1, a fraction.
+    pub top1: Option<f64>,
+    pub normalized_energy: Option<f64>,
+    /// sp/rl: the fraction of test images routed to the 4-bit path.
+    pub fullbit_share: Option<f64>,
+    pub state: String,
+}
+
+fn as_u32(value: Option<&Value>) -> Option<u32> {
+    value
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+impl ResultRow {
+    /// From a job: the worker's result keys where it has them, else the spec's bits.
+    pub fn from_job(job: &v1::Job) -> ResultRow {
+        let spec = job.spec.clone().unwrap_or_default();
+        let result = wire::embedded_json(&job.result_json);
+        let stage = Stage::parse(&spec.stage).ok();
+        let spec_bits = |bits: Option<u32>| bits.or(stage.map(Stage::default_bits));
+        let number = |key: &str| result.get(key).and_then(Value::as_f64);
+        ResultRow {
+            node: job.node.clone(),
+            job_id: job.id,
+            stage: spec.stage.clone(),
+            bits_weights: as_u32(result.get("bits_weights")).or(spec_bits(spec.bits_weights)),
+            bits_activations: as_u32(result.get("bits_activations"))
+                .or(spec_bits(spec.bits_activations)),
+            alpha: (stage == Some(Stage::Rl)).then(|| spec.alpha.unwrap_or(0.1)),
+            top1: wire::best_top1(&result),
+            normalized_energy: number("normalized_energy"),
+            fullbit_share: number("fullbit_share"),
+            state: wire::state_name(job.state).to_owned(),
+        }
+    }
+
+    /// `4/4`, `fp32`, `dual 1/4`, `α=0.1`: what tells this job apart in its pipeline.
+    pub fn variant(&self) -> String {
+        if let Some(alpha) = self.alpha {
+            return format!("α={alpha}");
+        }
+        match (self.bits_weights, self.bits_activations) {
+            (Some(32) | None, Some(32) | None) if self.stage == "baseline" => "fp32".into(),
+            (Some(w), Some(a)) if self.stage == "sp" => format!("dual {w}/{a}+4"),
+            (Some(w), Some(a)) => format!("{w}/{a}"),
+            _ => String::new(),
+        }
+    }
+}
+
+pub fn rows(experiment: &v1::Experiment) -> Vec<ResultRow> {
+    experiment.jobs.iter().map(ResultRow::from_job).collect()
+}
+
+pub fn rows_table(rows: &[ResultRow]) -> Table {
+    let mut table = Table::new(&[
+        "node",
+        "job",
+        "stage",
+        "bits/alpha",
+        "top-1",
+        "energy",
+        "4-bit",
+        "state",
+    ]);
+    for row in rows {
+        table.push(vec![
+            row.node.clone(),
+            row.job_id.to_string(),
+            row.stage.clone(),
+            row.variant(),
+            row.top1.map(percent).unwrap_or_default(),
+            row.normalized_energy.map(number).unwrap_or_default(),
+            row.fullbit_share.map(percent).unwrap_or_default(),
+            row.state.clone(),
+        ]);
+    }
+    table
+}
+
+pub const CSV_HEADER: &str =
+    "node,job_id,stage,bits_weights,bits_activations,alpha,top1,normalized_energy,fullbit_share,state";
+
+pub fn rows_csv(rows: &[ResultRow]) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let mut out = format!("{CSV_HEADER}\n");
+    for row in rows {
+        let cells = [
+            csv_field(&row.node).into_owned(),
+            row.job_id.to_string(),
+            csv_field(&row.stage).into_owned(),
+            opt(row.bits_weights.map(|v| v.to_string())),
+            opt(row.bits_activations.map(|v| v.to_string())),
+            opt(row.alpha.map(|v| v.to_string())),
+            opt(row.top1.map(|v| v.to_string())),
+            opt(row.normalized_energy.map(|v| v.to_string())),
+            opt(row.fullbit_share.map(|v| v.to_string())),
+            row.state.clone(),
+        ];
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+async fn experiment(opts: &GlobalOpts, id: i64) -> anyhow::Result<v1::Experiment> {
+    Ok(client::connect(opts)
+        .await?
+        .get_experiment(GetExperimentRequest { id })
+        .await?
+        .into_inner())
+}
+
+pub async fn results(opts: &GlobalOpts, args: &ResultsArgs) -> anyhow::Result<()> {
+    let rows = rows(&experiment(opts, args.id).await?);
+    if args.csv {
+        print!("{}", rows_csv(&rows));
+    } else if opts.json {
+        print_json(&serde_json::to_value(&rows)?)?;
+    } else {
+        print!("{}", rows_table(&rows));
+    }
+    Ok(())
+}
+
+pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
+    let format = plot::Format::from_path(&args.output).ok_or_else(|| {
+        UsageError(format!(
+            "-o {}: the file must end in .svg or .png",
+            args.output.display()
+        ))
+    })?;
+    let experiment = experiment(opts, args.id).await?;
+    let points = plot::points(&rows(&experiment));
+    if points.is_empty() {
+        return Err(PreconditionError(format!(
+            "experiment {} has no succeeded job with a top-1 and an energy to plot",
+            experiment.id
+        ))
+        .into());
+    }
+    let network = experiment
+        .jobs
+        .iter()
+        .find_map(|job| job.spec.as_ref())
+        .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
+        .unwrap_or_default();
+    let title = format!("{}{network}", experiment.name);
+    plot::draw(&points, &title, &args.output, format)?;
+    if opts.json {
+        return print_json(&serde_json::json!({
+            "experiment_id": experiment.id,
+            "output": args.output.display().to_string(),
+            "points": points.len(),
+        }));
+    }
+    println!("wrote {} ({} points)", args.output.display(), points.len());
+    Ok(())
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use camp_proto::JobSpec;
+
+    pub fn job(id: i64, node: &str, spec: JobSpec, state: v1::JobState, result: &str) -> v1::Job {
+        v1::Job {
+            id,
+            node: node.into(),
+            experiment_id: 3,
+            spec: Some(spec.to_proto()),
+            state: state as i32,
+            result_json: result.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn sample_experiment() -> v1::Experiment {
+        use v1::JobState::*;
+        let qat = |bits| JobSpec {
+            bits_weights: Some(bits),
+            bits_activations: Some(bits),
+            ..JobSpec::defaults_for(Stage::Qat)
+        };
+        v1::Experiment {
+            id: 3,
+            name: "camp-r20".into(),
+            owner: "ada".into(),
+            created_at_ms: 1_000,
+            jobs: vec![
+                job(
+                    10,
+                    "baseline",
+                    JobSpec::default(),
+                    Succeeded,
+                    r#"{"best_top1": 0.9186, "normalized_energy": 70.77, "energy_pj": 1.0e8}"#,
+                ),
+                job(
+                    11,
+                    "qat4",
+                    qat(4),
+                    Succeeded,
+                    r#"{"best_top1": 0.912, "normalized_energy": 1.0, "bits_weights": 4, "bits_activations": 4}"#,
+                ),
+                job(12, "qat1", qat(1), Failed, ""),
+                job(
+                    13,
+                    "sp",
+                    JobSpec {
+                        init_from: 11,
+                        ..JobSpec::defaults_for(Stage::Sp)
+                    },
+                    Succeeded,
+                    r#"{"best_top1": 0.905, "normalized_energy": 0.62, "fullbit_share": 0.48}"#,
+                ),
+                job(
+                    14,
+                    "rl-0.1",
+                    JobSpec {
+                        alpha: 0.1,
+                        init_from: 13,
+                        ..JobSpec::defaults_for(Stage::Rl)
+                    },
+                    Succeeded,
+                    r#"{"best_top1": 0.899, "normalized_energy": 0.41, "fullbit_share": 0.29}"#,
+                ),
+                job(
+                    15,
+                    "rl-0.5",
+                    JobSpec {
+                        alpha: 0.5,
+                        init_from: 13,
+                        ..JobSpec::defaults_for(Stage::Rl)
+                    },
+                    Cancelled,
+                    "",
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn rows_come_from_results_and_specs() {
+        let rows = rows(&sample_experiment());
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0].variant(), "fp32");
+        assert_eq!(
+            (rows[0].bits_weights, rows[0].top1),
+            (Some(32), Some(0.9186))
+        );
+        assert_eq!(
+            (rows[1].bits_weights, rows[1].bits_activations),
+            (Some(4), Some(4))
+        );
+        assert_eq!(rows[2].variant(), "1/1");
+        assert_eq!((rows[2].top1, rows[2].state.as_str()), (None, "failed"));
+        assert_eq!(rows[3].fullbit_share, Some(0.48));
+        assert_eq!(rows[3].alpha, None);
+        assert_eq!(rows[4].alpha, Some(0.1));
+        assert_eq!(rows[4].variant(), "α=0.1");
+
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(
+            json[4],
+            serde_json::json!({
+                "node": "rl-0.1", "job_id": 14, "stage": "rl", "bits_weights": 1, "bits_activations": 1,
+                "alpha": 0.1, "top1": 0.899, "normalized_energy": 0.41, "fullbit_share": 0.29, "state": "succeeded"
+            })
+        );
+
+        let text = rows_table(&rows).to_string();
+        let line: Vec<&str> = text.lines().nth(5).unwrap().split_whitespace().collect();
+        assert_eq!(
+            line,
+            [
+                "rl-0.1",
+                "14",
+                "rl",
+                "α=0.1",
+                "89.90%",
+                "0.4100",
+                "29.00%",
+                "succeeded"
+            ]
+        );
+
+        let csv = rows_csv(&rows);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[3], "qat1,12,qat,1,1,,,,,failed");
+        assert_eq!(lines[5], "rl-0.1,14,rl,1,1,0.1,0.899,0.41,0.29,succeeded");
+    }
+}
