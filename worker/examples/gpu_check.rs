@@ -41,6 +41,8 @@ fn main() {
             channels_last,
             warmup_steps: 15,
             steps: 40,
+            bits: None,
+            dual_path: false,
         };
         match run_bench(&config) {
             Ok(report) => println!("{report}\n"),
@@ -66,7 +68,7 @@ fn main() {
         };
         println!("train {arch} batch {batch} bf16 {bf16} channels-last {channels_last}, {epochs} epochs on the full Fashion-MNIST:");
         let started = Instant::now();
-        match run_stage(&spec, Path::new(&data_dir), device, None, &mut Print) {
+        match run_stage(&spec, Path::new(&data_dir), device, None, None, &mut Print) {
             Ok(StageOutcome::Completed(s)) => println!(
                 "  => final top-1 {:.4} top-5 {:.4}, {:.0} training images/s, {:.1} s in all\n",
                 s.final_top1,

@@ -1,16 +1,21 @@
 //! Throughput of training and evaluation steps on random data already on the
-//! device, so that only the model, the optimiser and the device are measured.
+//! device, so that only the model, the optimiser and the device are measured:
+//! full precision, quantisation-aware at k bits, or the dual-path network's
+//! sp step.
 
 use std::fmt;
 use std::time::Instant;
 
+use camp_proto::spec::{JobSpec, Stage};
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::error::Result;
-use crate::model::{ComputeOptions, PreActResNet};
+use crate::model::ComputeOptions;
+use crate::network::Network;
 use crate::optim::Sgd;
+use crate::precision::Precision;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
@@ -23,6 +28,41 @@ pub struct BenchConfig {
     /// Untimed steps first (cuDNN autotuning, allocator warm-up).
     pub warmup_steps: usize,
     pub steps: usize,
+    /// Quantisation-aware training at this many bits for weights and
+    /// activations, with the stage's default full-precision layers (None = fp32).
+    /// With `dual_path`: the bits of the basic path (default 1).
+    pub bits: Option<u32>,
+    /// The dual-path network's sp training step (1-bit and 4-bit paths, gates).
+    pub dual_path: bool,
+}
+
+impl BenchConfig {
+    /// The job whose network and bit widths the benchmark builds.
+    fn spec(&self) -> JobSpec {
+        let stage = match (self.dual_path, self.bits) {
+            (true, _) => Stage::Sp,
+            (false, Some(_)) => Stage::Qat,
+            (false, None) => Stage::Baseline,
+        };
+        JobSpec {
+            stage,
+            arch: self.arch.clone(),
+            dataset: "cifar10".into(),
+            bits_weights: self.bits,
+            bits_activations: self.bits,
+            ..JobSpec::default()
+        }
+    }
+
+    /// What is measured, in words.
+    fn network_label(&self) -> String {
+        let spec = self.spec();
+        match spec.stage {
+            Stage::Baseline => "fp32".into(),
+            Stage::Qat => format!("qat {}-bit", spec.weight_bits()),
+            Stage::Sp | Stage::Rl => format!("dual path {}/4-bit sp", spec.weight_bits()),
+        }
+    }
 }
 
 fn serialize_device<S: serde::Serializer>(device: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -40,7 +80,17 @@ pub struct BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        writeln!(f, "{} batch {} on {:?} (bf16 {}, channels-last {}), {} timed steps", c.arch, c.batch, c.device, c.bf16, c.channels_last, c.steps)?;
+        writeln!(
+            f,
+            "{} {} batch {} on {:?} (bf16 {}, channels-last {}), {} timed steps",
+            c.arch,
+            c.network_label(),
+            c.batch,
+            c.device,
+            c.bf16,
+            c.channels_last,
+            c.steps
+        )?;
         writeln!(f, "{:<8} {:>12} {:>10}", "phase", "images/s", "ms/step")?;
         writeln!(f, "{:<8} {:>12.0} {:>10.2}", "train", self.train_images_per_s, self.train_ms_per_step)?;
         write!(f, "{:<8} {:>12.0} {:>10.2}", "eval", self.eval_images_per_s, 1000.0 * c.batch as f64 / self.eval_images_per_s)
@@ -61,13 +111,14 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
     }
     let vs = VarStore::new(config.device);
     let options = ComputeOptions { bf16: config.bf16, channels_last: config.channels_last };
-    let model = PreActResNet::new(&vs.root(), &config.arch, 3, 10, options)?;
+    let spec = config.spec();
+    let model = Network::build(&vs.root(), &spec, &Precision::for_spec(&spec)?, 3, 10, options)?;
     let mut sgd = Sgd::new(&vs, 0.9, 2e-4);
     let images = Tensor::f_randn([config.batch, 3, 32, 32], (Kind::Float, config.device))?;
     let labels = Tensor::f_randint(10, [config.batch], (Kind::Int64, config.device))?;
 
     let mut train_step = || -> Result<()> {
-        let logits = model.forward_t(&images, true)?;
+        let logits = model.forward(&images, true)?.logits;
         let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
         sgd.step(&loss, 0.01)
     };
@@ -82,7 +133,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
     synchronize(config.device);
     let train_seconds = started.elapsed().as_secs_f64();
 
-    let eval_step = || -> Result<Tensor> { tch::no_grad(|| model.forward_t(&images, false)) };
+    let eval_step = || -> Result<Tensor> { tch::no_grad(|| Ok(model.forward(&images, false)?.logits)) };
     for _ in 0..config.warmup_steps {
         let _ = eval_step()?;
     }

@@ -1,8 +1,9 @@
 //! Checkpoints as safetensors files: every VarStore tensor under its path
 //! (weights and BN running statistics), the optimiser's momentum buffers under
 //! `optim.momentum.<parameter>`, and in `__metadata__` everything else an exact
-//! resume needs (position in the run, best result so far, the spec, and the
-//! running totals of a partly done epoch).
+//! resume needs (position in the run, best result so far, the spec, the
+//! running totals of a partly done epoch, and the resolved bit width of every
+//! layer, so that loading rebuilds the very quantised network that was trained).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,8 +14,10 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::model::{ComputeOptions, PreActResNet};
+use crate::model::ComputeOptions;
+use crate::network::Network;
 use crate::optim::Sgd;
+use crate::precision::Precision;
 
 pub const FORMAT: &str = "camp-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
@@ -45,6 +48,8 @@ pub struct CheckpointMeta {
     pub spec: JobSpec,
     /// Totals of epoch `epoch + 1` so far (zero at an epoch boundary).
     pub partial_epoch: EpochTotals,
+    /// Bits of every layer of the network.
+    pub precision: Precision,
 }
 
 impl CheckpointMeta {
@@ -64,6 +69,7 @@ impl CheckpointMeta {
             ("train_loss_sum", self.partial_epoch.loss_sum.to_string()),
             ("train_correct", self.partial_epoch.correct.to_string()),
             ("train_seen", self.partial_epoch.seen.to_string()),
+            ("precision", self.precision.to_json()?),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -85,6 +91,11 @@ impl CheckpointMeta {
         let spec_json: String = field(map, "spec")?;
         let spec: JobSpec =
             serde_json::from_str(&spec_json).map_err(|e| EngineError::Checkpoint(format!("metadata 'spec': {e}")))?;
+        // Checkpoints from before quantisation hold full-precision baselines: their spec says so.
+        let precision = match map.get("precision") {
+            Some(text) => Precision::from_json(text)?,
+            None => Precision::for_spec(&spec)?,
+        };
         Ok(CheckpointMeta {
             epoch: field(map, "epoch")?,
             step: field(map, "step")?,
@@ -98,6 +109,7 @@ impl CheckpointMeta {
                 correct: field(map, "train_correct")?,
                 seen: field(map, "train_seen")?,
             },
+            precision,
         })
     }
 
@@ -217,15 +229,45 @@ pub fn load_weights(vs: &VarStore, tensors: &BTreeMap<String, Tensor>) -> Result
     Ok(())
 }
 
+/// Copies into `vs` every tensor of `tensors` that one of its variables
+/// takes: the variable's own name, or the name `source_name` gives it (e.g. a
+/// dual-path block's basic path reading the plain block it was trained as).
+/// Returns the names of the variables loaded; a name that matches with
+/// another shape is an error.
+pub fn load_matching(
+    vs: &VarStore,
+    tensors: &BTreeMap<String, Tensor>,
+    source_name: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>> {
+    let _no_grad = tch::no_grad_guard();
+    let mut loaded = Vec::new();
+    for (name, mut var) in vs.variables() {
+        let Some(saved) = tensors.get(&name).or_else(|| source_name(&name).and_then(|src| tensors.get(&src))) else {
+            continue;
+        };
+        if saved.size() != var.size() {
+            return Err(EngineError::Checkpoint(format!(
+                "initialising '{name}': the checkpoint's tensor has shape {:?}, the model's {:?}",
+                saved.size(),
+                var.size()
+            )));
+        }
+        var.f_copy_(saved)?;
+        loaded.push(name);
+    }
+    Ok(loaded)
+}
+
 /// Checks that `bytes` is a checkpoint this worker can resume from: reads it,
-/// builds its spec's model on the CPU and loads every tensor into it.
+/// rebuilds its network (with the stored bits of every layer) on the CPU and
+/// loads every tensor into it.
 pub fn verify(bytes: &[u8]) -> Result<CheckpointMeta> {
     let state = load(bytes)?;
     let spec = &state.meta.spec;
     let info = crate::data::dataset_info(&spec.dataset)
         .ok_or_else(|| EngineError::Checkpoint(format!("unknown data set '{}'", spec.dataset)))?;
     let vs = VarStore::new(Device::Cpu);
-    PreActResNet::new(&vs.root(), &spec.arch, info.channels, info.classes, ComputeOptions::default())?;
+    Network::build(&vs.root(), spec, &state.meta.precision, info.channels, info.classes, ComputeOptions::default())?;
     load_weights(&vs, &state.model)?;
     let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay);
     sgd.set_momentum_buffers(&state.momentum)?;

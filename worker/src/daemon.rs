@@ -245,7 +245,7 @@ async fn prepare_and_train(
     let trainer = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            stage::run_stage(&spec, &data_dir, device, resume.as_deref(), &mut observer)
+            stage::run_stage(&spec, &data_dir, device, resume.as_deref(), None, &mut observer)
         }));
         drop(observer);
         match run {

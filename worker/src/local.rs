@@ -27,6 +27,19 @@ pub fn read_spec(path: &Path) -> Result<JobSpec> {
 /// `best.safetensors` and at the end `summary.json` into `out_dir`. With
 /// `resume`, continues from `out_dir/latest.safetensors` where it exists.
 pub fn run_local(spec_path: &Path, data_dir: &Path, device: Device, out_dir: &Path, resume: bool) -> Result<StageOutcome> {
+    run_local_from(spec_path, data_dir, device, out_dir, resume, None)
+}
+
+/// `run_local`, starting from the weights of the checkpoint file `init` (for
+/// example the `best.safetensors` of a qat run for an sp run).
+pub fn run_local_from(
+    spec_path: &Path,
+    data_dir: &Path,
+    device: Device,
+    out_dir: &Path,
+    resume: bool,
+    init: Option<&Path>,
+) -> Result<StageOutcome> {
     let spec = read_spec(spec_path)?;
     std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
     let latest = out_dir.join(LATEST_FILE);
@@ -36,14 +49,27 @@ pub fn run_local(spec_path: &Path, data_dir: &Path, device: Device, out_dir: &Pa
     } else {
         None
     };
-    println!("training {} on {} ({:?}), {} epochs, batch {}, lr {}", spec.arch, spec.dataset, device, spec.epochs, spec.batch_size, spec.lr);
+    println!(
+        "training {} ({}) on {} ({:?}), {} epochs, batch {}, lr {}",
+        spec.model_arch(),
+        spec.stage.as_str(),
+        spec.dataset,
+        device,
+        spec.epochs,
+        spec.batch_size,
+        spec.lr
+    );
     // A resumed run keeps the best result it had, so best.safetensors stays the best.
     let best_top1 = match &resume_bytes {
         Some(bytes) => crate::checkpoint::read_meta(bytes)?.best_top1,
         None => f64::NAN,
     };
     let mut observer = PrintingObserver::new(out_dir, best_top1);
-    let outcome = stage::run_stage(&spec, data_dir, device, resume_bytes.as_deref(), &mut observer)?;
+    let init_bytes = match init {
+        Some(path) => Some(std::fs::read(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?),
+        None => None,
+    };
+    let outcome = stage::run_stage(&spec, data_dir, device, resume_bytes.as_deref(), init_bytes.as_deref(), &mut observer)?;
     if let StageOutcome::Completed(summary) = &outcome {
         let json = serde_json::to_string_pretty(summary).map_err(|e| EngineError::Observer(e.to_string()))?;
         let path = out_dir.join(SUMMARY_FILE);

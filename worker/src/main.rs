@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
     match cli.command {
         Some(Command::Bench { arch, batch, bf16, channels_last, steps, warmup_steps, json }) => {
-            let report = run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps })?;
+            let report = run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits: None, dual_path: false })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

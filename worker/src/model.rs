@@ -1,6 +1,7 @@
-//! Pre-activation ResNets for CIFAR-sized images (ALGORITHMS 2), with module
-//! paths named as in the reference: `conv1`, `layer{1,2,3}.{i}.{pre_bn,conv1,bn,conv2}`,
-//! `final_bn`, `fc`.
+//! Pre-activation ResNets for CIFAR-sized images (ALGORITHMS 2), quantised
+//! per module as a `Precision` table says (ALGORITHMS 3). Module paths are
+//! `camp_proto::arch`'s: `conv1`, `layer{1,2,3}.{i}.{pre_bn,pre_relu,conv1,bn,relu,conv2}`,
+//! `final_bn`, `final_relu`, `fc`; PACT's learned clip of a ReLU is `<relu>.clip_val`.
 //!
 //! The forward pass uses fallible libtorch calls so that a failure (for
 //! example out of GPU memory) comes back as an error, not a panic.
@@ -9,6 +10,8 @@ use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::precision::Precision;
+use crate::quant::{Activation, WeightQuantizer};
 
 const STAGE_WIDTHS: [i64; 3] = [16, 32, 64];
 const BN_MOMENTUM: f64 = 0.1;
@@ -16,14 +19,7 @@ const BN_EPS: f64 = 1e-5;
 
 /// Blocks per stage of `preact_resnetN_cifar` (depth N = 6n + 2).
 pub fn blocks_per_stage(arch: &str) -> Option<i64> {
-    match arch {
-        "preact_resnet20_cifar" => Some(3),
-        "preact_resnet32_cifar" => Some(5),
-        "preact_resnet44_cifar" => Some(7),
-        "preact_resnet56_cifar" => Some(9),
-        "preact_resnet110_cifar" => Some(18),
-        _ => None,
-    }
+    camp_proto::arch::blocks_per_stage(arch).map(|n| n as i64)
 }
 
 /// How the forward pass computes; the parameters stay fp32 either way.
@@ -36,30 +32,81 @@ pub struct ComputeOptions {
     pub channels_last: bool,
 }
 
-struct Conv3x3 {
-    weight: Tensor,
-    stride: i64,
+impl ComputeOptions {
+    /// The input batch laid out and typed for the convolutions.
+    pub(crate) fn prepare_input(self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.channels_last { to_channels_last(x)? } else { x.shallow_clone() };
+        Ok(if self.bf16 { x.f_to_kind(Kind::BFloat16)? } else { x })
+    }
+
+    fn compute_weight(self, w: Tensor) -> Result<Tensor> {
+        Ok(if self.bf16 { w.f_to_kind(Kind::BFloat16)? } else { w })
+    }
 }
 
-impl Conv3x3 {
-    /// Init (ref): N(0, sqrt(2 / (k*k*out_channels))), no bias.
-    fn new(p: Path, in_ch: i64, out_ch: i64, stride: i64, opts: ComputeOptions) -> Result<Self> {
-        let std = (2.0 / (9 * out_ch) as f64).sqrt();
-        let mut weight = p.f_var("weight", &[out_ch, in_ch, 3, 3], Init::Randn { mean: 0.0, stdev: std })?;
+/// A convolution (no padding beyond `kernel / 2`) whose weight is quantised
+/// on each forward pass.
+pub(crate) struct Conv {
+    pub(crate) weight: Tensor,
+    bias: Option<Tensor>,
+    stride: i64,
+    padding: i64,
+    quantizer: WeightQuantizer,
+}
+
+impl Conv {
+    /// Init (ref, every Conv2d): weight N(0, sqrt(2 / (k*k*out_channels))); a bias as
+    /// PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pub(crate) fn new(
+        p: Path,
+        in_ch: i64,
+        out_ch: i64,
+        kernel: i64,
+        stride: i64,
+        bias: bool,
+        precision: &Precision,
+        opts: ComputeOptions,
+    ) -> Result<Self> {
+        let quantizer = precision.weight_quantizer(&path_of(&p))?;
+        let std = (2.0 / (kernel * kernel * out_ch) as f64).sqrt();
+        let mut weight = p.f_var("weight", &[out_ch, in_ch, kernel, kernel], Init::Randn { mean: 0.0, stdev: std })?;
         if opts.channels_last {
             let cl = tch::no_grad(|| to_channels_last(&weight))?;
             weight.f_set_data(&cl)?;
         }
-        Ok(Conv3x3 { weight, stride })
+        let bias = if bias {
+            let bound = 1.0 / ((in_ch * kernel * kernel) as f64).sqrt();
+            Some(p.f_var("bias", &[out_ch], Init::Uniform { lo: -bound, up: bound })?)
+        } else {
+            None
+        };
+        Ok(Conv { weight, bias, stride, padding: kernel / 2, quantizer })
     }
 
-    fn forward(&self, x: &Tensor, opts: ComputeOptions) -> Result<Tensor> {
-        let weight = if opts.bf16 { self.weight.f_to_kind(Kind::BFloat16)? } else { self.weight.shallow_clone() };
-        Ok(x.f_conv2d(&weight, None::<Tensor>, [self.stride, self.stride], [1, 1], [1, 1], 1)?)
+    /// A convolution at `p` computing with `other`'s float weight (one
+    /// parameter, its own quantisation).
+    pub(crate) fn sharing(p: Path, other: &Conv, precision: &Precision) -> Result<Self> {
+        Ok(Conv {
+            weight: other.weight.shallow_clone(),
+            bias: None,
+            stride: other.stride,
+            padding: other.padding,
+            quantizer: precision.weight_quantizer(&path_of(&p))?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, opts: ComputeOptions) -> Result<Tensor> {
+        let weight = opts.compute_weight(self.quantizer.quantize(&self.weight)?)?;
+        let bias = match &self.bias {
+            Some(b) => Some(opts.compute_weight(b.shallow_clone())?),
+            None => None,
+        };
+        let (s, p) = (self.stride, self.padding);
+        Ok(x.f_conv2d(&weight, bias.as_ref(), [s, s], [p, p], [1, 1], 1)?)
     }
 }
 
-struct BatchNorm {
+pub(crate) struct BatchNorm {
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
@@ -67,7 +114,7 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
-    fn new(p: Path, channels: i64) -> Result<Self> {
+    pub(crate) fn new(p: Path, channels: i64) -> Result<Self> {
         Ok(BatchNorm {
             weight: p.f_ones("weight", &[channels])?,
             bias: p.f_zeros("bias", &[channels])?,
@@ -76,7 +123,7 @@ impl BatchNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(Tensor::f_batch_norm(
             x,
             Some(&self.weight),
@@ -89,36 +136,59 @@ impl BatchNorm {
             true,
         )?)
     }
-
-    fn relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.forward(x, train)?.f_relu()?)
-    }
 }
 
-struct PreActBlock {
+/// A pre-activation block: `conv2(relu(bn(conv1(pre_relu(pre_bn(x)))))) + shortcut`.
+pub(crate) struct PreActBlock {
     pre_bn: BatchNorm,
-    conv1: Conv3x3,
+    pre_relu: Activation,
+    pub(crate) conv1: Conv,
     bn: BatchNorm,
-    conv2: Conv3x3,
+    relu: Activation,
+    pub(crate) conv2: Conv,
     /// Channels of zeros added on each side of the shortcut where the width grows.
     shortcut_channel_pad: Option<i64>,
 }
 
 impl PreActBlock {
-    fn new(p: Path, in_ch: i64, out_ch: i64, stride: i64, opts: ComputeOptions) -> Result<Self> {
+    pub(crate) fn new(
+        p: Path,
+        in_ch: i64,
+        out_ch: i64,
+        stride: i64,
+        precision: &Precision,
+        opts: ComputeOptions,
+    ) -> Result<Self> {
+        let conv1 = Conv::new(&p / "conv1", in_ch, out_ch, 3, stride, false, precision, opts)?;
+        let conv2 = Conv::new(&p / "conv2", out_ch, out_ch, 3, 1, false, precision, opts)?;
+        Self::with_convs(p, in_ch, out_ch, stride, conv1, conv2, precision)
+    }
+
+    /// A block of `other`'s shape whose convolutions compute with `other`'s
+    /// float weights; its BNs and activations are its own.
+    pub(crate) fn sharing_convs(p: Path, other: &PreActBlock, in_ch: i64, out_ch: i64, stride: i64, precision: &Precision) -> Result<Self> {
+        let conv1 = Conv::sharing(&p / "conv1", &other.conv1, precision)?;
+        let conv2 = Conv::sharing(&p / "conv2", &other.conv2, precision)?;
+        Self::with_convs(p, in_ch, out_ch, stride, conv1, conv2, precision)
+    }
+
+    fn with_convs(p: Path, in_ch: i64, out_ch: i64, stride: i64, conv1: Conv, conv2: Conv, precision: &Precision) -> Result<Self> {
         let reshapes = stride != 1 || in_ch != out_ch;
         Ok(PreActBlock {
             pre_bn: BatchNorm::new(&p / "pre_bn", in_ch)?,
-            conv1: Conv3x3::new(&p / "conv1", in_ch, out_ch, stride, opts)?,
+            pre_relu: precision.activation(&p / "pre_relu")?,
+            conv1,
             bn: BatchNorm::new(&p / "bn", out_ch)?,
-            conv2: Conv3x3::new(&p / "conv2", out_ch, out_ch, 1, opts)?,
+            relu: precision.activation(&p / "relu")?,
+            conv2,
             shortcut_channel_pad: reshapes.then_some((out_ch - in_ch) / 2),
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
-        let pre = self.pre_bn.relu(x, train)?;
-        let out = self.conv2.forward(&self.bn.relu(&self.conv1.forward(&pre, opts)?, train)?, opts)?;
+    pub(crate) fn forward(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
+        let pre = self.pre_relu.forward(&self.pre_bn.forward(x, train)?)?;
+        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(&pre, opts)?, train)?)?;
+        let out = self.conv2.forward(&hidden, opts)?;
         let residual = match self.shortcut_channel_pad {
             None => x.shallow_clone(),
             // The reference's parameter-free "identity downsample": avgpool 2x2 of the
@@ -131,61 +201,103 @@ impl PreActBlock {
     }
 }
 
-pub struct PreActResNet {
-    conv1: Conv3x3,
-    blocks: Vec<PreActBlock>,
+/// Where each block sits: (module path, in channels, out channels, stride), in forward order.
+pub(crate) fn block_layout(arch: &str) -> Result<Vec<(String, i64, i64, i64)>> {
+    let n = blocks_per_stage(arch).ok_or_else(|| EngineError::Model(format!("unknown architecture '{arch}'")))?;
+    let mut out = Vec::new();
+    let mut in_ch = STAGE_WIDTHS[0];
+    for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
+        for i in 0..n {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            out.push((format!("layer{}.{i}", stage + 1), in_ch, width, stride));
+            in_ch = width;
+        }
+    }
+    Ok(out)
+}
+
+/// Stem and head, shared by the plain and the dual-path networks.
+pub(crate) struct StemAndHead {
+    conv1: Conv,
     final_bn: BatchNorm,
+    final_relu: Activation,
     fc_weight: Tensor,
     fc_bias: Tensor,
+    fc_quantizer: WeightQuantizer,
+}
+
+impl StemAndHead {
+    pub(crate) fn new(p: &Path, in_channels: i64, classes: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+        let conv1 = Conv::new(p / "conv1", in_channels, STAGE_WIDTHS[0], 3, 1, false, precision, opts)?;
+        let width = STAGE_WIDTHS[2];
+        // PyTorch's nn.Linear default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        let bound = 1.0 / (width as f64).sqrt();
+        let fc = p / "fc";
+        Ok(StemAndHead {
+            conv1,
+            final_bn: BatchNorm::new(p / "final_bn", width)?,
+            final_relu: precision.activation(p / "final_relu")?,
+            fc_weight: fc.f_var("weight", &[classes, width], Init::Uniform { lo: -bound, up: bound })?,
+            fc_bias: fc.f_var("bias", &[classes], Init::Uniform { lo: -bound, up: bound })?,
+            fc_quantizer: precision.weight_quantizer("fc")?,
+        })
+    }
+
+    pub(crate) fn stem(&self, x: &Tensor, opts: ComputeOptions) -> Result<Tensor> {
+        self.conv1.forward(&opts.prepare_input(x)?, opts)
+    }
+
+    /// Logits (fp32) of the last block's output.
+    pub(crate) fn head(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
+        let pooled = self.final_relu.forward(&self.final_bn.forward(x, train)?)?.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
+        let weight = opts.compute_weight(self.fc_quantizer.quantize(&self.fc_weight)?)?;
+        let bias = opts.compute_weight(self.fc_bias.shallow_clone())?;
+        Ok(pooled.f_linear(&weight, Some(&bias))?.f_to_kind(Kind::Float)?)
+    }
+}
+
+pub struct PreActResNet {
+    stem_head: StemAndHead,
+    blocks: Vec<PreActBlock>,
     opts: ComputeOptions,
 }
 
 impl PreActResNet {
-    /// Builds `arch` under `p` (normally a VarStore's root). Initialisation draws
-    /// from libtorch's global generator: seed it first for a reproducible model.
-    pub fn new(p: &Path, arch: &str, in_channels: i64, classes: i64, opts: ComputeOptions) -> Result<Self> {
-        let n = blocks_per_stage(arch).ok_or_else(|| EngineError::Model(format!("unknown architecture '{arch}'")))?;
-        let conv1 = Conv3x3::new(p / "conv1", in_channels, STAGE_WIDTHS[0], 1, opts)?;
-        let mut blocks = Vec::new();
-        let mut in_ch = STAGE_WIDTHS[0];
-        for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
-            let layer = p / format!("layer{}", stage + 1);
-            for i in 0..n {
-                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(PreActBlock::new(&layer / i, in_ch, width, stride, opts)?);
-                in_ch = width;
-            }
-        }
-        let final_bn = BatchNorm::new(p / "final_bn", in_ch)?;
-        // PyTorch's nn.Linear default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        let bound = 1.0 / (in_ch as f64).sqrt();
-        let fc = p / "fc";
-        let fc_weight = fc.f_var("weight", &[classes, in_ch], Init::Uniform { lo: -bound, up: bound })?;
-        let fc_bias = fc.f_var("bias", &[classes], Init::Uniform { lo: -bound, up: bound })?;
-        Ok(PreActResNet { conv1, blocks, final_bn, fc_weight, fc_bias, opts })
+    /// Builds `arch` under `p` (normally a VarStore's root) with the bit widths
+    /// of `precision`. Initialisation draws from libtorch's global generator:
+    /// seed it first for a reproducible model.
+    pub fn new(p: &Path, arch: &str, in_channels: i64, classes: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts)?;
+        let blocks = block_layout(arch)?
+            .into_iter()
+            .map(|(path, in_ch, out_ch, stride)| PreActBlock::new(sub_path(p, &path), in_ch, out_ch, stride, precision, opts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PreActResNet { stem_head, blocks, opts })
     }
 
     /// Logits (fp32) for a normalised batch (N, C, H, W).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = if self.opts.channels_last { to_channels_last(x)? } else { x.shallow_clone() };
-        if self.opts.bf16 {
-            x = x.f_to_kind(Kind::BFloat16)?;
-        }
-        x = self.conv1.forward(&x, self.opts)?;
+        let mut x = self.stem_head.stem(x, self.opts)?;
         for block in &self.blocks {
             x = block.forward(&x, train, self.opts)?;
         }
-        let pooled = self.final_bn.relu(&x, train)?.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let logits = if self.opts.bf16 {
-            pooled.f_linear(&self.fc_weight.f_to_kind(Kind::BFloat16)?, Some(&self.fc_bias.f_to_kind(Kind::BFloat16)?))?
-        } else {
-            pooled.f_linear(&self.fc_weight, Some(&self.fc_bias))?
-        };
-        Ok(logits.f_to_kind(Kind::Float)?)
+        self.stem_head.head(&x, train, self.opts)
     }
 }
 
 /// Same logical NCHW tensor, laid out in memory as NHWC.
 fn to_channels_last(x: &Tensor) -> Result<Tensor> {
     Ok(x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
+/// The path `p` / `dotted` for a dotted module path (`layer1.0`).
+pub(crate) fn sub_path<'a>(p: &Path<'a>, dotted: &str) -> Path<'a> {
+    let mut parts = dotted.split('.');
+    let first = p.sub(parts.next().unwrap_or_default());
+    parts.fold(first, |p, part| p.sub(part))
+}
+
+/// The module path of `p` (`layer1.0.conv1`).
+pub(crate) fn path_of(p: &Path) -> String {
+    p.components().collect::<Vec<_>>().join(".")
 }

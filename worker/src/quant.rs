@@ -7,6 +7,7 @@
 //! The float weights stay the trained parameters; the quantised copy is made
 //! on each forward pass.
 
+use camp_proto::spec::ActQuant;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
@@ -18,15 +19,6 @@ pub const FULL_PRECISION_BITS: u32 = 32;
 pub const MAX_QUANTIZED_BITS: u32 = 8;
 /// PACT's initial clipping value (ref `act_clip_init_val`).
 pub const PACT_INITIAL_CLIP: f64 = 8.0;
-
-/// Which activation quantiser replaces the quantised ReLUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActivationScheme {
-    /// clamp to [0, 1], then k-bit rounding (the reference's default).
-    Dorefa,
-    /// Learned clip per layer, then k-bit rounding of [0, clip].
-    Pact,
-}
 
 /// Quantisation levels above zero at k bits: 2^k - 1.
 fn levels(bits: u32) -> i64 {
@@ -119,11 +111,11 @@ pub enum Activation {
 impl Activation {
     /// The activation at `bits` (`None` = full precision ReLU). PACT's
     /// `clip_val` is a variable under `p`.
-    pub fn new(p: Path, bits: Option<u32>, scheme: ActivationScheme) -> Result<Self> {
+    pub fn new(p: Path, bits: Option<u32>, scheme: ActQuant) -> Result<Self> {
         let Some(bits) = quantized_bits(bits, "activations")? else { return Ok(Activation::Relu) };
         Ok(match scheme {
-            ActivationScheme::Dorefa => Activation::Dorefa { bits },
-            ActivationScheme::Pact => {
+            ActQuant::Dorefa => Activation::Dorefa { bits },
+            ActQuant::Pact => {
                 let device = p.device();
                 Activation::Pact {
                     bits,
@@ -157,7 +149,12 @@ impl Activation {
                 // clamp's backward gives x its gradient inside [0, clip] and clip_val
                 // the gradient where x >= clip; the scale takes no gradient (ref).
                 let n = levels(*bits);
-                let clipped = x.f_clamp_tensor(Some(zero), Some(clip_val))?;
+                let clipped = if x.kind() == Kind::Float {
+                    x.f_clamp_tensor(Some(zero), Some(clip_val))?
+                } else {
+                    // bf16 compute: bounds of the input's kind, or the result would be promoted to fp32.
+                    x.f_clamp_tensor(Some(zero.f_to_kind(x.kind())?), Some(clip_val.f_to_kind(x.kind())?))?
+                };
                 let scale = tch::no_grad(|| clip_val.f_div_scalar(n as f64))?;
                 Ok(clipped.f_fake_quantize_per_tensor_affine_tensor_qparams(&scale, zero_point, 0, n)?)
             }

@@ -1,5 +1,8 @@
-//! Stage `baseline` (ALGORITHMS 4): full-precision training with SGD,
-//! cross-entropy and the job's multi-step learning-rate schedule.
+//! The training stages (ALGORITHMS 4-6): `baseline` (full precision) and
+//! `qat` (quantisation-aware, bits per layer from the job's bits plan) train
+//! the plain network with SGD, cross-entropy and the job's multi-step
+//! learning-rate schedule. Every evaluation reports the energy per image of
+//! the network (ALGORITHMS 7).
 //!
 //! Accuracies are fractions in [0, 1]. A run is a pure function of its spec
 //! (on a given device and thread count): the model is initialised from
@@ -10,6 +13,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use camp_proto::energy::{self, EnergyReport};
 use camp_proto::spec::JobSpec;
 use serde::Serialize;
 use tch::nn::VarStore;
@@ -18,8 +22,10 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::checkpoint::{self, CheckpointMeta, EpochTotals};
 use crate::data::{Dataset, EpochPlan};
 use crate::error::{EngineError, Result};
-use crate::model::{ComputeOptions, PreActResNet};
+use crate::model::ComputeOptions;
+use crate::network::Network;
 use crate::optim::Sgd;
+use crate::precision::Precision;
 
 /// What the caller wants after each training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,23 +96,43 @@ pub struct Summary {
     pub steps: i64,
     /// Training throughput of this attempt (NaN where it trained no step).
     pub images_per_s: f64,
+    /// Energy per test image of the blocks (stem and head excluded), in pJ, at
+    /// each layer's weight bits; for a dual-path network with the final
+    /// evaluation's routing.
+    pub energy_pj: f64,
+    /// `energy_pj` over the same architecture's blocks all at 4 bits.
+    pub normalized_energy: f64,
+    /// Energy per image of the full-precision stem and head, in pJ.
+    pub stem_head_pj: f64,
+    /// Name of the energy table used.
+    pub energy_table: String,
+    /// The stage's weight / activation bits of the quantised layers (32 = full precision).
+    pub bits_weights: u32,
+    pub bits_activations: u32,
 }
 
 /// Test-set results of one evaluation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Evaluation {
     loss: f64,
     top1: f64,
     top5: f64,
+    /// Blocks' energy per image (pJ) and normalised.
+    energy_pj: f64,
+    normalized_energy: f64,
 }
 
-/// Trains `spec` (stage baseline) on `device`, from scratch or from the
-/// checkpoint bytes `resume`, reporting to `observer`.
+/// Trains `spec` on `device`, from scratch, from the checkpoint bytes
+/// `resume` (an interrupted attempt of the same job), or starting from the
+/// weights of `init` (a finished job's checkpoint: every parameter the two
+/// networks share by name, with a fresh optimiser), reporting to `observer`.
+/// `init` is not read when resuming: the checkpoint has it all.
 pub fn run_stage(
     spec: &JobSpec,
     data_dir: &Path,
     device: Device,
     resume: Option<&[u8]>,
+    init: Option<&[u8]>,
     observer: &mut dyn Observer,
 ) -> Result<StageOutcome> {
     spec.validate()?;
@@ -114,6 +140,11 @@ pub fn run_stage(
     if let Some(state) = &resume {
         check_same_run(spec, &state.meta.spec)?;
     }
+    let precision = match &resume {
+        Some(state) => state.meta.precision.clone(),
+        None => Precision::for_spec(spec)?,
+    };
+    let energy = energy::report(spec)?;
     let data = Dataset::load(&spec.dataset, data_dir, device, spec.train_limit as usize, spec.test_limit as usize)?;
     if data.train_len() == 0 || data.test_len() == 0 {
         return Err(EngineError::Data {
@@ -129,7 +160,12 @@ pub fn run_stage(
     tch::manual_seed(spec.seed as i64);
     let vs = VarStore::new(device);
     let options = ComputeOptions { bf16: spec.bf16, channels_last: spec.channels_last };
-    let model = PreActResNet::new(&vs.root(), &spec.arch, data.info.channels, data.info.classes, options)?;
+    let network = Network::build(&vs.root(), spec, &precision, data.info.channels, data.info.classes, options)?;
+    if resume.is_none() {
+        if let Some(bytes) = init {
+            initialise(&vs, bytes, observer)?;
+        }
+    }
     let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay);
 
     let mut run = Run {
@@ -137,7 +173,9 @@ pub fn run_stage(
         steps_per_epoch: (data.train_len() + spec.batch_size as i64 - 1) / spec.batch_size as i64,
         data,
         vs,
-        model,
+        network,
+        precision,
+        energy,
         completed_epochs: 0,
         global_step: 0,
         step_in_epoch: 0,
@@ -163,6 +201,35 @@ pub fn run_stage(
     run.train(&mut sgd, observer)
 }
 
+/// Loads the parameters of a finished job's checkpoint into `vs`: every
+/// variable found by its own name, or, for a dual-path network, its basic
+/// path's under the plain block's name (`layer1.0.basic_block.conv1.weight`
+/// from `layer1.0.conv1.weight`).
+fn initialise(vs: &VarStore, bytes: &[u8], observer: &mut dyn Observer) -> Result<()> {
+    let source = checkpoint::load(bytes)?;
+    let loaded = checkpoint::load_matching(vs, &source.model, |name| {
+        name.split_once(".basic_block.").map(|(block, rest)| format!("{block}.{rest}"))
+    })?;
+    if loaded.is_empty() {
+        return Err(EngineError::Checkpoint(format!(
+            "the init checkpoint ({} {} on {}) has no tensor this network takes",
+            source.meta.spec.stage.as_str(),
+            source.meta.spec.model_arch(),
+            source.meta.spec.dataset
+        )));
+    }
+    observer.log(format!(
+        "initialised {} of {} tensors from a {} checkpoint ({} on {}, epoch {})",
+        loaded.len(),
+        vs.variables().len(),
+        source.meta.spec.stage.as_str(),
+        source.meta.spec.model_arch(),
+        source.meta.spec.dataset,
+        source.meta.epoch
+    ));
+    Ok(())
+}
+
 /// A resumed run must compute what the checkpointed one computed; only the
 /// number of epochs, the reporting interval and the device may change.
 fn check_same_run(spec: &JobSpec, saved: &JobSpec) -> Result<()> {
@@ -183,7 +250,9 @@ struct Run<'a> {
     spec: &'a JobSpec,
     data: Dataset,
     vs: VarStore,
-    model: PreActResNet,
+    network: Network,
+    precision: Precision,
+    energy: EnergyReport,
     steps_per_epoch: i64,
     completed_epochs: u32,
     global_step: i64,
@@ -266,7 +335,7 @@ impl Run<'_> {
                 return Ok(StageOutcome::Interrupted);
             }
         }
-        let eval = match self.last_eval {
+        let eval = match self.last_eval.take() {
             Some(eval) => eval,
             None => self.evaluate()?,
         };
@@ -282,14 +351,24 @@ impl Run<'_> {
             epochs: self.completed_epochs,
             steps: self.global_step,
             images_per_s: if self.train_images > 0 { self.train_images as f64 / self.train_seconds } else { f64::NAN },
+            energy_pj: eval.energy_pj,
+            normalized_energy: eval.normalized_energy,
+            stem_head_pj: self.energy.stem_head_pj,
+            energy_table: self.energy.table.clone(),
+            bits_weights: self.spec.weight_bits(),
+            bits_activations: self.spec.activation_bits(),
         };
         observer.log(format!(
-            "done: {} epochs, best top-1 {:.2}% at epoch {}, final top-1 {:.2}% top-5 {:.2}%",
+            "done: {} epochs, best top-1 {:.2}% at epoch {}, final top-1 {:.2}% top-5 {:.2}%, energy {:.4} of 4-bit ({:.0} pJ per image + {:.0} pJ stem and head, table {})",
             summary.epochs,
             100.0 * summary.best_top1,
             summary.best_epoch,
             100.0 * summary.final_top1,
-            100.0 * summary.final_top5
+            100.0 * summary.final_top5,
+            summary.normalized_energy,
+            summary.energy_pj,
+            summary.stem_head_pj,
+            summary.energy_table
         ));
         Ok(StageOutcome::Completed(summary))
     }
@@ -312,7 +391,7 @@ impl Run<'_> {
             let start = self.step_in_epoch * batch;
             let len = batch.min(n - start);
             let (images, labels) = self.data.train_batch(&plan, start, len)?;
-            let logits = self.model.forward_t(&images, true)?;
+            let logits = self.network.forward(&images, true)?.logits;
             let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
             sgd.step(&loss, lr)?;
             tch::no_grad(|| -> Result<()> {
@@ -379,10 +458,12 @@ impl Run<'_> {
                 ("best_top1", self.best_top1),
                 ("lr", lr),
                 ("epoch_images_per_s", epoch_images_per_s),
+                ("energy_pj", eval.energy_pj),
+                ("normalized_energy", eval.normalized_energy),
             ],
         );
         observer.log(format!(
-            "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | {:.0} images/s",
+            "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | energy {:.4} | {:.0} images/s",
             self.spec.epochs,
             // Rounded so that 0.1 * 0.1 prints as 0.01.
             (lr * 1e12).round() / 1e12,
@@ -393,14 +474,16 @@ impl Run<'_> {
             100.0 * eval.top5,
             100.0 * self.best_top1,
             self.best_epoch,
+            eval.normalized_energy,
             epoch_images_per_s,
         ));
         self.completed_epochs = epoch;
         self.step_in_epoch = 0;
         self.partial_epoch = EpochTotals::default();
+        let top1 = eval.top1;
         self.last_eval = Some(eval);
         self.last_train = Some((train.mean_loss(), train.top1()));
-        self.store_checkpoint(sgd, eval.top1, observer)
+        self.store_checkpoint(sgd, top1, observer)
     }
 
     fn evaluate(&self) -> Result<Evaluation> {
@@ -416,7 +499,7 @@ impl Run<'_> {
         while start < n {
             let len = batch.min(n - start);
             let (images, labels) = self.data.test_batch(start, len)?;
-            let logits = self.model.forward_t(&images, false)?;
+            let logits = self.network.forward(&images, false)?.logits;
             let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
             let _ = loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
             let (_, top_k) = logits.f_topk(k, 1, true, true)?;
@@ -426,10 +509,13 @@ impl Run<'_> {
             start += len;
         }
         let n = n as f64;
+        let energy_pj = self.energy.blocks_pj(&[]);
         Ok(Evaluation {
             loss: loss_sum.f_double_value(&[0])? / n,
             top1: top1.f_int64_value(&[0])? as f64 / n,
             top5: top5.f_int64_value(&[0])? as f64 / n,
+            energy_pj,
+            normalized_energy: self.energy.normalized(energy_pj),
         })
     }
 
@@ -443,6 +529,7 @@ impl Run<'_> {
             seed: self.spec.seed,
             spec: self.spec.clone(),
             partial_epoch: self.partial_epoch,
+            precision: self.precision.clone(),
         };
         let blob = CheckpointBlob {
             bytes: checkpoint::save(&self.vs, sgd, &meta)?,

@@ -1,6 +1,8 @@
 //! Architecture shapes and the optimiser's arithmetic.
 
+use camp_proto::spec::JobSpec;
 use camp_worker::model::{blocks_per_stage, ComputeOptions, PreActResNet};
+use camp_worker::precision::Precision;
 use camp_worker::optim::Sgd;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -22,6 +24,11 @@ fn expected_parameters(n: i64, in_channels: i64, classes: i64) -> i64 {
     total + bn(64) + 64 * classes + classes
 }
 
+/// Every layer of `arch` in full precision (the paths do not depend on the data set).
+fn full_precision(arch: &str) -> Precision {
+    Precision::for_spec(&JobSpec { arch: arch.into(), ..JobSpec::default() }).unwrap()
+}
+
 #[test]
 fn parameter_counts_match_the_layer_shapes() {
     let depths = [(20, 3), (32, 5), (44, 7), (56, 9), (110, 18)];
@@ -30,7 +37,7 @@ fn parameter_counts_match_the_layer_shapes() {
         assert_eq!(blocks_per_stage(&arch), Some(n));
         for (in_channels, classes) in [(3, 10), (3, 100), (1, 10)] {
             let vs = VarStore::new(Device::Cpu);
-            PreActResNet::new(&vs.root(), &arch, in_channels, classes, ComputeOptions::default()).unwrap();
+            PreActResNet::new(&vs.root(), &arch, in_channels, classes, &full_precision(&arch), ComputeOptions::default()).unwrap();
             let count: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
             assert_eq!(count, expected_parameters(n, in_channels, classes), "{arch} in {in_channels} classes {classes}");
         }
@@ -44,7 +51,7 @@ fn parameter_counts_match_the_layer_shapes() {
 fn forward_gives_logits_for_32_and_28_pixel_inputs_and_names_follow_the_reference() {
     tch::set_num_threads(1);
     let vs = VarStore::new(Device::Cpu);
-    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 1, 10, ComputeOptions::default()).unwrap();
+    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 1, 10, &full_precision("preact_resnet20_cifar"), ComputeOptions::default()).unwrap();
     let logits = model.forward_t(&Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu)), true).unwrap();
     assert_eq!(logits.size(), [2, 10]);
     let names = vs.variables();
@@ -55,7 +62,7 @@ fn forward_gives_logits_for_32_and_28_pixel_inputs_and_names_follow_the_referenc
 
     let vs = VarStore::new(Device::Cpu);
     let options = ComputeOptions { bf16: false, channels_last: true };
-    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 3, 100, options).unwrap();
+    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 3, 100, &full_precision("preact_resnet20_cifar"), options).unwrap();
     let logits = model.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false).unwrap();
     assert_eq!(logits.size(), [2, 100]);
     // A wrong input is an error, not a panic.
@@ -109,6 +116,8 @@ fn bench_reports_positive_throughput() {
         channels_last: false,
         warmup_steps: 1,
         steps: 2,
+        bits: None,
+        dual_path: false,
     };
     let report = camp_worker::bench::run_bench(&config).unwrap();
     assert!(report.train_images_per_s > 0.0 && report.eval_images_per_s > 0.0);

@@ -2,7 +2,8 @@
 //! implementations against a plain elementwise transcription of the spec's
 //! formulas (clamp, round, detach identity) in values and gradients.
 
-use camp_worker::quant::{Activation, ActivationScheme, WeightQuantizer};
+use camp_proto::spec::ActQuant;
+use camp_worker::quant::{Activation, WeightQuantizer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -31,7 +32,7 @@ fn weight(bits: u32) -> WeightQuantizer {
     WeightQuantizer::for_bits(Some(bits)).unwrap()
 }
 
-fn activation(bits: u32, scheme: ActivationScheme) -> (VarStore, Activation) {
+fn activation(bits: u32, scheme: ActQuant) -> (VarStore, Activation) {
     let vs = VarStore::new(Device::Cpu);
     let act = Activation::new(vs.root() / "relu", Some(bits), scheme).unwrap();
     (vs, act)
@@ -47,8 +48,8 @@ fn bit_widths_outside_the_offered_range_are_refused() {
         assert!(WeightQuantizer::for_bits(Some(bits)).is_err(), "{bits}");
     }
     let vs = VarStore::new(Device::Cpu);
-    assert!(Activation::new(vs.root(), Some(12), ActivationScheme::Dorefa).is_err());
-    assert!(matches!(Activation::new(vs.root(), None, ActivationScheme::Pact).unwrap(), Activation::Relu));
+    assert!(Activation::new(vs.root(), Some(12), ActQuant::Dorefa).is_err());
+    assert!(matches!(Activation::new(vs.root(), None, ActQuant::Pact).unwrap(), Activation::Relu));
 }
 
 #[test]
@@ -107,7 +108,7 @@ fn dorefa_activations_match_hand_computed_values_and_pass_gradient_inside_0_1() 
         (4, [0.0, 3.0 / 15.0, 6.0 / 15.0, 9.0 / 15.0, 14.0 / 15.0, 1.0]),
     ];
     for (bits, want) in cases {
-        let (_vs, act) = activation(bits, ActivationScheme::Dorefa);
+        let (_vs, act) = activation(bits, ActQuant::Dorefa);
         let x = leaf(&x_values);
         let y = act.forward(&x).unwrap();
         assert_close(&values(&y), &want, 1e-6, &format!("{bits}-bit values"));
@@ -118,7 +119,7 @@ fn dorefa_activations_match_hand_computed_values_and_pass_gradient_inside_0_1() 
 
 #[test]
 fn pact_clips_at_the_learned_value_and_its_gradient_is_one_above_the_clip() {
-    let (vs, act) = activation(2, ActivationScheme::Pact);
+    let (vs, act) = activation(2, ActQuant::Pact);
     let clip_val = vs.variables()["relu.clip_val"].shallow_clone();
     assert_eq!(values(&clip_val), [8.0]);
     // clamp to [0, 8], then round(y * 3 / 8) * 8 / 3: [0, 0.75 -> 1, 1.875 -> 2, 3, 3].
@@ -184,14 +185,14 @@ fn fused_quantizers_equal_the_plain_formulas_on_random_tensors() {
     let upstream_x = Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu));
     for bits in [1, 2, 4, 8] {
         let x = (Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu)) * 0.7 + 0.4).set_requires_grad(true);
-        let (_vs, act) = activation(bits, ActivationScheme::Dorefa);
+        let (_vs, act) = activation(bits, ActQuant::Dorefa);
         let fused = act.forward(&x).unwrap();
         let plain = plain::dorefa_activation(&x, bits);
         assert_close(&values(&fused), &values(&plain), 1e-6, &format!("{bits}-bit DoReFa values"));
         let (gf, gp) = (gradients(&fused, &upstream_x, &[&x]), gradients(&plain, &upstream_x, &[&x]));
         assert_close(&gf[0], &gp[0], 1e-6, &format!("{bits}-bit DoReFa gradients"));
 
-        let (vs, act) = activation(bits, ActivationScheme::Pact);
+        let (vs, act) = activation(bits, ActQuant::Pact);
         let clip = vs.variables()["relu.clip_val"].shallow_clone();
         let _ = tch::no_grad(|| clip.shallow_clone().fill_(1.3));
         let x = (Tensor::randn([16, 8, 6, 6], (Kind::Float, Device::Cpu)) + 0.5).set_requires_grad(true);

@@ -48,7 +48,7 @@ fn loss_goes_down_on_a_tiny_generated_set() {
     let mut spec = tiny_spec(4);
     spec.lr_schedule.clear();
     let mut rec = Recorder::default();
-    let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, &mut rec).unwrap());
+    let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
     let losses = rec.series("train_loss");
     println!("train loss per epoch: {losses:?}; test top-1 {}", summary.final_top1);
     assert_eq!(losses.len(), 4);
@@ -64,9 +64,10 @@ fn the_optimizer_follows_the_lr_schedule_per_epoch() {
     let dir = fashion_dir(48, 16);
     let mut spec = tiny_spec(3);
     // A negligible lr in epoch 2 must leave the weights (not the BN statistics) unchanged.
-    spec.lr_schedule = vec![LrStep { epoch: 2, gamma: 1e-20 }, LrStep { epoch: 3, gamma: 1e19 }];
+    // Milestones count completed epochs (distiller's MultiStepMultiGammaLR).
+    spec.lr_schedule = vec![LrStep { epoch: 1, gamma: 1e-20 }, LrStep { epoch: 2, gamma: 1e19 }];
     let mut rec = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, None, &mut rec).unwrap());
+    completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
 
     let step_lrs: Vec<(u32, f64)> = rec.series("lr");
     for (epoch, lr) in &step_lrs {
@@ -96,12 +97,12 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
     let spec = tiny_spec(3);
 
     let mut whole = Recorder::default();
-    let whole_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, &mut whole).unwrap());
+    let whole_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut whole).unwrap());
     let whole_final = &whole.checkpoints.last().unwrap().bytes;
 
     // Interrupt in epoch 2 after its second step (global step 6).
     let mut first = Recorder::with_control(6, Control::Interrupt);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, &mut first).unwrap(), StageOutcome::Interrupted));
+    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
     assert_eq!(first.checkpoints.len(), 2, "epoch 1 and the interruption");
     let cut = &first.checkpoints[1];
     assert!(cut.top1.is_nan());
@@ -114,7 +115,7 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
     assert!(cut.metadata_json.contains("\"step_in_epoch\":\"2\""));
 
     let mut rest = Recorder::default();
-    let resumed_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&cut.bytes), &mut rest).unwrap());
+    let resumed_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&cut.bytes), None, &mut rest).unwrap());
     assert_bitwise_equal(whole_final, &rest.checkpoints.last().unwrap().bytes);
     // Exact epoch metrics too, across the cut.
     assert_eq!(rest.series("train_loss"), whole.series("train_loss")[1..]);
@@ -123,7 +124,7 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
 
     // Resuming from an epoch boundary (a kill after epoch 1) ends the same way.
     let mut from_epoch_1 = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&whole.checkpoints[0].bytes), &mut from_epoch_1).unwrap());
+    completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&whole.checkpoints[0].bytes), None, &mut from_epoch_1).unwrap());
     assert_bitwise_equal(whole_final, &from_epoch_1.checkpoints.last().unwrap().bytes);
 
     // The checkpoint is loadable on its own.
@@ -136,15 +137,15 @@ fn cancel_and_abandon_stop_without_writing_and_a_foreign_spec_is_refused() {
     let dir = fashion_dir(48, 16);
     let spec = tiny_spec(2);
     let mut cancel = Recorder::with_control(2, Control::Cancel);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, &mut cancel).unwrap(), StageOutcome::Cancelled));
+    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut cancel).unwrap(), StageOutcome::Cancelled));
     assert!(cancel.checkpoints.is_empty());
     let mut abandon = Recorder::with_control(4, Control::Abandon);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, &mut abandon).unwrap(), StageOutcome::Abandoned));
+    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut abandon).unwrap(), StageOutcome::Abandoned));
     assert_eq!(abandon.checkpoints.len(), 1, "only epoch 1's");
 
     let mut other = spec.clone();
     other.lr = 0.2;
-    let err = run_stage(&other, dir.path(), Device::Cpu, Some(&abandon.checkpoints[0].bytes), &mut Recorder::default());
+    let err = run_stage(&other, dir.path(), Device::Cpu, Some(&abandon.checkpoints[0].bytes), None, &mut Recorder::default());
     assert!(err.err().unwrap().to_string().contains("different spec"));
 }
 
