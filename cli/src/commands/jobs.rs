@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::args::{GlobalOpts, JobsArgs, LrSchedule};
 use crate::client;
-use crate::output::{age, now_ms, percent, print_json, Table};
+use crate::output::{age, now_ms, number, percent, print_json, Table};
 use crate::wire;
 
 pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
@@ -108,6 +108,19 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         ("finished", when(job.finished_at_ms)),
         ("result", job.result_json.clone()),
     ];
+    if job.experiment_id > 0 {
+        let node = if job.node.is_empty() {
+            String::new()
+        } else {
+            format!(", node {}", job.node)
+        };
+        fields.insert(1, ("experiment", format!("{}{node}", job.experiment_id)));
+    }
+    if !job.parents.is_empty() {
+        let parents: Vec<String> = job.parents.iter().map(|p| format!("#{p}")).collect();
+        fields.insert(2, ("parents", parents.join(", ")));
+    }
+    fields.extend(result_fields(&wire::embedded_json(&job.result_json)));
     if let Some(spec) = &job.spec {
         fields.insert(4, ("epoch", format!("{}/{}", job.epoch, spec.epochs)));
         let schedule = LrSchedule(
@@ -137,6 +150,7 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
             ("train_limit", spec.train_limit.to_string()),
             ("test_limit", spec.test_limit.to_string()),
         ]);
+        fields.extend(quant_fields(spec));
     }
     let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     fields
@@ -144,6 +158,100 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         .filter(|(_, value)| !value.is_empty())
         .map(|(key, value)| format!("{key:<width$}  {value}\n"))
         .collect()
+}
+
+/// The spec's quantisation, energy table, REINFORCE knobs and parent, where they apply.
+fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
+    let stage = camp_proto::spec::Stage::parse(&spec.stage).ok();
+    let mut fields = Vec::new();
+    if let Some(stage) = stage.filter(|&s| s != camp_proto::spec::Stage::Baseline) {
+        let bits = |b: Option<u32>| b.unwrap_or(stage.default_bits()).to_string();
+        fields.push((
+            "bits",
+            format!(
+                "weights {}, activations {}",
+                bits(spec.bits_weights),
+                bits(spec.bits_activations)
+            ),
+        ));
+        fields.push(("act_quant", spec.act_quant.clone()));
+    }
+    if !spec.bits_overrides.is_empty() {
+        let bits = |b: Option<u32>| b.map_or("fp".to_owned(), |b| b.to_string());
+        let overrides: Vec<String> = spec
+            .bits_overrides
+            .iter()
+            .map(|o| format!("{}={}/{}", o.pattern, bits(o.wts), bits(o.acts)))
+            .collect();
+        fields.push(("bits_overrides", overrides.join(" ")));
+    }
+    if let Some(table) = &spec.energy_table {
+        fields.push((
+            "energy_table",
+            format!(
+                "{} (fp32 {} pJ, int8 mult {} pJ, add {} pJ)",
+                table.name, table.fp32_pj, table.int8_mult_pj, table.int8_add_pj
+            ),
+        ));
+    }
+    if stage == Some(camp_proto::spec::Stage::Rl) {
+        let or = |v: Option<f64>, d: f64| v.unwrap_or(d).to_string();
+        fields.push(("alpha", or(spec.alpha, 0.1)));
+        fields.push(("gamma", or(spec.gamma, 1.0)));
+        fields.push(("rl_weight", or(spec.rl_weight, 0.01)));
+    }
+    if spec.init_from > 0 {
+        fields.push(("init_from", format!("job {}", spec.init_from)));
+    }
+    fields
+}
+
+/// The result's energy and bits, as the worker reports them: `energy_pj`,
+/// `normalized_energy`, `stem_head_pj`, `energy_table`, `bits_weights`,
+/// `bits_activations`, and for sp/rl `fullbit_share`.
+fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
+    let f = |key: &str| result.get(key).and_then(Value::as_f64);
+    let mut fields = Vec::new();
+    if let Some(top1) = wire::best_top1(result) {
+        let epoch = result
+            .get("best_epoch")
+            .and_then(Value::as_u64)
+            .map_or(String::new(), |e| format!(" (epoch {e})"));
+        fields.push(("best top-1", format!("{}{epoch}", percent(top1))));
+    }
+    if let Some(normalized) = f("normalized_energy") {
+        let mut text = format!("{} of the 4-bit blocks", number(normalized));
+        if let Some(pj) = f("energy_pj") {
+            text.push_str(&format!("; {} pJ/image in the blocks", number(pj)));
+        }
+        if let Some(pj) = f("stem_head_pj") {
+            text.push_str(&format!(" + {} pJ stem and head", number(pj)));
+        }
+        let table = match result.get("energy_table") {
+            Some(Value::String(name)) => Some(name.clone()),
+            Some(Value::Object(table)) => {
+                table.get("name").and_then(Value::as_str).map(str::to_owned)
+            }
+            _ => None,
+        };
+        if let Some(table) = table {
+            text.push_str(&format!(" (table {table})"));
+        }
+        fields.push(("energy", text));
+    }
+    if let (Some(w), Some(a)) = (
+        result.get("bits_weights").and_then(Value::as_u64),
+        result.get("bits_activations").and_then(Value::as_u64),
+    ) {
+        fields.push(("result bits", format!("weights {w}, activations {a}")));
+    }
+    if let Some(share) = f("fullbit_share") {
+        fields.push((
+            "4-bit share",
+            format!("{} of test images through the 4-bit path", percent(share)),
+        ));
+    }
+    fields
 }
 
 /// `running`, or `running (cancel requested)`.
@@ -247,6 +355,62 @@ mod tests {
         assert!(
             !text.contains("finished"),
             "unset timestamps are left out: {text}"
+        );
+        assert!(
+            !text.contains("experiment") && !text.contains("bits"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn details_show_energy_and_the_pipeline() {
+        let spec = camp_proto::JobSpec {
+            alpha: 0.2,
+            init_from: 13,
+            ..camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl)
+        };
+        let job = v1::Job {
+            experiment_id: 3,
+            node: "rl-0.2".into(),
+            parents: vec![13],
+            spec: Some(spec.to_proto()),
+            state: v1::JobState::Succeeded as i32,
+            result_json: r#"{"best_top1": 0.899, "best_epoch": 7, "energy_pj": 1234567.0, "normalized_energy": 0.41,
+                "stem_head_pj": 2037862.4, "energy_table": "horowitz-45nm", "bits_weights": 1, "bits_activations": 1,
+                "fullbit_share": 0.29}"#
+                .into(),
+            ..sample_job()
+        };
+        let text = job_details(&job, 181_000);
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} ")))
+                .unwrap_or_else(|| panic!("no {key} in {text}"))
+                .to_owned()
+        };
+        assert!(line("experiment").ends_with("3, node rl-0.2"), "{text}");
+        assert!(line("parents").ends_with("#13"), "{text}");
+        assert!(line("best top-1").ends_with("89.90% (epoch 7)"), "{text}");
+        let energy = line("energy");
+        assert!(
+            energy.contains("0.4100 of the 4-bit blocks") && energy.contains("1234567 pJ/image"),
+            "{energy}"
+        );
+        assert!(
+            energy.contains("2037862 pJ stem and head") && energy.contains("(table horowitz-45nm)"),
+            "{energy}"
+        );
+        assert!(line("4-bit share").contains("29.00%"), "{text}");
+        assert!(
+            line("result bits").ends_with("weights 1, activations 1"),
+            "{text}"
+        );
+        assert!(line("bits").ends_with("weights 1, activations 1"), "{text}");
+        assert!(line("alpha").ends_with("0.2"), "{text}");
+        assert!(line("init_from").ends_with("job 13"), "{text}");
+        assert!(
+            line("energy_table").contains("horowitz-45nm (fp32 4.6 pJ"),
+            "{text}"
         );
     }
 }

@@ -461,7 +461,8 @@ struct TreeRow {
     message: Option<(String, String)>,
 }
 
-/// Walks an experiment's jobs depth first, each under its first parent.
+/// Walks an experiment's jobs depth first, each under the parent it starts from
+/// (else its first parent).
 struct Tree<'a> {
     jobs: &'a [v1::Job],
     index: HashMap<i64, usize>,
@@ -481,7 +482,13 @@ impl<'a> Tree<'a> {
         let mut parent = vec![None; jobs.len()];
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
         for (i, job) in jobs.iter().enumerate() {
-            let first = job.parents.iter().find_map(|p| index.get(p).copied());
+            // Under the job it starts from where it has one, else its first parent.
+            let init_from = job.spec.as_ref().map_or(0, |spec| spec.init_from);
+            let first = index
+                .get(&init_from)
+                .copied()
+                .filter(|_| job.parents.contains(&init_from))
+                .or_else(|| job.parents.iter().find_map(|p| index.get(p).copied()));
             if let Some(p) = first.filter(|&p| p != i) {
                 parent[i] = Some(p);
                 children[p].push(i);
@@ -569,8 +576,8 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// The DAG as a tree: each job under its first parent in the experiment (other
-/// parents named), with its state, attempt, progress and key result (best
+/// The DAG as a tree: each job under the parent it starts from, else its first
+/// parent in the experiment (other parents named), with its state, attempt, progress and key result (best
 /// top-1, normalised energy, 4-bit share), and its message on the line below.
 pub fn render_experiment(experiment: &v1::Experiment, now_ms: i64) -> String {
     let jobs = &experiment.jobs;
@@ -1126,5 +1133,14 @@ nodes:
             "{text}"
         );
         assert_eq!(lines.len(), 9, "{text}");
+
+        // Under the job it starts from, the other parent named.
+        let rl = experiment.jobs.iter_mut().find(|j| j.id == 14).unwrap();
+        rl.parents = vec![12, 13];
+        let text = render_experiment(&experiment, 61_000);
+        assert!(
+            text.contains("   ├─ rl-0.1 (also after qat1)  #14"),
+            "{text}"
+        );
     }
 }

@@ -60,14 +60,14 @@ impl ResultRow {
         }
     }
 
-    /// `4/4`, `fp32`, `dual 1/4`, `α=0.1`: what tells this job apart in its pipeline.
+    /// `4/4`, `fp32`, `1/1 & 4/4` (sp: basic and 4-bit path), `α=0.1`: what tells this job apart in its pipeline.
     pub fn variant(&self) -> String {
         if let Some(alpha) = self.alpha {
             return format!("α={alpha}");
         }
         match (self.bits_weights, self.bits_activations) {
             (Some(32) | None, Some(32) | None) if self.stage == "baseline" => "fp32".into(),
-            (Some(w), Some(a)) if self.stage == "sp" => format!("dual {w}/{a}+4"),
+            (Some(w), Some(a)) if self.stage == "sp" => format!("{w}/{a} & 4/4"),
             (Some(w), Some(a)) => format!("{w}/{a}"),
             _ => String::new(),
         }
