@@ -261,7 +261,11 @@ pub struct ResultsArgs {
 #[derive(Debug, Args)]
 pub struct PlotArgs {
     /// The experiment id.
-    pub id: i64,
+    #[arg(required_unless_present = "rows")]
+    pub id: Option<i64>,
+    /// Plot rows saved from `camp results --json` instead of asking the coordinator.
+    #[arg(long, value_name = "FILE", conflicts_with = "id")]
+    pub rows: Option<PathBuf>,
     /// The image to write: FILE.svg or FILE.png.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,

@@ -3,7 +3,7 @@
 
 use camp_proto::spec::Stage;
 use camp_proto::v1::{self, GetExperimentRequest};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::args::{GlobalOpts, PlotArgs, ResultsArgs};
@@ -14,7 +14,7 @@ use crate::plot;
 use crate::wire;
 
 /// One job's result, as `camp results --json` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
     pub node: String,
     pub job_id: i64,
@@ -156,26 +156,34 @@ pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
             args.output.display()
         ))
     })?;
-    let experiment = experiment(opts, args.id).await?;
-    let points = plot::points(&rows(&experiment));
+    let (name, rows, title) = match (&args.rows, args.id) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("--rows {}: {e}", path.display())))?;
+            let rows: Vec<ResultRow> = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--rows {}: not `camp results --json` rows: {e}", path.display())))?;
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            (stem.clone(), rows, stem)
+        }
+        (None, Some(id)) => {
+            let experiment = experiment(opts, id).await?;
+            let network = experiment
+                .jobs
+                .iter()
+                .find_map(|job| job.spec.as_ref())
+                .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
+                .unwrap_or_default();
+            (format!("experiment {}", experiment.id), rows(&experiment), format!("{}{network}", experiment.name))
+        }
+        (None, None) => return Err(UsageError("give an experiment id or --rows FILE".into()).into()),
+    };
+    let points = plot::points(&rows);
     if points.is_empty() {
-        return Err(PreconditionError(format!(
-            "experiment {} has no succeeded job with a top-1 and an energy to plot",
-            experiment.id
-        ))
-        .into());
+        return Err(PreconditionError(format!("{name} has no succeeded job with a top-1 and an energy to plot")).into());
     }
-    let network = experiment
-        .jobs
-        .iter()
-        .find_map(|job| job.spec.as_ref())
-        .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
-        .unwrap_or_default();
-    let title = format!("{}{network}", experiment.name);
     plot::draw(&points, &title, &args.output, format)?;
     if opts.json {
         return print_json(&serde_json::json!({
-            "experiment_id": experiment.id,
+            "experiment_id": args.id,
             "output": args.output.display().to_string(),
             "points": points.len(),
         }));
