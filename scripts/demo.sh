@@ -34,7 +34,7 @@ echo "coordinator on $CAMP_ADDR (log: $demo/server.log), worker log: $demo/worke
 
 id=$("$bin/camp" submit baseline -a preact_resnet20_cifar --dataset fashion-mnist \
   --epochs "${CAMP_DEMO_EPOCHS:-3}" --train-limit "${CAMP_DEMO_TRAIN:-10000}" --test-limit "${CAMP_DEMO_TEST:-2000}" \
-  -b 128 --lr 0.1 --lr-schedule 3:0.1 -p 20 --name demo-fashion-mnist --json \
+  -b 128 --lr 0.1 --lr-schedule 2:0.1 -p 20 --name demo-fashion-mnist --json \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 echo "submitted job $id; watching it live"
 "$bin/camp" watch "$id"

@@ -14,7 +14,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 fn small_run(epochs: u32) -> Vec<String> {
     [
         "-a", "preact_resnet20_cifar", "--dataset", "cifar10", "--epochs", &epochs.to_string(), "-b", "64", "--lr", "0.05",
-        "--lr-schedule", "2:0.1", "-p", "2", "--seed", "7", "--device", "cpu", "--train-limit", "256", "--test-limit", "128",
+        "--lr-schedule", "1:0.1", "-p", "2", "--seed", "7", "--device", "cpu", "--train-limit", "256", "--test-limit", "128",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -86,7 +86,7 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
 
     let datasets = crate::data::available_datasets(&config.data_dir);
     let (device_kind, gpus) = match config.device {
-        tch::Device::Cuda(_) => ("cuda", (0..crate::device::cuda_device_count()).map(|i| format!("cuda:{i}")).collect()),
+        tch::Device::Cuda(_) => ("cuda", gpu_names()),
         _ => ("cpu", Vec::new()),
     };
     let registered = client
@@ -125,6 +125,22 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// The GPUs' names as the driver gives them, else their indices.
+fn gpu_names() -> Vec<String> {
+    let listed = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if listed.is_empty() {
+        (0..crate::device::cuda_device_count()).map(|i| format!("cuda:{i}")).collect()
+    } else {
+        listed.into_iter().enumerate().map(|(i, name)| format!("cuda:{i} {name}")).collect()
+    }
 }
 
 fn hostname() -> String {
@@ -238,6 +254,11 @@ async fn prepare_and_train(
         Some(ckpt) => Some(download(client, ckpt).await?),
         None => None,
     };
+    let init = match (&a.init_from, spec.init_from) {
+        (Some(ckpt), _) => Some(download(client, ckpt).await?),
+        (None, 0) => None,
+        (None, parent) => return Err(format!("init_from: job {parent} has no checkpoint to start from")),
+    };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report_loop(client.clone(), a.job_id, a.attempt, events_rx, stops.clone()));
     let observer = ChannelObserver { events: events_tx, stops, shutdown };
@@ -245,7 +266,7 @@ async fn prepare_and_train(
     let trainer = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            stage::run_stage(&spec, &data_dir, device, resume.as_deref(), None, &mut observer)
+            stage::run_stage(&spec, &data_dir, device, resume.as_deref(), init.as_deref(), &mut observer)
         }));
         drop(observer);
         match run {
@@ -277,7 +298,7 @@ async fn download(client: &mut Client, ckpt: &v1::Checkpoint) -> Result<Vec<u8>,
     if digest != ckpt.sha256 || bytes.len() as u64 != ckpt.size {
         return Err(format!("checkpoint {} arrived corrupted (sha256 {digest}, expected {})", ckpt.id, ckpt.sha256));
     }
-    tracing::info!(id = ckpt.id, epoch = ckpt.epoch, step = ckpt.step, "resuming from checkpoint");
+    tracing::info!(id = ckpt.id, job = ckpt.job_id, epoch = ckpt.epoch, step = ckpt.step, "checkpoint downloaded");
     Ok(bytes)
 }
 

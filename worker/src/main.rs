@@ -9,7 +9,7 @@ use anyhow::Context;
 use camp_worker::bench::{run_bench, BenchConfig};
 use camp_worker::daemon::{self, DaemonConfig};
 use camp_worker::device::parse_device;
-use camp_worker::local::run_local;
+use camp_worker::local::run_local_from;
 use camp_worker::stage::StageOutcome;
 use clap::{Parser, Subcommand};
 
@@ -54,6 +54,13 @@ enum Command {
         bf16: bool,
         #[arg(long)]
         channels_last: bool,
+        /// Quantisation-aware training at this many bits (weights and activations);
+        /// with --dualpath, the basic path's bits.
+        #[arg(long)]
+        bits: Option<u32>,
+        /// The dual-path network's sp training step (1-bit and 4-bit paths, gates).
+        #[arg(long)]
+        dualpath: bool,
         #[arg(long, default_value_t = 20)]
         steps: usize,
         #[arg(long, default_value_t = 5)]
@@ -71,6 +78,9 @@ enum Command {
         /// Continue from --out/latest.safetensors if present.
         #[arg(long)]
         resume: bool,
+        /// Start from this checkpoint's weights (e.g. a qat run's best.safetensors for sp).
+        #[arg(long, value_name = "FILE")]
+        init: Option<PathBuf>,
     },
 }
 
@@ -90,8 +100,9 @@ fn main() -> anyhow::Result<()> {
     }
     let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
     match cli.command {
-        Some(Command::Bench { arch, batch, bf16, channels_last, steps, warmup_steps, json }) => {
-            let report = run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits: None, dual_path: false })?;
+        Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, json }) => {
+            let report =
+                run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits, dual_path: dualpath })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -99,8 +110,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Run { spec, out, resume }) => {
-            match run_local(&spec, &cli.data_dir, device, &out, resume)? {
+        Some(Command::Run { spec, out, resume, init }) => {
+            match run_local_from(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
                 StageOutcome::Completed(_) => Ok(()),
                 _ => anyhow::bail!("run stopped before the end"),
             }
