@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod daemon;
 pub mod data;
 pub mod device;
+pub mod dualpath;
 pub mod error;
 pub mod local;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod network;
 pub mod optim;
 pub mod precision;
 pub mod quant;
+pub mod reinforce;
 mod rng;
 pub mod stage;
 

@@ -51,7 +51,7 @@ pub(crate) struct Conv {
     bias: Option<Tensor>,
     stride: i64,
     padding: i64,
-    quantizer: WeightQuantizer,
+    pub(crate) quantizer: WeightQuantizer,
 }
 
 impl Conv {

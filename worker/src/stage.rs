@@ -1,8 +1,11 @@
-//! The training stages (ALGORITHMS 4-6): `baseline` (full precision) and
-//! `qat` (quantisation-aware, bits per layer from the job's bits plan) train
-//! the plain network with SGD, cross-entropy and the job's multi-step
-//! learning-rate schedule. Every evaluation reports the energy per image of
-//! the network (ALGORITHMS 7).
+//! The training stages (ALGORITHMS 4-6), one loop: SGD with the job's
+//! multi-step learning-rate schedule. `baseline` (full precision) and `qat`
+//! (bits per layer from the job's bits plan) train the plain network with
+//! cross-entropy; `sp` trains the dual-path network with cross-entropy
+//! through the gates' straight-through masks; `rl` adds the REINFORCE loss
+//! of the gates' sampled actions. Every evaluation reports the energy per
+//! image (ALGORITHMS 7) and, for dual-path networks, the share of test
+//! images each block routes to its 4-bit path.
 //!
 //! Accuracies are fractions in [0, 1]. A run is a pure function of its spec
 //! (on a given device and thread count): the model is initialised from
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use camp_proto::energy::{self, EnergyReport};
-use camp_proto::spec::JobSpec;
+use camp_proto::spec::{JobSpec, Stage};
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -26,6 +29,8 @@ use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;
+use crate::reinforce::rl_loss;
+use crate::rng::SplitMix64;
 
 /// What the caller wants after each training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +111,16 @@ pub struct Summary {
     pub stem_head_pj: f64,
     /// Name of the energy table used.
     pub energy_table: String,
-    /// The stage's weight / activation bits of the quantised layers (32 = full precision).
+    /// The stage's weight / activation bits of the quantised layers (32 = full
+    /// precision; the basic path's for a dual-path network).
     pub bits_weights: u32,
     pub bits_activations: u32,
+    /// Dual path: share of (test image, block) decisions that took the 4-bit path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fullbit_share: Option<f64>,
+    /// Dual path: per block in forward order, the share of test images routed to 4 bits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub block_fullbit_shares: Vec<f64>,
 }
 
 /// Test-set results of one evaluation.
@@ -120,6 +132,15 @@ struct Evaluation {
     /// Blocks' energy per image (pJ) and normalised.
     energy_pj: f64,
     normalized_energy: f64,
+    /// Dual path: per block, the share of test images routed to 4 bits (empty otherwise).
+    block_shares: Vec<f64>,
+}
+
+impl Evaluation {
+    /// Dual path: share of all (image, block) decisions that took 4 bits.
+    fn fullbit_share(&self) -> Option<f64> {
+        (!self.block_shares.is_empty()).then(|| self.block_shares.iter().sum::<f64>() / self.block_shares.len() as f64)
+    }
 }
 
 /// Trains `spec` on `device`, from scratch, from the checkpoint bytes
@@ -357,6 +378,8 @@ impl Run<'_> {
             energy_table: self.energy.table.clone(),
             bits_weights: self.spec.weight_bits(),
             bits_activations: self.spec.activation_bits(),
+            fullbit_share: eval.fullbit_share(),
+            block_fullbit_shares: eval.block_shares.clone(),
         };
         observer.log(format!(
             "done: {} epochs, best top-1 {:.2}% at epoch {}, final top-1 {:.2}% top-5 {:.2}%, energy {:.4} of 4-bit ({:.0} pJ per image + {:.0} pJ stem and head, table {})",
@@ -391,11 +414,29 @@ impl Run<'_> {
             let start = self.step_in_epoch * batch;
             let len = batch.min(n - start);
             let (images, labels) = self.data.train_batch(&plan, start, len)?;
-            let logits = self.network.forward(&images, true)?.logits;
-            let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
+            if spec.stage == Stage::Rl {
+                // The gates' actions are a function of (seed, step), so a resumed run samples alike.
+                tch::manual_seed(SplitMix64::for_stream(spec.seed, self.global_step as u64).next_u64() as i64);
+            }
+            let forward = self.network.forward(&images, true)?;
+            let logits = &forward.logits;
+            let task_loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
+            let loss = if spec.stage == Stage::Rl {
+                let actions: Vec<Tensor> = forward.gates.iter().map(|g| g.mask.shallow_clone()).collect();
+                let log_probs = forward
+                    .gates
+                    .iter()
+                    .map(|g| g.log_prob.as_ref().map(Tensor::shallow_clone))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
+                task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, spec.alpha, spec.gamma, spec.rl_weight)?)?
+            } else {
+                task_loss.shallow_clone()
+            };
             sgd.step(&loss, lr)?;
             tch::no_grad(|| -> Result<()> {
-                let _ = totals.loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?.f_mul_scalar(len)?)?;
+                // The epoch's train loss is the task's cross-entropy in every stage.
+                let _ = totals.loss_sum.f_add_(&task_loss.f_to_kind(Kind::Double)?.f_mul_scalar(len)?)?;
                 let _ = totals.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&labels)?.f_sum(Kind::Int64)?)?;
                 Ok(())
             })?;
@@ -446,6 +487,11 @@ impl Run<'_> {
             self.best_epoch = epoch;
         }
         let lr = self.spec.lr_at_epoch(epoch);
+        let mut routing: Vec<(String, f64)> = Vec::new();
+        if let Some(share) = eval.fullbit_share() {
+            routing.push(("fullbit_share".into(), share));
+            routing.extend(eval.block_shares.iter().enumerate().map(|(b, s)| (format!("block{b}_fullbit_share"), *s)));
+        }
         observer.metrics(
             self.global_step,
             epoch,
@@ -460,10 +506,13 @@ impl Run<'_> {
                 ("epoch_images_per_s", epoch_images_per_s),
                 ("energy_pj", eval.energy_pj),
                 ("normalized_energy", eval.normalized_energy),
-            ],
+            ]
+            .into_iter()
+            .chain(routing.iter().map(|(name, v)| (name.as_str(), *v)))
+            .collect::<Vec<_>>(),
         );
         observer.log(format!(
-            "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | energy {:.4} | {:.0} images/s",
+            "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | energy {:.4}{} | {:.0} images/s",
             self.spec.epochs,
             // Rounded so that 0.1 * 0.1 prints as 0.01.
             (lr * 1e12).round() / 1e12,
@@ -475,6 +524,10 @@ impl Run<'_> {
             100.0 * self.best_top1,
             self.best_epoch,
             eval.normalized_energy,
+            match eval.fullbit_share() {
+                Some(share) => format!(", 4-bit share {:.2}%", 100.0 * share),
+                None => String::new(),
+            },
             epoch_images_per_s,
         ));
         self.completed_epochs = epoch;
@@ -495,11 +548,22 @@ impl Run<'_> {
         let mut top1 = Tensor::f_zeros([1], (Kind::Int64, device))?;
         let mut top5 = Tensor::f_zeros([1], (Kind::Int64, device))?;
         let k = 5.min(self.data.info.classes);
+        // Images routed to 4 bits, per block (dual path).
+        let mut routed: Option<Tensor> = None;
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
             let (images, labels) = self.data.test_batch(start, len)?;
-            let logits = self.network.forward(&images, false)?.logits;
+            let forward = self.network.forward(&images, false)?;
+            if !forward.gates.is_empty() {
+                let masks: Vec<&Tensor> = forward.gates.iter().map(|g| &g.mask).collect();
+                let per_block = Tensor::f_stack(&masks, 0)?.f_sum_dim_intlist(1, false, Kind::Double)?;
+                routed = Some(match routed {
+                    Some(sum) => sum.f_add(&per_block)?,
+                    None => per_block,
+                });
+            }
+            let logits = forward.logits;
             let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
             let _ = loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
             let (_, top_k) = logits.f_topk(k, 1, true, true)?;
@@ -509,13 +573,18 @@ impl Run<'_> {
             start += len;
         }
         let n = n as f64;
-        let energy_pj = self.energy.blocks_pj(&[]);
+        let block_shares: Vec<f64> = match routed {
+            Some(sum) => Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?.f_div_scalar(n)?)?,
+            None => Vec::new(),
+        };
+        let energy_pj = self.energy.blocks_pj(&block_shares);
         Ok(Evaluation {
             loss: loss_sum.f_double_value(&[0])? / n,
             top1: top1.f_int64_value(&[0])? as f64 / n,
             top5: top5.f_int64_value(&[0])? as f64 / n,
             energy_pj,
             normalized_energy: self.energy.normalized(energy_pj),
+            block_shares,
         })
     }
 

@@ -1,0 +1,214 @@
+//! `preact_resnetN_cifar_dualpath` (ALGORITHMS 5, 6): every block of the base
+//! network becomes a 1-bit `basic_block` and a 4-bit `fullbit_block` that
+//! compute with the same float conv weights (one parameter, two
+//! quantisations; the BNs are each path's own), and a gate (FFGate-II) on the
+//! basic block's output that picks, per image, which path's output goes on.
+//!
+//! Both paths run on the whole batch and are mixed per image with the gate's
+//! 0/1 mask: no per-image work, and the energy model charges the 4-bit path
+//! only where the mask is 1.
+
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, PreActBlock, StemAndHead};
+use crate::precision::Precision;
+use crate::quant::Activation;
+
+/// How the gates decide in training (in evaluation both take `p > 0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateTraining {
+    /// Stage sp: hard decision `p > 0.5` forward, gradient of `p` backward.
+    StraightThrough,
+    /// Stage rl: an action sampled from the gate's distribution; no gradient
+    /// through the mask (the gate learns from the REINFORCE loss).
+    Sampled,
+}
+
+/// One gate's decision for a batch.
+pub struct GateDecision {
+    /// 1 = the image takes the 4-bit path; shape (N,), fp32.
+    pub mask: Tensor,
+    /// log pi(a) of the sampled actions (stage rl, training only); shape (N,).
+    pub log_prob: Option<Tensor>,
+}
+
+/// FFGate-II: conv3x3 (C -> C, stride 2, no bias), BN, ReLU, global average
+/// pool, 1x1 conv (C -> 2, bias); softmax over the 2 channels.
+struct Gate {
+    conv1: Conv,
+    bn: BatchNorm,
+    relu: Activation,
+    conv2: Conv,
+}
+
+impl Gate {
+    fn new(p: Path, channels: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+        Ok(Gate {
+            conv1: Conv::new(&p / "conv1", channels, channels, 3, 2, false, precision, opts)?,
+            bn: BatchNorm::new(&p / "bn", channels)?,
+            relu: precision.activation(&p / "relu")?,
+            conv2: Conv::new(&p / "conv2", channels, 2, 1, 1, true, precision, opts)?,
+        })
+    }
+
+    /// The two logits (N, 2), fp32.
+    fn logits(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
+        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(x, opts)?, train)?)?;
+        let pooled = hidden.f_adaptive_avg_pool2d([1, 1])?;
+        Ok(self.conv2.forward(&pooled, opts)?.f_flatten(1, -1)?.f_to_kind(Kind::Float)?)
+    }
+
+    fn decide(&self, x: &Tensor, train: bool, training: GateTraining, opts: ComputeOptions) -> Result<GateDecision> {
+        let logits = self.logits(x, train, opts)?;
+        if train && training == GateTraining::Sampled {
+            // a ~ Categorical(softmax) over two actions is a ~ Bernoulli(p).
+            let log_probs = logits.f_log_softmax(1, Kind::Float)?;
+            let action = tch::no_grad(|| log_probs.f_select(1, 1)?.f_exp()?.f_bernoulli())?;
+            let log_prob = log_probs.f_gather(1, &action.f_to_kind(Kind::Int64)?.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+            return Ok(GateDecision { mask: action, log_prob: Some(log_prob) });
+        }
+        let p = logits.f_softmax(1, Kind::Float)?.f_select(1, 1)?;
+        let hard = tch::no_grad(|| p.f_gt(0.5)?.f_to_kind(Kind::Float))?;
+        let mask = if train {
+            // Straight through: forward the hard decision, backward the gradient of p.
+            hard.f_sub(&p.f_detach()?)?.f_add(&p)?
+        } else {
+            hard
+        };
+        Ok(GateDecision { mask, log_prob: None })
+    }
+}
+
+struct DualPathBlock {
+    basic: PreActBlock,
+    fullbit: PreActBlock,
+    gate: Gate,
+}
+
+impl DualPathBlock {
+    fn forward(&self, x: &Tensor, train: bool, training: GateTraining, opts: ComputeOptions) -> Result<(Tensor, GateDecision)> {
+        let basic = self.basic.forward(x, train, opts)?;
+        let decision = self.gate.decide(&basic, train, training, opts)?;
+        let fullbit = self.fullbit.forward(x, train, opts)?;
+        // (1 - m) * basic + m * fullbit, per image, as basic + m * (fullbit - basic).
+        let n = decision.mask.size()[0];
+        let mask = decision.mask.f_view([n, 1, 1, 1])?.f_to_kind(basic.kind())?;
+        let out = basic.f_addcmul(&mask, &fullbit.f_sub(&basic)?)?;
+        Ok((out, decision))
+    }
+}
+
+pub struct DualPathResNet {
+    stem_head: StemAndHead,
+    blocks: Vec<DualPathBlock>,
+    training: GateTraining,
+    opts: ComputeOptions,
+}
+
+/// The result of a forward pass: logits and each block's gate decision in forward order.
+pub struct DualPathForward {
+    pub logits: Tensor,
+    pub gates: Vec<GateDecision>,
+}
+
+impl DualPathResNet {
+    /// Builds the dual-path variant of the base architecture `arch` under `p`.
+    /// The fullbit convolutions take the basic ones' variables (no variables of their own).
+    pub fn new(
+        p: &Path,
+        arch: &str,
+        in_channels: i64,
+        classes: i64,
+        precision: &Precision,
+        training: GateTraining,
+        opts: ComputeOptions,
+    ) -> Result<Self> {
+        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts)?;
+        let mut blocks = Vec::new();
+        for (path, in_ch, out_ch, stride) in block_layout(arch)? {
+            let at = sub_path(p, &path);
+            let basic = PreActBlock::new(&at / "basic_block", in_ch, out_ch, stride, precision, opts)?;
+            let fullbit = PreActBlock::sharing_convs(&at / "fullbit_block", &basic, in_ch, out_ch, stride, precision)?;
+            let gate = Gate::new(&at / "gate", out_ch, precision, opts)?;
+            blocks.push(DualPathBlock { basic, fullbit, gate });
+        }
+        Ok(DualPathResNet { stem_head, blocks, training, opts })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<DualPathForward> {
+        let mut x = self.stem_head.stem(x, self.opts)?;
+        let mut gates = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (out, decision) = block.forward(&x, train, self.training, self.opts)?;
+            x = out;
+            gates.push(decision);
+        }
+        Ok(DualPathForward { logits: self.stem_head.head(&x, train, self.opts)?, gates })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use camp_proto::spec::{JobSpec, Stage};
+    use tch::nn::VarStore;
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+    use crate::quant::WeightQuantizer;
+
+    fn sp_block(vs: &VarStore) -> DualPathBlock {
+        let spec = JobSpec { stage: Stage::Sp, ..JobSpec::default() };
+        let precision = Precision::for_spec(&spec).unwrap();
+        let net = DualPathResNet::new(&vs.root(), &spec.arch, 3, 10, &precision, GateTraining::StraightThrough, ComputeOptions::default())
+            .unwrap();
+        net.blocks.into_iter().nth(1).unwrap()
+    }
+
+    #[test]
+    fn the_1_bit_and_4_bit_convolutions_of_a_block_hold_one_parameter() {
+        let vs = VarStore::new(Device::Cpu);
+        let block = sp_block(&vs);
+        let variables = vs.variables();
+        assert!(variables.contains_key("layer1.1.basic_block.conv1.weight"));
+        assert!(!variables.keys().any(|k| k.contains("fullbit_block.conv")), "the fullbit convs have no variables of their own");
+        assert!(variables.contains_key("layer1.1.fullbit_block.bn.weight"), "their BNs are their own");
+        let shared = &variables["layer1.1.basic_block.conv1.weight"];
+        for conv in [&block.basic.conv1, &block.fullbit.conv1] {
+            assert_eq!(conv.weight.data_ptr(), shared.data_ptr());
+        }
+        assert_eq!(block.basic.conv1.quantizer, WeightQuantizer::Binary);
+        assert_eq!(block.fullbit.conv1.quantizer, WeightQuantizer::Dorefa { bits: 4 });
+
+        // A backward through both paths accumulates both paths' gradients into the one tensor.
+        tch::manual_seed(3);
+        let x = Tensor::randn([4, 16, 8, 8], (Kind::Float, Device::Cpu));
+        let opts = ComputeOptions::default();
+        let weight = |b: &PreActBlock| b.conv1.weight.shallow_clone();
+        let grad = |loss: Tensor| Tensor::run_backward(&[loss], &[&weight(&block.basic)], false, false).remove(0);
+        let basic_only = grad(block.basic.forward(&x, false, opts).unwrap().sum(Kind::Float));
+        let fullbit_only = grad(block.fullbit.forward(&x, false, opts).unwrap().sum(Kind::Float));
+        let both = grad(block.basic.forward(&x, false, opts).unwrap().sum(Kind::Float) + block.fullbit.forward(&x, false, opts).unwrap().sum(Kind::Float));
+        assert!(basic_only.abs().sum(Kind::Float).double_value(&[]) > 0.0 && fullbit_only.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(both.allclose(&(&basic_only + &fullbit_only), 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn the_gate_mixes_per_image_with_a_hard_mask() {
+        let vs = VarStore::new(Device::Cpu);
+        let block = sp_block(&vs);
+        tch::manual_seed(4);
+        let x = Tensor::randn([6, 16, 8, 8], (Kind::Float, Device::Cpu));
+        let opts = ComputeOptions::default();
+        let (out, decision) = block.forward(&x, true, GateTraining::StraightThrough, opts).unwrap();
+        let basic = block.basic.forward(&x, true, opts).unwrap();
+        let fullbit = block.fullbit.forward(&x, true, opts).unwrap();
+        let mask = Vec::<f32>::try_from(&decision.mask).unwrap();
+        for (i, m) in mask.iter().enumerate() {
+            assert!(*m == 0.0 || *m == 1.0, "mask {m}");
+            let want = if *m == 1.0 { fullbit.get(i as i64) } else { basic.get(i as i64) };
+            assert!(out.get(i as i64).allclose(&want, 1e-5, 1e-6, false), "image {i} takes the path its mask names");
+        }
+    }
+}
