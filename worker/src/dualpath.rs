@@ -92,10 +92,10 @@ impl DualPathBlock {
         let basic = self.basic.forward(x, train, opts)?;
         let decision = self.gate.decide(&basic, train, training, opts)?;
         let fullbit = self.fullbit.forward(x, train, opts)?;
-        // (1 - m) * basic + m * fullbit, per image, as basic + m * (fullbit - basic).
+        // (1 - m) * basic + m * fullbit per image: one lerp kernel.
         let n = decision.mask.size()[0];
         let mask = decision.mask.f_view([n, 1, 1, 1])?.f_to_kind(basic.kind())?;
-        let out = basic.f_addcmul(&mask, &fullbit.f_sub(&basic)?)?;
+        let out = basic.f_lerp_tensor(&fullbit, &mask)?;
         Ok((out, decision))
     }
 }

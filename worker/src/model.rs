@@ -83,8 +83,8 @@ impl Conv {
         Ok(Conv { weight, bias, stride, padding: kernel / 2, quantizer })
     }
 
-    /// A convolution at `p` computing with `other`'s float weight (one
-    /// parameter, its own quantisation).
+    /// A bias-free convolution at `p` computing with `other`'s float weight
+    /// (one parameter, its own quantisation).
     pub(crate) fn sharing(p: Path, other: &Conv, precision: &Precision) -> Result<Self> {
         Ok(Conv {
             weight: other.weight.shallow_clone(),

@@ -40,13 +40,10 @@ pub fn rl_loss(
         returns.reverse();
         Ok(())
     })?;
-    let mut loss: Option<Tensor> = None;
-    for (log_prob, ret) in log_probs.iter().zip(&returns) {
-        let term = log_prob.f_mul(ret)?.f_mean(Kind::Float)?.f_mul_scalar(-rl_weight)?;
-        loss = Some(match loss {
-            Some(sum) => sum.f_add(&term)?,
-            None => term,
-        });
-    }
-    Ok(loss.expect("at least one gate"))
+    let terms = log_probs
+        .iter()
+        .zip(&returns)
+        .map(|(log_prob, ret)| log_prob.f_mul(ret)?.f_mean(Kind::Float)?.f_mul_scalar(-rl_weight))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Tensor::f_stack(&terms, 0)?.f_sum(Kind::Float)?)
 }

@@ -61,7 +61,7 @@ fn raising_alpha_lowers_the_share_of_4_bit_routing() {
     let (_, qat_ckpt) = train(&qat, None);
     let (sp_summary, sp_ckpt) = train(&spec(Stage::Sp, 1, 0.05), Some(&qat_ckpt));
     // A short run needs a stronger REINFORCE signal than the reference's 0.01.
-    let shares: Vec<(f64, f64)> = [0.0, 0.5, 5.0]
+    let shares: Vec<(f64, f64)> = [0.0, 2.0, 8.0]
         .into_iter()
         .map(|alpha| {
             let rl = JobSpec { alpha, rl_weight: 1.0, ..spec(Stage::Rl, 1, 0.05) };
@@ -69,6 +69,7 @@ fn raising_alpha_lowers_the_share_of_4_bit_routing() {
         })
         .collect();
     println!("sp 4-bit share {:?}; rl alpha -> 4-bit share: {shares:?}", sp_summary.fullbit_share);
-    assert!(shares[2].1 < shares[0].1, "alpha {} routed {} to 4 bits, alpha {} {}", shares[2].0, shares[2].1, shares[0].0, shares[0].1);
-    assert!(shares[2].1 <= shares[1].1 && shares[1].1 <= shares[0].1, "not monotone: {shares:?}");
+    // A short run's shares are noisy by a few points: the trend must stand out of it.
+    assert!(shares[2].1 < shares[0].1 - 0.1, "alpha {} routed {} to 4 bits, alpha {} {}", shares[2].0, shares[2].1, shares[0].0, shares[0].1);
+    assert!(shares[2].1 <= shares[1].1 + 0.03 && shares[1].1 <= shares[0].1 + 0.03, "not decreasing: {shares:?}");
 }
