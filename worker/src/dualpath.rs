@@ -12,7 +12,7 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, PreActBlock, StemAndHead};
+use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, ConvShape, PreActBlock, StemAndHead};
 use crate::precision::Precision;
 use crate::quant::Activation;
 
@@ -46,10 +46,10 @@ struct Gate {
 impl Gate {
     fn new(p: Path, channels: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
         Ok(Gate {
-            conv1: Conv::new(&p / "conv1", channels, channels, 3, 2, false, precision, opts)?,
+            conv1: Conv::new(&p / "conv1", ConvShape::conv3x3(channels, channels, 2), precision, opts)?,
             bn: BatchNorm::new(&p / "bn", channels)?,
             relu: precision.activation(&p / "relu")?,
-            conv2: Conv::new(&p / "conv2", channels, 2, 1, 1, true, precision, opts)?,
+            conv2: Conv::new(&p / "conv2", ConvShape { in_ch: channels, out_ch: 2, kernel: 1, stride: 1, bias: true }, precision, opts)?,
         })
     }
 

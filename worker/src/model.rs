@@ -44,8 +44,24 @@ impl ComputeOptions {
     }
 }
 
-/// A convolution (no padding beyond `kernel / 2`) whose weight is quantised
-/// on each forward pass.
+/// A convolution's shape (padding `kernel / 2`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvShape {
+    pub(crate) in_ch: i64,
+    pub(crate) out_ch: i64,
+    pub(crate) kernel: i64,
+    pub(crate) stride: i64,
+    pub(crate) bias: bool,
+}
+
+impl ConvShape {
+    /// A bias-free 3x3 convolution.
+    pub(crate) fn conv3x3(in_ch: i64, out_ch: i64, stride: i64) -> Self {
+        ConvShape { in_ch, out_ch, kernel: 3, stride, bias: false }
+    }
+}
+
+/// A convolution whose weight is quantised on each forward pass.
 pub(crate) struct Conv {
     pub(crate) weight: Tensor,
     bias: Option<Tensor>,
@@ -57,16 +73,8 @@ pub(crate) struct Conv {
 impl Conv {
     /// Init (ref, every Conv2d): weight N(0, sqrt(2 / (k*k*out_channels))); a bias as
     /// PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub(crate) fn new(
-        p: Path,
-        in_ch: i64,
-        out_ch: i64,
-        kernel: i64,
-        stride: i64,
-        bias: bool,
-        precision: &Precision,
-        opts: ComputeOptions,
-    ) -> Result<Self> {
+    pub(crate) fn new(p: Path, shape: ConvShape, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+        let ConvShape { in_ch, out_ch, kernel, stride, bias } = shape;
         let quantizer = precision.weight_quantizer(&path_of(&p))?;
         let std = (2.0 / (kernel * kernel * out_ch) as f64).sqrt();
         let mut weight = p.f_var("weight", &[out_ch, in_ch, kernel, kernel], Init::Randn { mean: 0.0, stdev: std })?;
@@ -159,8 +167,8 @@ impl PreActBlock {
         precision: &Precision,
         opts: ComputeOptions,
     ) -> Result<Self> {
-        let conv1 = Conv::new(&p / "conv1", in_ch, out_ch, 3, stride, false, precision, opts)?;
-        let conv2 = Conv::new(&p / "conv2", out_ch, out_ch, 3, 1, false, precision, opts)?;
+        let conv1 = Conv::new(&p / "conv1", ConvShape::conv3x3(in_ch, out_ch, stride), precision, opts)?;
+        let conv2 = Conv::new(&p / "conv2", ConvShape::conv3x3(out_ch, out_ch, 1), precision, opts)?;
         Self::with_convs(p, in_ch, out_ch, stride, conv1, conv2, precision)
     }
 
@@ -228,7 +236,7 @@ pub(crate) struct StemAndHead {
 
 impl StemAndHead {
     pub(crate) fn new(p: &Path, in_channels: i64, classes: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
-        let conv1 = Conv::new(p / "conv1", in_channels, STAGE_WIDTHS[0], 3, 1, false, precision, opts)?;
+        let conv1 = Conv::new(p / "conv1", ConvShape::conv3x3(in_channels, STAGE_WIDTHS[0], 1), precision, opts)?;
         let width = STAGE_WIDTHS[2];
         // PyTorch's nn.Linear default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         let bound = 1.0 / (width as f64).sqrt();

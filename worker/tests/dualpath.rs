@@ -49,6 +49,7 @@ fn values(t: &Tensor) -> Vec<f64> {
 
 #[test]
 fn the_dual_path_models_weights_are_the_energy_models_layers_with_fullbit_sharing_basic() {
+    let _serial = serial(); // the global generator: model init, sampling
     let spec = stage_spec(Stage::Sp, 1);
     let (vs, _) = build(&spec);
     let variables = vs.variables();
@@ -69,6 +70,7 @@ fn the_dual_path_models_weights_are_the_energy_models_layers_with_fullbit_sharin
 
 #[test]
 fn sp_gates_are_hard_and_get_gradient_through_the_straight_through_estimator() {
+    let _serial = serial(); // the global generator: model init, sampling
     tch::manual_seed(7);
     let (vs, net) = build(&stage_spec(Stage::Sp, 1));
     let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu));
@@ -92,6 +94,7 @@ fn sp_gates_are_hard_and_get_gradient_through_the_straight_through_estimator() {
 
 #[test]
 fn rl_gates_sample_actions_in_training_and_decide_by_p_in_evaluation() {
+    let _serial = serial(); // the global generator: model init, sampling
     tch::manual_seed(8);
     let (_vs, net) = build(&stage_spec(Stage::Rl, 1));
     let x = Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu));

@@ -35,6 +35,7 @@ fn qat_spec(bits: u32, epochs: u32) -> JobSpec {
 
 #[test]
 fn the_models_conv_and_linear_shapes_are_the_energy_models_layers() {
+    let _serial = serial(); // the global generator: model init, sampling
     for arch_name in ["preact_resnet20_cifar", "preact_resnet32_cifar"] {
         for (dataset, in_ch, classes, hw) in [("cifar10", 3, 10, 32), ("fashion-mnist", 1, 10, 28)] {
             let spec = JobSpec { arch: arch_name.into(), dataset: dataset.into(), stage: Stage::Qat, ..JobSpec::default() };
