@@ -1013,48 +1013,8 @@ mod tests {
         }
     }
 
-    /// The keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
-    const FP4: &str = "
-quantizers:
-  pact_quantizer:
-    class: DorefaQuantizer
-    # act_clip_init_val: 8.0
-    bits_activations: 4
-    bits_weights: 4
-    bits_overrides:
-    # Don't quantize first and last layers
-      conv1:
-        wts: null
-        acts: null
-      layer1.0.pre_relu:
-        wts: null
-        acts: null
-      final_relu:
-        wts: null
-        acts: null
-      fc:
-        wts: null
-        acts: null
-
-lr_schedulers:
-  training_lr:
-    class: MultiStepMultiGammaLR
-    milestones: [80, 120, 160]
-    gammas: [0.1, 0.1, 0.2]
-
-policies:
-    - quantizer:
-        instance_name: pact_quantizer
-      starting_epoch: 0
-      ending_epoch: 200
-      frequency: 1
-
-    - lr_scheduler:
-        instance_name: training_lr
-      starting_epoch: 0
-      ending_epoch: 200
-      frequency: 1
-";
+    /// A schedule with the keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
+    const FP4: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
 
     const R20: [&str; 2] = ["-a", "preact_resnet20_cifar"];
 

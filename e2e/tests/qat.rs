@@ -6,43 +6,8 @@ use std::time::Duration;
 use camp_e2e::Cluster;
 use sqlx::PgPool;
 
-/// The keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
-const FP4_SCHEDULE: &str = "
-quantizers:
-  pact_quantizer:
-    class: DorefaQuantizer
-    bits_activations: 4
-    bits_weights: 4
-    bits_overrides:
-      conv1:
-        wts: null
-        acts: null
-      layer1.0.pre_relu:
-        wts: null
-        acts: null
-      final_relu:
-        wts: null
-        acts: null
-      fc:
-        wts: null
-        acts: null
-lr_schedulers:
-  training_lr:
-    class: MultiStepMultiGammaLR
-    milestones: [80, 120, 160]
-    gammas: [0.1, 0.1, 0.2]
-policies:
-  - quantizer:
-      instance_name: pact_quantizer
-    starting_epoch: 0
-    ending_epoch: 200
-    frequency: 1
-  - lr_scheduler:
-      instance_name: training_lr
-    starting_epoch: 0
-    ending_epoch: 191
-    frequency: 1
-";
+/// A schedule with the keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
+const FP4_SCHEDULE: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
 
 const SMALL: &[&str] = &[
     "-a", "preact_resnet20_cifar", "--dataset", "cifar10", "--epochs", "2", "-b", "64", "--lr", "0.05", "-p", "2",
