@@ -91,6 +91,10 @@ pub fn points(rows: &[ResultRow]) -> Vec<Point> {
         .collect()
 }
 
+/// Room a point label takes, in pixels, when labels are kept apart.
+const LABEL_WIDTH: i32 = 70;
+const LABEL_HEIGHT: i32 = 18;
+
 fn register_font() {
     static FONT_ONCE: Once = Once::new();
     FONT_ONCE.call_once(|| {
@@ -229,19 +233,30 @@ where
             .legend(|(x, y)| Circle::new((x + 10, y), 6, CAMP_COLOUR.filled()));
     }
     // Labels beside each point: fixed ones below-right (on the line's lower side),
-    // co-adaptive ones left (they sit above and left of the line).
-    chart
-        .draw_series(points.iter().map(|p| {
-            let (offset, style) = match p.series {
-                Series::Fixed => ((10, 4), label_style.pos(Pos::new(HPos::Left, VPos::Top))),
-                Series::CoAdaptive => (
-                    (-11, 0),
-                    label_style.pos(Pos::new(HPos::Right, VPos::Center)),
-                ),
-            };
-            EmptyElement::at((p.energy, p.top1)) + Text::new(p.label.clone(), offset, style)
-        }))
-        .map_err(fail)?;
+    // co-adaptive ones left (they sit above and left of the line). Points of a short
+    // run crowd together: a label that would overlap one already placed moves down
+    // a line and gets a leader to its point.
+    let mut ordered: Vec<&Point> = fixed.iter().chain(camp.iter()).copied().collect();
+    ordered[fixed.len()..].sort_by(|a, b| b.top1.total_cmp(&a.top1));
+    let mut placed: Vec<(i32, i32)> = Vec::new();
+    for p in ordered {
+        let (px, py) = chart.backend_coord(&(p.energy, p.top1));
+        let (dx, dy, style) = match p.series {
+            Series::Fixed => (10, 4, label_style.pos(Pos::new(HPos::Left, VPos::Top))),
+            Series::CoAdaptive => (-11, 0, label_style.pos(Pos::new(HPos::Right, VPos::Center))),
+        };
+        let x = px + dx;
+        let mut y = py + dy;
+        while placed.iter().any(|&(ox, oy)| (ox - x).abs() < LABEL_WIDTH && (oy - y).abs() < LABEL_HEIGHT) {
+            y += LABEL_HEIGHT;
+        }
+        placed.push((x, y));
+        if y != py + dy {
+            root.draw(&PathElement::new(vec![(px, py), (x, y)], RGBColor(150, 150, 150)))
+                .map_err(fail)?;
+        }
+        root.draw(&Text::new(p.label.clone(), (x, y), style)).map_err(fail)?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
