@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, ConvShape, PreActBlock, StemAndHead};
 use crate::precision::Precision;
 use crate::quant::Activation;
+use crate::weights::{WeightBank, WeightBankBuilder};
 
 /// How the gates decide in training (in evaluation both take `p > 0.5`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,24 +45,25 @@ struct Gate {
 }
 
 impl Gate {
-    fn new(p: Path, channels: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+    fn new(p: Path, channels: i64, precision: &Precision, opts: ComputeOptions, bank: &mut WeightBankBuilder) -> Result<Self> {
+        let conv2_shape = ConvShape { in_ch: channels, out_ch: 2, kernel: 1, stride: 1, bias: true };
         Ok(Gate {
-            conv1: Conv::new(&p / "conv1", ConvShape::conv3x3(channels, channels, 2), precision, opts)?,
+            conv1: Conv::new(&p / "conv1", ConvShape::conv3x3(channels, channels, 2), precision, opts, bank)?,
             bn: BatchNorm::new(&p / "bn", channels)?,
             relu: precision.activation(&p / "relu")?,
-            conv2: Conv::new(&p / "conv2", ConvShape { in_ch: channels, out_ch: 2, kernel: 1, stride: 1, bias: true }, precision, opts)?,
+            conv2: Conv::new(&p / "conv2", conv2_shape, precision, opts, bank)?,
         })
     }
 
     /// The two logits (N, 2), fp32.
-    fn logits(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
-        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(x, opts)?, train)?)?;
+    fn logits(&self, x: &Tensor, weights: &[Tensor], train: bool, opts: ComputeOptions) -> Result<Tensor> {
+        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(x, weights, opts)?, train)?)?;
         let pooled = hidden.f_adaptive_avg_pool2d([1, 1])?;
-        Ok(self.conv2.forward(&pooled, opts)?.f_flatten(1, -1)?.f_to_kind(Kind::Float)?)
+        Ok(self.conv2.forward(&pooled, weights, opts)?.f_flatten(1, -1)?.f_to_kind(Kind::Float)?)
     }
 
-    fn decide(&self, x: &Tensor, train: bool, training: GateTraining, opts: ComputeOptions) -> Result<GateDecision> {
-        let logits = self.logits(x, train, opts)?;
+    fn decide(&self, x: &Tensor, weights: &[Tensor], train: bool, training: GateTraining, opts: ComputeOptions) -> Result<GateDecision> {
+        let logits = self.logits(x, weights, train, opts)?;
         if train && training == GateTraining::Sampled {
             // a ~ Categorical(softmax) over two actions is a ~ Bernoulli(p).
             let log_probs = logits.f_log_softmax(1, Kind::Float)?;
@@ -88,10 +90,18 @@ struct DualPathBlock {
 }
 
 impl DualPathBlock {
-    fn forward(&self, x: &Tensor, train: bool, training: GateTraining, opts: ComputeOptions) -> Result<(Tensor, GateDecision)> {
-        let basic = self.basic.forward(x, train, opts)?;
-        let decision = self.gate.decide(&basic, train, training, opts)?;
-        let fullbit = self.fullbit.forward(x, train, opts)?;
+    /// The mixed output; `weights` are the bank's compute-ready weights.
+    fn forward(
+        &self,
+        x: &Tensor,
+        weights: &[Tensor],
+        train: bool,
+        training: GateTraining,
+        opts: ComputeOptions,
+    ) -> Result<(Tensor, GateDecision)> {
+        let basic = self.basic.forward(x, weights, train, opts)?;
+        let decision = self.gate.decide(&basic, weights, train, training, opts)?;
+        let fullbit = self.fullbit.forward(x, weights, train, opts)?;
         // (1 - m) * basic + m * fullbit per image: one lerp kernel.
         let n = decision.mask.size()[0];
         let mask = decision.mask.f_view([n, 1, 1, 1])?.f_to_kind(basic.kind())?;
@@ -103,6 +113,9 @@ impl DualPathBlock {
 pub struct DualPathResNet {
     stem_head: StemAndHead,
     blocks: Vec<DualPathBlock>,
+    /// Every conv weight, once per quantiser (a shared weight in the 1-bit and
+    /// the 4-bit group), quantised together at the start of each forward pass.
+    bank: WeightBank,
     training: GateTraining,
     opts: ComputeOptions,
 }
@@ -125,23 +138,25 @@ impl DualPathResNet {
         training: GateTraining,
         opts: ComputeOptions,
     ) -> Result<Self> {
-        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts)?;
+        let mut bank = WeightBankBuilder::new();
+        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts, &mut bank)?;
         let mut blocks = Vec::new();
         for (path, in_ch, out_ch, stride) in block_layout(arch)? {
             let at = sub_path(p, &path);
-            let basic = PreActBlock::new(&at / "basic_block", in_ch, out_ch, stride, precision, opts)?;
-            let fullbit = PreActBlock::sharing_convs(&at / "fullbit_block", &basic, in_ch, out_ch, stride, precision)?;
-            let gate = Gate::new(&at / "gate", out_ch, precision, opts)?;
+            let basic = PreActBlock::new(&at / "basic_block", in_ch, out_ch, stride, precision, opts, &mut bank)?;
+            let fullbit = PreActBlock::sharing_convs(&at / "fullbit_block", &basic, in_ch, out_ch, stride, precision, &mut bank)?;
+            let gate = Gate::new(&at / "gate", out_ch, precision, opts, &mut bank)?;
             blocks.push(DualPathBlock { basic, fullbit, gate });
         }
-        Ok(DualPathResNet { stem_head, blocks, training, opts })
+        Ok(DualPathResNet { stem_head, blocks, bank: bank.build()?, training, opts })
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<DualPathForward> {
-        let mut x = self.stem_head.stem(x, self.opts)?;
+        let weights = self.bank.quantize(self.opts)?;
+        let mut x = self.stem_head.stem(x, &weights, self.opts)?;
         let mut gates = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (out, decision) = block.forward(&x, train, self.training, self.opts)?;
+            let (out, decision) = block.forward(&x, &weights, train, self.training, self.opts)?;
             x = out;
             gates.push(decision);
         }
@@ -158,18 +173,18 @@ mod tests {
     use super::*;
     use crate::quant::WeightQuantizer;
 
-    fn sp_block(vs: &VarStore) -> DualPathBlock {
+    /// The sp network; its second block is `layer1.1`.
+    fn sp_net(vs: &VarStore) -> DualPathResNet {
         let spec = JobSpec { stage: Stage::Sp, ..JobSpec::default() };
         let precision = Precision::for_spec(&spec).unwrap();
-        let net = DualPathResNet::new(&vs.root(), &spec.arch, 3, 10, &precision, GateTraining::StraightThrough, ComputeOptions::default())
-            .unwrap();
-        net.blocks.into_iter().nth(1).unwrap()
+        DualPathResNet::new(&vs.root(), &spec.arch, 3, 10, &precision, GateTraining::StraightThrough, ComputeOptions::default()).unwrap()
     }
 
     #[test]
     fn the_1_bit_and_4_bit_convolutions_of_a_block_hold_one_parameter() {
         let vs = VarStore::new(Device::Cpu);
-        let block = sp_block(&vs);
+        let net = sp_net(&vs);
+        let block = &net.blocks[1];
         let variables = vs.variables();
         assert!(variables.contains_key("layer1.1.basic_block.conv1.weight"));
         assert!(!variables.keys().any(|k| k.contains("fullbit_block.conv")), "the fullbit convs have no variables of their own");
@@ -178,8 +193,8 @@ mod tests {
         for conv in [&block.basic.conv1, &block.fullbit.conv1] {
             assert_eq!(conv.weight.data_ptr(), shared.data_ptr());
         }
-        assert_eq!(block.basic.conv1.quantizer, WeightQuantizer::Binary);
-        assert_eq!(block.fullbit.conv1.quantizer, WeightQuantizer::Dorefa { bits: 4 });
+        assert_eq!(net.bank.quantizer(block.basic.conv1.slot), WeightQuantizer::Binary);
+        assert_eq!(net.bank.quantizer(block.fullbit.conv1.slot), WeightQuantizer::Dorefa { bits: 4 });
 
         // A backward through both paths accumulates both paths' gradients into the one tensor.
         tch::manual_seed(3);
@@ -187,9 +202,11 @@ mod tests {
         let opts = ComputeOptions::default();
         let weight = |b: &PreActBlock| b.conv1.weight.shallow_clone();
         let grad = |loss: Tensor| Tensor::run_backward(&[loss], &[&weight(&block.basic)], false, false).remove(0);
-        let basic_only = grad(block.basic.forward(&x, false, opts).unwrap().sum(Kind::Float));
-        let fullbit_only = grad(block.fullbit.forward(&x, false, opts).unwrap().sum(Kind::Float));
-        let both = grad(block.basic.forward(&x, false, opts).unwrap().sum(Kind::Float) + block.fullbit.forward(&x, false, opts).unwrap().sum(Kind::Float));
+        // Each backward frees its graph, the bank's quantisation included: a fresh one per pass.
+        let output = |b: &PreActBlock| b.forward(&x, &net.bank.quantize(opts).unwrap(), false, opts).unwrap().sum(Kind::Float);
+        let basic_only = grad(output(&block.basic));
+        let fullbit_only = grad(output(&block.fullbit));
+        let both = grad(output(&block.basic) + output(&block.fullbit));
         assert!(basic_only.abs().sum(Kind::Float).double_value(&[]) > 0.0 && fullbit_only.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         assert!(both.allclose(&(&basic_only + &fullbit_only), 1e-5, 1e-6, false));
     }
@@ -197,13 +214,15 @@ mod tests {
     #[test]
     fn the_gate_mixes_per_image_with_a_hard_mask() {
         let vs = VarStore::new(Device::Cpu);
-        let block = sp_block(&vs);
+        let net = sp_net(&vs);
+        let block = &net.blocks[1];
         tch::manual_seed(4);
         let x = Tensor::randn([6, 16, 8, 8], (Kind::Float, Device::Cpu));
         let opts = ComputeOptions::default();
-        let (out, decision) = block.forward(&x, true, GateTraining::StraightThrough, opts).unwrap();
-        let basic = block.basic.forward(&x, true, opts).unwrap();
-        let fullbit = block.fullbit.forward(&x, true, opts).unwrap();
+        let weights = net.bank.quantize(opts).unwrap();
+        let (out, decision) = block.forward(&x, &weights, true, GateTraining::StraightThrough, opts).unwrap();
+        let basic = block.basic.forward(&x, &weights, true, opts).unwrap();
+        let fullbit = block.fullbit.forward(&x, &weights, true, opts).unwrap();
         let mask = Vec::<f32>::try_from(&decision.mask).unwrap();
         for (i, m) in mask.iter().enumerate() {
             assert!(*m == 0.0 || *m == 1.0, "mask {m}");

@@ -17,5 +17,6 @@ pub mod quant;
 pub mod reinforce;
 mod rng;
 pub mod stage;
+pub mod weights;
 
 pub use error::EngineError;

@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use crate::error::{EngineError, Result};
 use crate::precision::Precision;
 use crate::quant::{Activation, WeightQuantizer};
+use crate::weights::{WeightBank, WeightBankBuilder};
 
 const STAGE_WIDTHS: [i64; 3] = [16, 32, 64];
 const BN_MOMENTUM: f64 = 0.1;
@@ -39,7 +40,7 @@ impl ComputeOptions {
         Ok(if self.bf16 { x.f_to_kind(Kind::BFloat16)? } else { x })
     }
 
-    fn compute_weight(self, w: Tensor) -> Result<Tensor> {
+    pub(crate) fn compute_weight(self, w: Tensor) -> Result<Tensor> {
         Ok(if self.bf16 { w.f_to_kind(Kind::BFloat16)? } else { w })
     }
 }
@@ -61,19 +62,21 @@ impl ConvShape {
     }
 }
 
-/// A convolution whose weight is quantised on each forward pass.
+/// A convolution whose weight is quantised on each forward pass, in the
+/// network's `WeightBank` at the conv's slot.
 pub(crate) struct Conv {
+    /// The float weight (the parameter).
     pub(crate) weight: Tensor,
+    pub(crate) slot: usize,
     bias: Option<Tensor>,
     stride: i64,
     padding: i64,
-    pub(crate) quantizer: WeightQuantizer,
 }
 
 impl Conv {
     /// Init (ref, every Conv2d): weight N(0, sqrt(2 / (k*k*out_channels))); a bias as
     /// PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub(crate) fn new(p: Path, shape: ConvShape, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
+    pub(crate) fn new(p: Path, shape: ConvShape, precision: &Precision, opts: ComputeOptions, bank: &mut WeightBankBuilder) -> Result<Self> {
         let ConvShape { in_ch, out_ch, kernel, stride, bias } = shape;
         let quantizer = precision.weight_quantizer(&path_of(&p))?;
         let std = (2.0 / (kernel * kernel * out_ch) as f64).sqrt();
@@ -88,29 +91,32 @@ impl Conv {
         } else {
             None
         };
-        Ok(Conv { weight, bias, stride, padding: kernel / 2, quantizer })
+        let slot = bank.add(&weight, quantizer)?;
+        Ok(Conv { weight, slot, bias, stride, padding: kernel / 2 })
     }
 
     /// A bias-free convolution at `p` computing with `other`'s float weight
     /// (one parameter, its own quantisation).
-    pub(crate) fn sharing(p: Path, other: &Conv, precision: &Precision) -> Result<Self> {
+    pub(crate) fn sharing(p: Path, other: &Conv, precision: &Precision, bank: &mut WeightBankBuilder) -> Result<Self> {
+        let quantizer = precision.weight_quantizer(&path_of(&p))?;
         Ok(Conv {
             weight: other.weight.shallow_clone(),
+            slot: bank.add(&other.weight, quantizer)?,
             bias: None,
             stride: other.stride,
             padding: other.padding,
-            quantizer: precision.weight_quantizer(&path_of(&p))?,
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, opts: ComputeOptions) -> Result<Tensor> {
-        let weight = opts.compute_weight(self.quantizer.quantize(&self.weight)?)?;
+    /// `x` convolved with this conv's entry of `weights` (the bank's compute-ready weights).
+    pub(crate) fn forward(&self, x: &Tensor, weights: &[Tensor], opts: ComputeOptions) -> Result<Tensor> {
+        let weight = &weights[self.slot];
         let bias = match &self.bias {
             Some(b) => Some(opts.compute_weight(b.shallow_clone())?),
             None => None,
         };
         let (s, p) = (self.stride, self.padding);
-        Ok(x.f_conv2d(&weight, bias.as_ref(), [s, s], [p, p], [1, 1], 1)?)
+        Ok(x.f_conv2d(weight, bias.as_ref(), [s, s], [p, p], [1, 1], 1)?)
     }
 }
 
@@ -166,17 +172,26 @@ impl PreActBlock {
         stride: i64,
         precision: &Precision,
         opts: ComputeOptions,
+        bank: &mut WeightBankBuilder,
     ) -> Result<Self> {
-        let conv1 = Conv::new(&p / "conv1", ConvShape::conv3x3(in_ch, out_ch, stride), precision, opts)?;
-        let conv2 = Conv::new(&p / "conv2", ConvShape::conv3x3(out_ch, out_ch, 1), precision, opts)?;
+        let conv1 = Conv::new(&p / "conv1", ConvShape::conv3x3(in_ch, out_ch, stride), precision, opts, bank)?;
+        let conv2 = Conv::new(&p / "conv2", ConvShape::conv3x3(out_ch, out_ch, 1), precision, opts, bank)?;
         Self::with_convs(p, in_ch, out_ch, stride, conv1, conv2, precision)
     }
 
     /// A block of `other`'s shape whose convolutions compute with `other`'s
     /// float weights; its BNs and activations are its own.
-    pub(crate) fn sharing_convs(p: Path, other: &PreActBlock, in_ch: i64, out_ch: i64, stride: i64, precision: &Precision) -> Result<Self> {
-        let conv1 = Conv::sharing(&p / "conv1", &other.conv1, precision)?;
-        let conv2 = Conv::sharing(&p / "conv2", &other.conv2, precision)?;
+    pub(crate) fn sharing_convs(
+        p: Path,
+        other: &PreActBlock,
+        in_ch: i64,
+        out_ch: i64,
+        stride: i64,
+        precision: &Precision,
+        bank: &mut WeightBankBuilder,
+    ) -> Result<Self> {
+        let conv1 = Conv::sharing(&p / "conv1", &other.conv1, precision, bank)?;
+        let conv2 = Conv::sharing(&p / "conv2", &other.conv2, precision, bank)?;
         Self::with_convs(p, in_ch, out_ch, stride, conv1, conv2, precision)
     }
 
@@ -193,10 +208,11 @@ impl PreActBlock {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, train: bool, opts: ComputeOptions) -> Result<Tensor> {
+    /// The block's output; `weights` are the bank's compute-ready weights.
+    pub(crate) fn forward(&self, x: &Tensor, weights: &[Tensor], train: bool, opts: ComputeOptions) -> Result<Tensor> {
         let pre = self.pre_relu.forward(&self.pre_bn.forward(x, train)?)?;
-        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(&pre, opts)?, train)?)?;
-        let out = self.conv2.forward(&hidden, opts)?;
+        let hidden = self.relu.forward(&self.bn.forward(&self.conv1.forward(&pre, weights, opts)?, train)?)?;
+        let out = self.conv2.forward(&hidden, weights, opts)?;
         let residual = match self.shortcut_channel_pad {
             None => x.shallow_clone(),
             // The reference's parameter-free "identity downsample": avgpool 2x2 of the
@@ -235,8 +251,15 @@ pub(crate) struct StemAndHead {
 }
 
 impl StemAndHead {
-    pub(crate) fn new(p: &Path, in_channels: i64, classes: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
-        let conv1 = Conv::new(p / "conv1", ConvShape::conv3x3(in_channels, STAGE_WIDTHS[0], 1), precision, opts)?;
+    pub(crate) fn new(
+        p: &Path,
+        in_channels: i64,
+        classes: i64,
+        precision: &Precision,
+        opts: ComputeOptions,
+        bank: &mut WeightBankBuilder,
+    ) -> Result<Self> {
+        let conv1 = Conv::new(p / "conv1", ConvShape::conv3x3(in_channels, STAGE_WIDTHS[0], 1), precision, opts, bank)?;
         let width = STAGE_WIDTHS[2];
         // PyTorch's nn.Linear default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         let bound = 1.0 / (width as f64).sqrt();
@@ -251,8 +274,8 @@ impl StemAndHead {
         })
     }
 
-    pub(crate) fn stem(&self, x: &Tensor, opts: ComputeOptions) -> Result<Tensor> {
-        self.conv1.forward(&opts.prepare_input(x)?, opts)
+    pub(crate) fn stem(&self, x: &Tensor, weights: &[Tensor], opts: ComputeOptions) -> Result<Tensor> {
+        self.conv1.forward(&opts.prepare_input(x)?, weights, opts)
     }
 
     /// Logits (fp32) of the last block's output.
@@ -267,6 +290,8 @@ impl StemAndHead {
 pub struct PreActResNet {
     stem_head: StemAndHead,
     blocks: Vec<PreActBlock>,
+    /// Every conv weight, quantised together at the start of each forward pass.
+    bank: WeightBank,
     opts: ComputeOptions,
 }
 
@@ -275,19 +300,21 @@ impl PreActResNet {
     /// of `precision`. Initialisation draws from libtorch's global generator:
     /// seed it first for a reproducible model.
     pub fn new(p: &Path, arch: &str, in_channels: i64, classes: i64, precision: &Precision, opts: ComputeOptions) -> Result<Self> {
-        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts)?;
+        let mut bank = WeightBankBuilder::new();
+        let stem_head = StemAndHead::new(p, in_channels, classes, precision, opts, &mut bank)?;
         let blocks = block_layout(arch)?
             .into_iter()
-            .map(|(path, in_ch, out_ch, stride)| PreActBlock::new(sub_path(p, &path), in_ch, out_ch, stride, precision, opts))
+            .map(|(path, in_ch, out_ch, stride)| PreActBlock::new(sub_path(p, &path), in_ch, out_ch, stride, precision, opts, &mut bank))
             .collect::<Result<Vec<_>>>()?;
-        Ok(PreActResNet { stem_head, blocks, opts })
+        Ok(PreActResNet { stem_head, blocks, bank: bank.build()?, opts })
     }
 
     /// Logits (fp32) for a normalised batch (N, C, H, W).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.stem_head.stem(x, self.opts)?;
+        let weights = self.bank.quantize(self.opts)?;
+        let mut x = self.stem_head.stem(x, &weights, self.opts)?;
         for block in &self.blocks {
-            x = block.forward(&x, train, self.opts)?;
+            x = block.forward(&x, &weights, train, self.opts)?;
         }
         self.stem_head.head(&x, train, self.opts)
     }

@@ -9,7 +9,7 @@
 
 use camp_proto::spec::ActQuant;
 use tch::nn::{Init, Path};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{EngineError, Result};
 
@@ -89,6 +89,60 @@ impl WeightQuantizer {
                 Ok(twice_u.f_fake_quantize_per_tensor_affine(2.0 / n as f64, 0, 0, n)?.f_add_scalar(-1.0)?)
             }
         }
+    }
+
+    /// `quantize` of every segment of `flat` (flattened weights one after
+    /// another), in one pass over all of them: the same values and gradients,
+    /// with the per-weight statistics (max |tanh w|, mean |w|) taken per segment.
+    pub fn quantize_segments(self, flat: &Tensor, segments: &Segments) -> Result<Tensor> {
+        match self {
+            WeightQuantizer::Full => Ok(flat.shallow_clone()),
+            WeightQuantizer::Binary => {
+                let delta = tch::no_grad(|| -> Result<Tensor> {
+                    let mean_abs = segments.reduce(&flat.f_abs()?, "mean")?;
+                    Ok(flat.f_sign()?.f_mul(&segments.expand(&mean_abs)?)?.f_sub(flat)?)
+                })?;
+                Ok(flat.f_add(&delta)?)
+            }
+            WeightQuantizer::Dorefa { bits } => {
+                let n = levels(bits);
+                let t = flat.f_tanh()?;
+                let max_abs = segments.reduce(&t.f_abs()?, "max")?;
+                let twice_u = t.f_div(&segments.expand(&max_abs)?)?.f_add_scalar(1.0)?;
+                Ok(twice_u.f_fake_quantize_per_tensor_affine(2.0 / n as f64, 0, 0, n)?.f_add_scalar(-1.0)?)
+            }
+        }
+    }
+}
+
+/// How a flat tensor divides into consecutive segments (one per weight), as
+/// device tensors made once so that a step only launches the kernels that use them.
+pub struct Segments {
+    /// Elements per segment (int64).
+    lengths: Tensor,
+    /// Each element's segment index (int64): spreads per-segment values over
+    /// the elements with one gather.
+    ids: Tensor,
+}
+
+impl Segments {
+    /// Segments of `lengths` elements each, on `device`.
+    pub fn new(lengths: &[i64], device: Device) -> Result<Self> {
+        let total: i64 = lengths.iter().sum();
+        let lengths = Tensor::f_from_slice(lengths)?.f_to_device(device)?;
+        let ids = Tensor::f_arange(lengths.size()[0], (Kind::Int64, device))?.f_repeat_interleave_self_tensor(&lengths, 0, total)?;
+        Ok(Segments { lengths, ids })
+    }
+
+    /// `reduce` ("max", "mean") of each segment of `flat`, differentiable. The
+    /// reduction starts from 0 (tch has no "none"): `flat` must not be negative.
+    fn reduce(&self, flat: &Tensor, reduce: &str) -> Result<Tensor> {
+        Ok(Tensor::f_segment_reduce(flat, reduce, Some(&self.lengths), None, None, 0, false, 0.0)?)
+    }
+
+    /// Each segment's value of `per_segment` repeated over its elements.
+    fn expand(&self, per_segment: &Tensor) -> Result<Tensor> {
+        Ok(per_segment.f_index_select(0, &self.ids)?)
     }
 }
 

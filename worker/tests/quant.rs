@@ -1,10 +1,16 @@
 //! The quantisers against hand-computed values (ALGORITHMS 3), and the fused
 //! implementations against a plain elementwise transcription of the spec's
-//! formulas (clamp, round, detach identity) in values and gradients.
+//! formulas (clamp, round, detach identity) in values and gradients; the
+//! weight bank's batched quantisation against the per-weight one.
+
+mod common;
 
 use camp_proto::spec::ActQuant;
+use camp_worker::model::ComputeOptions;
 use camp_worker::quant::{Activation, WeightQuantizer};
+use camp_worker::weights::WeightBankBuilder;
 use tch::nn::VarStore;
+use common::serial;
 use tch::{Device, Kind, Tensor};
 
 fn leaf(values: &[f64]) -> Tensor {
@@ -172,6 +178,7 @@ mod plain {
 
 #[test]
 fn fused_quantizers_equal_the_plain_formulas_on_random_tensors() {
+    let _serial = serial(); // the global generator
     tch::manual_seed(5);
     let upstream_w = Tensor::randn([64, 32, 3, 3], (Kind::Float, Device::Cpu));
     for bits in [1, 2, 3, 4, 8] {
@@ -203,4 +210,82 @@ fn fused_quantizers_equal_the_plain_formulas_on_random_tensors() {
         assert_close(&gf[0], &gp[0], 1e-6, &format!("{bits}-bit PACT input gradients"));
         assert_close(&gf[1], &gp[1], 1e-4, &format!("{bits}-bit PACT clip gradient"));
     }
+}
+
+/// A random conv weight of `kind`, laid out channels-last in memory where asked.
+fn conv_weight(shape: [i64; 4], kind: Kind, channels_last: bool) -> Tensor {
+    let w = Tensor::randn(shape, (kind, Device::Cpu)) * 0.3;
+    let w = if channels_last { w.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { w };
+    w.set_requires_grad(true)
+}
+
+#[test]
+fn the_weight_bank_quantizes_like_each_weight_on_its_own() {
+    let _serial = serial(); // the global generator
+    tch::manual_seed(6);
+    let shapes = [[8, 3, 3, 3], [16, 8, 3, 3], [2, 16, 1, 1], [16, 16, 3, 3]];
+    let quantizers = [weight(2), weight(4), weight(8), WeightQuantizer::Binary, WeightQuantizer::Full];
+    // The gradient of a weight's max |tanh w| element sums over the whole weight,
+    // in another order than the per-weight quantiser's, and in fp32 its rounding
+    // grows with the weight's size. fp64 shows the sums agree to 1e-6; fp32 (what
+    // training computes) is held to 1e-5 of each gradient's size plus one.
+    for (kind, gradient_tolerance) in [(Kind::Double, None), (Kind::Float, Some(1e-5))] {
+        for channels_last in [false, true] {
+            for quantizer in quantizers {
+                let what = format!("{kind:?} {quantizer:?}, channels-last {channels_last}");
+                let weights: Vec<Tensor> = shapes.iter().map(|&s| conv_weight(s, kind, channels_last)).collect();
+                let upstream: Vec<Tensor> = shapes.iter().map(|&s| Tensor::randn(s, (kind, Device::Cpu))).collect();
+                let mut builder = WeightBankBuilder::new();
+                let slots: Vec<usize> = weights.iter().map(|w| builder.add(w, quantizer).unwrap()).collect();
+                let bank = builder.build().unwrap();
+                let batched = bank.quantize(ComputeOptions { bf16: false, channels_last }).unwrap();
+                let single: Vec<Tensor> = weights.iter().map(|w| quantizer.quantize(w).unwrap()).collect();
+
+                let inputs: Vec<&Tensor> = weights.iter().collect();
+                let loss = |qs: Vec<&Tensor>| qs.iter().zip(&upstream).map(|(q, g)| (*q * g).sum(kind)).sum::<Tensor>();
+                let batched_grads = Tensor::run_backward(&[loss(slots.iter().map(|&s| &batched[s]).collect())], &inputs, false, false);
+                let single_grads = Tensor::run_backward(&[loss(single.iter().collect())], &inputs, false, false);
+                for (i, &slot) in slots.iter().enumerate() {
+                    let q = &batched[slot];
+                    assert_eq!(q.size(), weights[i].size(), "{what}: weight {i} shape");
+                    let memory_order = if channels_last { q.permute([0, 2, 3, 1]) } else { q.shallow_clone() };
+                    assert!(memory_order.is_contiguous(), "{what}: weight {i} keeps its memory layout");
+                    assert_close(&values(q), &values(&single[i]), 1e-6, &format!("{what}: weight {i} values"));
+                    let (got, want) = (values(&batched_grads[i]), values(&single_grads[i]));
+                    let gradients = format!("{what}: weight {i} gradients");
+                    match gradient_tolerance {
+                        None => assert_close(&got, &want, 1e-6, &gradients),
+                        Some(tolerance) => {
+                            let scaled = |v: &[f64]| v.iter().zip(&want).map(|(v, w)| v / (1.0 + w.abs())).collect::<Vec<_>>();
+                            assert_close(&scaled(&got), &scaled(&want), tolerance, &gradients);
+                        }
+                    }
+                }
+
+                // bf16: the group is cast once; the same as casting each quantised weight.
+                let bf16 = bank.quantize(ComputeOptions { bf16: true, channels_last }).unwrap();
+                for (i, &slot) in slots.iter().enumerate() {
+                    assert_eq!(bf16[slot].kind(), Kind::BFloat16);
+                    let want = values(&single[i].to_kind(Kind::BFloat16));
+                    assert_close(&values(&bf16[slot]), &want, 0.0, &format!("{what}: weight {i} bf16"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_weight_shared_under_one_quantizer_takes_one_slot() {
+    let _serial = serial(); // the global generator
+    let w = conv_weight([4, 4, 3, 3], Kind::Float, false);
+    let mut builder = WeightBankBuilder::new();
+    let binary = builder.add(&w, WeightQuantizer::Binary).unwrap();
+    let dorefa = builder.add(&w, weight(4)).unwrap();
+    assert_ne!(binary, dorefa, "one slot per quantiser");
+    assert_eq!(builder.add(&w.shallow_clone(), weight(4)).unwrap(), dorefa, "the same tensor again");
+    assert_ne!(builder.add(&conv_weight([4, 4, 3, 3], Kind::Float, false), weight(4)).unwrap(), dorefa, "another tensor");
+    assert!(builder.add(&Tensor::zeros([4, 4], (Kind::Float, Device::Cpu)), weight(4)).is_err(), "not a conv weight");
+    let bank = builder.build().unwrap();
+    assert_eq!(bank.quantizer(binary), WeightQuantizer::Binary);
+    assert_eq!(bank.quantizer(dorefa), weight(4));
 }

@@ -1,0 +1,132 @@
+//! The convolution weights of a network, quantised together once per forward
+//! pass. Quantised training on a GPU is bound by kernel launches (GPU.md):
+//! quantising each conv's weight on its own costs a handful of small kernels
+//! per conv, forward and backward. The bank concatenates all weights of one
+//! quantiser, quantises them in one pass (`WeightQuantizer::quantize_segments`)
+//! and hands each conv a view of its piece.
+
+use tch::Tensor;
+
+use crate::error::{EngineError, Result};
+use crate::model::ComputeOptions;
+use crate::quant::{Segments, WeightQuantizer};
+
+/// A conv weight (O, I, kh, kw) and its shape.
+struct ConvWeight {
+    tensor: Tensor,
+    shape: [i64; 4],
+}
+
+/// Collects the convolution weights while a network is built; `build` makes the bank.
+#[derive(Default)]
+pub struct WeightBankBuilder {
+    slots: Vec<(ConvWeight, WeightQuantizer)>,
+}
+
+impl WeightBankBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The slot of a conv weight (O, I, kh, kw) quantised by `quantizer`. A
+    /// weight already added with the same quantiser (one parameter shared by
+    /// two convs) gets its existing slot, so it is quantised once per step.
+    pub fn add(&mut self, weight: &Tensor, quantizer: WeightQuantizer) -> Result<usize> {
+        let shape = <[i64; 4]>::try_from(weight.size())
+            .map_err(|size| EngineError::Model(format!("the weight bank holds conv weights, not a tensor of shape {size:?}")))?;
+        let same = |(w, q): &(ConvWeight, WeightQuantizer)| *q == quantizer && w.tensor.data_ptr() == weight.data_ptr();
+        if let Some(slot) = self.slots.iter().position(same) {
+            return Ok(slot);
+        }
+        self.slots.push((ConvWeight { tensor: weight.shallow_clone(), shape }, quantizer));
+        Ok(self.slots.len() - 1)
+    }
+
+    /// The bank, its per-group constants made on the weights' device.
+    pub fn build(self) -> Result<WeightBank> {
+        // Groups in the order their quantiser first appears.
+        let mut members: Vec<(WeightQuantizer, Vec<ConvWeight>)> = Vec::new();
+        let mut places = Vec::with_capacity(self.slots.len());
+        for (weight, quantizer) in self.slots {
+            let group = match members.iter().position(|(q, _)| *q == quantizer) {
+                Some(group) => group,
+                None => {
+                    members.push((quantizer, Vec::new()));
+                    members.len() - 1
+                }
+            };
+            places.push((group, members[group].1.len()));
+            members[group].1.push(weight);
+        }
+        let groups = members.into_iter().map(|(quantizer, weights)| QuantGroup::new(quantizer, weights)).collect::<Result<_>>()?;
+        Ok(WeightBank { places, groups })
+    }
+}
+
+/// Every conv weight of a network by slot, grouped by quantiser.
+pub struct WeightBank {
+    /// Each slot's (group, index in the group).
+    places: Vec<(usize, usize)>,
+    groups: Vec<QuantGroup>,
+}
+
+impl WeightBank {
+    /// The compute-ready weight of every slot (quantised, cast to bf16 where
+    /// `opts` says), differentiable back to the float weights.
+    pub fn quantize(&self, opts: ComputeOptions) -> Result<Vec<Tensor>> {
+        let per_group = self.groups.iter().map(|g| g.quantize(opts)).collect::<Result<Vec<_>>>()?;
+        Ok(self.places.iter().map(|&(g, i)| per_group[g][i].shallow_clone()).collect())
+    }
+
+    /// The quantiser of a slot.
+    pub fn quantizer(&self, slot: usize) -> WeightQuantizer {
+        self.groups[self.places[slot].0].quantizer
+    }
+}
+
+/// The weights of one quantiser.
+struct QuantGroup {
+    quantizer: WeightQuantizer,
+    weights: Vec<ConvWeight>,
+    /// Elements per weight.
+    sizes: Vec<i64>,
+    /// `sizes` on the weights' device.
+    segments: Segments,
+}
+
+impl QuantGroup {
+    /// A group of at least one weight.
+    fn new(quantizer: WeightQuantizer, weights: Vec<ConvWeight>) -> Result<Self> {
+        let sizes: Vec<i64> = weights.iter().map(|w| w.shape.iter().product()).collect();
+        let segments = Segments::new(&sizes, weights[0].tensor.device())?;
+        Ok(QuantGroup { quantizer, weights, sizes, segments })
+    }
+
+    fn quantize(&self, opts: ComputeOptions) -> Result<Vec<Tensor>> {
+        if self.quantizer == WeightQuantizer::Full && !opts.bf16 {
+            return Ok(self.weights.iter().map(|w| w.tensor.shallow_clone()).collect());
+        }
+        let flat = self.weights.iter().map(|w| flatten(&w.tensor, opts.channels_last)).collect::<Result<Vec<_>>>()?;
+        let flat = Tensor::f_cat(&flat, 0)?;
+        // One cast for the whole group rather than one per conv.
+        let quantized = opts.compute_weight(self.quantizer.quantize_segments(&flat, &self.segments)?)?;
+        quantized
+            .f_split_with_sizes(&self.sizes, 0)?
+            .iter()
+            .zip(&self.weights)
+            .map(|(piece, w)| unflatten(piece, w.shape, opts.channels_last))
+            .collect()
+    }
+}
+
+/// A weight as one dimension in its memory order, so that it is a view: a
+/// channels-last weight (O, I, kh, kw) is contiguous as (O, kh, kw, I).
+fn flatten(weight: &Tensor, channels_last: bool) -> Result<Tensor> {
+    let ordered = if channels_last { weight.f_permute([0, 2, 3, 1])? } else { weight.shallow_clone() };
+    Ok(ordered.f_reshape([-1])?)
+}
+
+/// The inverse of `flatten`: a view of `flat` in the weight's shape and layout.
+fn unflatten(flat: &Tensor, [o, i, kh, kw]: [i64; 4], channels_last: bool) -> Result<Tensor> {
+    Ok(if channels_last { flat.f_view([o, kh, kw, i])?.f_permute([0, 3, 1, 2])? } else { flat.f_view([o, i, kh, kw])? })
+}
