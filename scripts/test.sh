@@ -10,6 +10,9 @@ ensure_postgres
 ensure_fashion_mnist
 echo "libtorch: $LIBTORCH" >&2
 echo "database: $DATABASE_URL" >&2
+# Tests run two at a time on two cores, each libtorch with one thread (the tests
+# set it): OpenMP threads must not spin-wait for cores that other tests hold.
+export OMP_WAIT_POLICY=PASSIVE
 # The system tests start the binaries as processes: build them first.
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then

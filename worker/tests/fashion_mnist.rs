@@ -64,7 +64,6 @@ fn train(spec: &JobSpec) -> Summary {
 #[test]
 fn real_fashion_mnist_subset_is_learned_in_full_precision_and_quantised() {
     let _serial = serial();
-    tch::set_num_threads(2);
     let fp32 = train(&real_spec(Stage::Baseline, None));
     let four = train(&real_spec(Stage::Qat, Some(4)));
     let one = train(&real_spec(Stage::Qat, Some(1)));

@@ -52,7 +52,6 @@ fn train(spec: &JobSpec, init: Option<&[u8]>) -> (Summary, Vec<u8>) {
 #[test]
 fn raising_alpha_lowers_the_share_of_4_bit_routing() {
     let _serial = serial();
-    tch::set_num_threads(2);
     assert!(
         data::available_datasets(Path::new(DEBIAN_DATA_DIR)).contains(&"fashion-mnist".to_string()),
         "the real Fashion-MNIST is missing from {DEBIAN_DATA_DIR}/fashion-mnist: install the Debian package dataset-fashion-mnist"
