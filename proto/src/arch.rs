@@ -98,7 +98,7 @@ pub fn blocks(arch: &str, input_hw: usize) -> Result<Vec<BlockShape>, SpecError>
     Ok(out)
 }
 
-fn conv(path: String, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, out_hw: usize, role: Role, block: Option<usize>, path_kind: PathKind) -> Layer {
+fn conv(path: String, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, out_hw: usize) -> Layer {
     Layer {
         path,
         kind: LayerKind::Conv,
@@ -109,16 +109,22 @@ fn conv(path: String, in_ch: usize, out_ch: usize, kernel: usize, stride: usize,
         out_h: out_hw,
         out_w: out_hw,
         macs: (out_ch * in_ch * kernel * kernel * out_hw * out_hw) as u64,
-        role,
-        block,
-        path_kind,
+        role: Role::Block,
+        block: None,
+        path_kind: PathKind::Plain,
+    }
+}
+
+impl Layer {
+    fn placed(self, role: Role, block: Option<usize>, path_kind: PathKind) -> Layer {
+        Layer { role, block, path_kind, ..self }
     }
 }
 
 /// Every convolution and linear layer of `arch` (its dual-path variant with
 /// `dual_path`), in forward order.
 pub fn layers(arch: &str, dual_path: bool, in_channels: usize, classes: usize, input_hw: usize) -> Result<Vec<Layer>, SpecError> {
-    let mut out = vec![conv("conv1".into(), in_channels, STAGE_WIDTHS[0], 3, 1, input_hw, Role::Stem, None, PathKind::Plain)];
+    let mut out = vec![conv("conv1".into(), in_channels, STAGE_WIDTHS[0], 3, 1, input_hw).placed(Role::Stem, None, PathKind::Plain)];
     for (b, block) in blocks(arch, input_hw)?.into_iter().enumerate() {
         let paths: &[(&str, PathKind)] = if dual_path {
             &[("basic_block.", PathKind::Basic), ("fullbit_block.", PathKind::Fullbit)]
@@ -127,15 +133,15 @@ pub fn layers(arch: &str, dual_path: bool, in_channels: usize, classes: usize, i
         };
         for &(sub, kind) in paths {
             let p = format!("{}.{sub}", block.prefix);
-            out.push(conv(format!("{p}conv1"), block.in_ch, block.out_ch, 3, block.stride, block.out_hw, Role::Block, Some(b), kind));
-            out.push(conv(format!("{p}conv2"), block.out_ch, block.out_ch, 3, 1, block.out_hw, Role::Block, Some(b), kind));
+            out.push(conv(format!("{p}conv1"), block.in_ch, block.out_ch, 3, block.stride, block.out_hw).placed(Role::Block, Some(b), kind));
+            out.push(conv(format!("{p}conv2"), block.out_ch, block.out_ch, 3, 1, block.out_hw).placed(Role::Block, Some(b), kind));
         }
         if dual_path {
             // FFGate-II on the block's output: conv3x3 stride 2, BN, ReLU, pool, 1x1 conv to 2 logits.
             let c = block.out_ch;
             let g = format!("{}.gate.", block.prefix);
-            out.push(conv(format!("{g}conv1"), c, c, 3, 2, conv3x3_out(block.out_hw, 2), Role::Gate, Some(b), PathKind::Gate));
-            out.push(conv(format!("{g}conv2"), c, 2, 1, 1, 1, Role::Gate, Some(b), PathKind::Gate));
+            out.push(conv(format!("{g}conv1"), c, c, 3, 2, conv3x3_out(block.out_hw, 2)).placed(Role::Gate, Some(b), PathKind::Gate));
+            out.push(conv(format!("{g}conv2"), c, 2, 1, 1, 1).placed(Role::Gate, Some(b), PathKind::Gate));
         }
     }
     let last = *STAGE_WIDTHS.last().expect("three stages");
@@ -185,6 +191,27 @@ mod tests {
         assert_eq!(layers[0].macs, 442_368);
         assert_eq!(layers.last().unwrap().macs, 640);
         assert_eq!(layers.len(), 1 + 18 + 1);
+    }
+
+    /// MACs of `preact_resnet{6n+2}_cifar` on 32x32x3 images, by hand: per stage,
+    /// 2n 3x3 convolutions, the first of stages 2 and 3 halving the side and
+    /// doubling the width.
+    fn macs_by_hand(n: u64) -> u64 {
+        let conv = |out: u64, inp: u64, side: u64| out * inp * 9 * side * side;
+        let stem = conv(16, 3, 32);
+        let stage1 = 2 * n * conv(16, 16, 32);
+        let stage2 = conv(32, 16, 16) + (2 * n - 1) * conv(32, 32, 16);
+        let stage3 = conv(64, 32, 8) + (2 * n - 1) * conv(64, 64, 8);
+        stem + stage1 + stage2 + stage3 + 64 * 10
+    }
+
+    #[test]
+    fn macs_of_resnet20_and_44_equal_a_count_by_hand() {
+        for (arch, n) in [("preact_resnet20_cifar", 3), ("preact_resnet44_cifar", 7)] {
+            let total: u64 = layers(arch, false, 3, 10, 32).unwrap().iter().map(|l| l.macs).sum();
+            assert_eq!(total, macs_by_hand(n), "{arch}");
+        }
+        assert_eq!(macs_by_hand(3), 40_551_040);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod spec;
 
 /// Generated from `proto/camp/v1/*.proto`.
+#[allow(clippy::large_enum_variant)] // prost's oneof enums, as generated
 pub mod v1 {
     tonic::include_proto!("camp.v1");
 }

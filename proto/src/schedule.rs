@@ -244,7 +244,7 @@ fn parse_scheduler(s: &Value, at: &str) -> Result<Vec<LrStep>, ScheduleError> {
         .iter()
         .zip(gammas)
         .map(|(&e, gamma)| {
-            if e < 1.0 || e.fract() != 0.0 || !(gamma > 0.0) {
+            if e < 1.0 || e.fract() != 0.0 || gamma.is_nan() || gamma <= 0.0 {
                 Err(err(format!("{at}.milestones"), format!("milestone {e} with gamma {gamma}: need whole epochs >= 1 and gamma > 0")))
             } else {
                 Ok(LrStep { epoch: e as u32, gamma })

@@ -115,7 +115,8 @@ async fn wait_state(h: &mut Harness, id: i64, want: JobState) -> v1::Job {
 #[sqlx::test(migrations = false)]
 async fn each_invalid_spec_field_is_refused_by_name_and_nothing_is_stored(pool: PgPool) {
     let mut h = start(pool, quick()).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut v1::JobSpec)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut v1::JobSpec)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("arch", Box::new(|s| s.arch = "resnet_unknown".into())),
         ("dataset", Box::new(|s| s.dataset = "mnist-not".into())),
         ("lr", Box::new(|s| s.lr = -0.1)),

@@ -306,7 +306,7 @@ async fn heartbeat_loop(mut client: Client, worker_id: String, job: v1::RunningJ
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        match client.heartbeat(v1::HeartbeatRequest { worker_id: worker_id.clone(), jobs: vec![job.clone()] }).await {
+        match client.heartbeat(v1::HeartbeatRequest { worker_id: worker_id.clone(), jobs: vec![job] }).await {
             Ok(r) => {
                 let r = r.into_inner();
                 if r.lost.contains(&job.job_id) {

@@ -4,7 +4,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use camp_proto::spec::{JobSpec, LrStep};
-use camp_worker::stage::{CheckpointBlob, Control, Observer};
+use camp_worker::data;
+use camp_worker::stage::{CheckpointBlob, Control, Observer, StageOutcome, Summary};
 
 /// Model initialisation draws from libtorch's global generator: tests that
 /// seed it and build models must not interleave.
@@ -71,5 +72,20 @@ impl Observer for Recorder {
             Some((poll, control)) if poll == self.polls => control,
             _ => Control::Continue,
         }
+    }
+}
+
+/// A temporary data folder with a small generated Fashion-MNIST (gzip IDX files).
+pub fn fashion_dir(n_train: usize, n_test: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    data::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
+    dir
+}
+
+/// The summary of a run that must have completed.
+pub fn completed(outcome: StageOutcome) -> Summary {
+    match outcome {
+        StageOutcome::Completed(summary) => summary,
+        _ => panic!("the run did not complete"),
     }
 }

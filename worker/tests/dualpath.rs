@@ -9,29 +9,15 @@ use std::collections::BTreeMap;
 use camp_proto::arch::{self, PathKind, Role};
 use camp_proto::spec::{JobSpec, Stage};
 use camp_worker::checkpoint;
-use camp_worker::data;
 use camp_worker::model::ComputeOptions;
 use camp_worker::network::Network;
 use camp_worker::optim::Sgd;
 use camp_worker::precision::Precision;
 use camp_worker::reinforce::rl_loss;
-use camp_worker::stage::{run_stage, Control, StageOutcome, Summary};
-use common::{serial, tiny_spec, Recorder};
+use camp_worker::stage::{run_stage, Control, StageOutcome};
+use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
-
-fn fashion_dir(n_train: usize, n_test: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    data::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
-    dir
-}
-
-fn completed(outcome: StageOutcome) -> Summary {
-    match outcome {
-        StageOutcome::Completed(summary) => summary,
-        _ => panic!("the run did not complete"),
-    }
-}
 
 fn stage_spec(stage: Stage, epochs: u32) -> JobSpec {
     JobSpec { stage, ..tiny_spec(epochs) }

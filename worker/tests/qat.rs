@@ -11,23 +11,10 @@ use camp_worker::data::{self, Dataset};
 use camp_worker::model::ComputeOptions;
 use camp_worker::network::Network;
 use camp_worker::precision::Precision;
-use camp_worker::stage::{run_stage, StageOutcome, Summary};
-use common::{serial, tiny_spec, Recorder};
+use camp_worker::stage::run_stage;
+use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
-
-fn fashion_dir(n_train: usize, n_test: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    data::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
-    dir
-}
-
-fn completed(outcome: StageOutcome) -> Summary {
-    match outcome {
-        StageOutcome::Completed(summary) => summary,
-        _ => panic!("the run did not complete"),
-    }
-}
 
 fn qat_spec(bits: u32, epochs: u32) -> JobSpec {
     JobSpec { stage: Stage::Qat, bits_weights: Some(bits), bits_activations: Some(bits), ..tiny_spec(epochs) }

@@ -7,23 +7,9 @@ use std::collections::BTreeMap;
 
 use camp_proto::spec::LrStep;
 use camp_worker::checkpoint::{self, MOMENTUM_PREFIX};
-use camp_worker::data;
-use camp_worker::stage::{run_stage, Control, StageOutcome, Summary};
-use common::{serial, tiny_spec, Recorder};
+use camp_worker::stage::{run_stage, Control, StageOutcome};
+use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
 use tch::{Device, Tensor};
-
-fn fashion_dir(n_train: usize, n_test: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    data::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
-    dir
-}
-
-fn completed(outcome: StageOutcome) -> Summary {
-    match outcome {
-        StageOutcome::Completed(summary) => summary,
-        _ => panic!("the run did not complete"),
-    }
-}
 
 /// Every tensor of a checkpoint, as raw bytes, by name.
 fn tensors_of(bytes: &[u8]) -> BTreeMap<String, Tensor> {
