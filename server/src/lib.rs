@@ -12,6 +12,7 @@ use std::time::Duration;
 use camp_proto::v1::job_service_server::JobServiceServer;
 use camp_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
+use futures::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::jobs::JobApi;
@@ -53,10 +54,16 @@ pub async fn serve(
     let workers = WorkerServiceServer::new(WorkerApi::new(store, auth, settings.lease, settings.retention))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Small replies (claims, acks) must not wait for Nagle's algorithm.
+    let incoming = TcpListenerStream::new(listener).inspect(|conn| {
+        if let Ok(stream) = conn {
+            let _ = stream.set_nodelay(true);
+        }
+    });
     let result = tonic::transport::Server::builder()
         .add_service(jobs)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reaper.abort();
     result

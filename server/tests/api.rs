@@ -151,7 +151,7 @@ async fn each_invalid_spec_field_is_refused_by_name_and_nothing_is_stored(pool: 
 }
 
 #[sqlx::test(migrations = false)]
-async fn an_idle_long_poll_gets_a_submission_within_100ms(pool: PgPool) {
+async fn an_idle_long_poll_is_woken_by_a_submission(pool: PgPool) {
     let mut h = start(pool, quick()).await;
     let worker = register(&mut h, "w1", "cpu", &["cifar10"]).await;
     let mut workers = h.workers.clone();
@@ -167,7 +167,9 @@ async fn an_idle_long_poll_gets_a_submission_within_100ms(pool: PgPool) {
     let latency = claimed_at.duration_since(submitting);
     let a = assignment.expect("the waiting worker gets the job");
     assert_eq!((a.job_id, a.attempt), (job.id, 1));
-    assert!(latency < Duration::from_millis(100), "claim answered {latency:?} after the submission");
+    // A figure to read, not a timing to race: the bound only tells a NOTIFY wake-up
+    // (milliseconds) from the 5 s safety re-check.
+    assert!(latency < Duration::from_secs(2), "claim answered {latency:?} after the submission: no wake-up");
     println!("submission -> claim latency: {latency:?}");
 }
 
