@@ -25,14 +25,10 @@ pub fn read_spec(path: &Path) -> Result<JobSpec> {
 
 /// Trains the spec at `spec_path` on `device`, writing `latest.safetensors`,
 /// `best.safetensors` and at the end `summary.json` into `out_dir`. With
-/// `resume`, continues from `out_dir/latest.safetensors` where it exists.
-pub fn run_local(spec_path: &Path, data_dir: &Path, device: Device, out_dir: &Path, resume: bool) -> Result<StageOutcome> {
-    run_local_from(spec_path, data_dir, device, out_dir, resume, None)
-}
-
-/// `run_local`, starting from the weights of the checkpoint file `init` (for
-/// example the `best.safetensors` of a qat run for an sp run).
-pub fn run_local_from(
+/// `resume`, continues from `out_dir/latest.safetensors` where it exists; with
+/// `init`, starts from the weights of that checkpoint file (for example the
+/// `best.safetensors` of a qat run for an sp run).
+pub fn run_local(
     spec_path: &Path,
     data_dir: &Path,
     device: Device,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use camp_worker::bench::{run_bench, BenchConfig};
 use camp_worker::daemon::{self, DaemonConfig};
 use camp_worker::device::parse_device;
-use camp_worker::local::run_local_from;
+use camp_worker::local::run_local;
 use camp_worker::stage::StageOutcome;
 use clap::{Parser, Subcommand};
 
@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run { spec, out, resume, init }) => {
-            match run_local_from(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
+            match run_local(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
                 StageOutcome::Completed(_) => Ok(()),
                 _ => anyhow::bail!("run stopped before the end"),
             }
