@@ -443,6 +443,9 @@ pub struct QatArgs {
     /// Activation quantiser [default: dorefa].
     #[arg(long, value_enum)]
     pub act_quant: Option<ActQuantArg>,
+    /// Weight decay of PACT's learned clips [default: --weight-decay].
+    #[arg(long, value_name = "WD")]
+    pub pact_weight_decay: Option<f64>,
     /// Start from this job's best checkpoint (it waits for the job to succeed).
     #[arg(long, value_name = "JOB", value_parser = job_id)]
     pub init_from: Option<i64>,
@@ -494,6 +497,9 @@ impl SubmitStage {
                 args.bits.apply(spec);
                 if let Some(act_quant) = args.act_quant {
                     spec.act_quant = act_quant.into();
+                }
+                if args.pact_weight_decay.is_some() {
+                    spec.pact_weight_decay = args.pact_weight_decay;
                 }
                 spec.init_from = args.init_from.unwrap_or(0);
             }),
@@ -661,6 +667,7 @@ pub fn spec_error_with_flag(err: SpecError) -> UsageError {
         "bits_weights" => "--bits-weights",
         "bits_activations" => "--bits-activations",
         "act_quant" => "--act-quant",
+        "pact_weight_decay" => "--pact-weight-decay",
         "bits_overrides" => "--bits-override",
         "energy_table" => "--energy-table",
         "rl_weight" => "--rl-weight",

@@ -30,6 +30,7 @@ pub struct QuantizerSettings {
     pub bits_weights: Option<u32>,
     pub bits_activations: Option<u32>,
     pub bits_overrides: Vec<BitsOverride>,
+    pub pact_weight_decay: Option<f64>,
 }
 
 impl CompressSchedule {
@@ -40,6 +41,9 @@ impl CompressSchedule {
             spec.bits_weights = q.bits_weights;
             spec.bits_activations = q.bits_activations;
             spec.bits_overrides = q.bits_overrides.clone();
+            if q.pact_weight_decay.is_some() {
+                spec.pact_weight_decay = q.pact_weight_decay;
+            }
         }
         if let Some(lr) = &self.lr_schedule {
             spec.lr_schedule = lr.clone();
@@ -166,7 +170,13 @@ pub fn parse(yaml: &str, epochs: u32) -> Result<CompressSchedule, ScheduleError>
 }
 
 fn parse_quantizer(q: &Value, at: &str) -> Result<QuantizerSettings, ScheduleError> {
-    let mut settings = QuantizerSettings { act_quant: ActQuant::Dorefa, bits_weights: None, bits_activations: None, bits_overrides: Vec::new() };
+    let mut settings = QuantizerSettings {
+        act_quant: ActQuant::Dorefa,
+        bits_weights: None,
+        bits_activations: None,
+        bits_overrides: Vec::new(),
+        pact_weight_decay: None,
+    };
     let mut class = None;
     for (k, v) in as_map(q, at)? {
         let key = key_str(k, at)?;
@@ -181,6 +191,13 @@ fn parse_quantizer(q: &Value, at: &str) -> Result<QuantizerSettings, ScheduleErr
                     return Err(err(here, "only the reference's 8.0 is supported"));
                 }
             }
+            "act_clip_decay" => match v {
+                Value::Null => {}
+                v => match v.as_f64() {
+                    Some(wd) if wd >= 0.0 => settings.pact_weight_decay = Some(wd),
+                    _ => return Err(err(here, "expected a weight decay >= 0 or null")),
+                },
+            },
             "bits_overrides" => {
                 for (pattern, o) in as_map(v, &here)? {
                     let pattern = key_str(pattern, &here)?;
@@ -283,6 +300,14 @@ mod tests {
         assert_eq!(key(&FP4.replace("ending_epoch: 200", "ending_epoch: 100")), "policies[0].ending_epoch");
         assert_eq!(key(&FP4.replace("gammas: [0.1, 0.1, 0.2]", "gammas: [0.1]")), "lr_schedulers.training_lr.gammas");
         assert_eq!(key(&FP4.replace("fc: {wts: null, acts: null}", "fc: {wts: null, bias: 3}")), "quantizers.pact_quantizer.bits_overrides.fc.bias");
+    }
+
+    #[test]
+    fn a_pact_schedule_sets_the_clips_own_decay() {
+        let pact = FP4.replace("class: DorefaQuantizer", "class: PACTQuantizer\n    act_clip_decay: 0.001");
+        let mut spec = JobSpec { stage: Stage::Qat, ..JobSpec::default() };
+        parse(&pact, 200).unwrap().apply(&mut spec);
+        assert_eq!((spec.act_quant, spec.pact_weight_decay), (ActQuant::Pact, Some(0.001)));
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct JobSpec {
     pub rl_weight: f64,
     /// Start from this job's best checkpoint (0 = from scratch).
     pub init_from: i64,
+    /// PACT's learned clips decay at this rate (None: `weight_decay`, as the
+    /// reference's `act_clip_decay` unset).
+    pub pact_weight_decay: Option<f64>,
 }
 
 impl Default for JobSpec {
@@ -233,6 +236,7 @@ impl Default for JobSpec {
             gamma: 1.0,
             rl_weight: 0.01,
             init_from: 0,
+            pact_weight_decay: None,
         }
     }
 }
@@ -347,6 +351,11 @@ impl JobSpec {
         if !self.rl_weight.is_finite() || self.rl_weight < 0.0 {
             return Err(invalid("rl_weight", format!("must be >= 0, got {}", self.rl_weight)));
         }
+        if let Some(wd) = self.pact_weight_decay {
+            if !(wd.is_finite() && wd >= 0.0) {
+                return Err(invalid("pact_weight_decay", format!("must be >= 0, got {wd}")));
+            }
+        }
         if self.init_from < 0 {
             return Err(invalid("init_from", format!("must be a job id, got {}", self.init_from)));
         }
@@ -424,6 +433,7 @@ impl JobSpec {
             gamma: p.gamma.unwrap_or(defaults.gamma),
             rl_weight: p.rl_weight.unwrap_or(defaults.rl_weight),
             init_from: p.init_from,
+            pact_weight_decay: p.pact_weight_decay,
         };
         spec.validate()?;
         Ok(spec)
@@ -460,6 +470,7 @@ impl JobSpec {
             gamma: Some(self.gamma),
             rl_weight: Some(self.rl_weight),
             init_from: self.init_from,
+            pact_weight_decay: self.pact_weight_decay,
         }
     }
 }
@@ -512,6 +523,7 @@ mod tests {
         assert_eq!(field_of(|p| p.gamma = Some(1.5)), "gamma");
         assert_eq!(field_of(|p| p.rl_weight = Some(f64::INFINITY)), "rl_weight");
         assert_eq!(field_of(|p| p.init_from = -3), "init_from");
+        assert_eq!(field_of(|p| p.pact_weight_decay = Some(-1e-4)), "pact_weight_decay");
         assert_eq!(
             field_of(|p| p.bits_overrides = vec![v1::BitsOverride { pattern: "fc".into(), wts: Some(12), acts: None }]),
             "bits_overrides"

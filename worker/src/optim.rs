@@ -22,6 +22,9 @@ pub struct Sgd {
     momentum_buffer: Option<Tensor>,
     momentum: f64,
     weight_decay: f64,
+    /// Per-element decay back to back, where some parameters decay at their own
+    /// rate (PACT's clips); None when every parameter takes `weight_decay`.
+    decay_by_element: Option<Tensor>,
 }
 
 impl Sgd {
@@ -29,7 +32,24 @@ impl Sgd {
     pub fn new(vs: &VarStore, momentum: f64, weight_decay: f64) -> Self {
         let params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect::<BTreeMap<_, _>>().into_iter().collect();
-        Sgd { params, momentum_buffer: None, momentum, weight_decay }
+        Sgd { params, momentum_buffer: None, momentum, weight_decay, decay_by_element: None }
+    }
+
+    /// Gives the parameters whose path ends in `suffix` their own weight decay.
+    pub fn with_decay_for(mut self, suffix: &str, weight_decay: f64) -> Result<Self> {
+        if weight_decay == self.weight_decay || !self.params.iter().any(|(name, _)| name.ends_with(suffix)) {
+            return Ok(self);
+        }
+        let rows = self
+            .params
+            .iter()
+            .map(|(name, p)| {
+                let wd = if name.ends_with(suffix) { weight_decay } else { self.weight_decay };
+                Tensor::f_full([p.numel() as i64], wd, (p.kind(), p.device()))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.decay_by_element = Some(Tensor::f_cat(&rows, 0)?);
+        Ok(self)
     }
 
     /// Back-propagates `loss` to the parameters and updates them with learning rate `lr`.
@@ -42,8 +62,10 @@ impl Sgd {
             Ok(Tensor::f_cat(&rows, 0)?)
         };
         let mut d = flat(&grads.iter().collect::<Vec<_>>())?;
-        if self.weight_decay != 0.0 {
-            d = d.f_add(&flat(&params)?.f_mul_scalar(self.weight_decay)?)?;
+        match &self.decay_by_element {
+            Some(decay) => d = d.f_add(&flat(&params)?.f_mul(decay)?)?,
+            None if self.weight_decay != 0.0 => d = d.f_add(&flat(&params)?.f_mul_scalar(self.weight_decay)?)?,
+            None => {}
         }
         let buf = match &mut self.momentum_buffer {
             Some(buf) => {

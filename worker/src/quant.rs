@@ -17,6 +17,8 @@ use crate::error::{EngineError, Result};
 pub const FULL_PRECISION_BITS: u32 = 32;
 /// Widest integer quantisation offered (DoReFa's range).
 pub const MAX_QUANTIZED_BITS: u32 = 8;
+/// The VarStore path suffix of PACT's learned clips (they have a decay of their own).
+pub const PACT_CLIP_SUFFIX: &str = ".clip_val";
 /// PACT's initial clipping value (ref `act_clip_init_val`).
 pub const PACT_INITIAL_CLIP: f64 = 8.0;
 

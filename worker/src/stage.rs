@@ -28,6 +28,7 @@ use crate::error::{EngineError, Result};
 use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
+use crate::quant::PACT_CLIP_SUFFIX;
 use crate::precision::Precision;
 use crate::reinforce::rl_loss;
 use crate::rng::SplitMix64;
@@ -187,7 +188,8 @@ pub fn run_stage(
             initialise(&vs, bytes, observer)?;
         }
     }
-    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay);
+    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)
+        .with_decay_for(PACT_CLIP_SUFFIX, spec.pact_weight_decay.unwrap_or(spec.weight_decay))?;
 
     let mut run = Run {
         spec,

@@ -106,6 +106,21 @@ fn sgd_matches_a_hand_computed_update_for_two_steps() {
 }
 
 #[test]
+fn pact_clips_take_their_own_weight_decay() {
+    let (lr, wd, clip_wd) = (0.5, 0.1, 0.01);
+    let vs = VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let w = (&root / "conv1").var("weight", &[1], Init::Const(2.0));
+    let clip = (&root / "layer1" / "0" / "relu").var("clip_val", &[1], Init::Const(8.0));
+    let mut sgd = Sgd::new(&vs, 0.0, wd).with_decay_for(camp_worker::quant::PACT_CLIP_SUFFIX, clip_wd).unwrap();
+    // A loss with no gradient: the step is the decay alone, p -= lr * wd * p.
+    let loss = (&w * 0.0 + &clip * 0.0).sum(Kind::Float);
+    sgd.step(&loss, lr).unwrap();
+    assert!((w.double_value(&[0]) - 2.0 * (1.0 - lr * wd)).abs() < 1e-6);
+    assert!((clip.double_value(&[0]) - 8.0 * (1.0 - lr * clip_wd)).abs() < 1e-6);
+}
+
+#[test]
 fn bench_reports_positive_throughput() {
     tch::set_num_threads(1);
     let config = camp_worker::bench::BenchConfig {
