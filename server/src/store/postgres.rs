@@ -217,6 +217,15 @@ async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job>
     rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
 }
 
+/// Records that `worker` was heard from; an unknown worker is NotFound.
+async fn touch_worker(tx: &mut Transaction<'_, Postgres>, worker: Uuid) -> StoreResult<()> {
+    let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
+        .bind(worker)
+        .fetch_optional(&mut **tx)
+        .await?;
+    known.map(|_| ()).ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))
+}
+
 fn spec_invalid(e: camp_proto::SpecError) -> StoreError {
     StoreError::Invalid { field: e.field.to_string(), reason: e.reason }
 }
@@ -531,13 +540,7 @@ impl Store for PgStore {
 
     async fn claim(&self, worker: Uuid, lease: Duration) -> StoreResult<Option<Claimed>> {
         let mut tx = self.pool.begin().await?;
-        let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
-            .bind(worker)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound(format!("worker {worker}")));
-        }
+        touch_worker(&mut tx, worker).await?;
         let claimed: Option<(i64,)> = sqlx::query_as(
             "WITH next AS ( \
                SELECT j.id FROM jobs j, workers w \
@@ -593,13 +596,7 @@ impl Store for PgStore {
 
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
         let mut tx = self.pool.begin().await?;
-        let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
-            .bind(worker)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound(format!("worker {worker}")));
-        }
+        touch_worker(&mut tx, worker).await?;
         let ids: Vec<i64> = running.iter().map(|r| r.job_id).collect();
         let attempts: Vec<i32> = running.iter().map(|r| r.attempt as i32).collect();
         let renewed: Vec<(i64, bool)> = sqlx::query_as(
