@@ -113,7 +113,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
     let options = ComputeOptions { bf16: config.bf16, channels_last: config.channels_last };
     let spec = config.spec();
     let model = Network::build(&vs.root(), &spec, &Precision::for_spec(&spec)?, 3, 10, options)?;
-    let mut sgd = Sgd::new(&vs, 0.9, 2e-4);
+    let mut sgd = Sgd::new(&vs, 0.9, 2e-4)?;
     let images = Tensor::f_randn([config.batch, 3, 32, 32], (Kind::Float, config.device))?;
     let labels = Tensor::f_randint(10, [config.batch], (Kind::Int64, config.device))?;
 

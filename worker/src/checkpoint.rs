@@ -269,7 +269,7 @@ pub fn verify(bytes: &[u8]) -> Result<CheckpointMeta> {
     let vs = VarStore::new(Device::Cpu);
     Network::build(&vs.root(), spec, &state.meta.precision, info.channels, info.classes, ComputeOptions::default())?;
     load_weights(&vs, &state.model)?;
-    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay);
+    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)?;
     sgd.set_momentum_buffers(&state.momentum)?;
     Ok(state.meta)
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod dualpath;
 pub mod error;
+pub mod flat;
 pub mod local;
 pub mod model;
 pub mod network;

@@ -3,9 +3,10 @@
 //! `d = g + wd*p; buf = d (first step) or momentum*buf + d; p -= lr*buf`.
 //!
 //! Written here (not tch's optimizer) so that the momentum can be checkpointed.
-//! Gradients come from `run_backward` (no `.grad` to zero), and the update runs
-//! on all parameters at once, concatenated: a handful of large kernels instead
-//! of several small ones per parameter, which bounds small-batch GPU training.
+//! Training on a GPU is bound by the host's cost per op (GPU.md), so the
+//! optimiser owns the parameters' memory: every trainable variable becomes a
+//! view of one flat buffer (each in its own layout), and a step is a handful of
+//! ops on that buffer whatever the number of parameters.
 
 use std::collections::BTreeMap;
 
@@ -13,26 +14,37 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use crate::error::{EngineError, Result};
+use crate::flat::{self, MemoryOrder};
 
 pub struct Sgd {
     /// Trainable parameters by VarStore path, in name order.
     params: Vec<(String, Tensor)>,
-    /// Every parameter's momentum back to back (each in row-major order);
-    /// created by the first step.
+    /// Each parameter's shape and layout, as laid out in the flat buffers.
+    orders: Vec<MemoryOrder>,
+    /// Every parameter's data, end to end: the parameters are views of it.
+    flat_params: Tensor,
+    /// Every parameter's momentum, laid out as `flat_params`; created by the first step.
     momentum_buffer: Option<Tensor>,
     momentum: f64,
     weight_decay: f64,
-    /// Per-element decay back to back, where some parameters decay at their own
-    /// rate (PACT's clips); None when every parameter takes `weight_decay`.
+    /// Per-element decay laid out as `flat_params`, where some parameters decay
+    /// at their own rate (PACT's clips); None when every parameter takes `weight_decay`.
     decay_by_element: Option<Tensor>,
 }
 
 impl Sgd {
-    /// Optimises every trainable variable of `vs`.
-    pub fn new(vs: &VarStore, momentum: f64, weight_decay: f64) -> Self {
+    /// Optimises every trainable variable of `vs`, which from here on live in
+    /// the optimiser's flat buffer (their values unchanged).
+    pub fn new(vs: &VarStore, momentum: f64, weight_decay: f64) -> Result<Self> {
         let params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect::<BTreeMap<_, _>>().into_iter().collect();
-        Sgd { params, momentum_buffer: None, momentum, weight_decay, decay_by_element: None }
+        let orders = params.iter().map(|(_, p)| MemoryOrder::of(p)).collect::<Result<Vec<_>>>()?;
+        let tensors: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
+        let flat_params = tch::no_grad(|| flat::concat(&tensors, &orders))?;
+        for ((_, p), view) in params.iter().zip(flat::split(&flat_params, &orders)?) {
+            p.shallow_clone().f_set_data(&view)?;
+        }
+        Ok(Sgd { params, orders, flat_params, momentum_buffer: None, momentum, weight_decay, decay_by_element: None })
     }
 
     /// Gives the parameters whose path ends in `suffix` their own weight decay.
@@ -54,17 +66,16 @@ impl Sgd {
 
     /// Back-propagates `loss` to the parameters and updates them with learning rate `lr`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+        if self.params.first().is_some_and(|(_, p)| p.data_ptr() != self.flat_params.data_ptr()) {
+            return Err(EngineError::Model("the parameters no longer live in this optimiser's buffer (a second optimiser took them)".into()));
+        }
         let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;
         let _no_grad = tch::no_grad_guard();
-        let flat = |ts: &[&Tensor]| -> Result<Tensor> {
-            let rows = ts.iter().map(|t| t.f_reshape([-1])).collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(Tensor::f_cat(&rows, 0)?)
-        };
-        let mut d = flat(&grads.iter().collect::<Vec<_>>())?;
+        let mut d = flat::concat(&grads.iter().collect::<Vec<_>>(), &self.orders)?;
         match &self.decay_by_element {
-            Some(decay) => d = d.f_add(&flat(&params)?.f_mul(decay)?)?,
-            None if self.weight_decay != 0.0 => d = d.f_add(&flat(&params)?.f_mul_scalar(self.weight_decay)?)?,
+            Some(decay) => d = d.f_add(&self.flat_params.f_mul(decay)?)?,
+            None if self.weight_decay != 0.0 => d = d.f_add(&self.flat_params.f_mul_scalar(self.weight_decay)?)?,
             None => {}
         }
         let buf = match &mut self.momentum_buffer {
@@ -75,27 +86,15 @@ impl Sgd {
             // `d` is a fresh tensor (made by cat), safe to keep as the buffer.
             None => self.momentum_buffer.insert(d).shallow_clone(),
         };
-        let update = buf.f_mul_scalar(lr)?;
-        let mut offset = 0;
-        for (_, p) in &mut self.params {
-            let numel = p.numel() as i64;
-            let _ = p.f_sub_(&update.f_narrow(0, offset, numel)?.f_view(p.size().as_slice())?)?;
-            offset += numel;
-        }
+        let _ = self.flat_params.f_sub_(&buf.f_mul_scalar(lr)?)?;
         Ok(())
     }
 
     /// Each parameter's momentum buffer (views into the flat buffer); empty before the first step.
     pub fn momentum_buffers(&self) -> Result<Vec<(&str, Tensor)>> {
         let Some(buf) = &self.momentum_buffer else { return Ok(Vec::new()) };
-        let mut offset = 0;
-        let mut out = Vec::with_capacity(self.params.len());
-        for (name, p) in &self.params {
-            let numel = p.numel() as i64;
-            out.push((name.as_str(), buf.f_narrow(0, offset, numel)?.f_view(p.size().as_slice())?));
-            offset += numel;
-        }
-        Ok(out)
+        let views = flat::split(buf, &self.orders)?;
+        Ok(self.params.iter().map(|(name, _)| name.as_str()).zip(views).collect())
     }
 
     /// Restores buffers saved from `momentum_buffers`: one per parameter, or
@@ -108,21 +107,20 @@ impl Sgd {
         if let Some(name) = buffers.keys().find(|name| !self.params.iter().any(|(n, _)| n == *name)) {
             return Err(EngineError::Checkpoint(format!("momentum buffer for unknown parameter '{name}'")));
         }
-        let mut rows = Vec::with_capacity(self.params.len());
+        let mut saved = Vec::with_capacity(self.params.len());
         for (name, p) in &self.params {
-            let saved = buffers.get(name).ok_or_else(|| EngineError::Checkpoint(format!("no momentum buffer for '{name}'")))?;
-            if saved.size() != p.size() {
+            let buffer = buffers.get(name).ok_or_else(|| EngineError::Checkpoint(format!("no momentum buffer for '{name}'")))?;
+            if buffer.size() != p.size() {
                 return Err(EngineError::Checkpoint(format!(
                     "momentum buffer '{name}' has shape {:?}, the parameter has {:?}",
-                    saved.size(),
+                    buffer.size(),
                     p.size()
                 )));
             }
-            rows.push(saved.f_to_kind(p.kind())?.f_reshape([-1])?);
+            saved.push(buffer.f_to_kind(p.kind())?.f_to_device(p.device())?);
         }
-        let device = self.params.first().map(|(_, p)| p.device()).unwrap_or(tch::Device::Cpu);
         // cat makes a new tensor: the buffer never aliases `buffers`.
-        self.momentum_buffer = Some(Tensor::f_cat(&rows, 0)?.f_to_device(device)?);
+        self.momentum_buffer = Some(flat::concat(&saved.iter().collect::<Vec<_>>(), &self.orders)?);
         Ok(())
     }
 }

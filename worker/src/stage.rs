@@ -188,7 +188,7 @@ pub fn run_stage(
             initialise(&vs, bytes, observer)?;
         }
     }
-    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)
+    let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)?
         .with_decay_for(PACT_CLIP_SUFFIX, spec.pact_weight_decay.unwrap_or(spec.weight_decay))?;
 
     let mut run = Run {

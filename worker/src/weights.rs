@@ -7,14 +7,15 @@
 
 use tch::Tensor;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
+use crate::flat::{self, MemoryOrder};
 use crate::model::ComputeOptions;
 use crate::quant::{Segments, WeightQuantizer};
 
-/// A conv weight (O, I, kh, kw) and its shape.
+/// A conv weight and its shape and layout.
 struct ConvWeight {
     tensor: Tensor,
-    shape: [i64; 4],
+    order: MemoryOrder,
 }
 
 /// Collects the convolution weights while a network is built; `build` makes the bank.
@@ -28,17 +29,16 @@ impl WeightBankBuilder {
         Self::default()
     }
 
-    /// The slot of a conv weight (O, I, kh, kw) quantised by `quantizer`. A
-    /// weight already added with the same quantiser (one parameter shared by
-    /// two convs) gets its existing slot, so it is quantised once per step.
+    /// The slot of a conv weight quantised by `quantizer`. A weight already
+    /// added with the same quantiser (one parameter shared by two convs) gets
+    /// its existing slot, so it is quantised once per step.
     pub fn add(&mut self, weight: &Tensor, quantizer: WeightQuantizer) -> Result<usize> {
-        let shape = <[i64; 4]>::try_from(weight.size())
-            .map_err(|size| EngineError::Model(format!("the weight bank holds conv weights, not a tensor of shape {size:?}")))?;
+        let order = MemoryOrder::of(weight)?;
         let same = |(w, q): &(ConvWeight, WeightQuantizer)| *q == quantizer && w.tensor.data_ptr() == weight.data_ptr();
         if let Some(slot) = self.slots.iter().position(same) {
             return Ok(slot);
         }
-        self.slots.push((ConvWeight { tensor: weight.shallow_clone(), shape }, quantizer));
+        self.slots.push((ConvWeight { tensor: weight.shallow_clone(), order }, quantizer));
         Ok(self.slots.len() - 1)
     }
 
@@ -87,46 +87,29 @@ impl WeightBank {
 /// The weights of one quantiser.
 struct QuantGroup {
     quantizer: WeightQuantizer,
-    weights: Vec<ConvWeight>,
-    /// Elements per weight.
-    sizes: Vec<i64>,
-    /// `sizes` on the weights' device.
+    weights: Vec<Tensor>,
+    /// Each weight's shape and layout.
+    orders: Vec<MemoryOrder>,
+    /// The weights' sizes on their device.
     segments: Segments,
 }
 
 impl QuantGroup {
     /// A group of at least one weight.
     fn new(quantizer: WeightQuantizer, weights: Vec<ConvWeight>) -> Result<Self> {
-        let sizes: Vec<i64> = weights.iter().map(|w| w.shape.iter().product()).collect();
-        let segments = Segments::new(&sizes, weights[0].tensor.device())?;
-        Ok(QuantGroup { quantizer, weights, sizes, segments })
+        let (weights, orders): (Vec<Tensor>, Vec<MemoryOrder>) = weights.into_iter().map(|w| (w.tensor, w.order)).unzip();
+        let sizes: Vec<i64> = orders.iter().map(MemoryOrder::numel).collect();
+        let segments = Segments::new(&sizes, weights[0].device())?;
+        Ok(QuantGroup { quantizer, weights, orders, segments })
     }
 
     fn quantize(&self, opts: ComputeOptions) -> Result<Vec<Tensor>> {
         if self.quantizer == WeightQuantizer::Full && !opts.bf16 {
-            return Ok(self.weights.iter().map(|w| w.tensor.shallow_clone()).collect());
+            return Ok(self.weights.iter().map(Tensor::shallow_clone).collect());
         }
-        let flat = self.weights.iter().map(|w| flatten(&w.tensor, opts.channels_last)).collect::<Result<Vec<_>>>()?;
-        let flat = Tensor::f_cat(&flat, 0)?;
+        let flat = flat::concat(&self.weights.iter().collect::<Vec<_>>(), &self.orders)?;
         // One cast for the whole group rather than one per conv.
         let quantized = opts.compute_weight(self.quantizer.quantize_segments(&flat, &self.segments)?)?;
-        quantized
-            .f_split_with_sizes(&self.sizes, 0)?
-            .iter()
-            .zip(&self.weights)
-            .map(|(piece, w)| unflatten(piece, w.shape, opts.channels_last))
-            .collect()
+        flat::split(&quantized, &self.orders)
     }
-}
-
-/// A weight as one dimension in its memory order, so that it is a view: a
-/// channels-last weight (O, I, kh, kw) is contiguous as (O, kh, kw, I).
-fn flatten(weight: &Tensor, channels_last: bool) -> Result<Tensor> {
-    let ordered = if channels_last { weight.f_permute([0, 2, 3, 1])? } else { weight.shallow_clone() };
-    Ok(ordered.f_reshape([-1])?)
-}
-
-/// The inverse of `flatten`: a view of `flat` in the weight's shape and layout.
-fn unflatten(flat: &Tensor, [o, i, kh, kw]: [i64; 4], channels_last: bool) -> Result<Tensor> {
-    Ok(if channels_last { flat.f_view([o, kh, kw, i])?.f_permute([0, 3, 1, 2])? } else { flat.f_view([o, i, kh, kw])? })
 }

@@ -144,7 +144,7 @@ fn edited_checkpoint(bytes: &[u8], edit: impl Fn(&str, &Tensor) -> Option<Tensor
     let tensors: BTreeMap<String, Tensor> =
         state.model.iter().map(|(k, v)| (k.clone(), edit(k, v).unwrap_or_else(|| v.shallow_clone()))).collect();
     checkpoint::load_weights(&vs, &tensors).unwrap();
-    checkpoint::save(&vs, &Sgd::new(&vs, 0.9, 0.0), &state.meta).unwrap()
+    checkpoint::save(&vs, &Sgd::new(&vs, 0.9, 0.0).unwrap(), &state.meta).unwrap()
 }
 
 #[test]

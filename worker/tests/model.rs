@@ -76,7 +76,7 @@ fn sgd_matches_a_hand_computed_update_for_two_steps() {
     let p = vs.root().var("p", &[2], Init::Const(0.0));
     tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, -2.0])));
     let coefficients = Tensor::from_slice(&[3.0f32, 0.5]);
-    let mut sgd = Sgd::new(&vs, momentum, wd);
+    let mut sgd = Sgd::new(&vs, momentum, wd).unwrap();
 
     // loss = sum(c * p * p) / 2  ->  gradient c * p.
     let step = |sgd: &mut Sgd| {
@@ -106,13 +106,55 @@ fn sgd_matches_a_hand_computed_update_for_two_steps() {
 }
 
 #[test]
+fn sgd_updates_parameters_of_every_shape_and_layout_in_place() {
+    let (lr, momentum, wd) = (0.1, 0.9, 0.01);
+    let vs = VarStore::new(Device::Cpu);
+    let root = vs.root();
+    tch::manual_seed(11);
+    let conv = (&root / "conv").var("weight", &[4, 3, 3, 3], Init::Randn { mean: 0.0, stdev: 1.0 });
+    let channels_last = tch::no_grad(|| conv.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]));
+    conv.shallow_clone().set_data(&channels_last);
+    let fc = (&root / "fc").var("weight", &[2, 5], Init::Randn { mean: 0.0, stdev: 1.0 });
+    let bias = (&root / "fc").var("bias", &[2], Init::Randn { mean: 0.0, stdev: 1.0 });
+    // In name order, as the optimiser lists its momentum buffers.
+    let params = [conv.shallow_clone(), bias.shallow_clone(), fc.shallow_clone()];
+    let mut expected: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
+    let mut sgd = Sgd::new(&vs, momentum, wd).unwrap();
+    assert_eq!(conv.stride(), channels_last.stride(), "a parameter keeps its layout in the optimiser's buffer");
+
+    // loss = sum over parameters of sum(p^3) / 3  ->  gradient p^2.
+    let mut buffers: Vec<Tensor> = Vec::new();
+    for step in 0..3 {
+        let loss = params.iter().map(|p| p.pow_tensor_scalar(3).sum(Kind::Float)).reduce(|a, b| a + b).unwrap() / 3.0;
+        sgd.step(&loss, lr).unwrap();
+        for (i, want) in expected.iter_mut().enumerate() {
+            let d = want.pow_tensor_scalar(2) + &*want * wd;
+            let buf = if step == 0 { d } else { &buffers[i] * momentum + d };
+            *want = &*want - &buf * lr;
+            if step == 0 { buffers.push(buf) } else { buffers[i] = buf }
+        }
+        for (p, want) in params.iter().zip(&expected) {
+            assert!(p.allclose(want, 1e-5, 1e-6, false), "step {step}: {p:?} vs {want:?}");
+        }
+    }
+    for ((name, saved), want) in sgd.momentum_buffers().unwrap().into_iter().zip(&buffers) {
+        assert!(saved.allclose(want, 1e-5, 1e-6, false), "momentum of {name}");
+    }
+
+    // A second optimiser over the same variables takes them over: the first one says so.
+    let _second = Sgd::new(&vs, momentum, wd).unwrap();
+    let loss = params.iter().map(|p| p.sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
+    assert!(sgd.step(&loss, lr).is_err());
+}
+
+#[test]
 fn pact_clips_take_their_own_weight_decay() {
     let (lr, wd, clip_wd) = (0.5, 0.1, 0.01);
     let vs = VarStore::new(Device::Cpu);
     let root = vs.root();
     let w = (&root / "conv1").var("weight", &[1], Init::Const(2.0));
     let clip = (&root / "layer1" / "0" / "relu").var("clip_val", &[1], Init::Const(8.0));
-    let mut sgd = Sgd::new(&vs, 0.0, wd).with_decay_for(camp_worker::quant::PACT_CLIP_SUFFIX, clip_wd).unwrap();
+    let mut sgd = Sgd::new(&vs, 0.0, wd).unwrap().with_decay_for(camp_worker::quant::PACT_CLIP_SUFFIX, clip_wd).unwrap();
     // A loss with no gradient: the step is the decay alone, p -= lr * wd * p.
     let loss = (&w * 0.0 + &clip * 0.0).sum(Kind::Float);
     sgd.step(&loss, lr).unwrap();
