@@ -9,6 +9,7 @@ pub mod device;
 pub mod dualpath;
 pub mod error;
 pub mod flat;
+mod fused;
 pub mod local;
 pub mod model;
 pub mod network;

@@ -1,8 +1,9 @@
 //! Quantisers of weights and activations (ALGORITHMS 3), computing the values
 //! of the reference's DoReFa / PACT formulas with as few kernels as the maths
-//! allows: quantised training on a GPU is bound by small elementwise kernels
-//! (GPU.md), so rounding, clamping and the straight-through gradient go
-//! through libtorch's fused `fake_quantize_per_tensor_affine`.
+//! allows: quantised training on a GPU is bound by small ops (GPU.md), so
+//! rounding, clamping and the straight-through gradient go through libtorch's
+//! fused `fake_quantize_per_tensor_affine`, and the DoReFa activation is one
+//! op of our own each way (`fused`).
 //!
 //! The float weights stay the trained parameters; the quantised copy is made
 //! on each forward pass.
@@ -194,13 +195,7 @@ impl Activation {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Relu => Ok(x.f_relu()?),
-            Activation::Dorefa { bits } => {
-                // The clamp first: the fused quantiser alone would also pass gradient
-                // within half a step outside [0, 1]. On [0, 1] its mask is all ones,
-                // a pure STE through the rounding.
-                let n = levels(*bits);
-                Ok(x.f_clamp(0.0, 1.0)?.f_fake_quantize_per_tensor_affine(1.0 / n as f64, 0, 0, n)?)
-            }
+            Activation::Dorefa { bits } => crate::fused::dorefa_activation(x, levels(*bits)),
             Activation::Pact { bits, clip_val, zero, zero_point } => {
                 // clamp's backward gives x its gradient inside [0, clip] and clip_val
                 // the gradient where x >= clip; the scale takes no gradient (ref).

@@ -124,6 +124,30 @@ fn dorefa_activations_match_hand_computed_values_and_pass_gradient_inside_0_1() 
 }
 
 #[test]
+fn dorefa_activation_gradient_includes_exactly_0_and_1_in_fp32_and_bf16() {
+    // The clamp's subgradient at its bounds is 1 (the reference's torch.clamp);
+    // the nearest values outside get 0, denormals included.
+    let below_zero = -f32::from_bits(1) as f64; // the negative denormal nearest 0
+    let x_values = [below_zero, -0.0, 0.0, 0.25, 1.0, 1.0 + f32::EPSILON as f64, 3.0];
+    let upstream = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+    let want_grad = [0.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0];
+    let (_vs, act) = activation(2, ActQuant::Dorefa);
+    let x = leaf(&x_values);
+    let y = act.forward(&x).unwrap();
+    assert_close(&values(&y), &[0.0, 0.0, 0.0, 1.0 / 3.0, 1.0, 1.0, 1.0], 1e-7, "fp32 values");
+    assert_close(&gradients(&y, &Tensor::from_slice(&upstream).to_kind(Kind::Float), &[&x])[0], &want_grad, 0.0, "fp32 gradient");
+
+    // bf16 holds 1 + 2^-7 as the value above 1; 2^-133 as the denormal below 0.
+    let x_values = [-(2f64.powi(-133)), -0.0, 0.0, 0.25, 1.0, 1.0 + 2f64.powi(-7), 3.0];
+    let x = Tensor::from_slice(&x_values).to_kind(Kind::BFloat16).set_requires_grad(true);
+    assert_eq!(Vec::<f64>::try_from(&x.to_kind(Kind::Double)).unwrap(), x_values, "each value is a bf16");
+    let y = act.forward(&x).unwrap();
+    assert_eq!(y.kind(), Kind::BFloat16);
+    let grad = gradients(&y, &Tensor::from_slice(&upstream).to_kind(Kind::BFloat16), &[&x]);
+    assert_close(&grad[0], &want_grad, 0.0, "bf16 gradient");
+}
+
+#[test]
 fn pact_clips_at_the_learned_value_and_its_gradient_is_one_above_the_clip() {
     let (vs, act) = activation(2, ActQuant::Pact);
     let clip_val = vs.variables()["relu.clip_val"].shallow_clone();
@@ -284,7 +308,8 @@ fn a_weight_shared_under_one_quantizer_takes_one_slot() {
     assert_ne!(binary, dorefa, "one slot per quantiser");
     assert_eq!(builder.add(&w.shallow_clone(), weight(4)).unwrap(), dorefa, "the same tensor again");
     assert_ne!(builder.add(&conv_weight([4, 4, 3, 3], Kind::Float, false), weight(4)).unwrap(), dorefa, "another tensor");
-    assert!(builder.add(&Tensor::zeros([4, 4], (Kind::Float, Device::Cpu)), weight(4)).is_err(), "not a conv weight");
+    let with_gaps = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu)).slice(1, 0, 8, 2);
+    assert!(builder.add(&with_gaps, weight(4)).is_err(), "a weight must be dense to be flattened as a view");
     let bank = builder.build().unwrap();
     assert_eq!(bank.quantizer(binary), WeightQuantizer::Binary);
     assert_eq!(bank.quantizer(dorefa), weight(4));
