@@ -1,8 +1,8 @@
 // libtorch ops of camp's own, where composing tch's ops would cost several
 // kernels (and host-side dispatches) each way; training on a GPU is bound by
-// that host-side cost (GPU.md). Each entry point returns a new tensor, or null
-// with a message in *error (freed by camp_free_error): no exception crosses
-// into Rust.
+// that host-side cost (GPU.md). Each entry point hands back new tensors, or
+// fails with a message in *error (freed by camp_free_error): no exception
+// crosses into Rust.
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -53,22 +53,60 @@ struct DorefaActivation : public torch::autograd::Function<DorefaActivation> {
   }
 };
 
+// A dual-path block's output under its gate in stage sp (ALGORITHMS 5): per
+// image, p = softmax(logits)[1] and mask = (p > 0.5); the output is the 4-bit
+// path's where mask = 1, the 1-bit path's elsewhere. Backward is that of
+// (1 - m) * basic + m * fullbit with the straight-through m = hard - p.detach() + p:
+// d m = sum over the image of g * (fullbit - basic), passed to p and through
+// the softmax to the logits. Returns the output and the 0/1 mask (fp32, no gradient).
+struct StraightThroughGateMix : public torch::autograd::Function<StraightThroughGateMix> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& basic,
+                               const at::Tensor& fullbit) {
+    TORCH_CHECK(logits.dim() == 2 && logits.size(1) == 2, "gate logits must be (N, 2), got ", logits.sizes());
+    TORCH_CHECK(basic.sizes() == fullbit.sizes() && basic.dim() == 4 && basic.size(0) == logits.size(0),
+                "the two paths' outputs must be (N, C, H, W) alike for N = ", logits.size(0), ", got ", basic.sizes(),
+                " and ", fullbit.sizes());
+    const at::Tensor p = at::softmax(logits, 1, at::kFloat).select(1, 1);
+    const at::Tensor chosen = p.gt(0.5);
+    const at::Tensor out = at::where(chosen.view({-1, 1, 1, 1}), fullbit, basic);
+    const at::Tensor mask = chosen.to(at::kFloat);
+    ctx->save_for_backward({p, chosen, basic, fullbit});
+    ctx->mark_non_differentiable({mask});
+    return {out, mask};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &p = saved[0], &chosen = saved[1], &basic = saved[2], &fullbit = saved[3];
+    const at::Tensor& g = grad[0];
+    const at::Tensor per_image = chosen.view({-1, 1, 1, 1});
+    const at::Tensor d_basic = at::where(per_image, at::Scalar(0.0), g);
+    const at::Tensor d_fullbit = at::where(per_image, g, at::Scalar(0.0));
+    const at::Tensor d_mask = at::sum(g * (fullbit - basic), {1, 2, 3}, false, at::kFloat);
+    // p = softmax(l)[1]: d p / d l1 = p (1 - p) = -d p / d l0.
+    const at::Tensor d_l1 = d_mask * p * (1 - p);
+    return {at::stack({-d_l1, d_l1}, 1), d_basic, d_fullbit};
+  }
+};
+
 char* copy_message(const char* message) {
   char* copy = static_cast<char*>(std::malloc(std::strlen(message) + 1));
   if (copy != nullptr) std::strcpy(copy, message);
   return copy;
 }
 
+// Runs `body`, turning an exception into a message in *error.
 template <typename F>
-at::Tensor* guarded(char** error, F&& make) {
+bool guarded(char** error, F&& body) {
   try {
-    return new at::Tensor(make());
+    body();
+    return true;
   } catch (const c10::Error& e) {
     *error = copy_message(e.what_without_backtrace());
   } catch (const std::exception& e) {
     *error = copy_message(e.what());
   }
-  return nullptr;
+  return false;
 }
 
 }  // namespace
@@ -76,7 +114,19 @@ at::Tensor* guarded(char** error, F&& make) {
 extern "C" {
 
 at::Tensor* camp_dorefa_activation(const at::Tensor* x, int64_t levels, char** error) {
-  return guarded(error, [&] { return DorefaActivation::apply(*x, levels); });
+  at::Tensor* out = nullptr;
+  guarded(error, [&] { out = new at::Tensor(DorefaActivation::apply(*x, levels)); });
+  return out;
+}
+
+// Writes the mixed output to *out and the 0/1 mask to *mask; false (and *error) on failure.
+bool camp_straight_through_gate_mix(const at::Tensor* logits, const at::Tensor* basic, const at::Tensor* fullbit,
+                                    at::Tensor** out, at::Tensor** mask, char** error) {
+  return guarded(error, [&] {
+    auto outputs = StraightThroughGateMix::apply(*logits, *basic, *fullbit);
+    *out = new at::Tensor(std::move(outputs[0]));
+    *mask = new at::Tensor(std::move(outputs[1]));
+  });
 }
 
 void camp_free_error(char* error) { std::free(error); }

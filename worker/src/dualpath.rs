@@ -12,6 +12,7 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::fused;
 use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, ConvShape, PreActBlock, StemAndHead};
 use crate::precision::Precision;
 use crate::quant::Activation;
@@ -62,25 +63,20 @@ impl Gate {
         Ok(self.conv2.forward(&pooled, weights, opts)?.f_flatten(1, -1)?.f_to_kind(Kind::Float)?)
     }
 
-    fn decide(&self, x: &Tensor, weights: &[Tensor], train: bool, training: GateTraining, opts: ComputeOptions) -> Result<GateDecision> {
-        let logits = self.logits(x, weights, train, opts)?;
-        if train && training == GateTraining::Sampled {
-            // a ~ Categorical(softmax) over two actions is a ~ Bernoulli(p).
-            let log_probs = logits.f_log_softmax(1, Kind::Float)?;
-            let action = tch::no_grad(|| log_probs.f_select(1, 1)?.f_exp()?.f_bernoulli())?;
-            let log_prob = log_probs.f_gather(1, &action.f_to_kind(Kind::Int64)?.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-            return Ok(GateDecision { mask: action, log_prob: Some(log_prob) });
-        }
-        let p = logits.f_softmax(1, Kind::Float)?.f_select(1, 1)?;
-        let hard = tch::no_grad(|| p.f_gt(0.5)?.f_to_kind(Kind::Float))?;
-        let mask = if train {
-            // Straight through: forward the hard decision, backward the gradient of p.
-            hard.f_sub(&p.f_detach()?)?.f_add(&p)?
-        } else {
-            hard
-        };
-        Ok(GateDecision { mask, log_prob: None })
+}
+
+/// A decision that passes no gradient through the mask: an action sampled from
+/// the gate's distribution (`sample`, stage rl in training) or `p > 0.5`.
+fn decide_without_gradient(logits: &Tensor, sample: bool) -> Result<GateDecision> {
+    if sample {
+        // a ~ Categorical(softmax) over two actions is a ~ Bernoulli(p).
+        let log_probs = logits.f_log_softmax(1, Kind::Float)?;
+        let action = tch::no_grad(|| log_probs.f_select(1, 1)?.f_exp()?.f_bernoulli())?;
+        let log_prob = log_probs.f_gather(1, &action.f_to_kind(Kind::Int64)?.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+        return Ok(GateDecision { mask: action, log_prob: Some(log_prob) });
     }
+    let mask = tch::no_grad(|| logits.f_softmax(1, Kind::Float)?.f_select(1, 1)?.f_gt(0.5)?.f_to_kind(Kind::Float))?;
+    Ok(GateDecision { mask, log_prob: None })
 }
 
 struct DualPathBlock {
@@ -100,7 +96,13 @@ impl DualPathBlock {
         opts: ComputeOptions,
     ) -> Result<(Tensor, GateDecision)> {
         let basic = self.basic.forward(x, weights, train, opts)?;
-        let decision = self.gate.decide(&basic, weights, train, training, opts)?;
+        let logits = self.gate.logits(&basic, weights, train, opts)?;
+        if train && training == GateTraining::StraightThrough {
+            let fullbit = self.fullbit.forward(x, weights, train, opts)?;
+            let (out, mask) = fused::straight_through_gate_mix(&logits, &basic, &fullbit)?;
+            return Ok((out, GateDecision { mask, log_prob: None }));
+        }
+        let decision = decide_without_gradient(&logits, train && training == GateTraining::Sampled)?;
         let fullbit = self.fullbit.forward(x, weights, train, opts)?;
         // (1 - m) * basic + m * fullbit per image: one lerp kernel.
         let n = decision.mask.size()[0];
