@@ -26,6 +26,10 @@ bench -b 512 --bits 4 --bf16 --channels-last
 bench -b 512 --bits 1 --bf16 --channels-last
 bench -b 128 --dualpath
 bench -b 512 --dualpath --bf16 --channels-last
+# The host's floor: at batch 16 the GPU is nearly idle, so a step takes what the
+# host needs to issue it. Step times close to batch 512's mean host-bound training.
+bench -b 16 --bits 4 --bf16 --channels-last
+bench -b 16 --dualpath --bf16 --channels-last
 
 # 2. The pipeline: baseline, qat 4-bit, qat 1-bit, sp from qat-4, rl per alpha from sp.
 # A short schedule (minutes, not the reference's 200 epochs per stage); rl gets one
