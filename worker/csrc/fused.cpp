@@ -66,26 +66,29 @@ struct StraightThroughGateMix : public torch::autograd::Function<StraightThrough
     TORCH_CHECK(basic.sizes() == fullbit.sizes() && basic.dim() == 4 && basic.size(0) == logits.size(0),
                 "the two paths' outputs must be (N, C, H, W) alike for N = ", logits.size(0), ", got ", basic.sizes(),
                 " and ", fullbit.sizes());
-    const at::Tensor p = at::softmax(logits, 1, at::kFloat).select(1, 1);
-    const at::Tensor chosen = p.gt(0.5);
+    const at::Tensor probs = at::softmax(logits, 1, at::kFloat);
+    const at::Tensor chosen = probs.select(1, 1).gt(0.5);
     const at::Tensor out = at::where(chosen.view({-1, 1, 1, 1}), fullbit, basic);
     const at::Tensor mask = chosen.to(at::kFloat);
-    ctx->save_for_backward({p, chosen, basic, fullbit});
+    ctx->saved_data["logits_type"] = static_cast<int64_t>(logits.scalar_type());
+    ctx->save_for_backward({probs, chosen, basic, fullbit});
     ctx->mark_non_differentiable({mask});
     return {out, mask};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &p = saved[0], &chosen = saved[1], &basic = saved[2], &fullbit = saved[3];
+    const at::Tensor &probs = saved[0], &chosen = saved[1], &basic = saved[2], &fullbit = saved[3];
     const at::Tensor& g = grad[0];
+    if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const at::Tensor per_image = chosen.view({-1, 1, 1, 1});
     const at::Tensor d_basic = at::where(per_image, at::Scalar(0.0), g);
     const at::Tensor d_fullbit = at::where(per_image, g, at::Scalar(0.0));
     const at::Tensor d_mask = at::sum(g * (fullbit - basic), {1, 2, 3}, false, at::kFloat);
-    // p = softmax(l)[1]: d p / d l1 = p (1 - p) = -d p / d l0.
-    const at::Tensor d_l1 = d_mask * p * (1 - p);
-    return {at::stack({-d_l1, d_l1}, 1), d_basic, d_fullbit};
+    // Straight through to p = probs[:, 1], then the softmax's own backward.
+    const at::Tensor d_probs = at::constant_pad_nd(d_mask.unsqueeze(1), {1, 0});
+    const auto logits_type = static_cast<at::ScalarType>(ctx->saved_data["logits_type"].toInt());
+    return {at::_softmax_backward_data(d_probs, probs, 1, logits_type), d_basic, d_fullbit};
   }
 };
 
