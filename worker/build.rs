@@ -1,14 +1,20 @@
 //! Compiles the worker's own libtorch ops (`csrc/fused.cpp`) against the
-//! libtorch that tch links (`LIBTORCH`), and embeds an rpath to its `lib/` so
-//! that the worker's binaries and tests find libtorch without LD_LIBRARY_PATH.
+//! libtorch that tch links, found where torch-sys found it (`LIBTORCH`, a
+//! Python torch, ...), and embeds an rpath to its `lib/` so that the worker's
+//! binaries and tests find libtorch without LD_LIBRARY_PATH.
 
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=csrc/fused.cpp");
-    let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH must name the libtorch folder (scripts/libtorch.sh prints it)"));
-    let include = libtorch.join("include");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    // torch-sys's `cargo:libtorch_lib` (its `links` name is "tch").
+    let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder"));
+    let root = match std::env::var("LIBTORCH_INCLUDE") {
+        Ok(include_root) => PathBuf::from(include_root),
+        Err(_) => lib.parent().expect("libtorch's lib folder has a parent").to_path_buf(),
+    };
+    let include = root.join("include");
     // The flags torch-sys compiles its own C++ with, so that both agree on the ABI.
     cc::Build::new()
         .cpp(true)
@@ -21,5 +27,5 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/fused.cpp")
         .compile("camp_fused");
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libtorch.join("lib").display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
 }
