@@ -30,6 +30,11 @@ bench -b 512 --dualpath --bf16 --channels-last
 # host needs to issue it. Step times close to batch 512's mean host-bound training.
 bench -b 16 --bits 4 --bf16 --channels-last
 bench -b 16 --dualpath --bf16 --channels-last
+# Where the time goes: host ops per step, the GPU's busy time and top kernels.
+profile() { echo "== profile $*"; timeout 90 "${worker[@]}" bench -a preact_resnet44_cifar --steps 20 --warmup-steps 10 --profile 5 "$@" | tee -a "$out/profile.txt"; }
+[ "${BENCH:-1}" = 1 ] || profile() { :; }
+profile -b 512 --bits 4 --bf16 --channels-last
+profile -b 512 --dualpath --bf16 --channels-last
 
 # 2. The pipeline: baseline, qat 4-bit, qat 1-bit, sp from qat-4, rl per alpha from sp.
 # A short schedule (minutes, not the reference's 200 epochs per stage); rl gets one

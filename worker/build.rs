@@ -1,12 +1,12 @@
-//! Compiles the worker's own libtorch ops (`csrc/fused.cpp`) against the
-//! libtorch that tch links, found where torch-sys found it (`LIBTORCH`, a
-//! Python torch, ...), and embeds an rpath to its `lib/` so that the worker's
-//! binaries and tests find libtorch without LD_LIBRARY_PATH.
+//! Compiles the worker's C++ (`csrc/`: its own libtorch ops, the profiler's
+//! summary) against the libtorch that tch links, found where torch-sys found it
+//! (`LIBTORCH`, a Python torch, ...), and embeds an rpath to its `lib/` so that
+//! the worker's binaries and tests find libtorch without LD_LIBRARY_PATH.
 
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     // torch-sys's `cargo:libtorch_lib` (its `links` name is "tch").
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder"));
@@ -26,6 +26,7 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/fused.cpp")
-        .compile("camp_fused");
+        .file("csrc/profile.cpp")
+        .compile("camp_csrc");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
 }

@@ -1,7 +1,7 @@
 //! Throughput of training and evaluation steps on random data already on the
 //! device, so that only the model, the optimiser and the device are measured:
 //! full precision, quantisation-aware at k bits, or the dual-path network's
-//! sp step.
+//! sp step; optionally a profile of the training step (host ops, GPU kernels).
 
 use std::fmt;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;
+use crate::profile::{profile, EventDevice, EventTotal};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
@@ -34,6 +35,8 @@ pub struct BenchConfig {
     pub bits: Option<u32>,
     /// The dual-path network's sp training step (1-bit and 4-bit paths, gates).
     pub dual_path: bool,
+    /// Training steps to profile after the timed ones (0: none).
+    pub profile_steps: usize,
 }
 
 impl BenchConfig {
@@ -75,6 +78,57 @@ pub struct BenchReport {
     pub train_images_per_s: f64,
     pub train_ms_per_step: f64,
     pub eval_images_per_s: f64,
+    pub train_profile: Option<StepProfile>,
+}
+
+/// Where a training step's time goes, from libtorch's profiler.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfile {
+    pub steps: usize,
+    /// Ops and runtime calls the host recorded per step, nested ones included.
+    pub host_events_per_step: f64,
+    /// Time the GPU spent in kernels, copies and sets per step (0 on the CPU).
+    pub gpu_busy_ms_per_step: f64,
+    /// The GPU's costliest kernels.
+    pub top_kernels: Vec<EventShare>,
+    /// The host's most frequent ops.
+    pub top_host_ops: Vec<EventShare>,
+}
+
+/// One event name's share of a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventShare {
+    pub name: String,
+    pub count_per_step: f64,
+    /// Inclusive of nested events for host ops.
+    pub ms_per_step: f64,
+}
+
+/// Entries in each top list of a profile.
+const PROFILE_TOP: usize = 8;
+
+impl StepProfile {
+    fn from_events(events: &[EventTotal], steps: usize) -> Self {
+        let per_step = |x: f64| x / steps as f64;
+        let share = |e: &EventTotal| EventShare {
+            name: e.name.clone(),
+            count_per_step: per_step(e.count as f64),
+            ms_per_step: per_step(e.total_ns as f64 / 1e6),
+        };
+        let on = |device: EventDevice| events.iter().filter(move |e| e.device == device);
+        let mut kernels: Vec<&EventTotal> = on(EventDevice::Cuda).collect();
+        kernels.sort_by_key(|e| std::cmp::Reverse(e.total_ns));
+        let mut host_ops: Vec<&EventTotal> = on(EventDevice::Cpu).collect();
+        host_ops.sort_by_key(|e| std::cmp::Reverse(e.count));
+        StepProfile {
+            steps,
+            // fold from +0: an empty f64 sum is -0.
+            host_events_per_step: per_step(on(EventDevice::Cpu).fold(0.0, |sum, e| sum + e.count as f64)),
+            gpu_busy_ms_per_step: per_step(on(EventDevice::Cuda).fold(0.0, |sum, e| sum + e.total_ns as f64 / 1e6)),
+            top_kernels: kernels.into_iter().take(PROFILE_TOP).map(share).collect(),
+            top_host_ops: host_ops.into_iter().take(PROFILE_TOP).map(share).collect(),
+        }
+    }
 }
 
 impl fmt::Display for BenchReport {
@@ -93,7 +147,24 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(f, "{:<8} {:>12} {:>10}", "phase", "images/s", "ms/step")?;
         writeln!(f, "{:<8} {:>12.0} {:>10.2}", "train", self.train_images_per_s, self.train_ms_per_step)?;
-        write!(f, "{:<8} {:>12.0} {:>10.2}", "eval", self.eval_images_per_s, 1000.0 * c.batch as f64 / self.eval_images_per_s)
+        write!(f, "{:<8} {:>12.0} {:>10.2}", "eval", self.eval_images_per_s, 1000.0 * c.batch as f64 / self.eval_images_per_s)?;
+        let Some(p) = &self.train_profile else { return Ok(()) };
+        write!(
+            f,
+            "\nprofile of {} training steps: {:.0} host ops per step; GPU busy {:.2} ms of the {:.2} ms a timed step takes",
+            p.steps, p.host_events_per_step, p.gpu_busy_ms_per_step, self.train_ms_per_step
+        )?;
+        let name = |n: &str| n.chars().take(90).collect::<String>();
+        for (title, rows) in [("GPU kernels by time", &p.top_kernels), ("host ops by count", &p.top_host_ops)] {
+            if rows.is_empty() {
+                continue;
+            }
+            write!(f, "\n{title}:\n{:>10} {:>10}  name", "per step", "ms/step")?;
+            for row in rows {
+                write!(f, "\n{:>10.1} {:>10.3}  {}", row.count_per_step, row.ms_per_step, name(&row.name))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -145,11 +216,25 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
     synchronize(config.device);
     let eval_seconds = started.elapsed().as_secs_f64();
 
+    let train_profile = if config.profile_steps > 0 {
+        let ((), events) = profile(config.device.is_cuda(), || {
+            for _ in 0..config.profile_steps {
+                train_step()?;
+            }
+            synchronize(config.device);
+            Ok(())
+        })?;
+        Some(StepProfile::from_events(&events, config.profile_steps))
+    } else {
+        None
+    };
+
     let images_timed = (config.batch * config.steps as i64) as f64;
     Ok(BenchReport {
         config: config.clone(),
         train_images_per_s: images_timed / train_seconds,
         train_ms_per_step: 1000.0 * train_seconds / config.steps as f64,
         eval_images_per_s: images_timed / eval_seconds,
+        train_profile,
     })
 }

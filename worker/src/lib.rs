@@ -15,6 +15,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 pub mod precision;
+pub mod profile;
 pub mod quant;
 pub mod reinforce;
 mod rng;

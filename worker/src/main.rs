@@ -65,6 +65,10 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 5)]
         warmup_steps: usize,
+        /// Then profile this many training steps: host ops per step, the GPU's
+        /// busy time and its costliest kernels.
+        #[arg(long, value_name = "STEPS", default_value_t = 0)]
+        profile: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -100,9 +104,10 @@ fn main() -> anyhow::Result<()> {
     }
     let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
     match cli.command {
-        Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, json }) => {
-            let report =
-                run_bench(&BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits, dual_path: dualpath })?;
+        Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, profile, json }) => {
+            let config =
+                BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits, dual_path: dualpath, profile_steps: profile };
+            let report = run_bench(&config)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -175,8 +175,37 @@ fn bench_reports_positive_throughput() {
         steps: 2,
         bits: None,
         dual_path: false,
+        profile_steps: 0,
     };
     let report = camp_worker::bench::run_bench(&config).unwrap();
     assert!(report.train_images_per_s > 0.0 && report.eval_images_per_s > 0.0);
     assert!(report.to_string().contains("train"));
+    assert!(report.train_profile.is_none());
+}
+
+#[test]
+fn bench_profiles_the_training_step_when_asked() {
+    tch::set_num_threads(1);
+    let config = camp_worker::bench::BenchConfig {
+        arch: "preact_resnet20_cifar".into(),
+        batch: 2,
+        device: Device::Cpu,
+        bf16: false,
+        channels_last: false,
+        warmup_steps: 1,
+        steps: 1,
+        bits: Some(4),
+        dual_path: false,
+        profile_steps: 2,
+    };
+    let report = camp_worker::bench::run_bench(&config).unwrap();
+    let profile = report.train_profile.as_ref().expect("a profile");
+    assert_eq!(profile.steps, 2);
+    // 19 convolutions forward per step, at least, and as many backward.
+    assert!(profile.host_events_per_step > 2.0 * 19.0, "{profile:?}");
+    let counts: Vec<f64> = profile.top_host_ops.iter().map(|op| op.count_per_step).collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "most frequent first: {counts:?}");
+    assert_eq!(profile.gpu_busy_ms_per_step, 0.0, "no GPU on the CPU");
+    assert!(profile.top_kernels.is_empty() && !profile.top_host_ops.is_empty());
+    assert!(report.to_string().contains("host ops per step"));
 }
