@@ -25,6 +25,7 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/ffi.cpp")
         .file("csrc/fused.cpp")
         .file("csrc/profile.cpp")
         .compile("camp_csrc");

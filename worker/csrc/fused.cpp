@@ -1,16 +1,15 @@
 // libtorch ops of camp's own, where composing tch's ops would cost several
 // kernels (and host-side dispatches) each way; training on a GPU is bound by
 // that host-side cost (GPU.md). Each entry point hands back new tensors, or
-// fails with a message in *error (freed by camp_free_error): no exception
-// crosses into Rust.
+// fails with a message in *error (ffi.h).
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <utility>
+
+#include "ffi.h"
 
 namespace {
 
@@ -47,6 +46,7 @@ struct DorefaActivation : public torch::autograd::Function<DorefaActivation> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    if (!grad[0].defined()) return {at::Tensor(), at::Tensor()};
     const at::Tensor x = ctx->get_saved_variables()[0];
     const auto [below, above] = unit_interval_bounds(x.scalar_type());
     return {at::hardtanh_backward(grad[0], x, below, above), at::Tensor()};
@@ -92,46 +92,24 @@ struct StraightThroughGateMix : public torch::autograd::Function<StraightThrough
   }
 };
 
-char* copy_message(const char* message) {
-  char* copy = static_cast<char*>(std::malloc(std::strlen(message) + 1));
-  if (copy != nullptr) std::strcpy(copy, message);
-  return copy;
-}
-
-// Runs `body`, turning an exception into a message in *error.
-template <typename F>
-bool guarded(char** error, F&& body) {
-  try {
-    body();
-    return true;
-  } catch (const c10::Error& e) {
-    *error = copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  }
-  return false;
-}
-
 }  // namespace
 
 extern "C" {
 
 at::Tensor* camp_dorefa_activation(const at::Tensor* x, int64_t levels, char** error) {
   at::Tensor* out = nullptr;
-  guarded(error, [&] { out = new at::Tensor(DorefaActivation::apply(*x, levels)); });
+  camp::guarded(error, [&] { out = new at::Tensor(DorefaActivation::apply(*x, levels)); });
   return out;
 }
 
 // Writes the mixed output to *out and the 0/1 mask to *mask; false (and *error) on failure.
 bool camp_straight_through_gate_mix(const at::Tensor* logits, const at::Tensor* basic, const at::Tensor* fullbit,
                                     at::Tensor** out, at::Tensor** mask, char** error) {
-  return guarded(error, [&] {
+  return camp::guarded(error, [&] {
     auto outputs = StraightThroughGateMix::apply(*logits, *basic, *fullbit);
     *out = new at::Tensor(std::move(outputs[0]));
     *mask = new at::Tensor(std::move(outputs[1]));
   });
 }
-
-void camp_free_error(char* error) { std::free(error); }
 
 }

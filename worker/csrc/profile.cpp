@@ -1,46 +1,22 @@
 // libtorch's profiler (Kineto) around a piece of work, for `camp-worker bench
 // --profile`: how many ops the host dispatched and how long the GPU's kernels
-// ran, by name. Failures come back as a message in *error (freed by
-// camp_free_message), never as an exception into Rust.
+// ran, by name. Failures come back as a message in *error (ffi.h).
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <set>
 #include <string>
 #include <utility>
 
-namespace {
-
-char* copy_text(const std::string& text) {
-  char* copy = static_cast<char*>(std::malloc(text.size() + 1));
-  if (copy != nullptr) std::memcpy(copy, text.c_str(), text.size() + 1);
-  return copy;
-}
-
-template <typename F>
-bool guarded(char** error, F&& body) {
-  try {
-    body();
-    return true;
-  } catch (const c10::Error& e) {
-    *error = copy_text(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *error = copy_text(e.what());
-  }
-  return false;
-}
-
-}  // namespace
+#include "ffi.h"
 
 extern "C" {
 
 // Starts profiling this thread's ops (and the autograd threads it starts);
 // with_cuda: also the CUDA kernels, memory copies and sets (CUPTI).
 bool camp_profiler_start(bool with_cuda, char** error) {
-  return guarded(error, [&] {
+  return camp::guarded(error, [&] {
     using torch::profiler::impl::ActivityType;
     const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
     std::set<ActivityType> activities{ActivityType::CPU};
@@ -53,7 +29,7 @@ bool camp_profiler_start(bool with_cuda, char** error) {
 // Stops profiling; *summary holds one line per device and event name:
 // "cpu|cuda <TAB> count <TAB> total ns <TAB> name".
 bool camp_profiler_stop(char** summary, char** error) {
-  return guarded(error, [&] {
+  return camp::guarded(error, [&] {
     const auto result = torch::autograd::profiler::disableProfiler();
     std::map<std::pair<std::string, std::string>, std::pair<uint64_t, uint64_t>> totals;
     for (const auto& event : result->events()) {
@@ -66,10 +42,8 @@ bool camp_profiler_stop(char** summary, char** error) {
     for (const auto& [key, value] : totals) {
       text += key.first + "\t" + std::to_string(value.first) + "\t" + std::to_string(value.second) + "\t" + key.second + "\n";
     }
-    *summary = copy_text(text);
+    *summary = camp::copy_text(text);
   });
 }
-
-void camp_free_message(char* message) { std::free(message); }
 
 }

@@ -2,11 +2,12 @@
 //! compose from several kernels and autograd nodes each way: training on a GPU
 //! is bound by the host's cost per op (GPU.md).
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 
-use tch::{TchError, Tensor};
+use tch::Tensor;
 
-use crate::error::{EngineError, Result};
+use crate::csrc::take_error;
+use crate::error::Result;
 
 extern "C" {
     fn camp_dorefa_activation(x: *const c_void, levels: i64, error: *mut *mut c_char) -> *mut c_void;
@@ -18,7 +19,6 @@ extern "C" {
         mask: *mut *mut c_void,
         error: *mut *mut c_char,
     ) -> bool;
-    fn camp_free_error(error: *mut c_char);
 }
 
 /// DoReFa's activation `round_k(clamp(x, 0, 1))` with `levels` = 2^k - 1
@@ -60,16 +60,6 @@ pub fn straight_through_gate_mix(logits: &Tensor, basic: &Tensor, fullbit: &Tens
         }
         Ok((Tensor::from_ptr(out.cast()), Tensor::from_ptr(mask.cast())))
     }
-}
-
-/// The error of a failed op, its malloc'ed message (or none) freed.
-///
-/// # Safety
-/// `error` is null or a message from `csrc/fused.cpp`, not used afterwards.
-unsafe fn take_error(error: *mut c_char, op: &str) -> EngineError {
-    let message = if error.is_null() { "out of memory".to_string() } else { CStr::from_ptr(error).to_string_lossy().into_owned() };
-    camp_free_error(error);
-    TchError::Torch(format!("{op}: {message}")).into()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+mod csrc;
 pub mod daemon;
 pub mod data;
 pub mod device;

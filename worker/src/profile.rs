@@ -3,16 +3,14 @@
 //! name. Training a CIFAR ResNet on a GPU is bound by the host's cost per op
 //! (GPU.md); this says by how much.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
-use tch::TchError;
-
+use crate::csrc::{take_error, take_text};
 use crate::error::{EngineError, Result};
 
 extern "C" {
     fn camp_profiler_start(with_cuda: bool, error: *mut *mut c_char) -> bool;
     fn camp_profiler_stop(summary: *mut *mut c_char, error: *mut *mut c_char) -> bool;
-    fn camp_free_message(message: *mut c_char);
 }
 
 /// Where a profiled event ran.
@@ -40,13 +38,13 @@ pub fn profile<T>(with_cuda: bool, work: impl FnOnce() -> Result<T>) -> Result<(
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: on failure `error` is null or a malloc'ed message, read once and freed.
     if !unsafe { camp_profiler_start(with_cuda, &mut error) } {
-        return Err(unsafe { take_message(error, "profiler start") });
+        return Err(unsafe { take_error(error, "profiler start") });
     }
     let outcome = work();
     let mut summary: *mut c_char = std::ptr::null_mut();
     // SAFETY: as above; on success `summary` is a malloc'ed text, read once and freed.
     if !unsafe { camp_profiler_stop(&mut summary, &mut error) } {
-        return Err(unsafe { take_message(error, "profiler stop") });
+        return Err(unsafe { take_error(error, "profiler stop") });
     }
     let text = unsafe { take_text(summary) };
     Ok((outcome?, parse_summary(&text)?))
@@ -68,22 +66,4 @@ fn parse_summary(text: &str) -> Result<Vec<EventTotal>> {
             Ok(EventTotal { device, name, count, total_ns })
         })
         .collect()
-}
-
-/// # Safety
-/// `text` is null or a malloc'ed string from `csrc/profile.cpp`, not used afterwards.
-unsafe fn take_text(text: *mut c_char) -> String {
-    if text.is_null() {
-        return String::new();
-    }
-    let owned = CStr::from_ptr(text).to_string_lossy().into_owned();
-    camp_free_message(text);
-    owned
-}
-
-/// # Safety
-/// As `take_text`.
-unsafe fn take_message(error: *mut c_char, what: &str) -> EngineError {
-    let message = take_text(error);
-    TchError::Torch(format!("{what}: {}", if message.is_empty() { "out of memory" } else { &message })).into()
 }
