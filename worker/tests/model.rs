@@ -162,22 +162,27 @@ fn pact_clips_take_their_own_weight_decay() {
     assert!((clip.double_value(&[0]) - 8.0 * (1.0 - lr * clip_wd)).abs() < 1e-6);
 }
 
-#[test]
-fn bench_reports_positive_throughput() {
+/// A ResNet-20 bench on the CPU, one thread, one warm-up step.
+fn tiny_bench(batch: i64, steps: usize, bits: Option<u32>, profile_steps: usize) -> camp_worker::bench::BenchReport {
     tch::set_num_threads(1);
     let config = camp_worker::bench::BenchConfig {
         arch: "preact_resnet20_cifar".into(),
-        batch: 4,
+        batch,
         device: Device::Cpu,
         bf16: false,
         channels_last: false,
         warmup_steps: 1,
-        steps: 2,
-        bits: None,
+        steps,
+        bits,
         dual_path: false,
-        profile_steps: 0,
+        profile_steps,
     };
-    let report = camp_worker::bench::run_bench(&config).unwrap();
+    camp_worker::bench::run_bench(&config).unwrap()
+}
+
+#[test]
+fn bench_reports_positive_throughput() {
+    let report = tiny_bench(4, 2, None, 0);
     assert!(report.train_images_per_s > 0.0 && report.eval_images_per_s > 0.0);
     assert!(report.to_string().contains("train"));
     assert!(report.train_profile.is_none());
@@ -185,20 +190,7 @@ fn bench_reports_positive_throughput() {
 
 #[test]
 fn bench_profiles_the_training_step_when_asked() {
-    tch::set_num_threads(1);
-    let config = camp_worker::bench::BenchConfig {
-        arch: "preact_resnet20_cifar".into(),
-        batch: 2,
-        device: Device::Cpu,
-        bf16: false,
-        channels_last: false,
-        warmup_steps: 1,
-        steps: 1,
-        bits: Some(4),
-        dual_path: false,
-        profile_steps: 2,
-    };
-    let report = camp_worker::bench::run_bench(&config).unwrap();
+    let report = tiny_bench(2, 1, Some(4), 2);
     let profile = report.train_profile.as_ref().expect("a profile");
     assert_eq!(profile.steps, 2);
     // 19 convolutions forward per step, at least, and as many backward.
