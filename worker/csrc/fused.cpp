@@ -53,6 +53,45 @@ struct DorefaActivation : public torch::autograd::Function<DorefaActivation> {
   }
 };
 
+// DoReFa's weight quantisation (ALGORITHMS 3) of weights laid end to end in
+// `flat`, one segment (of `lengths`) per weight, `ids` naming each element's
+// segment: t = tanh(w); 2u = t / max|t| + 1 with the max per weight;
+// w_q = fq(2u) - 1 = 2 round_k(u) - 1, straight through the rounding (2u always
+// lies in the quantiser's range), the tanh and the max differentiated. The
+// backward is written out: autograd's would run PyTorch's CUDA segment_reduce
+// backward, one thread per weight looping over all its elements.
+struct DorefaWeights : public torch::autograd::Function<DorefaWeights> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& flat, const at::Tensor& lengths,
+                            const at::Tensor& ids, int64_t levels) {
+    const at::Tensor t = at::tanh(flat);
+    const at::Tensor magnitude = t.abs();
+    // |t| >= 0: a reduction from 0 is the max.
+    const at::Tensor max_abs = at::segment_reduce(magnitude, "max", lengths, {}, {}, 0, false, at::Scalar(0.0));
+    const at::Tensor twice_u = t / max_abs.index_select(0, ids) + 1;
+    ctx->save_for_backward({t, magnitude, max_abs, lengths, ids});
+    return at::fake_quantize_per_tensor_affine(twice_u, 2.0 / static_cast<double>(levels), 0, 0, levels) - 1;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const at::Tensor& g = grad[0];
+    if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &t = saved[0], &magnitude = saved[1], &max_abs = saved[2], &lengths = saved[3], &ids = saved[4];
+    const auto per_weight_sum = [&](const at::Tensor& x) {
+      return at::segment_reduce(x, "sum", lengths, {}, {}, 0, false, at::Scalar(0.0));
+    };
+    const at::Tensor max_each = max_abs.index_select(0, ids);
+    // Through t / M: 1 / M to t, -sum(g t) / M^2 to each weight's M.
+    const at::Tensor d_max = -per_weight_sum(g * t) / (max_abs * max_abs);
+    // M = max |t| hands its gradient to the elements at the max (shared evenly
+    // between ties), signed as t.
+    const at::Tensor at_max = magnitude.eq(max_each).to(t.scalar_type());
+    const at::Tensor d_max_each = (d_max / per_weight_sum(at_max)).index_select(0, ids);
+    const at::Tensor d_t = g / max_each + at_max * t.sign() * d_max_each;
+    return {d_t * (1 - t * t), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 // A dual-path block's output under its gate in stage sp (ALGORITHMS 5): per
 // image, p = softmax(logits)[1] and mask = (p > 0.5); the output is the 4-bit
 // path's where mask = 1, the 1-bit path's elsewhere. Backward is that of
@@ -99,6 +138,13 @@ extern "C" {
 at::Tensor* camp_dorefa_activation(const at::Tensor* x, int64_t levels, char** error) {
   at::Tensor* out = nullptr;
   camp::guarded(error, [&] { out = new at::Tensor(DorefaActivation::apply(*x, levels)); });
+  return out;
+}
+
+at::Tensor* camp_dorefa_weights(const at::Tensor* flat, const at::Tensor* lengths, const at::Tensor* ids, int64_t levels,
+                                char** error) {
+  at::Tensor* out = nullptr;
+  camp::guarded(error, [&] { out = new at::Tensor(DorefaWeights::apply(*flat, *lengths, *ids, levels)); });
   return out;
 }
 

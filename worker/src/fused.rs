@@ -11,6 +11,13 @@ use crate::error::Result;
 
 extern "C" {
     fn camp_dorefa_activation(x: *const c_void, levels: i64, error: *mut *mut c_char) -> *mut c_void;
+    fn camp_dorefa_weights(
+        flat: *const c_void,
+        lengths: *const c_void,
+        ids: *const c_void,
+        levels: i64,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
     fn camp_straight_through_gate_mix(
         logits: *const c_void,
         basic: *const c_void,
@@ -32,6 +39,23 @@ pub fn dorefa_activation(x: &Tensor, levels: i64) -> Result<Tensor> {
         let out = camp_dorefa_activation(x.as_ptr().cast(), levels, &mut error);
         if out.is_null() {
             return Err(take_error(error, "dorefa_activation"));
+        }
+        Ok(Tensor::from_ptr(out.cast()))
+    }
+}
+
+/// DoReFa's weight quantisation with `levels` = 2^k - 1 steps (ALGORITHMS 3)
+/// of the weights laid end to end in `flat`, segment by segment (`lengths`,
+/// int64; `ids`: each element's segment), the max |tanh w| taken per weight:
+/// one autograd op with a backward of parallel kernels only.
+pub fn dorefa_weights(flat: &Tensor, lengths: &Tensor, ids: &Tensor, levels: i64) -> Result<Tensor> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the inputs outlive the call; a non-null result is a new tensor
+    // that the returned `Tensor` owns.
+    unsafe {
+        let out = camp_dorefa_weights(flat.as_ptr().cast(), lengths.as_ptr().cast(), ids.as_ptr().cast(), levels, &mut error);
+        if out.is_null() {
+            return Err(take_error(error, "dorefa_weights"));
         }
         Ok(Tensor::from_ptr(out.cast()))
     }

@@ -107,13 +107,7 @@ impl WeightQuantizer {
                 })?;
                 Ok(flat.f_add(&delta)?)
             }
-            WeightQuantizer::Dorefa { bits } => {
-                let n = levels(bits);
-                let t = flat.f_tanh()?;
-                let max_abs = segments.reduce(&t.f_abs()?, "max")?;
-                let twice_u = t.f_div(&segments.expand(&max_abs)?)?.f_add_scalar(1.0)?;
-                Ok(twice_u.f_fake_quantize_per_tensor_affine(2.0 / n as f64, 0, 0, n)?.f_add_scalar(-1.0)?)
-            }
+            WeightQuantizer::Dorefa { bits } => crate::fused::dorefa_weights(flat, &segments.lengths, &segments.ids, levels(bits)),
         }
     }
 }
