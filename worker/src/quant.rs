@@ -102,7 +102,7 @@ impl WeightQuantizer {
             WeightQuantizer::Full => Ok(flat.shallow_clone()),
             WeightQuantizer::Binary => {
                 let delta = tch::no_grad(|| -> Result<Tensor> {
-                    let mean_abs = segments.reduce(&flat.f_abs()?, "mean")?;
+                    let mean_abs = segments.mean(&flat.f_abs()?)?;
                     Ok(flat.f_sign()?.f_mul(&segments.expand(&mean_abs)?)?.f_sub(flat)?)
                 })?;
                 Ok(flat.f_add(&delta)?)
@@ -131,10 +131,9 @@ impl Segments {
         Ok(Segments { lengths, ids })
     }
 
-    /// `reduce` ("max", "mean") of each segment of `flat`, differentiable. The
-    /// reduction starts from 0 (tch has no "none"): `flat` must not be negative.
-    fn reduce(&self, flat: &Tensor, reduce: &str) -> Result<Tensor> {
-        Ok(Tensor::f_segment_reduce(flat, reduce, Some(&self.lengths), None, None, 0, false, 0.0)?)
+    /// The mean of each segment of `flat`.
+    fn mean(&self, flat: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::f_segment_reduce(flat, "mean", Some(&self.lengths), None, None, 0, false, 0.0)?)
     }
 
     /// Each segment's value of `per_segment` repeated over its elements.
