@@ -60,3 +60,12 @@ ensure_rust() {
   command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; return 1; }
   command -v cc >/dev/null || apt_install build-essential
 }
+
+# Everything the demo and the tests need, in order, from the checkout's root.
+prepare_checkout() {
+  cd "$repo"
+  ensure_rust
+  ensure_libtorch
+  ensure_postgres
+  ensure_fashion_mnist
+}

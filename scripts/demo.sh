@@ -5,11 +5,7 @@
 #   CAMP_DEMO_EPOCHS / CAMP_DEMO_TRAIN / CAMP_DEMO_TEST / CAMP_DEMO_DEVICE tune the run.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-cd "$repo"
-ensure_rust
-ensure_libtorch
-ensure_postgres
-ensure_fashion_mnist
+prepare_checkout
 
 demo="$repo/.demo"
 mkdir -p "$demo/data"

@@ -3,11 +3,7 @@
 # tests, against a real PostgreSQL (one fresh database per test).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-cd "$repo"
-ensure_rust
-ensure_libtorch
-ensure_postgres
-ensure_fashion_mnist
+prepare_checkout
 echo "libtorch: $LIBTORCH" >&2
 echo "database: $DATABASE_URL" >&2
 # Tests run two at a time on two cores, each libtorch with one thread (the tests
