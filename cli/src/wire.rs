@@ -225,6 +225,7 @@ mod tests {
                 epoch: 1,
                 attempt: 2,
                 at_ms: 9,
+                id: 0,
             },
         );
         assert_eq!(

@@ -45,9 +45,14 @@ impl EnergyTable {
         if self.name.trim().is_empty() {
             return Err(invalid("energy_table", "the table needs a name (every report names it)"));
         }
+        crate::limits::check_name(&self.name, crate::limits::MAX_NAME_BYTES)
+            .map_err(|e| invalid("energy_table", format!("name {e}")))?;
         for (key, v) in [("fp32_pj", self.fp32_pj), ("int8_mult_pj", self.int8_mult_pj), ("int8_add_pj", self.int8_add_pj)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(invalid("energy_table", format!("{key} must be a positive number, got {v}")));
+            if !(v.is_finite() && v > 0.0 && v <= crate::limits::MAX_PJ_PER_MAC) {
+                return Err(invalid(
+                    "energy_table",
+                    format!("{key} must be a positive number of at most {}, got {v}", crate::limits::MAX_PJ_PER_MAC),
+                ));
             }
         }
         Ok(())
@@ -123,12 +128,12 @@ pub fn input_shape(dataset: &str) -> Result<(usize, usize, usize), SpecError> {
 pub fn report(spec: &JobSpec) -> Result<EnergyReport, SpecError> {
     let (in_ch, classes, hw) = input_shape(&spec.dataset)?;
     let dual = spec.stage.is_dual_path();
-    let plan = BitsPlan::for_spec(spec);
+    let plan = BitsPlan::for_spec(spec)?;
     let table = &spec.energy_table;
     let all = arch::layers(&spec.arch, dual, in_ch, classes, hw)?;
     let mut module_paths: Vec<String> = all.iter().map(|l| l.path.clone()).collect();
     module_paths.extend(arch::relu_paths(&spec.arch, dual, hw)?);
-    BitsPlan::check_patterns(spec, &module_paths)?;
+    plan.check_patterns(&module_paths)?;
 
     let n_blocks = arch::blocks(&spec.arch, hw)?.len();
     let mut report = EnergyReport {

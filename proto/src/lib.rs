@@ -4,7 +4,10 @@
 //! reference's schedule files.
 
 pub mod arch;
+pub mod codec;
+pub mod endpoint;
 pub mod energy;
+pub mod limits;
 pub mod quant;
 pub mod schedule;
 pub mod spec;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::energy::EnergyTable;
+use crate::limits::*;
 use crate::v1;
 
 /// A spec field that is wrong, and why. `field` is the spec's key (`lr`, `batch_size`, ...).
@@ -241,6 +242,14 @@ impl Default for JobSpec {
     }
 }
 
+fn in_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<(), SpecError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("must be in {min}..={max}, got {value}")))
+    }
+}
+
 fn valid_bits(bits: u32) -> bool {
     (1..=8).contains(&bits) || bits == 32
 }
@@ -278,43 +287,48 @@ impl JobSpec {
         self.bits_activations.unwrap_or(self.stage.default_bits())
     }
 
-    /// Checks every field; the first wrong one is named in the error.
+    /// Checks every field; the first wrong one is named in the error. Every
+    /// number has a range and every list a length (`limits`), so a spec that
+    /// passes costs a bounded amount to store, plan and train.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !ARCHITECTURES.contains(&self.arch.as_str()) {
             return Err(invalid(
                 "arch",
-                format!("unknown architecture '{}' (known: {})", self.arch, ARCHITECTURES.join(", ")),
+                format!("unknown architecture '{}' (known: {})", excerpt(&self.arch), ARCHITECTURES.join(", ")),
             ));
         }
         if !DATASETS.contains(&self.dataset.as_str()) {
             return Err(invalid(
                 "dataset",
-                format!("unknown data set '{}' (known: {})", self.dataset, DATASETS.join(", ")),
+                format!("unknown data set '{}' (known: {})", excerpt(&self.dataset), DATASETS.join(", ")),
             ));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid("lr", format!("must be a positive number, got {}", self.lr)));
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= MAX_LR) {
+            return Err(invalid("lr", format!("must be a positive number of at most {MAX_LR}, got {}", self.lr)));
         }
-        if self.batch_size == 0 {
-            return Err(invalid("batch_size", "must be at least 1"));
-        }
-        if self.epochs == 0 {
-            return Err(invalid("epochs", "must be at least 1"));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(invalid("weight_decay", format!("must be >= 0, got {}", self.weight_decay)));
+        in_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)?;
+        in_range("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        if !(self.weight_decay.is_finite() && (0.0..=MAX_WEIGHT_DECAY).contains(&self.weight_decay)) {
+            return Err(invalid("weight_decay", format!("must be in [0, {MAX_WEIGHT_DECAY}], got {}", self.weight_decay)));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(invalid("momentum", format!("must be in [0, 1), got {}", self.momentum)));
         }
-        if self.print_freq == 0 {
-            return Err(invalid("print_freq", "must be at least 1"));
+        in_range("print_freq", self.print_freq, 1, MAX_PRINT_FREQ)?;
+        in_range("train_limit", self.train_limit, 0, MAX_IMAGE_LIMIT)?;
+        in_range("test_limit", self.test_limit, 0, MAX_IMAGE_LIMIT)?;
+        if self.lr_schedule.len() > MAX_LR_STEPS {
+            return Err(invalid("lr_schedule", format!("{} steps; at most {MAX_LR_STEPS} are allowed", self.lr_schedule.len())));
         }
         for step in &self.lr_schedule {
-            if step.epoch == 0 || !(step.gamma.is_finite() && step.gamma > 0.0) {
+            let gamma_ok = step.gamma.is_finite() && step.gamma > 0.0 && step.gamma <= MAX_GAMMA_STEP;
+            if !(1..=MAX_EPOCHS).contains(&step.epoch) || !gamma_ok {
                 return Err(invalid(
                     "lr_schedule",
-                    format!("each step needs epoch >= 1 and gamma > 0, got epoch {} gamma {}", step.epoch, step.gamma),
+                    format!(
+                        "each step needs epoch in 1..={MAX_EPOCHS} and gamma in (0, {MAX_GAMMA_STEP}], got epoch {} gamma {}",
+                        step.epoch, step.gamma
+                    ),
                 ));
             }
         }
@@ -331,29 +345,34 @@ impl JobSpec {
         if self.stage == Stage::Baseline && (self.weight_bits() != 32 || self.activation_bits() != 32) {
             return Err(invalid("bits_weights", "stage baseline trains in full precision (use stage qat for bits)"));
         }
+        if self.bits_overrides.len() > MAX_OVERRIDES {
+            return Err(invalid("bits_overrides", format!("{} overrides; at most {MAX_OVERRIDES} are allowed", self.bits_overrides.len())));
+        }
         for o in &self.bits_overrides {
-            if o.pattern.trim().is_empty() {
-                return Err(invalid("bits_overrides", "a pattern must not be empty"));
-            }
             for b in [o.wts, o.acts].into_iter().flatten() {
                 if !valid_bits(b) {
-                    return Err(invalid("bits_overrides", format!("pattern '{}': bits must be 1..8 or 32, got {b}", o.pattern)));
+                    return Err(invalid(
+                        "bits_overrides",
+                        format!("pattern '{}': bits must be 1..8 or 32, got {b}", excerpt(&o.pattern)),
+                    ));
                 }
             }
         }
+        // Compiles every pattern: length, syntax and control characters are checked here.
+        crate::quant::BitsPlan::for_spec(self)?;
         self.energy_table.validate()?;
-        if !self.alpha.is_finite() || self.alpha < 0.0 {
-            return Err(invalid("alpha", format!("must be >= 0, got {}", self.alpha)));
+        if !(self.alpha.is_finite() && (0.0..=MAX_ALPHA).contains(&self.alpha)) {
+            return Err(invalid("alpha", format!("must be in [0, {MAX_ALPHA}], got {}", self.alpha)));
         }
         if !(self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma)) {
             return Err(invalid("gamma", format!("must be in [0, 1], got {}", self.gamma)));
         }
-        if !self.rl_weight.is_finite() || self.rl_weight < 0.0 {
-            return Err(invalid("rl_weight", format!("must be >= 0, got {}", self.rl_weight)));
+        if !(self.rl_weight.is_finite() && (0.0..=MAX_RL_WEIGHT).contains(&self.rl_weight)) {
+            return Err(invalid("rl_weight", format!("must be in [0, {MAX_RL_WEIGHT}], got {}", self.rl_weight)));
         }
         if let Some(wd) = self.pact_weight_decay {
-            if !(wd.is_finite() && wd >= 0.0) {
-                return Err(invalid("pact_weight_decay", format!("must be >= 0, got {wd}")));
+            if !(wd.is_finite() && (0.0..=MAX_WEIGHT_DECAY).contains(&wd)) {
+                return Err(invalid("pact_weight_decay", format!("must be in [0, {MAX_WEIGHT_DECAY}], got {wd}")));
             }
         }
         if self.init_from < 0 {
@@ -503,13 +522,32 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         assert_eq!(field_of(|p| p.arch = "resnet9000".into()), "arch");
+        let long = JobSpec::from_proto(&JobSpec { arch: "x".repeat(9 << 20), ..JobSpec::default() }.to_proto()).unwrap_err();
+        assert!(long.reason.len() < 300, "the error quotes an excerpt, not 9 MB: {} bytes", long.reason.len());
         assert_eq!(field_of(|p| p.dataset = "imagenet".into()), "dataset");
         assert_eq!(field_of(|p| p.stage = "pretrain".into()), "stage");
         assert_eq!(field_of(|p| p.lr = 0.0), "lr");
         assert_eq!(field_of(|p| p.lr = -0.1), "lr");
         assert_eq!(field_of(|p| p.lr = f64::NAN), "lr");
+        assert_eq!(field_of(|p| p.lr = 1e9), "lr");
         assert_eq!(field_of(|p| p.batch_size = 0), "batch_size");
+        assert_eq!(field_of(|p| p.batch_size = 1_000_000_000), "batch_size");
         assert_eq!(field_of(|p| p.epochs = 0), "epochs");
+        assert_eq!(field_of(|p| p.epochs = u32::MAX), "epochs");
+        assert_eq!(field_of(|p| p.epochs = (1 << 31) + 1), "epochs");
+        assert_eq!(field_of(|p| p.train_limit = u32::MAX), "train_limit");
+        assert_eq!(field_of(|p| p.print_freq = u32::MAX), "print_freq");
+        assert_eq!(field_of(|p| p.weight_decay = 5.0), "weight_decay");
+        assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 3, gamma: 0.1 }; 65]), "lr_schedule");
+        assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: u32::MAX, gamma: 0.1 }]), "lr_schedule");
+        assert_eq!(field_of(|p| p.alpha = Some(1e12)), "alpha");
+        assert_eq!(field_of(|p| p.rl_weight = Some(1e12)), "rl_weight");
+        assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().name = "a\0b".into()), "energy_table");
+        assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().name = "x".repeat(10_000)), "energy_table");
+        let many = vec![v1::BitsOverride { pattern: "fc".into(), wts: None, acts: None }; 65];
+        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_overrides = many }), "bits_overrides");
+        let nul = vec![v1::BitsOverride { pattern: "f\0c".into(), wts: None, acts: None }];
+        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_overrides = nul }), "bits_overrides");
         assert_eq!(field_of(|p| p.weight_decay = -1.0), "weight_decay");
         assert_eq!(field_of(|p| p.momentum = 1.5), "momentum");
         assert_eq!(field_of(|p| p.print_freq = 0), "print_freq");

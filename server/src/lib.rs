@@ -1,27 +1,35 @@
 //! camp's coordinator: keeps every job, metric and checkpoint in a `Store`
 //! (PostgreSQL) and serves `JobService` to users and `WorkerService` to workers.
+//!
+//! The trust boundary, layer by layer: `net` bounds the connections,
+//! tonic's rustls (`tls`) encrypts them, `auth::layer` identifies every call
+//! once, `api` checks every field against `camp_proto::limits` and applies
+//! who may do what, and the store fences every worker write.
 
 pub mod api;
 pub mod auth;
+pub mod error;
+pub mod net;
 pub mod queue;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use camp_proto::limits::{MAX_MESSAGE_BYTES, MAX_METADATA_BYTES};
 use camp_proto::v1::job_service_server::JobServiceServer;
 use camp_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use futures::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::api::jobs::JobApi;
+use crate::api::transfer::{TransferLimits, Transfers};
 use crate::api::workers::WorkerApi;
-use crate::auth::Auth;
-use crate::store::{Retention, Store};
-
-/// Largest gRPC message accepted: a checkpoint chunk plus headroom.
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+use crate::auth::layer::{AuthLayer, Authenticator};
+use crate::auth::Access;
+use crate::net::{ConnectionLimits, KEEPALIVE};
+use crate::store::{ClaimPolicy, Retention, Store};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,12 +38,35 @@ pub struct Settings {
     /// How often expired leases are looked for.
     pub reap_every: Duration,
     pub retention: Retention,
+    /// Every call needs an API token of the right role.
     pub require_auth: bool,
+    pub access: Access,
+    pub claims: ClaimPolicy,
+    pub transfers: TransferLimits,
+    pub connections: ConnectionLimits,
+    /// Concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// TLS for the listener; None serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// `WorkerService` calls need a verified client certificate (set with a client CA).
+    pub require_client_cert: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { lease: Duration::from_secs(30), reap_every: Duration::from_secs(1), retention: Retention::default(), require_auth: false }
+        Settings {
+            lease: Duration::from_secs(30),
+            reap_every: Duration::from_secs(1),
+            retention: Retention::default(),
+            require_auth: false,
+            access: Access::default(),
+            claims: ClaimPolicy::default(),
+            transfers: TransferLimits::default(),
+            connections: ConnectionLimits::default(),
+            max_streams_per_connection: 128,
+            tls: None,
+            require_client_cert: false,
+        }
     }
 }
 
@@ -46,24 +77,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let auth = Auth::new(store.clone(), settings.require_auth);
     let reaper = tokio::spawn(queue::run_reaper(store.clone(), settings.reap_every));
-    let jobs = JobServiceServer::new(JobApi::new(store.clone(), auth.clone(), settings.lease))
+    let transfers = Arc::new(Transfers::new(settings.transfers));
+    let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert));
+    let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(WorkerApi::new(store, auth, settings.lease, settings.retention))
+    let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, settings.claims, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // Small replies (claims, acks) must not wait for Nagle's algorithm.
-    let incoming = TcpListenerStream::new(listener).inspect(|conn| {
-        if let Ok(stream) = conn {
-            let _ = stream.set_nodelay(true);
-        }
-    });
-    let result = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .max_concurrent_streams(Some(settings.max_streams_per_connection))
+        .http2_max_header_list_size(MAX_METADATA_BYTES);
+    if let Some(tls) = settings.tls {
+        server = server.tls_config(tls)?;
+    }
+    let result = server
+        .layer(auth)
         .add_service(jobs)
         .add_service(workers)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(net::incoming(listener, settings.connections), shutdown)
         .await;
     reaper.abort();
     result

@@ -1,17 +1,23 @@
-//! `camp-server`: the coordinator binary.
+//! `camp-server`: the coordinator binary, and its admin commands (tokens).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use camp_server::store::{PgStore, Retention, Store};
-use camp_server::{auth, serve, Settings};
-use clap::{Parser, Subcommand};
+use camp_server::api::transfer::TransferLimits;
+use camp_server::auth::{self, Access};
+use camp_server::net::{self, ConnectionLimits};
+use camp_server::store::{ClaimPolicy, Credential, NewCredential, PgStore, Retention, Role, Store};
+use camp_server::tls::TlsFiles;
+use camp_server::{serve, Settings};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "camp-server", version, about = "camp's coordinator: jobs, metrics and checkpoints in PostgreSQL, served over gRPC")]
 struct Cli {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on. Without --require-auth it must be a loopback address (or --insecure-listen).
     #[arg(long, env = "CAMP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
     /// PostgreSQL URL; migrations are applied at start.
@@ -29,20 +35,117 @@ struct Cli {
     /// Do not keep the best checkpoint beyond the latest ones.
     #[arg(long)]
     no_keep_best: bool,
-    /// Require an API token (`authorization: Bearer`) on every call.
-    #[arg(long, env = "CAMP_REQUIRE_AUTH")]
-    require_auth: bool,
+    #[command(flatten)]
+    security: Security,
+    #[command(flatten)]
+    limits: Limits,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// Who may connect and what they may do (README: "Securing a cluster").
+#[derive(Args)]
+struct Security {
+    /// Require an API token (`authorization: Bearer`) on every call: user or admin tokens for
+    /// JobService, worker tokens for WorkerService.
+    #[arg(long, env = "CAMP_REQUIRE_AUTH")]
+    require_auth: bool,
+    /// Listen on a non-loopback address without --require-auth (anyone who reaches it can act as anyone).
+    #[arg(long)]
+    insecure_listen: bool,
+    /// Only a job's owner and admins may read it (show, metrics, logs, checkpoints, results, watch).
+    #[arg(long, env = "CAMP_PRIVATE_JOBS")]
+    private_jobs: bool,
+    /// The highest priority a user who is not an admin may give a job.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    max_user_priority: i32,
+    /// At most this many running jobs per user (unset: no cap).
+    #[arg(long)]
+    max_running_per_user: Option<u32>,
+    /// PEM certificate chain to serve TLS with.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA of the workers' client certificates: WorkerService calls then need one (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// Bounds on what callers may make the coordinator hold.
+#[derive(Args)]
+struct Limits {
+    /// Largest checkpoint a worker may upload, in MiB.
+    #[arg(long, default_value_t = 512)]
+    max_checkpoint_mib: u64,
+    /// Open connections at most (also bounded by the process's file limit).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Open connections from one address at most.
+    #[arg(long, default_value_t = 512)]
+    max_connections_per_ip: usize,
+    /// Seconds a connection may stay silent (it is pinged every 20 s) before it is closed.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout_secs: f64,
+    /// Seconds a checkpoint upload or download may stall before it is dropped.
+    #[arg(long, default_value_t = 60.0)]
+    stream_idle_secs: f64,
+    /// Concurrent calls on one connection at most.
+    #[arg(long, default_value_t = 128)]
+    max_streams_per_connection: u32,
+    /// Checkpoint uploads in progress at once, at most.
+    #[arg(long, default_value_t = 32)]
+    max_uploads: usize,
+    /// Checkpoint downloads in progress at once, at most.
+    #[arg(long, default_value_t = 1024)]
+    max_downloads: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Make an API token for a user; prints it once (only its hash is stored).
-    Token {
+    /// Make an API token (printed once; only its hash is stored), or list and revoke tokens.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct TokenArgs {
+    #[command(subcommand)]
+    action: Option<TokenAction>,
+    #[command(flatten)]
+    new: NewToken,
+}
+
+/// `token --user U [--admin]` or `token --worker [--name N]`.
+#[derive(Args)]
+struct NewToken {
+    /// A token for this user.
+    #[arg(long, conflicts_with = "worker")]
+    user: Option<String>,
+    /// The user is an admin: may act on any job and use any priority.
+    #[arg(long, requires = "user")]
+    admin: bool,
+    /// A token for worker daemons (WorkerService only).
+    #[arg(long)]
+    worker: bool,
+    /// The worker credential's name (shown in `token list`).
+    #[arg(long, requires = "worker", default_value = "worker")]
+    name: String,
+    /// How long the token stays valid: 90d, 12h, 30m (default: until revoked).
+    #[arg(long)]
+    expires: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// List every token: id, role, name, when it was made, expires, was revoked.
+    List {
         #[arg(long)]
-        user: String,
+        json: bool,
     },
+    /// Revoke a token (by the id `token list` shows); it is refused from the next call on.
+    Revoke { id: i64 },
 }
 
 fn positive_secs(name: &str, secs: f64) -> anyhow::Result<Duration> {
@@ -57,24 +160,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let settings = Settings {
-        lease: positive_secs("lease-secs", cli.lease_secs)?,
-        reap_every: positive_secs("reap-every-secs", cli.reap_every_secs)?,
-        retention: Retention { keep_latest: cli.keep_latest.max(1), keep_best: !cli.no_keep_best },
-        require_auth: cli.require_auth,
-    };
     let store: Arc<dyn Store> =
         Arc::new(PgStore::connect(&cli.database_url).await.context("connecting to PostgreSQL (--database-url)")?);
-
-    if let Some(Command::Token { user }) = cli.command {
-        let token = auth::new_token();
-        store.create_token(&user, &auth::token_sha256(&token)).await?;
-        println!("{token}");
-        return Ok(());
+    if let Some(Command::Token(args)) = &cli.command {
+        return token(store.as_ref(), args).await;
     }
-
+    let settings = settings(&cli)?;
     let listener = tokio::net::TcpListener::bind(&cli.listen).await.with_context(|| format!("binding --listen {}", cli.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, lease = ?settings.lease, "camp-server listening");
+    let addr = listener.local_addr()?;
+    check_exposure(&cli.security, addr, settings.tls.is_some())?;
+    tracing::info!(
+        %addr,
+        lease = ?settings.lease,
+        auth = settings.require_auth,
+        tls = settings.tls.is_some(),
+        mutual_tls = settings.require_client_cert,
+        private_jobs = settings.access.private_jobs,
+        "camp-server listening"
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -85,4 +188,125 @@ async fn main() -> anyhow::Result<()> {
     };
     serve(store, settings, listener, shutdown).await?;
     Ok(())
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let s = &cli.security;
+    let l = &cli.limits;
+    anyhow::ensure!(l.max_checkpoint_mib >= 1, "--max-checkpoint-mib must be at least 1");
+    anyhow::ensure!(l.max_connections >= 1 && l.max_connections_per_ip >= 1, "--max-connections and --max-connections-per-ip must be at least 1");
+    anyhow::ensure!(l.max_uploads >= 1 && l.max_downloads >= 1 && l.max_streams_per_connection >= 1, "stream limits must be at least 1");
+    let fd_room = net::raise_fd_limit() as usize;
+    if fd_room < l.max_connections {
+        tracing::warn!(max_connections = fd_room, asked = l.max_connections, "the open-file limit caps the connections");
+    }
+    let tls_files = s.tls_cert.clone().zip(s.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key, client_ca: s.tls_client_ca.clone() });
+    let tls = tls_files.as_ref().map(TlsFiles::server_config).transpose()?;
+    Ok(Settings {
+        lease: positive_secs("lease-secs", cli.lease_secs)?,
+        reap_every: positive_secs("reap-every-secs", cli.reap_every_secs)?,
+        retention: Retention { keep_latest: cli.keep_latest.max(1), keep_best: !cli.no_keep_best },
+        require_auth: s.require_auth,
+        access: Access { private_jobs: s.private_jobs, max_user_priority: s.max_user_priority },
+        claims: ClaimPolicy { max_running_per_user: s.max_running_per_user },
+        transfers: TransferLimits {
+            max_checkpoint_bytes: l.max_checkpoint_mib << 20,
+            max_uploads: l.max_uploads,
+            max_downloads: l.max_downloads,
+            idle: positive_secs("stream-idle-secs", l.stream_idle_secs)?,
+        },
+        connections: ConnectionLimits {
+            max_connections: l.max_connections.min(fd_room.max(1)),
+            max_per_ip: l.max_connections_per_ip,
+            idle: positive_secs("idle-timeout-secs", l.idle_timeout_secs)?,
+        },
+        max_streams_per_connection: l.max_streams_per_connection,
+        tls,
+        require_client_cert: s.tls_client_ca.is_some(),
+    })
+}
+
+/// Without --require-auth callers name themselves: such a coordinator serves
+/// its own machine only, unless told otherwise.
+fn check_exposure(s: &Security, addr: SocketAddr, tls: bool) -> anyhow::Result<()> {
+    let loopback = addr.ip().is_loopback();
+    if !s.require_auth {
+        if !loopback && !s.insecure_listen {
+            anyhow::bail!(
+                "--listen {addr}: without --require-auth the coordinator listens on loopback only \
+                 (anyone who reached it could act as anyone); add --require-auth (and TLS), or --insecure-listen"
+            );
+        }
+        if loopback {
+            tracing::info!("no --require-auth: loopback only, callers name themselves (x-camp-user)");
+        } else {
+            tracing::warn!("--insecure-listen: anyone who can reach {addr} can act as any user and as a worker");
+        }
+    } else if !tls && !loopback {
+        tracing::warn!("--require-auth without TLS on {addr}: tokens cross the network in clear (add --tls-cert/--tls-key)");
+    }
+    Ok(())
+}
+
+async fn token(store: &dyn Store, args: &TokenArgs) -> anyhow::Result<()> {
+    match &args.action {
+        Some(TokenAction::List { json }) => {
+            let all = store.list_credentials().await?;
+            if *json {
+                let rows: Vec<_> = all.iter().map(credential_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  {}", "ID", "ROLE", "NAME", "CREATED", "EXPIRES", "REVOKED");
+                for c in &all {
+                    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or("-".into());
+                    println!(
+                        "{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  {}",
+                        c.id,
+                        c.role.as_str(),
+                        c.name,
+                        at(Some(c.created_at)),
+                        at(c.expires_at),
+                        at(c.revoked_at)
+                    );
+                }
+            }
+        }
+        Some(TokenAction::Revoke { id }) => {
+            let c = store.revoke_credential(*id).await?;
+            eprintln!("revoked token {} ({} {})", c.id, c.role.as_str(), c.name);
+        }
+        None => {
+            let n = &args.new;
+            let (role, name) = match (&n.user, n.worker) {
+                (Some(user), false) => (if n.admin { Role::Admin } else { Role::User }, user.clone()),
+                (None, true) => (Role::Worker, n.name.clone()),
+                _ => anyhow::bail!("say who the token is for: --user NAME [--admin], or --worker [--name NAME]"),
+            };
+            let flag = if role == Role::Worker { "--name" } else { "--user" };
+            camp_proto::limits::check_principal(&name).map_err(|e| anyhow::anyhow!("{flag} '{}': {e}", camp_proto::limits::excerpt(&name)))?;
+            let expires_at = match &n.expires {
+                Some(text) => {
+                    let d = auth::parse_expiry(text)?;
+                    Some(chrono::Utc::now() + chrono::Duration::from_std(d).context("--expires: too far away")?)
+                }
+                None => None,
+            };
+            let token = auth::new_token();
+            let c = store.create_credential(NewCredential { role, name, token_sha256: auth::token_sha256(&token), expires_at }).await?;
+            eprintln!("token {} for {} {} (shown once; `camp-server token revoke {}` ends it)", c.id, c.role.as_str(), c.name, c.id);
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn credential_json(c: &Credential) -> serde_json::Value {
+    serde_json::json!({
+        "id": c.id,
+        "role": c.role.as_str(),
+        "name": c.name,
+        "created_at": c.created_at.to_rfc3339(),
+        "expires_at": c.expires_at.map(|t| t.to_rfc3339()),
+        "revoked_at": c.revoked_at.map(|t| t.to_rfc3339()),
+    })
 }

@@ -1,5 +1,6 @@
-//! The queue's timing: long-poll claims that wake on a submission within
-//! milliseconds (NOTIFY, not a poll interval), and the lease reaper.
+//! The queue's timing and its account of itself: long-poll claims that wake
+//! on a submission within milliseconds (NOTIFY, not a poll interval), the
+//! lease reaper, and why a queued job has not started.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,19 +9,19 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::store::{Change, Claimed, Store, StoreResult};
+use crate::store::{Change, ClaimPolicy, Claimed, Job, QueueFacts, Store, StoreResult};
 
 /// A safety net only: claims are retried at least this often even if a
 /// notification was lost (for example while the listener reconnected).
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// Claims the next job for `worker`, waiting up to `wait` for one to appear.
-pub async fn claim_wait(store: &dyn Store, worker: Uuid, lease: Duration, wait: Duration) -> StoreResult<Option<Claimed>> {
+pub async fn claim_wait(store: &dyn Store, worker: Uuid, lease: Duration, wait: Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>> {
     // Subscribe before the first try so that a submission between the try and the wait is not missed.
     let mut changes = store.subscribe();
     let deadline = Instant::now() + wait;
     loop {
-        if let Some(claimed) = store.claim(worker, lease).await? {
+        if let Some(claimed) = store.claim(worker, lease, policy).await? {
             return Ok(Some(claimed));
         }
         let wake = deadline.min(Instant::now() + RECHECK);
@@ -49,5 +50,76 @@ pub async fn run_reaper(store: Arc<dyn Store>, every: Duration) {
             }
             Err(e) => tracing::error!("lease reaper: {e}"),
         }
+    }
+}
+
+/// Why `job` (queued) has not started, from the facts the queue decides on, in
+/// the order claims check them.
+pub fn waiting_reason(job: &Job, facts: &QueueFacts, policy: ClaimPolicy) -> String {
+    if !facts.unfinished_parents.is_empty() {
+        let parents: Vec<String> = facts.unfinished_parents.iter().map(|(id, state)| format!("job {id} ({})", state.as_str())).collect();
+        return format!("waiting for its parents to succeed: {}", parents.join(", "));
+    }
+    if let Some(cap) = policy.max_running_per_user {
+        if facts.owner_running >= cap {
+            return format!("{} already has {} running jobs, the most one user may run at once", job.owner, facts.owner_running);
+        }
+    }
+    if facts.live_matching_workers == 0 {
+        let device = match job.spec.device.as_str() {
+            "any" => String::new(),
+            d => format!("device {d} and "),
+        };
+        return format!("no live worker offers {device}data set {}", job.spec.dataset);
+    }
+    match facts.ahead {
+        0 => "next in line: waiting for a free worker".into(),
+        n => format!("{n} queued job(s) come first (higher priority, or older at the same priority)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobState;
+
+    fn job() -> Job {
+        Job {
+            id: 7,
+            name: "j".into(),
+            owner: "ada".into(),
+            spec: camp_proto::JobSpec::default(),
+            state: JobState::Queued,
+            priority: 0,
+            attempt: 0,
+            max_attempts: 3,
+            lease_losses: 0,
+            cancel_requested: false,
+            worker: None,
+            message: String::new(),
+            result: None,
+            epoch: 0,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+            experiment_id: None,
+            node: String::new(),
+            parents: vec![],
+        }
+    }
+
+    #[test]
+    fn a_queued_job_says_what_holds_it() {
+        let capped = ClaimPolicy { max_running_per_user: Some(2) };
+        let live = QueueFacts { live_matching_workers: 1, ..QueueFacts::default() };
+        let parents = QueueFacts { unfinished_parents: vec![(3, JobState::Running)], ..live.clone() };
+        assert_eq!(waiting_reason(&job(), &parents, capped), "waiting for its parents to succeed: job 3 (running)");
+        let busy = QueueFacts { owner_running: 2, ..live.clone() };
+        assert!(waiting_reason(&job(), &busy, capped).contains("ada already has 2 running jobs"));
+        assert_eq!(waiting_reason(&job(), &busy, ClaimPolicy::default()), "next in line: waiting for a free worker");
+        let nobody = QueueFacts::default();
+        assert_eq!(waiting_reason(&job(), &nobody, capped), "no live worker offers data set cifar10");
+        let behind = QueueFacts { ahead: 4, ..live };
+        assert!(waiting_reason(&job(), &behind, capped).starts_with("4 queued job(s) come first"));
     }
 }

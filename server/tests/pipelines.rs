@@ -2,34 +2,21 @@
 //! PostgreSQL, children wait for their parents, get their best checkpoint, and
 //! are cancelled (with the reason) when a parent fails.
 
-use std::sync::Arc;
+mod common;
 
 use camp_proto::spec::Stage;
-use camp_proto::v1::job_service_client::JobServiceClient;
-use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1::{self, JobState};
 use camp_proto::JobSpec;
-use camp_server::store::{PgStore, Store};
-use camp_server::{serve, Settings};
-use sha2::{Digest, Sha256};
+use camp_server::Settings;
+use common::{Coordinator, Jobs, Worker};
 use sqlx::PgPool;
-use tonic::transport::Channel;
 use tonic::Code;
 
-async fn start(pool: PgPool) -> (JobServiceClient<Channel>, WorkerServiceClient<Channel>, String) {
-    let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(store, Settings::default(), listener, std::future::pending()));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let mut workers = WorkerServiceClient::new(channel.clone());
-    let worker = workers
-        .register(v1::RegisterRequest { name: "w".into(), device_kind: "cpu".into(), datasets: vec!["cifar10".into()], ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    (JobServiceClient::new(channel), workers, worker)
+async fn start(pool: PgPool) -> (Coordinator, Jobs, Worker) {
+    let c = Coordinator::start(pool, Settings::default()).await;
+    let jobs = c.jobs_as("tester");
+    let worker = c.register("w", "cpu", &["cifar10"], None).await;
+    (c, jobs, worker)
 }
 
 fn node(key: &str, stage: Stage, after: &[&str], init_from: &str) -> v1::PipelineNode {
@@ -53,36 +40,26 @@ fn camp_dag() -> Vec<v1::PipelineNode> {
     ]
 }
 
-async fn claim(w: &mut WorkerServiceClient<Channel>, worker: &str) -> Option<v1::Assignment> {
-    w.claim(v1::ClaimRequest { worker_id: worker.into(), wait_ms: 0 }).await.unwrap().into_inner().assignment
+async fn claim(w: &mut Worker) -> Option<v1::Assignment> {
+    w.claim(0).await
 }
 
-async fn upload(w: &mut WorkerServiceClient<Channel>, a: &v1::Assignment, epoch: u32, top1: f64, bytes: &[u8]) {
-    let header = v1::CheckpointHeader {
-        job_id: a.job_id,
-        attempt: a.attempt,
-        epoch,
-        step: epoch as i64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        size: bytes.len() as u64,
-        top1,
-        metadata_json: String::new(),
-    };
-    let msgs = vec![v1::UploadChunk { header: Some(header), data: bytes.to_vec() }];
-    w.upload_checkpoint(futures::stream::iter(msgs)).await.unwrap();
+async fn upload(w: &mut Worker, a: &v1::Assignment, epoch: u32, top1: f64, bytes: &[u8]) {
+    w.upload(a.job_id, a.attempt, epoch, top1, bytes).await.unwrap();
 }
 
-async fn finish(w: &mut WorkerServiceClient<Channel>, a: &v1::Assignment, outcome: v1::Outcome, message: &str) {
-    w.finish(v1::FinishRequest { job_id: a.job_id, attempt: a.attempt, outcome: outcome as i32, message: message.into(), result_json: String::new() })
+async fn finish(w: &mut Worker, a: &v1::Assignment, outcome: v1::Outcome, message: &str) {
+    w.client
+        .finish(v1::FinishRequest { job_id: a.job_id, attempt: a.attempt, outcome: outcome as i32, message: message.into(), result_json: String::new() })
         .await
         .unwrap();
 }
 
 #[sqlx::test(migrations = false)]
 async fn children_wait_for_parents_and_start_from_their_best_checkpoint(pool: PgPool) {
-    let (mut jobs, mut w, worker) = start(pool).await;
+    let (_c, mut jobs, mut w) = start(pool).await;
     let exp = jobs
-        .submit_pipeline(v1::SubmitPipelineRequest { name: "camp-r20".into(), nodes: camp_dag(), max_attempts: 0 })
+        .submit_pipeline(v1::SubmitPipelineRequest { name: "camp-r20".into(), nodes: camp_dag(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -92,40 +69,40 @@ async fn children_wait_for_parents_and_start_from_their_best_checkpoint(pool: Pg
     assert_eq!((sp.parents.clone(), sp.spec.as_ref().unwrap().init_from), (vec![id("qat4")], id("qat4")));
 
     // Only the roots are claimable.
-    let a = claim(&mut w, &worker).await.unwrap();
-    let b = claim(&mut w, &worker).await.unwrap();
+    let a = claim(&mut w).await.unwrap();
+    let b = claim(&mut w).await.unwrap();
     assert_eq!((a.job_id, b.job_id), (id("baseline"), id("qat4")));
-    assert!(claim(&mut w, &worker).await.is_none(), "sp waits for qat4");
+    assert!(claim(&mut w).await.is_none(), "sp waits for qat4");
     upload(&mut w, &b, 1, 0.3, b"qat4 epoch 1").await;
     upload(&mut w, &b, 2, 0.9, b"qat4 epoch 2 (best)").await;
     upload(&mut w, &b, 3, 0.5, b"qat4 epoch 3").await;
     finish(&mut w, &b, v1::Outcome::Succeeded, "").await;
 
-    let s = claim(&mut w, &worker).await.expect("sp is claimable once qat4 succeeded");
+    let s = claim(&mut w).await.expect("sp is claimable once qat4 succeeded");
     assert_eq!(s.job_id, id("sp"));
     let init = s.init_from.clone().expect("sp gets qat4's checkpoint");
     assert_eq!((init.job_id, init.epoch), (id("qat4"), 2), "the best one, not the latest");
     assert!(s.resume_from.is_none());
-    assert!(claim(&mut w, &worker).await.is_none(), "the rl jobs wait for sp");
+    assert!(claim(&mut w).await.is_none(), "the rl jobs wait for sp");
     finish(&mut w, &a, v1::Outcome::Succeeded, "").await;
     upload(&mut w, &s, 1, 0.8, b"sp").await;
     finish(&mut w, &s, v1::Outcome::Succeeded, "").await;
-    let r1 = claim(&mut w, &worker).await.unwrap();
-    let r2 = claim(&mut w, &worker).await.unwrap();
+    let r1 = claim(&mut w).await.unwrap();
+    let r2 = claim(&mut w).await.unwrap();
     assert_eq!((r1.job_id, r2.job_id), (id("rl-0.1"), id("rl-0.5")));
     assert_eq!(r1.init_from.unwrap().job_id, id("sp"));
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_failed_parent_cancels_its_descendants_with_the_reason(pool: PgPool) {
-    let (mut jobs, mut w, worker) = start(pool).await;
+    let (_c, mut jobs, mut w) = start(pool).await;
     let exp = jobs
-        .submit_pipeline(v1::SubmitPipelineRequest { name: "doomed".into(), nodes: camp_dag(), max_attempts: 0 })
+        .submit_pipeline(v1::SubmitPipelineRequest { name: "doomed".into(), nodes: camp_dag(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
-    let _baseline = claim(&mut w, &worker).await.unwrap();
-    let qat4 = claim(&mut w, &worker).await.unwrap();
+    let _baseline = claim(&mut w).await.unwrap();
+    let qat4 = claim(&mut w).await.unwrap();
     finish(&mut w, &qat4, v1::Outcome::Failed, "loss became NaN").await;
     let exp = jobs.get_experiment(v1::GetExperimentRequest { id: exp.id }).await.unwrap().into_inner();
     for key in ["sp", "rl-0.1", "rl-0.5"] {
@@ -142,11 +119,11 @@ async fn a_failed_parent_cancels_its_descendants_with_the_reason(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn bad_dags_and_missing_parents_are_refused_and_nothing_is_stored(pool: PgPool) {
-    let (mut jobs, _w, _worker) = start(pool).await;
+    let (_c, mut jobs, _w) = start(pool).await;
     let refuse = |nodes: Vec<v1::PipelineNode>| {
         let mut jobs = jobs.clone();
         async move {
-            jobs.submit_pipeline(v1::SubmitPipelineRequest { name: "bad".into(), nodes, max_attempts: 0 }).await.unwrap_err()
+            jobs.submit_pipeline(v1::SubmitPipelineRequest { name: "bad".into(), nodes, ..Default::default() }).await.unwrap_err()
         }
     };
     let e = refuse(vec![node("sp", Stage::Sp, &[], "nope")]).await;

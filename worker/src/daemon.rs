@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use camp_proto::endpoint::{self, ClientTls};
+use camp_proto::limits::{self, CHECKPOINT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1;
 use camp_proto::JobSpec;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -26,18 +28,19 @@ use crate::stage::{self, CheckpointBlob, Control, Observer, RunInfo, StageOutcom
 const CLAIM_WAIT: Duration = Duration::from_secs(20);
 /// How often pending metrics and log lines are sent.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
-/// Pieces a checkpoint is uploaded in.
-const UPLOAD_CHUNK: usize = 1 << 20;
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Where the worker sends the session `Register` gave it.
+const SESSION_HEADER: &str = "x-camp-session";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("coordinator {addr} unreachable: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
+    #[error("coordinator {addr} unreachable: {reason}")]
+    Connect { addr: String, reason: String },
     #[error("coordinator refused {call}: {status}")]
     Refused { call: &'static str, status: String },
-    #[error("bad coordinator address '{0}'")]
-    Address(String),
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
+    #[error("--token: not usable as a header value")]
+    Token,
 }
 
 #[derive(Debug, Clone)]
@@ -47,22 +50,38 @@ pub struct DaemonConfig {
     pub device: tch::Device,
     pub name: String,
     pub labels: Vec<(String, String)>,
-    /// Sent as `authorization: Bearer` when set.
+    /// Sent as `authorization: Bearer` when set (a worker credential).
     pub token: Option<String>,
+    /// TLS for an `https://` coordinator: its CA, and this worker's certificate for mutual TLS.
+    pub tls: ClientTls,
 }
 
 type Client = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
+type Header = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
+/// The worker credential and, once registered, the session: on every call.
 #[derive(Clone)]
-struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+struct Credentials {
+    authorization: Option<Header>,
+    session: Option<Header>,
+}
 
 impl tonic::service::Interceptor for Credentials {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.authorization {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.session {
+            req.metadata_mut().insert(SESSION_HEADER, v.clone());
         }
         Ok(req)
     }
+}
+
+fn client(channel: Channel, credentials: Credentials) -> Client {
+    WorkerServiceClient::with_interceptor(channel, credentials)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn refused(call: &'static str, status: Status) -> DaemonError {
@@ -72,24 +91,19 @@ fn refused(call: &'static str, status: Status) -> DaemonError {
 /// Runs until `shutdown` is set (SIGTERM): finishes the current step, checkpoints,
 /// hands the job back to the queue, and returns.
 pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signal: Arc<tokio::sync::Notify>) -> Result<(), DaemonError> {
-    let endpoint = Endpoint::from_shared(config.coordinator.clone()).map_err(|_| DaemonError::Address(config.coordinator.clone()))?;
-    let channel = endpoint
+    let channel = endpoint::endpoint(&config.coordinator, &config.tls)?
         .connect()
         .await
-        .map_err(|source| DaemonError::Connect { addr: config.coordinator.clone(), source })?;
-    let credentials = Credentials(
-        config.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose().map_err(|_| DaemonError::Address("token".into()))?,
-    );
-    let mut client = WorkerServiceClient::with_interceptor(channel, credentials)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .map_err(|e| DaemonError::Connect { addr: config.coordinator.clone(), reason: endpoint::describe(&e) })?;
+    let authorization = config.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose().map_err(|_| DaemonError::Token)?;
+    let mut unregistered = client(channel.clone(), Credentials { authorization: authorization.clone(), session: None });
 
     let datasets = crate::data::available_datasets(&config.data_dir);
     let (device_kind, gpus) = match config.device {
         tch::Device::Cuda(_) => ("cuda", gpu_names()),
         _ => ("cpu", Vec::new()),
     };
-    let registered = client
+    let registered = unregistered
         .register(v1::RegisterRequest {
             name: config.name.clone(),
             hostname: hostname(),
@@ -102,6 +116,8 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
         .map_err(|s| refused("register", s))?
         .into_inner();
     tracing::info!(worker = %config.name, id = %registered.worker_id, device = device_kind, ?datasets, "registered");
+    let session = registered.session.parse().map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
+    let mut client = client(channel, Credentials { authorization, session: Some(session) });
 
     while !shutdown.load(Ordering::SeqCst) {
         let claim = client.claim(v1::ClaimRequest { worker_id: registered.worker_id.clone(), wait_ms: CLAIM_WAIT.as_millis() as u32 });
@@ -111,7 +127,9 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
         };
         let assignment = match reply {
             Ok(r) => r.into_inner().assignment,
-            Err(status) if status.code() == Code::NotFound => return Err(refused("claim", status)),
+            Err(status) if matches!(status.code(), Code::NotFound | Code::Unauthenticated | Code::PermissionDenied) => {
+                return Err(refused("claim", status))
+            }
             Err(status) => {
                 tracing::warn!("claim failed: {}; retrying", status.message());
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -224,7 +242,7 @@ async fn run_attempt(client: &mut Client, config: &DaemonConfig, worker_id: &str
         }
         Err(e) => {
             tracing::error!("attempt failed: {e}");
-            (v1::Outcome::Failed, e, String::new())
+            (v1::Outcome::Failed, limits::truncate_text(&e, limits::MAX_MESSAGE_TEXT_BYTES), String::new())
         }
     };
     let req = v1::FinishRequest { job_id, attempt, outcome: outcome as i32, message, result_json };
@@ -335,7 +353,7 @@ async fn report_loop(client: Client, job_id: i64, attempt: u32, mut events: mpsc
                 Some(Event::Metrics { step, epoch, values }) => reporter.add_metrics(step, epoch, values),
                 Some(Event::Log(line)) => {
                     tracing::info!("{line}");
-                    reporter.current().log_lines.push(line);
+                    reporter.current().log_lines.push(limits::truncate_text(&line, limits::MAX_LOG_LINE_BYTES));
                 }
                 Some(Event::Checkpoint(blob, done)) => {
                     reporter.flush().await;
@@ -382,8 +400,13 @@ impl Progress {
 }
 
 impl Reporter {
+    /// The batch being filled: a new one when there is none, or when the last is
+    /// full (the coordinator takes at most so many metrics and lines per batch).
     fn current(&mut self) -> &mut v1::ReportBatch {
-        if self.pending.is_empty() {
+        let full = self.pending.last().is_none_or(|b| {
+            b.metrics.len() + 16 > limits::MAX_METRICS_PER_BATCH || b.log_lines.len() >= limits::MAX_LOG_LINES_PER_BATCH
+        });
+        if full {
             self.pending.push(v1::ReportBatch { job_id: self.job_id, attempt: self.attempt, sequence: self.sequence, ..Default::default() });
             self.sequence += 1;
         }
@@ -418,6 +441,11 @@ impl Reporter {
                     self.stops.lost.store(true, Ordering::SeqCst);
                     self.pending.clear();
                 }
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    // Sending it again would be refused again: a bug here, not a reason to stop training.
+                    tracing::error!("reports refused as invalid, dropped: {}", status.message());
+                    self.pending.clear();
+                }
                 Err(status) => {
                     tracing::warn!("report failed: {}; retrying", status.message());
                     tokio::time::sleep(delay).await;
@@ -444,7 +472,7 @@ impl Reporter {
             let (header, bytes) = (header.clone(), bytes.clone());
             async move {
                 let mut msgs = vec![v1::UploadChunk { header: Some(header), data: Vec::new() }];
-                msgs.extend(bytes.chunks(UPLOAD_CHUNK).map(|c| v1::UploadChunk { header: None, data: c.to_vec() }));
+                msgs.extend(bytes.chunks(CHECKPOINT_CHUNK_BYTES).map(|c| v1::UploadChunk { header: None, data: c.to_vec() }));
                 c.upload_checkpoint(futures::stream::iter(msgs)).await
             }
         })

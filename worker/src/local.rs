@@ -16,7 +16,8 @@ pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Reads a job spec from YAML (unknown keys refused, defaults filled in) and validates it.
 pub fn read_spec(path: &Path) -> Result<JobSpec> {
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
+    let text = camp_proto::limits::read_config_file(path)
+        .map_err(|e| EngineError::SpecFile { path: path.to_path_buf(), reason: e.to_string() })?;
     let spec: JobSpec =
         serde_yaml::from_str(&text).map_err(|e| EngineError::SpecFile { path: path.to_path_buf(), reason: e.to_string() })?;
     spec.validate()?;

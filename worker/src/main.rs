@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use camp_proto::endpoint::ClientTls;
 use camp_worker::bench::{run_bench, BenchConfig};
 use camp_worker::daemon::{self, DaemonConfig};
 use camp_worker::device::parse_device;
@@ -34,9 +35,18 @@ struct Cli {
     /// CPU threads libtorch may use (default: all cores).
     #[arg(long, env = "CAMP_THREADS")]
     threads: Option<i32>,
-    /// API token, when the coordinator requires one.
+    /// API token (a worker credential: `camp-server token --worker`), when the coordinator requires one.
     #[arg(long, env = "CAMP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA to check an https:// coordinator's certificate against (default: the system's roots).
+    #[arg(long, env = "CAMP_CA")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate for a coordinator that requires mutual TLS (with --tls-key).
+    #[arg(long, env = "CAMP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CAMP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -129,7 +139,8 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
     let name = cli.name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
     });
-    let config = DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token };
+    let tls = ClientTls { ca: cli.ca, cert: cli.tls_cert, key: cli.tls_key };
+    let config = DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token, tls };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = Arc::new(AtomicBool::new(false));

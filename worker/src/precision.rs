@@ -35,8 +35,8 @@ impl Precision {
         let relus = arch::relu_paths(&spec.arch, dual_path, hw)?;
         let mut module_paths: Vec<String> = layers.iter().map(|l| l.path.clone()).collect();
         module_paths.extend(relus.iter().cloned());
-        BitsPlan::check_patterns(spec, &module_paths)?;
-        let plan = BitsPlan::for_spec(spec);
+        let plan = BitsPlan::for_spec(spec)?;
+        plan.check_patterns(&module_paths)?;
         let bits = |b: Option<u32>| b.unwrap_or(FULL_PRECISION_BITS);
         Ok(Precision {
             act_quant: spec.act_quant,

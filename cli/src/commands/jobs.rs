@@ -16,6 +16,7 @@ pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
         stage: args.stage.clone().unwrap_or_default(),
         owner: args.owner.clone().unwrap_or_default(),
         limit: args.limit.unwrap_or(0),
+        before_id: 0,
     };
     let jobs = client::connect(opts)
         .await?
@@ -280,7 +281,7 @@ pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
 pub async fn logs(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
     let lines = client::connect(opts)
         .await?
-        .get_logs(GetLogsRequest { job_id: id })
+        .get_logs(GetLogsRequest { job_id: id, ..Default::default() })
         .await?
         .into_inner()
         .lines;

@@ -15,6 +15,7 @@ pub async fn run(opts: &GlobalOpts, args: &MetricsArgs) -> anyhow::Result<()> {
         job_id: args.id,
         name: args.name.clone().unwrap_or_default(),
         attempt: args.attempt.unwrap_or(0),
+        ..Default::default()
     };
     let metrics = client::connect(opts)
         .await?
@@ -80,6 +81,7 @@ mod tests {
             epoch: 1,
             attempt: 1,
             at_ms: 0,
+            id: 0,
         }
     }
 

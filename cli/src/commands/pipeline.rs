@@ -45,6 +45,7 @@ impl Pipeline {
         SubmitPipelineRequest {
             name: self.name.clone(),
             max_attempts: self.max_attempts,
+            request_id: String::new(),
             nodes: self
                 .nodes
                 .iter()

@@ -16,6 +16,7 @@ pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
         name: args.name.clone(),
         priority: args.priority,
         max_attempts: args.max_attempts.unwrap_or(0),
+        request_id: String::new(),
     };
     let job = client::connect(opts)
         .await?

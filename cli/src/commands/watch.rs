@@ -545,6 +545,7 @@ mod tests {
             epoch,
             attempt: 1,
             at_ms: 0,
+            id: 0,
         }
     }
 

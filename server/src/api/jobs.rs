@@ -1,80 +1,77 @@
-//! `camp.v1.JobService`: what researchers and pipelines call.
+//! `camp.v1.JobService`: what researchers and pipelines call. The caller is
+//! the `User` the auth layer identified; `Access` says what they may read and
+//! change. Every request is checked against the limits before it is stored.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use camp_proto::limits::{self, MAX_JOBS_PAGE, MAX_LOGS_PAGE, MAX_MESSAGE_BYTES, MAX_METRICS_PAGE, MAX_NODE_PARENTS, MAX_PIPELINE_NODES};
 use camp_proto::v1::job_service_server::JobService;
 use camp_proto::v1::{self, job_event};
 use camp_proto::JobSpec;
 use futures::Stream;
+use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::{checkpoint_to_proto, experiment_to_proto, job_to_proto, ms, state_from_proto, CHUNK_BYTES};
-use crate::auth::Auth;
-use crate::store::{Change, JobFilter, NewJob, NewNode, NewPipeline, Store};
+use super::transfer::{ChunkStream, Transfers};
+use super::{checkpoint_to_proto, experiment_to_proto, job_to_proto, log_to_proto, metric_to_proto, requested_checkpoint, state_from_proto, validate};
+use crate::auth::{Access, User};
+use crate::error::{ApiError, ApiResult};
+use crate::queue;
+use crate::store::{Change, ClaimPolicy, Job, JobFilter, NewJob, NewNode, NewPipeline, Store, StoreError};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Watchers re-read the job at least this often, in case a notification was lost.
 const WATCH_RECHECK: Duration = Duration::from_secs(2);
+/// Rows a watcher reads from the store at a time.
+const WATCH_PAGE: u32 = 1_000;
+/// A listing stops adding jobs once its reply would pass this size (the next page has the rest).
+const LIST_REPLY_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
 pub struct JobApi {
     store: Arc<dyn Store>,
-    auth: Auth,
+    access: Access,
     /// A worker is shown alive while its last heartbeat is younger than a lease.
     lease: Duration,
+    claims: ClaimPolicy,
+    transfers: Arc<Transfers>,
 }
 
 impl JobApi {
-    pub fn new(store: Arc<dyn Store>, auth: Auth, lease: Duration) -> Self {
-        JobApi { store, auth, lease }
+    pub fn new(store: Arc<dyn Store>, access: Access, lease: Duration, claims: ClaimPolicy, transfers: Arc<Transfers>) -> Self {
+        JobApi { store, access, lease, claims, transfers }
     }
-}
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::CheckpointChunk, Status>> + Send>>;
+    /// The job, if `user` may read it.
+    async fn readable_job(&self, user: &User, id: i64) -> ApiResult<Job> {
+        let job = self.store.get_job(id).await?;
+        self.access.check_read(user, &job.owner, &format!("job {id}"))?;
+        Ok(job)
+    }
 
-/// Streams a stored checkpoint: its description first, then its bytes in chunks.
-pub async fn checkpoint_download(store: Arc<dyn Store>, req: &v1::DownloadCheckpointRequest) -> Result<ChunkStream, Status> {
-    let ckpt = if req.checkpoint_id != 0 {
-        store.checkpoint(req.checkpoint_id).await?
-    } else {
-        store.get_job(req.job_id).await?;
-        let all = store.checkpoints(req.job_id).await?;
-        let picked = match req.which.as_str() {
-            "" | "latest" => all.last(),
-            "best" => all.iter().find(|c| c.best).or(all.last()),
-            other => return Err(Status::invalid_argument(format!("which: expected best or latest, got '{other}'"))),
-        };
-        picked.cloned().ok_or_else(|| Status::not_found(format!("job {} has no checkpoint yet", req.job_id)))?
-    };
-    let count = store.checkpoint_chunk_count(ckpt.id).await?;
-    let info = checkpoint_to_proto(&ckpt);
-    let stream = async_stream::try_stream! {
-        yield v1::CheckpointChunk { info: Some(info), data: Vec::new() };
-        for idx in 0..count {
-            let data = store.checkpoint_chunk(ckpt.id, idx).await?;
-            for piece in data.chunks(CHUNK_BYTES) {
-                yield v1::CheckpointChunk { info: None, data: piece.to_vec() };
-            }
+    /// The job, if `user` may change it.
+    async fn writable_job(&self, user: &User, id: i64) -> ApiResult<Job> {
+        let job = self.store.get_job(id).await?;
+        self.access.check_write(user, &job.owner, &format!("job {id}"))?;
+        Ok(job)
+    }
+
+    /// A job to start from must be one the submitter may read (its weights are its owner's).
+    async fn check_init_from(&self, user: &User, spec: &JobSpec, field: &str) -> ApiResult<()> {
+        if spec.init_from == 0 {
+            return Ok(());
         }
-    };
-    Ok(Box::pin(stream))
-}
-
-/// A wire spec, validated, whose bits overrides each match a module of its network.
-fn checked_spec(wire: &v1::JobSpec) -> Result<JobSpec, camp_proto::SpecError> {
-    let spec = JobSpec::from_proto(wire)?;
-    camp_proto::energy::report(&spec)?;
-    Ok(spec)
-}
-
-fn max_attempts(requested: u32) -> Result<u32, Status> {
-    match requested {
-        0 => Ok(DEFAULT_MAX_ATTEMPTS),
-        n if n > 100 => Err(Status::invalid_argument("max_attempts: at most 100")),
-        n => Ok(n),
+        match self.store.get_job(spec.init_from).await {
+            Ok(parent) => self
+                .access
+                .check_read(user, &parent.owner, &format!("job {}", parent.id))
+                .map_err(|e| ApiError::PermissionDenied(format!("{field}: {e}"))),
+            // The store names it when it stores the job.
+            Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -85,72 +82,128 @@ fn job_name(requested: &str, spec: &JobSpec) -> String {
     }
 }
 
+/// The first `limit` ids of a page, and where the next page starts (0: none).
+fn next_cursor(ids: &[i64], limit: u32, full: bool) -> i64 {
+    if full || ids.len() as u32 >= limit {
+        ids.last().copied().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl JobService for JobApi {
     async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::Job>, Status> {
-        let user = self.auth.caller(req.metadata()).await?;
-        let req = req.into_inner();
-        let wire = req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = checked_spec(&wire).map_err(|e| Status::invalid_argument(format!("{}: {}", e.field, e.reason)))?;
-        let max_attempts = max_attempts(req.max_attempts)?;
-        let name = job_name(&req.name, &spec);
+        let user = User::of(&req)?;
+        let r = req.into_inner();
+        let spec = validate::spec("spec", r.spec.as_ref())?;
+        validate::name("name", &r.name)?;
+        let max_attempts = validate::max_attempts(r.max_attempts)?;
+        self.access.check_priority(&user, r.priority, "priority")?;
+        self.check_init_from(&user, &spec, "spec.init_from").await?;
+        let request = validate::request_key(&r.request_id, &r, |m| m.request_id.clear())?;
+        let name = job_name(&r.name, &spec);
         let job = self
             .store
-            .submit_job(NewJob { name, owner: user, spec, priority: req.priority, max_attempts })
+            .submit_job(NewJob { name, owner: user.name, spec, priority: r.priority, max_attempts, request })
             .await?;
         tracing::info!(job = job.id, owner = %job.owner, "submitted");
         Ok(Response::new(job_to_proto(&job)))
     }
 
     async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
-        self.auth.caller(req.metadata()).await?;
-        let job = self.store.get_job(req.get_ref().id).await?;
-        Ok(Response::new(job_to_proto(&job)))
+        let user = User::of(&req)?;
+        let job = self.readable_job(&user, req.get_ref().id).await?;
+        let mut reply = job_to_proto(&job);
+        if job.state == crate::store::JobState::Queued {
+            let facts = self.store.queue_facts(job.id, self.lease).await?;
+            reply.waiting_reason = queue::waiting_reason(&job, &facts, self.claims);
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_jobs(&self, req: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let r = req.into_inner();
-        let state = v1::JobState::try_from(r.state).map_err(|_| Status::invalid_argument("state: unknown value"))?;
+        let state = v1::JobState::try_from(r.state).map_err(|_| ApiError::invalid("state", "unknown value"))?;
+        if !r.stage.is_empty() {
+            camp_proto::spec::Stage::parse(&r.stage).map_err(ApiError::from)?;
+        }
+        if !r.owner.is_empty() {
+            limits::check_principal(&r.owner).map_err(|e| ApiError::invalid("owner", e))?;
+        }
+        let limit = validate::page("limit", r.limit, 100, MAX_JOBS_PAGE)?;
         let nonempty = |s: String| if s.is_empty() { None } else { Some(s) };
-        let filter = JobFilter { state: state_from_proto(state), stage: nonempty(r.stage), owner: nonempty(r.owner), limit: r.limit };
-        let jobs = self.store.list_jobs(&filter).await?;
-        Ok(Response::new(v1::ListJobsResponse { jobs: jobs.iter().map(job_to_proto).collect() }))
+        let owner = self.access.list_owner(&user, nonempty(r.owner))?;
+        let filter = JobFilter { state: state_from_proto(state), stage: nonempty(r.stage), owner, limit, before_id: r.before_id };
+        let mut reply = v1::ListJobsResponse::default();
+        let mut cut = false;
+        for job in self.store.list_jobs(&filter).await? {
+            let job = job_to_proto(&job);
+            if !reply.jobs.is_empty() && reply.encoded_len() + job.encoded_len() + 16 > LIST_REPLY_BYTES {
+                cut = true;
+                break;
+            }
+            reply.jobs.push(job);
+        }
+        let ids: Vec<i64> = reply.jobs.iter().map(|j| j.id).collect();
+        reply.next_before_id = next_cursor(&ids, limit, cut);
+        Ok(Response::new(reply))
     }
 
     async fn cancel_job(&self, req: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
-        let user = self.auth.caller(req.metadata()).await?;
-        let job = self.store.cancel_job(req.get_ref().id, &user).await?;
-        tracing::info!(job = job.id, by = %user, state = job.state.as_str(), "cancel");
+        let user = User::of(&req)?;
+        let id = req.get_ref().id;
+        self.writable_job(&user, id).await?;
+        let job = self.store.cancel_job(id, &user.name).await?;
+        tracing::info!(job = job.id, by = %user.name, state = job.state.as_str(), "cancel");
+        Ok(Response::new(job_to_proto(&job)))
+    }
+
+    async fn set_job_priority(&self, req: Request<v1::SetJobPriorityRequest>) -> Result<Response<v1::Job>, Status> {
+        let user = User::of(&req)?;
+        let v1::SetJobPriorityRequest { id, priority } = req.into_inner();
+        self.writable_job(&user, id).await?;
+        self.access.check_priority(&user, priority, "priority")?;
+        let job = self.store.set_priority(id, priority).await?;
+        tracing::info!(job = id, by = %user.name, priority, "priority set");
         Ok(Response::new(job_to_proto(&job)))
     }
 
     type WatchJobStream = EventStream;
 
     async fn watch_job(&self, req: Request<v1::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let v1::WatchJobRequest { id, history } = req.into_inner();
         let store = self.store.clone();
         let mut changes = store.subscribe();
-        let mut last = store.get_job(id).await?;
+        let mut last = self.readable_job(&user, id).await?;
         let (mut metric_cursor, mut log_cursor) = (0i64, 0i64);
         if !history {
-            metric_cursor = store.metrics(id, None, None, 0).await?.last().map_or(0, |m| m.id);
-            log_cursor = store.logs(id, 0).await?.last().map_or(0, |l| l.id);
+            (metric_cursor, log_cursor) = store.last_row_ids(id).await?;
         }
         let stream = async_stream::try_stream! {
             yield v1::JobEvent { event: Some(job_event::Event::Job(job_to_proto(&last))) };
             loop {
-                for m in store.metrics(id, None, None, metric_cursor).await? {
-                    metric_cursor = m.id;
-                    yield v1::JobEvent { event: Some(job_event::Event::Metric(v1::Metric {
-                        name: m.point.name, value: m.point.value, step: m.point.step,
-                        epoch: m.point.epoch, attempt: m.attempt, at_ms: ms(m.at),
-                    })) };
+                loop {
+                    let page = store.metrics(id, None, None, metric_cursor, WATCH_PAGE).await?;
+                    let full = page.len() as u32 == WATCH_PAGE;
+                    for m in page {
+                        metric_cursor = m.id;
+                        yield v1::JobEvent { event: Some(job_event::Event::Metric(metric_to_proto(m))) };
+                    }
+                    if !full { break; }
                 }
-                for l in store.logs(id, log_cursor).await? {
-                    log_cursor = l.id;
-                    yield v1::JobEvent { event: Some(job_event::Event::Log(v1::LogLine { attempt: l.attempt, at_ms: ms(l.at), line: l.line })) };
+                loop {
+                    let page = store.logs(id, log_cursor, WATCH_PAGE).await?;
+                    let full = page.len() as u32 == WATCH_PAGE;
+                    for l in page {
+                        log_cursor = l.id;
+                        yield v1::JobEvent { event: Some(job_event::Event::Log(log_to_proto(l))) };
+                    }
+                    if !full { break; }
                 }
                 let job = store.get_job(id).await?;
                 let changed = (job.state, job.attempt, job.epoch, job.cancel_requested, &job.message)
@@ -178,45 +231,34 @@ impl JobService for JobApi {
     }
 
     async fn query_metrics(&self, req: Request<v1::QueryMetricsRequest>) -> Result<Response<v1::QueryMetricsResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let r = req.into_inner();
-        self.store.get_job(r.job_id).await?;
+        self.readable_job(&user, r.job_id).await?;
+        validate::text("name", &r.name, limits::MAX_METRIC_NAME_BYTES)?;
+        let limit = validate::page("limit", r.limit, MAX_METRICS_PAGE, MAX_METRICS_PAGE)?;
         let name = (!r.name.is_empty()).then_some(r.name.as_str());
         let attempt = (r.attempt != 0).then_some(r.attempt);
-        let mut rows = self.store.metrics(r.job_id, name, attempt, 0).await?;
-        rows.sort_by_key(|m| (m.point.step, m.id));
-        let metrics = rows
-            .into_iter()
-            .map(|m| v1::Metric {
-                name: m.point.name,
-                value: m.point.value,
-                step: m.point.step,
-                epoch: m.point.epoch,
-                attempt: m.attempt,
-                at_ms: ms(m.at),
-            })
-            .collect();
-        Ok(Response::new(v1::QueryMetricsResponse { metrics }))
+        let rows = self.store.metrics(r.job_id, name, attempt, r.after_id, limit).await?;
+        let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
+        let metrics = rows.into_iter().map(metric_to_proto).collect();
+        Ok(Response::new(v1::QueryMetricsResponse { metrics, next_after_id: next_cursor(&ids, limit, false) }))
     }
 
     async fn get_logs(&self, req: Request<v1::GetLogsRequest>) -> Result<Response<v1::GetLogsResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
-        let id = req.get_ref().job_id;
-        self.store.get_job(id).await?;
-        let lines = self
-            .store
-            .logs(id, 0)
-            .await?
-            .into_iter()
-            .map(|l| v1::LogLine { attempt: l.attempt, at_ms: ms(l.at), line: l.line })
-            .collect();
-        Ok(Response::new(v1::GetLogsResponse { lines }))
+        let user = User::of(&req)?;
+        let r = req.into_inner();
+        self.readable_job(&user, r.job_id).await?;
+        let limit = validate::page("limit", r.limit, MAX_LOGS_PAGE, MAX_LOGS_PAGE)?;
+        let rows = self.store.logs(r.job_id, r.after_id, limit).await?;
+        let ids: Vec<i64> = rows.iter().map(|l| l.id).collect();
+        let lines = rows.into_iter().map(log_to_proto).collect();
+        Ok(Response::new(v1::GetLogsResponse { lines, next_after_id: next_cursor(&ids, limit, false) }))
     }
 
     async fn list_checkpoints(&self, req: Request<v1::ListCheckpointsRequest>) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let id = req.get_ref().job_id;
-        self.store.get_job(id).await?;
+        self.readable_job(&user, id).await?;
         let checkpoints = self.store.checkpoints(id).await?.iter().map(checkpoint_to_proto).collect();
         Ok(Response::new(v1::ListCheckpointsResponse { checkpoints }))
     }
@@ -224,12 +266,18 @@ impl JobService for JobApi {
     type DownloadCheckpointStream = ChunkStream;
 
     async fn download_checkpoint(&self, req: Request<v1::DownloadCheckpointRequest>) -> Result<Response<ChunkStream>, Status> {
-        self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(checkpoint_download(self.store.clone(), req.get_ref()).await?))
+        let user = User::of(&req)?;
+        let r = req.into_inner();
+        if r.checkpoint_id == 0 {
+            self.readable_job(&user, r.job_id).await?;
+        }
+        let ckpt = requested_checkpoint(self.store.as_ref(), &r).await?;
+        self.readable_job(&user, ckpt.job_id).await?;
+        Ok(Response::new(self.transfers.download(self.store.clone(), ckpt).await?))
     }
 
     async fn list_workers(&self, req: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        User::of(&req)?;
         let now = chrono::Utc::now();
         let workers = self
             .store
@@ -251,7 +299,7 @@ impl JobService for JobApi {
                     gpus: w.new.gpus,
                     datasets: w.new.datasets,
                     labels,
-                    last_heartbeat_ms: ms(w.last_heartbeat),
+                    last_heartbeat_ms: super::ms(w.last_heartbeat),
                     alive: (now - w.last_heartbeat).num_milliseconds() < self.lease.as_millis() as i64,
                     running_jobs: w.running_jobs,
                 }
@@ -261,45 +309,59 @@ impl JobService for JobApi {
     }
 
     async fn submit_pipeline(&self, req: Request<v1::SubmitPipelineRequest>) -> Result<Response<v1::Experiment>, Status> {
-        let user = self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let r = req.into_inner();
+        validate::required_name("name", &r.name)?;
+        validate::count("nodes", r.nodes.len(), MAX_PIPELINE_NODES)?;
+        let max_attempts = validate::max_attempts(r.max_attempts)?;
+        let request = validate::request_key(&r.request_id, &r, |m| m.request_id.clear())?;
         let mut nodes = Vec::with_capacity(r.nodes.len());
         for (i, n) in r.nodes.into_iter().enumerate() {
+            let at = format!("nodes[{i}]");
+            validate::required_name(&format!("{at}.key"), &n.key)?;
             let at = format!("nodes[{i}] ({})", n.key);
-            let wire = n.spec.ok_or_else(|| Status::invalid_argument(format!("{at}.spec: missing")))?;
-            let spec = checked_spec(&wire).map_err(|e| Status::invalid_argument(format!("{at}.spec.{}: {}", e.field, e.reason)))?;
+            validate::name(&format!("{at}.name"), &n.name)?;
+            validate::count(&format!("{at}.after"), n.after.len(), MAX_NODE_PARENTS)?;
+            for key in n.after.iter().chain([&n.init_from]) {
+                validate::name(&format!("{at}.after"), key)?;
+            }
+            self.access.check_priority(&user, n.priority, &format!("{at}.priority"))?;
+            let spec = validate::spec(&format!("{at}.spec"), n.spec.as_ref())?;
             if spec.init_from != 0 {
-                return Err(Status::invalid_argument(format!("{at}.spec.init_from: inside a pipeline, name the node (init_from) instead")));
+                return Err(ApiError::invalid(format!("{at}.spec.init_from"), "inside a pipeline, name the node (init_from) instead").into());
             }
             let name = if n.name.trim().is_empty() { format!("{}-{}", r.name.trim(), n.key) } else { job_name(&n.name, &spec) };
             let init_from = (!n.init_from.is_empty()).then_some(n.init_from);
             nodes.push(NewNode { key: n.key, name, spec, after: n.after, init_from, priority: n.priority });
         }
-        if r.name.trim().is_empty() {
-            return Err(Status::invalid_argument("name: a pipeline needs a name"));
-        }
-        let pipeline = NewPipeline { name: r.name.trim().to_string(), owner: user, nodes, max_attempts: max_attempts(r.max_attempts)? };
+        let pipeline = NewPipeline { name: r.name.trim().to_string(), owner: user.name, nodes, max_attempts, request };
         let experiment = self.store.submit_pipeline(pipeline).await?;
         tracing::info!(experiment = experiment.id, jobs = experiment.jobs.len(), "pipeline submitted");
         Ok(Response::new(experiment_to_proto(&experiment)))
     }
 
     async fn get_experiment(&self, req: Request<v1::GetExperimentRequest>) -> Result<Response<v1::Experiment>, Status> {
-        self.auth.caller(req.metadata()).await?;
+        let user = User::of(&req)?;
         let experiment = self.store.get_experiment(req.get_ref().id).await?;
+        self.access.check_read(&user, &experiment.owner, &format!("experiment {}", experiment.id))?;
         Ok(Response::new(experiment_to_proto(&experiment)))
     }
 
     async fn list_experiments(&self, req: Request<v1::ListExperimentsRequest>) -> Result<Response<v1::ListExperimentsResponse>, Status> {
-        self.auth.caller(req.metadata()).await?;
-        let experiments = self.store.list_experiments(req.get_ref().limit).await?;
+        let user = User::of(&req)?;
+        let limit = validate::page("limit", req.get_ref().limit, 100, MAX_JOBS_PAGE)?;
+        let owner = self.access.list_owner(&user, None)?;
+        let experiments = self.store.list_experiments(limit, owner.as_deref()).await?;
         Ok(Response::new(v1::ListExperimentsResponse { experiments: experiments.iter().map(experiment_to_proto).collect() }))
     }
 
     async fn cancel_experiment(&self, req: Request<v1::CancelExperimentRequest>) -> Result<Response<v1::Experiment>, Status> {
-        let user = self.auth.caller(req.metadata()).await?;
-        let experiment = self.store.cancel_experiment(req.get_ref().id, &user).await?;
-        tracing::info!(experiment = experiment.id, by = %user, "experiment cancelled");
+        let user = User::of(&req)?;
+        let id = req.get_ref().id;
+        let experiment = self.store.get_experiment(id).await?;
+        self.access.check_write(&user, &experiment.owner, &format!("experiment {id}"))?;
+        let experiment = self.store.cancel_experiment(id, &user.name).await?;
+        tracing::info!(experiment = experiment.id, by = %user.name, "experiment cancelled");
         Ok(Response::new(experiment_to_proto(&experiment)))
     }
 }

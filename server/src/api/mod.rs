@@ -1,35 +1,18 @@
 //! The gRPC faces of the coordinator: `jobs` for users, `workers` for worker
-//! daemons. This module holds what both share: status mapping and conversions.
+//! daemons, `transfer` for checkpoint bytes both ways, `validate` for the
+//! bounds every request is held to. This module holds what they share:
+//! conversions to the wire and the choice of a checkpoint to download.
 
 pub mod jobs;
+pub mod transfer;
+pub mod validate;
 pub mod workers;
 
 use camp_proto::v1;
 use chrono::{DateTime, Utc};
-use tonic::Status;
 
-use crate::store::{Checkpoint, Experiment, Job, JobState, StoreError};
-
-/// Maps store errors to precise gRPC codes; database details stay in our logs.
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        match e {
-            StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
-            StoreError::Stale(msg) => Status::failed_precondition(msg),
-            StoreError::PermissionDenied(msg) => Status::permission_denied(msg),
-            StoreError::FailedPrecondition(msg) => Status::failed_precondition(msg),
-            StoreError::Invalid { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
-            StoreError::Database(e) => {
-                tracing::error!("database error: {e}");
-                Status::internal("internal error")
-            }
-            StoreError::Migrate(e) => {
-                tracing::error!("migration error: {e}");
-                Status::internal("internal error")
-            }
-        }
-    }
-}
+use crate::error::{ApiError, ApiResult};
+use crate::store::{Checkpoint, Experiment, Job, JobState, LogLine, Store, StoredMetric};
 
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -82,6 +65,7 @@ pub fn job_to_proto(j: &Job) -> v1::Job {
         experiment_id: j.experiment_id.unwrap_or(0),
         node: j.node.clone(),
         parents: j.parents.clone(),
+        waiting_reason: String::new(),
     }
 }
 
@@ -105,5 +89,32 @@ pub fn checkpoint_to_proto(c: &Checkpoint) -> v1::Checkpoint {
     }
 }
 
-/// Size of the pieces checkpoints are stored and streamed in.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub fn metric_to_proto(m: StoredMetric) -> v1::Metric {
+    v1::Metric { name: m.point.name, value: m.point.value, step: m.point.step, epoch: m.point.epoch, attempt: m.attempt, at_ms: ms(m.at), id: m.id }
+}
+
+pub fn log_to_proto(l: LogLine) -> v1::LogLine {
+    v1::LogLine { attempt: l.attempt, at_ms: ms(l.at), line: l.line, id: l.id }
+}
+
+/// The checkpoint a download request names: by id (which must be `job_id`'s,
+/// when that is given too), or the job's best or latest.
+pub async fn requested_checkpoint(store: &dyn Store, req: &v1::DownloadCheckpointRequest) -> ApiResult<Checkpoint> {
+    if req.checkpoint_id != 0 {
+        let ckpt = store.checkpoint(req.checkpoint_id).await?;
+        if req.job_id != 0 && ckpt.job_id != req.job_id {
+            return Err(ApiError::invalid(
+                "checkpoint_id",
+                format!("checkpoint {} belongs to job {}, not job {}", ckpt.id, ckpt.job_id, req.job_id),
+            ));
+        }
+        return Ok(ckpt);
+    }
+    let all = store.checkpoints(req.job_id).await?;
+    let picked = match req.which.as_str() {
+        "" | "latest" => all.last(),
+        "best" => all.iter().find(|c| c.best).or(all.last()),
+        other => return Err(ApiError::invalid("which", format!("expected best or latest, got '{}'", camp_proto::limits::excerpt(other)))),
+    };
+    picked.cloned().ok_or_else(|| ApiError::NotFound(format!("a checkpoint of job {} (it has none yet)", req.job_id)))
+}

@@ -1,5 +1,10 @@
 //! Where all of the coordinator's state lives. `Store` is the seam: PostgreSQL
 //! implements it today (`postgres`); an embedded backend can implement it later.
+//!
+//! Who may do what is decided above the store (the API layer); the store
+//! enforces what must hold atomically with a write: the fencing token
+//! (`LeaseRef`: this worker, at this attempt) of every worker write, the
+//! per-user cap on running jobs at claim time, and idempotency keys.
 
 pub mod postgres;
 
@@ -67,6 +72,69 @@ impl JobState {
     }
 }
 
+/// What a credential lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Submits jobs, reads, cancels their own.
+    User,
+    /// A user who may act on every job and use any priority.
+    Admin,
+    /// A worker daemon: the worker protocol only.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "user" => Role::User,
+            "admin" => Role::Admin,
+            "worker" => Role::Worker,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    pub role: Role,
+    pub name: String,
+    pub token_sha256: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API token's record (the token itself is never stored, only its sha256).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: i64,
+    pub role: Role,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A registered worker as its session names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSession {
+    pub worker: Uuid,
+    /// The credential it registered with (None on a coordinator without auth).
+    pub credential_id: Option<i64>,
+}
+
+/// A client's idempotency key and the digest of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub id: String,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub name: String,
@@ -74,6 +142,8 @@ pub struct NewJob {
     pub spec: JobSpec,
     pub priority: i32,
     pub max_attempts: u32,
+    /// A retry with the same key (same owner) returns the job made the first time.
+    pub request: Option<RequestKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +189,7 @@ pub struct NewPipeline {
     pub owner: String,
     pub nodes: Vec<NewNode>,
     pub max_attempts: u32,
+    pub request: Option<RequestKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +208,8 @@ pub struct JobFilter {
     pub stage: Option<String>,
     pub owner: Option<String>,
     pub limit: u32,
+    /// Only jobs with a smaller id (a page after an earlier one); 0 = from the newest.
+    pub before_id: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -166,11 +239,41 @@ pub struct Claimed {
     pub init_from: Option<Checkpoint>,
 }
 
-/// Identifies one attempt of one job: the fencing token every worker write carries.
+/// Identifies one attempt of one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptRef {
     pub job_id: i64,
     pub attempt: u32,
+}
+
+/// The fencing token every worker write carries: the worker that holds the
+/// job's lease, at the job's current attempt. A write whose token is not the
+/// job's current one changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub worker: Uuid,
+    pub job_id: i64,
+    pub attempt: u32,
+}
+
+/// How claims share the queue out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimPolicy {
+    /// At most this many running jobs per owner (None = no cap).
+    pub max_running_per_user: Option<u32>,
+}
+
+/// What decides whether a queued job can start, for telling its owner why it waits.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFacts {
+    /// Parents that have not succeeded yet, with their states.
+    pub unfinished_parents: Vec<(i64, JobState)>,
+    /// The owner's running jobs.
+    pub owner_running: u32,
+    /// Workers heard from recently that offer the job's device and data set.
+    pub live_matching_workers: u32,
+    /// Claimable jobs that come before this one (higher priority, or older at equal priority).
+    pub ahead: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -197,7 +300,7 @@ pub struct StoredMetric {
 
 #[derive(Debug, Clone)]
 pub struct ReportBatch {
-    pub at: AttemptRef,
+    pub at: LeaseRef,
     pub sequence: u64,
     pub metrics: Vec<MetricPoint>,
     pub log_lines: Vec<String>,
@@ -212,9 +315,11 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// A checkpoint being uploaded: its header. `sha256` and `size` are what the
+/// worker declared; the API layer checks the bytes against them before commit.
 #[derive(Debug, Clone)]
 pub struct NewCheckpoint {
-    pub at: AttemptRef,
+    pub at: LeaseRef,
     pub epoch: u32,
     pub step: i64,
     pub sha256: String,
@@ -281,39 +386,67 @@ pub trait Store: Send + Sync + 'static {
     /// Notifications from every coordinator sharing this store.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
 
+    /// Stores a job, or, for a request key seen before from the same owner,
+    /// returns the job made then (FailedPrecondition if the request differs).
     async fn submit_job(&self, job: NewJob) -> StoreResult<Job>;
     async fn get_job(&self, id: i64) -> StoreResult<Job>;
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     /// Cancels a queued job at once; asks the worker of a running one to stop.
-    async fn cancel_job(&self, id: i64, user: &str) -> StoreResult<Job>;
+    /// `by` names who asked (for the job's message); permission is the caller's to check.
+    async fn cancel_job(&self, id: i64, by: &str) -> StoreResult<Job>;
+    /// Sets the priority of a queued or running job.
+    async fn set_priority(&self, id: i64, priority: i32) -> StoreResult<Job>;
+    /// Why a queued job has not started: the facts the queue decides on.
+    async fn queue_facts(&self, id: i64, live_within: std::time::Duration) -> StoreResult<QueueFacts>;
 
-    /// Stores a whole DAG of jobs as one experiment, or nothing.
+    /// Stores a whole DAG of jobs as one experiment, or nothing (idempotent as `submit_job`).
     async fn submit_pipeline(&self, pipeline: NewPipeline) -> StoreResult<Experiment>;
     async fn get_experiment(&self, id: i64) -> StoreResult<Experiment>;
-    async fn list_experiments(&self, limit: u32) -> StoreResult<Vec<Experiment>>;
+    /// Newest first; only `owner`'s when given.
+    async fn list_experiments(&self, limit: u32, owner: Option<&str>) -> StoreResult<Vec<Experiment>>;
     /// Cancels every job of the experiment that has not finished.
-    async fn cancel_experiment(&self, id: i64, user: &str) -> StoreResult<Experiment>;
+    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment>;
 
-    async fn register_worker(&self, worker: NewWorker) -> StoreResult<Uuid>;
+    /// Registers a worker under a session secret (its sha256) and the credential it came with.
+    async fn register_worker(&self, worker: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid>;
+    async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>>;
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
-    /// Takes the next job this worker can run, if any, with a lease of `lease`.
-    async fn claim(&self, worker: Uuid, lease: std::time::Duration) -> StoreResult<Option<Claimed>>;
+    /// Takes the next job this worker can run, if any, with a lease of `lease`:
+    /// highest priority first, then the owner with the fewest running jobs, then the oldest.
+    async fn claim(&self, worker: Uuid, lease: std::time::Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>>;
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: std::time::Duration) -> StoreResult<HeartbeatReply>;
     /// Stores a batch unless its sequence is already stored; Ok(false) for a duplicate.
     async fn report(&self, batch: ReportBatch) -> StoreResult<bool>;
-    /// Stores a verified checkpoint's bytes (in chunks) and applies retention.
-    async fn put_checkpoint(&self, ckpt: NewCheckpoint, chunks: Vec<Vec<u8>>, retention: Retention) -> StoreResult<Checkpoint>;
-    async fn finish(&self, at: AttemptRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()>;
-    /// Returns running jobs whose lease expired to the queue, or fails them after max attempts.
+    /// Starts an upload (fenced); its chunks follow, and it is invisible until committed.
+    async fn begin_checkpoint(&self, ckpt: NewCheckpoint) -> StoreResult<i64>;
+    async fn put_checkpoint_chunk(&self, upload: i64, idx: u32, data: &[u8]) -> StoreResult<()>;
+    /// Makes the upload a checkpoint of the job (fenced again) and applies retention.
+    async fn commit_checkpoint(&self, at: LeaseRef, upload: i64, retention: Retention) -> StoreResult<Checkpoint>;
+    /// Drops an upload that will not be committed.
+    async fn abort_checkpoint(&self, upload: i64) -> StoreResult<()>;
+    async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()>;
+    /// Returns running jobs whose lease expired to the queue, or fails them after
+    /// max attempts; drops uploads that were abandoned.
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>>;
 
-    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64) -> StoreResult<Vec<StoredMetric>>;
-    async fn logs(&self, job_id: i64, after_id: i64) -> StoreResult<Vec<LogLine>>;
+    /// A page of a job's metrics in the order they were stored, after row `after_id`.
+    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>>;
+    /// The ids of the newest metric and log line of a job (0 where none), where a live view starts.
+    async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)>;
+    /// A page of a job's log lines, after row `after_id`.
+    async fn logs(&self, job_id: i64, after_id: i64, limit: u32) -> StoreResult<Vec<LogLine>>;
     async fn checkpoints(&self, job_id: i64) -> StoreResult<Vec<Checkpoint>>;
     async fn checkpoint(&self, id: i64) -> StoreResult<Checkpoint>;
-    async fn checkpoint_chunk_count(&self, id: i64) -> StoreResult<u32>;
-    async fn checkpoint_chunk(&self, id: i64, idx: u32) -> StoreResult<Vec<u8>>;
+    /// The sizes of a checkpoint's stored chunks, in order.
+    async fn checkpoint_chunk_sizes(&self, id: i64) -> StoreResult<Vec<u32>>;
+    /// `len` bytes of chunk `idx` from `offset` (fewer at its end).
+    async fn checkpoint_slice(&self, id: i64, idx: u32, offset: u32, len: u32) -> StoreResult<Vec<u8>>;
+    /// Whether `worker` holds the lease of job `job_id` or of a job that starts from it.
+    async fn worker_may_read(&self, worker: Uuid, job_id: i64) -> StoreResult<bool>;
 
-    async fn create_token(&self, user: &str, token_sha256: &str) -> StoreResult<()>;
-    async fn user_for_token(&self, token_sha256: &str) -> StoreResult<Option<String>>;
+    async fn create_credential(&self, credential: NewCredential) -> StoreResult<Credential>;
+    async fn credential_for_token(&self, token_sha256: &str) -> StoreResult<Option<Credential>>;
+    async fn list_credentials(&self) -> StoreResult<Vec<Credential>>;
+    /// Revokes a credential from now on (again: no change).
+    async fn revoke_credential(&self, id: i64) -> StoreResult<Credential>;
 }

@@ -152,9 +152,11 @@ impl TryFrom<JobRecord> for Job {
     }
 }
 
+/// Complete checkpoints only: an upload in progress is invisible. Callers add `AND ...`.
 const CHECKPOINT_SELECT: &str = "SELECT c.id, c.job_id, c.attempt, c.epoch, c.step, c.sha256, c.size, c.top1, \
      c.metadata, c.created_at, c.id = COALESCE((SELECT b.id FROM checkpoints b WHERE b.job_id = c.job_id \
-     AND b.top1 IS NOT NULL ORDER BY b.top1 DESC, b.id LIMIT 1), -1) AS best FROM checkpoints c";
+     AND b.complete AND b.top1 IS NOT NULL ORDER BY b.top1 DESC, b.id LIMIT 1), -1) AS best \
+     FROM checkpoints c WHERE c.complete";
 
 #[derive(FromRow)]
 struct CheckpointRecord {
@@ -189,22 +191,48 @@ impl From<CheckpointRecord> for Checkpoint {
     }
 }
 
+#[derive(FromRow)]
+struct CredentialRecord {
+    id: i64,
+    role: String,
+    name: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CredentialRecord> for Credential {
+    type Error = StoreError;
+    fn try_from(r: CredentialRecord) -> StoreResult<Credential> {
+        let role = Role::parse(&r.role)
+            .ok_or_else(|| StoreError::FailedPrecondition(format!("credential {} has unknown role {}", r.id, r.role)))?;
+        Ok(Credential { id: r.id, role, name: r.name, created_at: r.created_at, expires_at: r.expires_at, revoked_at: r.revoked_at })
+    }
+}
+
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
 }
 
-/// Locks the job row and checks that `at` is its running attempt.
-async fn fence(tx: &mut Transaction<'_, Postgres>, at: AttemptRef) -> StoreResult<()> {
-    let row: Option<(String, i32)> = sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(at.job_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let (state, attempt) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
+/// Checks that `at` is the job's fencing token: running, at this attempt, leased
+/// to this worker. With `lock`, the job row stays locked until the transaction ends,
+/// so the write that follows happens under the token it checked.
+async fn fence(tx: &mut Transaction<'_, Postgres>, at: LeaseRef, lock: bool) -> StoreResult<()> {
+    let sql = if lock {
+        "SELECT state, attempt, lease_worker FROM jobs WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT state, attempt, lease_worker FROM jobs WHERE id = $1"
+    };
+    let row: Option<(String, i32, Option<Uuid>)> = sqlx::query_as(sql).bind(at.job_id).fetch_optional(&mut **tx).await?;
+    let (state, attempt, holder) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
     if state != "running" || attempt as u32 != at.attempt {
         return Err(StoreError::Stale(format!(
             "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
             at.job_id, at.attempt
         )));
+    }
+    if holder != Some(at.worker) {
+        return Err(StoreError::Stale(format!("job {} attempt {} is leased to another worker", at.job_id, at.attempt)));
     }
     Ok(())
 }
@@ -316,6 +344,63 @@ fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
     Ok(order)
 }
 
+/// What a request key already stands for.
+enum Seen {
+    New,
+    Job(i64),
+    Experiment(i64),
+}
+
+/// Claims `key` for `owner` inside the transaction, or finds what the first
+/// request with it made. A concurrent request with the same key waits here for
+/// the first one's transaction to end (the primary key's insertion lock).
+async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: &RequestKey) -> StoreResult<Seen> {
+    let inserted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO submissions (owner, request_id, request_sha256) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING RETURNING request_id",
+    )
+    .bind(owner)
+    .bind(&key.id)
+    .bind(&key.sha256)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_some() {
+        return Ok(Seen::New);
+    }
+    let (sha, job, experiment): (String, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT request_sha256, job_id, experiment_id FROM submissions WHERE owner = $1 AND request_id = $2")
+            .bind(owner)
+            .bind(&key.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if sha != key.sha256 {
+        return Err(StoreError::FailedPrecondition(format!(
+            "request_id '{}' was used before for a different request",
+            camp_proto::limits::excerpt(&key.id)
+        )));
+    }
+    match (job, experiment) {
+        (Some(id), _) => Ok(Seen::Job(id)),
+        (_, Some(id)) => Ok(Seen::Experiment(id)),
+        // Its job was deleted: nothing to return, and a new one would break the promise.
+        (None, None) => Err(StoreError::FailedPrecondition(format!(
+            "request_id '{}' was used before; what it made no longer exists",
+            camp_proto::limits::excerpt(&key.id)
+        ))),
+    }
+}
+
+async fn record_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: &RequestKey, job: Option<i64>, experiment: Option<i64>) -> StoreResult<()> {
+    sqlx::query("UPDATE submissions SET job_id = $3, experiment_id = $4 WHERE owner = $1 AND request_id = $2")
+        .bind(owner)
+        .bind(&key.id)
+        .bind(job)
+        .bind(experiment)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Cancels the jobs waiting on a job that failed or was cancelled, however deep.
 async fn cancel_descendants(tx: &mut Transaction<'_, Postgres>, job_id: i64, why: &str) -> StoreResult<()> {
     let cancelled: Vec<(i64,)> = sqlx::query_as(
@@ -343,12 +428,30 @@ impl Store for PgStore {
 
     async fn submit_job(&self, job: NewJob) -> StoreResult<Job> {
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = &job.request {
+            match claim_request_key(&mut tx, &job.owner, key).await? {
+                Seen::New => {}
+                Seen::Job(id) => {
+                    tx.rollback().await?;
+                    return self.get_job(id).await;
+                }
+                Seen::Experiment(_) => {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "request_id '{}' was used before for a pipeline",
+                        camp_proto::limits::excerpt(&key.id)
+                    )))
+                }
+            }
+        }
         let parent = match job.spec.init_from {
             0 => None,
             id => Some(init_parent(&mut tx, id).await?),
         };
         job.spec.check_init_parent(parent.as_ref().map(|p| &p.spec)).map_err(spec_invalid)?;
         let id = insert_job(&mut tx, &job, None, "", parent.as_ref().map(|p| p.id).as_slice()).await?;
+        if let Some(key) = &job.request {
+            record_request_key(&mut tx, &job.owner, key, Some(id), None).await?;
+        }
         notify(&mut tx, Change::Queue).await?;
         let stored = job_in(&mut tx, id).await?;
         tx.commit().await?;
@@ -358,6 +461,21 @@ impl Store for PgStore {
     async fn submit_pipeline(&self, p: NewPipeline) -> StoreResult<Experiment> {
         let order = topological_order(&p.nodes)?;
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = &p.request {
+            match claim_request_key(&mut tx, &p.owner, key).await? {
+                Seen::New => {}
+                Seen::Experiment(id) => {
+                    tx.rollback().await?;
+                    return self.get_experiment(id).await;
+                }
+                Seen::Job(_) => {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "request_id '{}' was used before for a single job",
+                        camp_proto::limits::excerpt(&key.id)
+                    )))
+                }
+            }
+        }
         let (experiment_id,): (i64,) = sqlx::query_as("INSERT INTO experiments (name, owner) VALUES ($1, $2) RETURNING id")
             .bind(&p.name)
             .bind(&p.owner)
@@ -377,9 +495,19 @@ impl Store for PgStore {
             parents.extend(init.map(|(id, _)| id));
             parents.sort_unstable();
             parents.dedup();
-            let job = NewJob { name: node.name.clone(), owner: p.owner.clone(), spec, priority: node.priority, max_attempts: p.max_attempts };
+            let job = NewJob {
+                name: node.name.clone(),
+                owner: p.owner.clone(),
+                spec,
+                priority: node.priority,
+                max_attempts: p.max_attempts,
+                request: None,
+            };
             let id = insert_job(&mut tx, &job, Some(experiment_id), &node.key, &parents).await?;
             ids.insert(node.key.as_str(), (id, &node.spec));
+        }
+        if let Some(key) = &p.request {
+            record_request_key(&mut tx, &p.owner, key, None, Some(experiment_id)).await?;
         }
         notify(&mut tx, Change::Queue).await?;
         tx.commit().await?;
@@ -401,23 +529,23 @@ impl Store for PgStore {
         Ok(Experiment { id, name, owner, created_at, jobs })
     }
 
-    async fn list_experiments(&self, limit: u32) -> StoreResult<Vec<Experiment>> {
+    async fn list_experiments(&self, limit: u32, owner: Option<&str>) -> StoreResult<Vec<Experiment>> {
         let limit = if limit == 0 { 100 } else { limit } as i64;
-        let rows: Vec<(i64, String, String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments ORDER BY id DESC LIMIT $1")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, name, owner, created_at FROM experiments WHERE ($2::text IS NULL OR owner = $2) \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(id, name, owner, created_at)| Experiment { id, name, owner, created_at, jobs: Vec::new() }).collect())
     }
 
-    async fn cancel_experiment(&self, id: i64, user: &str) -> StoreResult<Experiment> {
+    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment> {
         let experiment = self.get_experiment(id).await?;
-        if experiment.owner != user {
-            return Err(StoreError::PermissionDenied(format!("experiment {id} belongs to {}, not {user}", experiment.owner)));
-        }
         for job in experiment.jobs.iter().filter(|j| !j.state.is_terminal() && !j.cancel_requested) {
-            match self.cancel_job(job.id, user).await {
+            match self.cancel_job(job.id, by).await {
                 // Finished meanwhile, or cancelled with its parent: nothing left to do.
                 Ok(_) | Err(StoreError::FailedPrecondition(_)) => {}
                 Err(e) => return Err(e),
@@ -434,33 +562,37 @@ impl Store for PgStore {
 
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+        let before = if filter.before_id <= 0 { i64::MAX } else { filter.before_id };
         let recs: Vec<JobRecord> = sqlx::query_as(&format!(
             "{JOB_SELECT} WHERE ($1::text IS NULL OR j.state = $1) AND ($2::text IS NULL OR j.stage = $2) \
-             AND ($3::text IS NULL OR j.owner = $3) ORDER BY j.id DESC LIMIT $4"
+             AND ($3::text IS NULL OR j.owner = $3) AND j.id < $5 ORDER BY j.id DESC LIMIT $4"
         ))
         .bind(filter.state.map(JobState::as_str))
         .bind(filter.stage.as_deref())
         .bind(filter.owner.as_deref())
         .bind(limit)
+        .bind(before)
         .fetch_all(&self.pool)
         .await?;
         recs.into_iter().map(Job::try_from).collect()
     }
 
-    async fn cancel_job(&self, id: i64, user: &str) -> StoreResult<Job> {
+    async fn cancel_job(&self, id: i64, by: &str) -> StoreResult<Job> {
         let mut tx = self.pool.begin().await?;
-        let job = job_in(&mut tx, id).await?;
-        sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
-        if job.owner != user {
-            return Err(StoreError::PermissionDenied(format!("job {id} belongs to {}, not {user}", job.owner)));
+        // Lock first, then read: the state decided on is the state written over.
+        let locked: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *tx).await?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound(format!("job {id}")));
         }
+        let job = job_in(&mut tx, id).await?;
         match job.state {
             JobState::Queued => {
                 sqlx::query(
                     "UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 WHERE id = $1",
                 )
                 .bind(id)
-                .bind(format!("cancelled by {user} while queued"))
+                .bind(format!("cancelled by {by} while queued"))
                 .execute(&mut *tx)
                 .await?;
                 cancel_descendants(&mut tx, id, "was cancelled").await?;
@@ -468,7 +600,7 @@ impl Store for PgStore {
             JobState::Running => {
                 sqlx::query("UPDATE jobs SET cancel_requested = true, message = $2 WHERE id = $1")
                     .bind(id)
-                    .bind(format!("cancel requested by {user}"))
+                    .bind(format!("cancel requested by {by}"))
                     .execute(&mut *tx)
                     .await?;
             }
@@ -482,11 +614,69 @@ impl Store for PgStore {
         Ok(job)
     }
 
-    async fn register_worker(&self, w: NewWorker) -> StoreResult<Uuid> {
+    async fn set_priority(&self, id: i64, priority: i32) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (state,) = row.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+        if !matches!(JobState::parse(&state), Some(JobState::Queued | JobState::Running)) {
+            return Err(StoreError::FailedPrecondition(format!("job {id} already {state}: its priority no longer matters")));
+        }
+        sqlx::query("UPDATE jobs SET priority = $2 WHERE id = $1").bind(id).bind(priority).execute(&mut *tx).await?;
+        notify(&mut tx, Change::Job(id)).await?;
+        notify(&mut tx, Change::Queue).await?;
+        let job = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn queue_facts(&self, id: i64, live_within: Duration) -> StoreResult<QueueFacts> {
+        let job = self.get_job(id).await?;
+        let parents: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT p.id, p.state FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+             WHERE d.child_id = $1 AND p.state <> 'succeeded' ORDER BY p.id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let (owner_running,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = $1 AND state = 'running'")
+            .bind(&job.owner)
+            .fetch_one(&self.pool)
+            .await?;
+        let (live_matching_workers,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM workers w WHERE w.last_heartbeat > now() - make_interval(secs => $1) \
+             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets)",
+        )
+        .bind(lease_secs(live_within))
+        .bind(job.spec.device.as_str())
+        .bind(&job.spec.dataset)
+        .fetch_one(&self.pool)
+        .await?;
+        let (ahead,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.id <> $1 \
+             AND (j.priority > $2 OR (j.priority = $2 AND j.id < $1)) \
+             AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+                             WHERE d.child_id = j.id AND p.state <> 'succeeded')",
+        )
+        .bind(id)
+        .bind(job.priority)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueFacts {
+            unfinished_parents: parents.into_iter().map(|(id, state)| (id, JobState::parse(&state).unwrap_or(JobState::Failed))).collect(),
+            owner_running: owner_running as u32,
+            live_matching_workers: live_matching_workers as u32,
+            ahead: ahead as u32,
+        })
+    }
+
+    async fn register_worker(&self, w: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(&w.name)
@@ -495,9 +685,19 @@ impl Store for PgStore {
         .bind(&w.gpus)
         .bind(&w.datasets)
         .bind(&w.labels)
+        .bind(session_sha256)
+        .bind(credential_id)
         .execute(&self.pool)
         .await?;
         Ok(id)
+    }
+
+    async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>> {
+        let row: Option<(Uuid, Option<i64>)> = sqlx::query_as("SELECT id, credential_id FROM workers WHERE session_sha256 = $1")
+            .bind(session_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(worker, credential_id)| WorkerSession { worker, credential_id }))
     }
 
     async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
@@ -538,34 +738,71 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn claim(&self, worker: Uuid, lease: Duration) -> StoreResult<Option<Claimed>> {
-        let mut tx = self.pool.begin().await?;
-        touch_worker(&mut tx, worker).await?;
-        let claimed: Option<(i64,)> = sqlx::query_as(
-            "WITH next AS ( \
-               SELECT j.id FROM jobs j, workers w \
-               WHERE w.id = $1 AND j.state = 'queued' \
-                 AND (j.device = 'any' OR j.device = w.device_kind) \
-                 AND j.dataset = ANY(w.datasets) \
-                 AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
-                                 WHERE d.child_id = j.id AND p.state <> 'succeeded') \
-               ORDER BY j.priority DESC, j.id \
-               LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
-             UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_worker = $1, \
-               lease_expires_at = now() + make_interval(secs => $2), started_at = COALESCE(started_at, now()) \
-             FROM next WHERE jobs.id = next.id RETURNING jobs.id",
+    async fn claim(&self, worker: Uuid, lease: Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>> {
+        let cap = policy.max_running_per_user.map(i64::from);
+        // Owners found at their cap by this claim: passed over when it looks again.
+        let mut at_cap: Vec<String> = Vec::new();
+        let (mut tx, job_id) = loop {
+            let mut tx = self.pool.begin().await?;
+            touch_worker(&mut tx, worker).await?;
+            // Priority first; among equals the owner with the fewest running jobs
+            // (fair share), then the oldest job.
+            let next: Option<(i64, String)> = sqlx::query_as(
+                "WITH running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner) \
+                 SELECT j.id, j.owner FROM jobs j JOIN workers w ON w.id = $1 \
+                 LEFT JOIN running r ON r.owner = j.owner \
+                 WHERE j.state = 'queued' \
+                   AND (j.device = 'any' OR j.device = w.device_kind) \
+                   AND j.dataset = ANY(w.datasets) \
+                   AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+                                   WHERE d.child_id = j.id AND p.state <> 'succeeded') \
+                   AND ($2::bigint IS NULL OR COALESCE(r.n, 0) < $2) \
+                   AND NOT (j.owner = ANY($3)) \
+                 ORDER BY j.priority DESC, COALESCE(r.n, 0), j.id \
+                 LIMIT 1 FOR UPDATE OF j SKIP LOCKED",
+            )
+            .bind(worker)
+            .bind(cap)
+            .bind(&at_cap)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((job_id, owner)) = next else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            if let Some(cap) = cap {
+                // Claims for one owner take turns here, so two coordinators cannot
+                // both start the owner's last allowed job: the count is read after
+                // the previous claimer committed.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('camp.owner.' || $1, 0))")
+                    .bind(&owner)
+                    .execute(&mut *tx)
+                    .await?;
+                let (running,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = $1 AND state = 'running'")
+                    .bind(&owner)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if running >= cap {
+                    tx.rollback().await?;
+                    at_cap.push(owner);
+                    continue;
+                }
+            }
+            break (tx, job_id);
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_worker = $2, \
+               lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(started_at, now()) \
+             WHERE id = $1",
         )
+        .bind(job_id)
         .bind(worker)
         .bind(lease_secs(lease))
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        let Some((job_id,)) = claimed else {
-            tx.commit().await?;
-            return Ok(None);
-        };
         let job = job_in(&mut tx, job_id).await?;
         let latest: Option<CheckpointRecord> =
-            sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
+            sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
                 .bind(job_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -583,7 +820,7 @@ impl Store for PgStore {
         let init_from: Option<CheckpointRecord> = match job.spec.init_from {
             0 => None,
             parent => sqlx::query_as(&format!(
-                "{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"
+                "{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"
             ))
             .bind(parent)
             .fetch_optional(&mut *tx)
@@ -625,7 +862,7 @@ impl Store for PgStore {
 
     async fn report(&self, batch: ReportBatch) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, batch.at).await?;
+        fence(&mut tx, batch.at, true).await?;
         let fresh: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO report_batches (job_id, attempt, sequence) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING RETURNING job_id",
@@ -675,12 +912,13 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn put_checkpoint(&self, c: NewCheckpoint, chunks: Vec<Vec<u8>>, retention: Retention) -> StoreResult<Checkpoint> {
+    async fn begin_checkpoint(&self, c: NewCheckpoint) -> StoreResult<i64> {
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, c.at).await?;
+        // Not locked: the upload may take a while, and heartbeats must go on meanwhile.
+        fence(&mut tx, c.at, false).await?;
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO checkpoints (job_id, attempt, epoch, step, sha256, size, top1, metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO checkpoints (job_id, attempt, epoch, step, sha256, size, top1, metadata, complete) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false) RETURNING id",
         )
         .bind(c.at.job_id)
         .bind(c.at.attempt as i32)
@@ -692,37 +930,63 @@ impl Store for PgStore {
         .bind(&c.metadata)
         .fetch_one(&mut *tx)
         .await?;
-        for (idx, data) in chunks.iter().enumerate() {
-            sqlx::query("INSERT INTO checkpoint_chunks (checkpoint_id, idx, data) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(idx as i32)
-                .bind(data)
-                .execute(&mut *tx)
-                .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn put_checkpoint_chunk(&self, upload: i64, idx: u32, data: &[u8]) -> StoreResult<()> {
+        sqlx::query("INSERT INTO checkpoint_chunks (checkpoint_id, idx, data) VALUES ($1, $2, $3)")
+            .bind(upload)
+            .bind(idx as i32)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit_checkpoint(&self, at: LeaseRef, upload: i64, retention: Retention) -> StoreResult<Checkpoint> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, at, true).await?;
+        let done = sqlx::query(
+            "UPDATE checkpoints SET complete = true, created_at = now() \
+             WHERE id = $1 AND job_id = $2 AND attempt = $3 AND NOT complete",
+        )
+        .bind(upload)
+        .bind(at.job_id)
+        .bind(at.attempt as i32)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound(format!("upload {upload}")));
         }
         sqlx::query(
-            "DELETE FROM checkpoints WHERE job_id = $1 \
-             AND id NOT IN (SELECT id FROM checkpoints WHERE job_id = $1 ORDER BY id DESC LIMIT $2) \
-             AND (NOT $3 OR id <> COALESCE((SELECT id FROM checkpoints WHERE job_id = $1 AND top1 IS NOT NULL \
+            "DELETE FROM checkpoints WHERE job_id = $1 AND complete \
+             AND id NOT IN (SELECT id FROM checkpoints WHERE job_id = $1 AND complete ORDER BY id DESC LIMIT $2) \
+             AND (NOT $3 OR id <> COALESCE((SELECT id FROM checkpoints WHERE job_id = $1 AND complete AND top1 IS NOT NULL \
                                             ORDER BY top1 DESC, id LIMIT 1), -1))",
         )
-        .bind(c.at.job_id)
+        .bind(at.job_id)
         .bind(retention.keep_latest.max(1) as i64)
         .bind(retention.keep_best)
         .execute(&mut *tx)
         .await?;
-        notify(&mut tx, Change::Job(c.at.job_id)).await?;
-        let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.id = $1"))
-            .bind(id)
+        notify(&mut tx, Change::Job(at.job_id)).await?;
+        let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1"))
+            .bind(upload)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(rec.into())
     }
 
-    async fn finish(&self, at: AttemptRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()> {
+    async fn abort_checkpoint(&self, upload: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM checkpoints WHERE id = $1 AND NOT complete").bind(upload).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, at).await?;
+        fence(&mut tx, at, true).await?;
         let state = match outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
@@ -781,19 +1045,27 @@ impl Store for PgStore {
             notify(&mut tx, Change::Job(job_id)).await?;
             reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
+        // Uploads whose attempt is over, or that have been going for hours, will never be committed.
+        sqlx::query(
+            "DELETE FROM checkpoints c WHERE NOT c.complete AND (c.created_at < now() - interval '6 hours' \
+             OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.job_id AND j.state = 'running' AND j.attempt = c.attempt))",
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(reaped)
     }
 
-    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64) -> StoreResult<Vec<StoredMetric>> {
+    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>> {
         let rows: Vec<(i64, i32, i64, i32, String, f64, DateTime<Utc>)> = sqlx::query_as(
             "SELECT id, attempt, step, epoch, name, value, at FROM metrics WHERE job_id = $1 \
-             AND ($2::text IS NULL OR name = $2) AND ($3::int IS NULL OR attempt = $3) AND id > $4 ORDER BY id",
+             AND ($2::text IS NULL OR name = $2) AND ($3::int IS NULL OR attempt = $3) AND id > $4 ORDER BY id LIMIT $5",
         )
         .bind(job_id)
         .bind(name)
         .bind(attempt.map(|a| a as i32))
         .bind(after_id)
+        .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -807,18 +1079,30 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn logs(&self, job_id: i64, after_id: i64) -> StoreResult<Vec<LogLine>> {
+    async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)> {
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE((SELECT max(id) FROM metrics WHERE job_id = $1), 0), \
+                    COALESCE((SELECT max(id) FROM job_logs WHERE job_id = $1), 0)",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    async fn logs(&self, job_id: i64, after_id: i64, limit: u32) -> StoreResult<Vec<LogLine>> {
         let rows: Vec<(i64, i32, DateTime<Utc>, String)> =
-            sqlx::query_as("SELECT id, attempt, at, line FROM job_logs WHERE job_id = $1 AND id > $2 ORDER BY id")
+            sqlx::query_as("SELECT id, attempt, at, line FROM job_logs WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3")
                 .bind(job_id)
                 .bind(after_id)
+                .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(|(id, attempt, at, line)| LogLine { id, attempt: attempt as u32, at, line }).collect())
     }
 
     async fn checkpoints(&self, job_id: i64) -> StoreResult<Vec<Checkpoint>> {
-        let recs: Vec<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.job_id = $1 ORDER BY c.id"))
+        let recs: Vec<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id"))
             .bind(job_id)
             .fetch_all(&self.pool)
             .await?;
@@ -826,47 +1110,87 @@ impl Store for PgStore {
     }
 
     async fn checkpoint(&self, id: i64) -> StoreResult<Checkpoint> {
-        let rec: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} WHERE c.id = $1"))
+        let rec: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         rec.map(Into::into).ok_or_else(|| StoreError::NotFound(format!("checkpoint {id}")))
     }
 
-    async fn checkpoint_chunk_count(&self, id: i64) -> StoreResult<u32> {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM checkpoint_chunks WHERE checkpoint_id = $1")
+    async fn checkpoint_chunk_sizes(&self, id: i64) -> StoreResult<Vec<u32>> {
+        let rows: Vec<(i32,)> = sqlx::query_as("SELECT length(data) FROM checkpoint_chunks WHERE checkpoint_id = $1 ORDER BY idx")
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(n as u32)
+        Ok(rows.into_iter().map(|(n,)| n as u32).collect())
     }
 
-    async fn checkpoint_chunk(&self, id: i64, idx: u32) -> StoreResult<Vec<u8>> {
-        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT data FROM checkpoint_chunks WHERE checkpoint_id = $1 AND idx = $2")
-            .bind(id)
-            .bind(idx as i32)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn checkpoint_slice(&self, id: i64, idx: u32, offset: u32, len: u32) -> StoreResult<Vec<u8>> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as(
+            "SELECT substring(data FROM $3 FOR $4) FROM checkpoint_chunks c \
+             WHERE c.checkpoint_id = $1 AND c.idx = $2",
+        )
+        .bind(id)
+        .bind(idx as i32)
+        .bind(offset as i32 + 1)
+        .bind(len as i32)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|(d,)| d).ok_or_else(|| StoreError::NotFound(format!("checkpoint {id} (deleted by retention?)")))
     }
 
-    async fn create_token(&self, user: &str, token_sha256: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING").bind(user).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO api_tokens (token_sha256, user_name) VALUES ($1, $2)")
-            .bind(token_sha256)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+    async fn worker_may_read(&self, worker: Uuid, job_id: i64) -> StoreResult<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_worker = $1 \
+             AND (id = $2 OR (spec->>'init_from')::bigint = $2) LIMIT 1",
+        )
+        .bind(worker)
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
-    async fn user_for_token(&self, token_sha256: &str) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT user_name FROM api_tokens WHERE token_sha256 = $1")
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(u,)| u))
+    async fn create_credential(&self, c: NewCredential) -> StoreResult<Credential> {
+        let rec: CredentialRecord = sqlx::query_as(
+            "INSERT INTO credentials (token_sha256, role, name, expires_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id, role, name, created_at, expires_at, revoked_at",
+        )
+        .bind(&c.token_sha256)
+        .bind(c.role.as_str())
+        .bind(&c.name)
+        .bind(c.expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        rec.try_into()
+    }
+
+    async fn credential_for_token(&self, token_sha256: &str) -> StoreResult<Option<Credential>> {
+        let rec: Option<CredentialRecord> = sqlx::query_as(
+            "SELECT id, role, name, created_at, expires_at, revoked_at FROM credentials WHERE token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        rec.map(Credential::try_from).transpose()
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<Credential>> {
+        let recs: Vec<CredentialRecord> =
+            sqlx::query_as("SELECT id, role, name, created_at, expires_at, revoked_at FROM credentials ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        recs.into_iter().map(Credential::try_from).collect()
+    }
+
+    async fn revoke_credential(&self, id: i64) -> StoreResult<Credential> {
+        let rec: Option<CredentialRecord> = sqlx::query_as(
+            "UPDATE credentials SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 \
+             RETURNING id, role, name, created_at, expires_at, revoked_at",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        rec.ok_or_else(|| StoreError::NotFound(format!("credential {id}")))?.try_into()
     }
 }

@@ -1,0 +1,213 @@
+//! A coordinator on a loopback socket against the test's fresh database, and
+//! clients that speak to it as a user, an admin, a worker or a stranger. The
+//! worker side of the protocol is played by hand so that it can misbehave.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use camp_proto::v1::job_service_client::JobServiceClient;
+use camp_proto::v1::worker_service_client::WorkerServiceClient;
+use camp_proto::v1::{self, JobState};
+use camp_proto::JobSpec;
+use camp_server::auth::{new_token, token_sha256};
+use camp_server::store::{NewCredential, PgStore, Role, Store};
+use camp_server::{serve, Settings};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Metadata added to every call of a client.
+#[derive(Clone, Default)]
+pub struct Headers(Vec<(&'static str, MetadataValue<Ascii>)>);
+
+impl Headers {
+    pub fn with(mut self, key: &'static str, value: &str) -> Self {
+        self.0.push((key, value.parse().expect("an ASCII header value")));
+        self
+    }
+    pub fn bearer(self, token: &str) -> Self {
+        self.with("authorization", &format!("Bearer {token}"))
+    }
+}
+
+impl Interceptor for Headers {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in &self.0 {
+            req.metadata_mut().insert(*k, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Jobs = JobServiceClient<InterceptedService<Channel, Headers>>;
+pub type Workers = WorkerServiceClient<InterceptedService<Channel, Headers>>;
+
+pub struct Coordinator {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub store: Arc<dyn Store>,
+    pub pool: PgPool,
+}
+
+impl Coordinator {
+    pub async fn start(pool: PgPool, settings: Settings) -> Coordinator {
+        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool.clone()).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(store.clone(), settings, listener, std::future::pending()));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Coordinator { addr, channel, store, pool }
+    }
+
+    pub fn jobs(&self, headers: Headers) -> Jobs {
+        JobServiceClient::with_interceptor(self.channel.clone(), headers)
+    }
+
+    /// A user naming themselves (coordinators without --require-auth).
+    pub fn jobs_as(&self, user: &str) -> Jobs {
+        self.jobs(Headers::default().with("x-camp-user", user))
+    }
+
+    pub fn workers(&self, headers: Headers) -> Workers {
+        WorkerServiceClient::with_interceptor(self.channel.clone(), headers)
+    }
+
+    /// Makes a credential in the store, as `camp-server token` does, and returns its token.
+    pub async fn token(&self, role: Role, name: &str) -> String {
+        let token = new_token();
+        self.store
+            .create_credential(NewCredential { role, name: name.into(), token_sha256: token_sha256(&token), expires_at: None })
+            .await
+            .unwrap();
+        token
+    }
+
+    /// Registers a worker (with `credential` as bearer, if any) and returns it holding its session.
+    pub async fn register(&self, name: &str, device: &str, datasets: &[&str], credential: Option<&str>) -> Worker {
+        let base = match credential {
+            Some(token) => Headers::default().bearer(token),
+            None => Headers::default(),
+        };
+        let reply = self
+            .workers(base.clone())
+            .register(v1::RegisterRequest {
+                name: name.into(),
+                hostname: "test".into(),
+                device_kind: device.into(),
+                datasets: datasets.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let client = self.workers(base.with("x-camp-session", &reply.session));
+        Worker { id: reply.worker_id, session: reply.session, client }
+    }
+}
+
+pub fn spec() -> v1::JobSpec {
+    JobSpec { dataset: "cifar10".into(), epochs: 2, ..JobSpec::default() }.to_proto()
+}
+
+pub async fn submit(jobs: &mut Jobs, spec: v1::JobSpec) -> v1::Job {
+    jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await.unwrap().into_inner()
+}
+
+pub async fn get(jobs: &mut Jobs, id: i64) -> v1::Job {
+    jobs.get_job(v1::GetJobRequest { id }).await.unwrap().into_inner()
+}
+
+pub async fn wait_state(jobs: &mut Jobs, id: i64, want: JobState) -> v1::Job {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = get(jobs, id).await;
+        if job.state == want as i32 {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {want:?}: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn batch(job_id: i64, attempt: u32, sequence: u64, step: i64) -> v1::ReportBatch {
+    v1::ReportBatch {
+        job_id,
+        attempt,
+        sequence,
+        metrics: vec![v1::Metric { name: "loss".into(), value: 1.0 / step as f64, step, epoch: 1, ..Default::default() }],
+        log_lines: vec![format!("step {step}")],
+        epoch: 0,
+    }
+}
+
+pub fn header(job_id: i64, attempt: u32, epoch: u32, top1: f64, bytes: &[u8]) -> v1::CheckpointHeader {
+    v1::CheckpointHeader {
+        job_id,
+        attempt,
+        epoch,
+        step: epoch as i64 * 10,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+        top1,
+        metadata_json: "{}".into(),
+    }
+}
+
+/// A registered worker: its id, its session and a client that sends the session.
+#[derive(Clone)]
+pub struct Worker {
+    pub id: String,
+    pub session: String,
+    pub client: Workers,
+}
+
+impl Worker {
+    pub async fn claim(&mut self, wait_ms: u32) -> Option<v1::Assignment> {
+        self.client.claim(v1::ClaimRequest { worker_id: String::new(), wait_ms }).await.unwrap().into_inner().assignment
+    }
+
+    pub async fn heartbeat(&mut self, jobs: &[(i64, u32)]) -> Result<v1::HeartbeatResponse, tonic::Status> {
+        let jobs = jobs.iter().map(|&(job_id, attempt)| v1::RunningJob { job_id, attempt }).collect();
+        self.client.heartbeat(v1::HeartbeatRequest { worker_id: String::new(), jobs }).await.map(|r| r.into_inner())
+    }
+
+    pub async fn report(&mut self, batches: Vec<v1::ReportBatch>) -> Result<v1::ReportResponse, tonic::Status> {
+        self.client.report(futures::stream::iter(batches)).await.map(|r| r.into_inner())
+    }
+
+    /// Uploads `bytes` in 7-byte pieces (so that chunking is exercised).
+    pub async fn upload_with(&mut self, header: v1::CheckpointHeader, bytes: &[u8]) -> Result<v1::Checkpoint, tonic::Status> {
+        let mut msgs = vec![v1::UploadChunk { header: Some(header), data: vec![] }];
+        msgs.extend(bytes.chunks(7).map(|c| v1::UploadChunk { header: None, data: c.to_vec() }));
+        self.client.upload_checkpoint(futures::stream::iter(msgs)).await.map(|r| r.into_inner())
+    }
+
+    pub async fn upload(&mut self, job_id: i64, attempt: u32, epoch: u32, top1: f64, bytes: &[u8]) -> Result<v1::Checkpoint, tonic::Status> {
+        self.upload_with(header(job_id, attempt, epoch, top1, bytes), bytes).await
+    }
+
+    pub async fn finish(&mut self, job_id: i64, attempt: u32, outcome: v1::Outcome) -> Result<(), tonic::Status> {
+        self.client
+            .finish(v1::FinishRequest { job_id, attempt, outcome: outcome as i32, message: String::new(), result_json: r#"{"best_top1":0.5}"#.into() })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn download(&mut self, checkpoint_id: i64) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream = self
+            .client
+            .download_checkpoint(v1::DownloadCheckpointRequest { checkpoint_id, ..Default::default() })
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend(chunk.data);
+        }
+        Ok(bytes)
+    }
+}
