@@ -60,7 +60,6 @@ pub const MAX_EPOCHS: u32 = 10_000;
 pub const MAX_BATCH_SIZE: u32 = 16_384;
 pub const MAX_LR: f64 = 10.0;
 pub const MAX_WEIGHT_DECAY: f64 = 1.0;
-pub const MAX_GAMMA_STEP: f64 = 1_000.0;
 pub const MAX_PRINT_FREQ: u32 = 1_000_000;
 pub const MAX_IMAGE_LIMIT: u32 = 100_000_000;
 pub const MAX_ALPHA: f64 = 1_000.0;

@@ -321,15 +321,16 @@ impl JobSpec {
             return Err(invalid("lr_schedule", format!("{} steps; at most {MAX_LR_STEPS} are allowed", self.lr_schedule.len())));
         }
         for step in &self.lr_schedule {
-            let gamma_ok = step.gamma.is_finite() && step.gamma > 0.0 && step.gamma <= MAX_GAMMA_STEP;
-            if !(1..=MAX_EPOCHS).contains(&step.epoch) || !gamma_ok {
+            if !(1..=MAX_EPOCHS).contains(&step.epoch) || !(step.gamma.is_finite() && step.gamma > 0.0) {
                 return Err(invalid(
                     "lr_schedule",
-                    format!(
-                        "each step needs epoch in 1..={MAX_EPOCHS} and gamma in (0, {MAX_GAMMA_STEP}], got epoch {} gamma {}",
-                        step.epoch, step.gamma
-                    ),
+                    format!("each step needs epoch in 1..={MAX_EPOCHS} and gamma > 0, got epoch {} gamma {}", step.epoch, step.gamma),
                 ));
+            }
+            // Wherever the schedule leads, the lr stays a usable number.
+            let lr = self.lr_at_epoch(step.epoch + 1);
+            if !(lr.is_normal() && lr > 0.0 && lr <= MAX_LR) {
+                return Err(invalid("lr_schedule", format!("after epoch {} the lr would be {lr}; it must stay in (0, {MAX_LR}]", step.epoch)));
             }
         }
         if self.bf16 && self.device == DeviceRequest::Cpu {
@@ -540,6 +541,8 @@ mod tests {
         assert_eq!(field_of(|p| p.weight_decay = 5.0), "weight_decay");
         assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 3, gamma: 0.1 }; 65]), "lr_schedule");
         assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: u32::MAX, gamma: 0.1 }]), "lr_schedule");
+        assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 3, gamma: 1e300 }]), "lr_schedule");
+        assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 3, gamma: 1e-320 }]), "lr_schedule");
         assert_eq!(field_of(|p| p.alpha = Some(1e12)), "alpha");
         assert_eq!(field_of(|p| p.rl_weight = Some(1e12)), "rl_weight");
         assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().name = "a\0b".into()), "energy_table");

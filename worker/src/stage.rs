@@ -494,6 +494,8 @@ impl Run<'_> {
             routing.push(("fullbit_share".into(), share));
             routing.extend(eval.block_shares.iter().enumerate().map(|(b, s)| (format!("block{b}_fullbit_share"), *s)));
         }
+        // The epoch's last step may have reported the lr already: one row per (name, step).
+        let lr_reported = self.global_step % self.spec.print_freq as i64 == 0;
         observer.metrics(
             self.global_step,
             epoch,
@@ -504,12 +506,12 @@ impl Run<'_> {
                 ("test_top1", eval.top1),
                 ("test_top5", eval.top5),
                 ("best_top1", self.best_top1),
-                ("lr", lr),
                 ("epoch_images_per_s", epoch_images_per_s),
                 ("energy_pj", eval.energy_pj),
                 ("normalized_energy", eval.normalized_energy),
             ]
             .into_iter()
+            .chain((!lr_reported).then_some(("lr", lr)))
             .chain(routing.iter().map(|(name, v)| (name.as_str(), *v)))
             .collect::<Vec<_>>(),
         );

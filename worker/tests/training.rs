@@ -59,8 +59,13 @@ fn the_optimizer_follows_the_lr_schedule_per_epoch() {
     for (epoch, lr) in &step_lrs {
         assert_eq!(*lr, spec.lr_at_epoch(*epoch), "epoch {epoch}");
     }
-    assert_eq!(step_lrs.iter().filter(|(e, _)| *e == 3).count(), 3 + 1, "3 steps and the epoch summary");
+    assert_eq!(step_lrs.iter().filter(|(e, _)| *e == 3).count(), 3, "3 steps; the epoch summary does not repeat the last step's lr");
     assert!((spec.lr_at_epoch(3) - 0.005).abs() < 1e-12);
+    let mut rows: Vec<(&str, i64)> = rec.metrics.iter().map(|(step, _, name, _)| (name.as_str(), *step)).collect();
+    let all = rows.len();
+    rows.sort_unstable();
+    rows.dedup();
+    assert_eq!(rows.len(), all, "each metric is reported once per step");
 
     let after = |epoch: usize| checkpoint::load(&rec.checkpoints[epoch - 1].bytes).unwrap();
     let (one, two, three) = (after(1), after(2), after(3));
