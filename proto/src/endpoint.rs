@@ -88,6 +88,18 @@ pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, EndpointError> 
     }
 }
 
+/// What to add to an error met on `addr`: a plaintext client that reached a
+/// TLS listener sees only HTTP/2 protocol errors, which name no cause.
+pub fn hint(addr: &str, error: &str) -> &'static str {
+    let plaintext = with_scheme(addr).starts_with("http://");
+    let garbled = ["h2 protocol error", "http2 error", "frame with invalid size", "connection reset"].iter().any(|e| error.contains(e));
+    if plaintext && garbled {
+        " (if the coordinator serves TLS, use an https:// address)"
+    } else {
+        ""
+    }
+}
+
 /// A connection failure as one line, with its causes (a TLS handshake error is
 /// several sources deep in tonic's error).
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
@@ -117,5 +129,7 @@ mod tests {
         assert!(matches!(endpoint("https://coord:50051", &half), Err(EndpointError::HalfIdentity)));
         assert!(matches!(endpoint("ftp://coord", &ClientTls::default()), Err(EndpointError::Address { .. })));
         assert!(endpoint("https://coord:50051", &ClientTls::default()).is_ok(), "system roots");
+        assert!(hint("coord:50051", "h2 protocol error: http2 error").contains("https://"));
+        assert_eq!(hint("https://coord:50051", "h2 protocol error: http2 error"), "");
     }
 }

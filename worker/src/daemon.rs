@@ -113,7 +113,10 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
             labels: config.labels.iter().cloned().collect(),
         })
         .await
-        .map_err(|s| refused("register", s))?
+        .map_err(|s| {
+            let hint = endpoint::hint(&config.coordinator, s.message());
+            DaemonError::Refused { call: "register", status: format!("{:?}: {}{hint}", s.code(), s.message()) }
+        })?
         .into_inner();
     tracing::info!(worker = %config.name, id = %registered.worker_id, device = device_kind, ?datasets, "registered");
     let session = registered.session.parse().map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
