@@ -45,9 +45,10 @@ pub const MAX_HEARTBEAT_JOBS: usize = 64;
 /// Jobs in one pipeline, and the nodes one node may wait for.
 pub const MAX_PIPELINE_NODES: usize = 256;
 pub const MAX_NODE_PARENTS: usize = 64;
-/// Jobs, experiments, metrics and log lines per page of a listing.
+/// Jobs, experiments, workers, metrics and log lines per page of a listing
+/// (each page fits in a message: a metric row is at most ~115 bytes, a log line ~4.1 KB).
 pub const MAX_JOBS_PAGE: u32 = 1_000;
-pub const MAX_METRICS_PAGE: u32 = 50_000;
+pub const MAX_METRICS_PAGE: u32 = 20_000;
 pub const MAX_LOGS_PAGE: u32 = 400;
 
 /// Bits overrides: how many, and each pattern's length.

@@ -279,12 +279,9 @@ impl JobService for JobApi {
     async fn list_workers(&self, req: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
         User::of(&req)?;
         let now = chrono::Utc::now();
-        let workers = self
-            .store
-            .list_workers()
-            .await?
-            .into_iter()
-            .map(|w| {
+        let mut reply = v1::ListWorkersResponse::default();
+        for w in self.store.list_workers().await? {
+            let worker = {
                 let labels = w
                     .new
                     .labels
@@ -303,9 +300,13 @@ impl JobService for JobApi {
                     alive: (now - w.last_heartbeat).num_milliseconds() < self.lease.as_millis() as i64,
                     running_jobs: w.running_jobs,
                 }
-            })
-            .collect();
-        Ok(Response::new(v1::ListWorkersResponse { workers }))
+            };
+            if reply.encoded_len() + worker.encoded_len() + 16 > LIST_REPLY_BYTES {
+                break;
+            }
+            reply.workers.push(worker);
+        }
+        Ok(Response::new(reply))
     }
 
     async fn submit_pipeline(&self, req: Request<v1::SubmitPipelineRequest>) -> Result<Response<v1::Experiment>, Status> {

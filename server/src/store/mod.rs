@@ -410,6 +410,7 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a worker under a session secret (its sha256) and the credential it came with.
     async fn register_worker(&self, worker: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid>;
     async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>>;
+    /// The 1,000 workers heard from most recently.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
     /// Takes the next job this worker can run, if any, with a lease of `lease`:
     /// highest priority first, then the owner with the fewest running jobs, then the oldest.
@@ -426,7 +427,7 @@ pub trait Store: Send + Sync + 'static {
     async fn abort_checkpoint(&self, upload: i64) -> StoreResult<()>;
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<serde_json::Value>) -> StoreResult<()>;
     /// Returns running jobs whose lease expired to the queue, or fails them after
-    /// max attempts; drops uploads that were abandoned.
+    /// max attempts; drops uploads that were abandoned and workers silent for a week.
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>>;
 
     /// A page of a job's metrics in the order they were stored, after row `after_id`.

@@ -716,7 +716,7 @@ impl Store for PgStore {
         let recs: Vec<Rec> = sqlx::query_as(
             "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.last_heartbeat, \
              ARRAY(SELECT j.id FROM jobs j WHERE j.lease_worker = w.id AND j.state = 'running' ORDER BY j.id) \
-             AS running_jobs FROM workers w ORDER BY w.last_heartbeat DESC",
+             AS running_jobs FROM workers w ORDER BY w.last_heartbeat DESC LIMIT 1000",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -1045,6 +1045,13 @@ impl Store for PgStore {
             notify(&mut tx, Change::Job(job_id)).await?;
             reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
+        // Registrations silent for a week that hold no job are gone for good.
+        sqlx::query(
+            "DELETE FROM workers w WHERE w.last_heartbeat < now() - interval '7 days' \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lease_worker = w.id)",
+        )
+        .execute(&mut *tx)
+        .await?;
         // Uploads whose attempt is over, or that have been going for hours, will never be committed.
         sqlx::query(
             "DELETE FROM checkpoints c WHERE NOT c.complete AND (c.created_at < now() - interval '6 hours' \
