@@ -321,7 +321,7 @@ impl JobSpec {
             return Err(invalid("lr_schedule", format!("{} steps; at most {MAX_LR_STEPS} are allowed", self.lr_schedule.len())));
         }
         for step in &self.lr_schedule {
-            if !(1..=MAX_EPOCHS).contains(&step.epoch) || !(step.gamma.is_finite() && step.gamma > 0.0) {
+            if !((1..=MAX_EPOCHS).contains(&step.epoch) && step.gamma.is_finite() && step.gamma > 0.0) {
                 return Err(invalid(
                     "lr_schedule",
                     format!("each step needs epoch in 1..={MAX_EPOCHS} and gamma > 0, got epoch {} gamma {}", step.epoch, step.gamma),

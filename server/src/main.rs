@@ -256,7 +256,7 @@ async fn token(store: &dyn Store, args: &TokenArgs) -> anyhow::Result<()> {
                 let rows: Vec<_> = all.iter().map(credential_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  {}", "ID", "ROLE", "NAME", "CREATED", "EXPIRES", "REVOKED");
+                println!("{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  REVOKED", "ID", "ROLE", "NAME", "CREATED", "EXPIRES");
                 for c in &all {
                     let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or("-".into());
                     println!(

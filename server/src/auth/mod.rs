@@ -67,19 +67,14 @@ impl WorkerCaller {
     }
 }
 
-/// The coordinator's rules for users.
-#[derive(Debug, Clone, Copy)]
+/// The coordinator's rules for users. By default: reads open to every user,
+/// priorities above 0 for admins.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Access {
     /// Reads of a job (show, metrics, logs, checkpoints, results, watch) only by its owner and admins.
     pub private_jobs: bool,
     /// The highest priority a user who is not an admin may give a job.
     pub max_user_priority: i32,
-}
-
-impl Default for Access {
-    fn default() -> Self {
-        Access { private_jobs: false, max_user_priority: 0 }
-    }
 }
 
 impl Access {
