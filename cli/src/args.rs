@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use camp_proto::energy::EnergyTable;
+use camp_proto::limits;
 use camp_proto::spec::{ActQuant, BitsOverride, DeviceRequest, LrStep, SpecError, Stage};
 use camp_proto::v1;
 use camp_proto::JobSpec;
@@ -53,6 +54,15 @@ pub struct GlobalOpts {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM CA to check an https:// coordinator's certificate against [default: the system's roots].
+    #[arg(long, global = true, env = "CAMP_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-key; https:// only).
+    #[arg(long, global = true, env = "CAMP_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "CAMP_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl GlobalOpts {
@@ -89,6 +99,17 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Cancel a job and print its new state.
     Cancel { id: i64 },
+    /// Set a queued or running job's scheduling priority (higher runs first) and print the job.
+    #[command(
+        after_help = "Owner or admin. A priority above the coordinator's --max-user-priority needs an admin (exit 4 otherwise)."
+    )]
+    Priority {
+        /// The job id.
+        id: i64,
+        /// The new priority; may be negative.
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// List a job's checkpoints.
     Checkpoints { id: i64 },
     /// Work with one checkpoint.
@@ -163,6 +184,8 @@ pub enum PipelineAction {
         /// The pipeline file.
         #[arg(value_name = "FILE.yaml")]
         file: PathBuf,
+        #[command(flatten)]
+        request_id: RequestIdArg,
     },
     /// Draw an experiment's DAG with each job's state and key result.
     Show {
@@ -247,6 +270,34 @@ pub struct PipelineCampArgs {
     /// Distiller schedule for the rl jobs.
     #[arg(long, value_name = "FILE.yaml")]
     pub compress_rl: Option<PathBuf>,
+    #[command(flatten)]
+    pub request_id: RequestIdArg,
+}
+
+/// `--request-id`: the idempotency key of a submission.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RequestIdArg {
+    /// Idempotency key (at most 128 bytes): a submission repeated with the same key returns the first one's result instead of submitting again [default: a fresh UUID per run].
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    pub request_id: Option<String>,
+}
+
+impl RequestIdArg {
+    /// The key given, else a fresh UUID v4: the CLI's own retries reuse it.
+    pub fn get_or_new(&self) -> String {
+        self.request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+}
+
+/// A request id as the coordinator takes it: non-empty, at most 128 bytes, no control characters.
+fn parse_request_id(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    limits::check_name(text, limits::MAX_REQUEST_ID_BYTES).map_err(|err| err.to_string())?;
+    Ok(text.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +391,8 @@ pub struct CommonArgs {
     /// Attempts before the job fails for good [default: the coordinator's, 3].
     #[arg(long, allow_negative_numbers = true)]
     pub max_attempts: Option<u32>,
+    #[command(flatten)]
+    pub request_id: RequestIdArg,
     #[arg(long, value_name = "EPOCH:GAMMA,...", help = stage_default_help(
         "Learning-rate steps as EPOCH:GAMMA,...: lr *= GAMMA once EPOCH epochs have completed, as distiller \
          counts them (80:0.1 = x0.1 from the 81st epoch on), or `none`.",
@@ -580,10 +633,17 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// Reads a file the CLI is given (`--compress`, `--energy-table`, `--rows`, a
+/// pipeline file): at most `limits::MAX_CONFIG_FILE_BYTES` of UTF-8 text, so
+/// that `--compress /dev/zero` fails at once. The error names the flag and the path (exit 2).
+pub fn read_input_file(flag: &str, path: &Path) -> Result<String, UsageError> {
+    limits::read_config_file(path)
+        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))
+}
+
 /// Reads a distiller schedule and applies it to `spec` (for `spec.epochs` epochs).
 pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Result<(), UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
+    let text = read_input_file(flag, path)?;
     let schedule = camp_proto::schedule::parse(&text, spec.epochs)
         .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
     schedule.apply(spec);
@@ -593,7 +653,7 @@ pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Resul
 /// Reads an energy table: YAML with every one of name, fp32_pj, int8_mult_pj, int8_add_pj.
 pub fn read_energy_table(path: &Path) -> Result<EnergyTable, UsageError> {
     let fail = |reason: String| UsageError(format!("--energy-table {}: {reason}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|err| fail(err.to_string()))?;
+    let text = read_input_file("--energy-table", path)?;
     parse_energy_table(&text).map_err(fail)
 }
 
@@ -727,7 +787,7 @@ impl fmt::Display for LrSchedule {
         let steps: Vec<String> = self
             .0
             .iter()
-            .map(|step| format!("{}:{}", step.epoch, step.gamma))
+            .map(|step| format!("{}:{}", step.epoch, crate::output::exact(step.gamma)))
             .collect();
         f.write_str(&steps.join(","))
     }
@@ -744,8 +804,8 @@ pub struct JobsArgs {
     /// Only jobs of this owner.
     #[arg(long)]
     pub owner: Option<String>,
-    /// At most this many jobs [default: the coordinator's, 100].
-    #[arg(long)]
+    /// At most this many jobs, fetched a page at a time [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
 }
 
@@ -1342,6 +1402,127 @@ mod tests {
         );
         let err = parse(&["submit", "qat", "-a", "x", "--act-quant", "lsq"]).unwrap_err();
         assert!(err.to_string().contains("--act-quant"), "{err}");
+    }
+
+    #[test]
+    fn request_ids_are_checked_before_any_call() {
+        for (line, want) in [
+            (&["submit", "baseline", "-a", "x"][..], None),
+            (
+                &["submit", "baseline", "-a", "x", "--request-id", "nightly-7"][..],
+                Some("nightly-7"),
+            ),
+        ] {
+            match parse(line).unwrap().command {
+                Command::Submit { stage } => {
+                    assert_eq!(stage.common().request_id.request_id.as_deref(), want)
+                }
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        let long = "k".repeat(limits::MAX_REQUEST_ID_BYTES + 1);
+        let exact = "k".repeat(limits::MAX_REQUEST_ID_BYTES);
+        assert!(parse(&["submit", "qat", "-a", "x", "--request-id", &exact]).is_ok());
+        for bad in [long.as_str(), "two\nlines", "tab\there", ""] {
+            for line in [
+                &["submit", "qat", "-a", "x", "--request-id", bad][..],
+                &["pipeline", "submit", "p.yaml", "--request-id", bad][..],
+                &["pipeline", "camp", "-a", "x", "--request-id", bad][..],
+            ] {
+                let err = parse(line).unwrap_err();
+                assert_eq!(err.exit_code(), 2, "{line:?}");
+                assert!(err.to_string().contains("--request-id"), "{err}");
+            }
+        }
+        match parse(&["pipeline", "submit", "p.yaml", "--request-id", "k1"])
+            .unwrap()
+            .command
+        {
+            Command::Pipeline {
+                action: PipelineAction::Submit { request_id, .. },
+            } => assert_eq!(request_id.get_or_new(), "k1"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_run_gets_a_fresh_uuid_request_id() {
+        let none = RequestIdArg::default();
+        let (a, b) = (none.get_or_new(), none.get_or_new());
+        assert_ne!(a, b);
+        let uuid = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert!(a.len() <= limits::MAX_REQUEST_ID_BYTES);
+    }
+
+    #[test]
+    fn priority_takes_negative_numbers() {
+        match parse(&["priority", "12", "-3"]).unwrap().command {
+            Command::Priority { id, priority } => assert_eq!((id, priority), (12, -3)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["priority", "12", "7", "--json"]).unwrap().command {
+            Command::Priority { priority, .. } => assert_eq!(priority, 7),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(parse(&["priority", "12"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            parse(&["priority", "12", "high"]).unwrap_err().exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn tls_options_are_global() {
+        let cli = parse(&[
+            "jobs",
+            "--ca",
+            "/etc/camp/ca.pem",
+            "--addr",
+            "https://coord:50051",
+            "--tls-cert",
+            "me.pem",
+            "--tls-key",
+            "me.key",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.global.ca.as_deref(),
+            Some(Path::new("/etc/camp/ca.pem"))
+        );
+        assert_eq!(cli.global.tls_cert.as_deref(), Some(Path::new("me.pem")));
+        assert_eq!(cli.global.tls_key.as_deref(), Some(Path::new("me.key")));
+    }
+
+    #[test]
+    fn jobs_limit_is_a_positive_count() {
+        match parse(&["jobs", "--limit", "2500"]).unwrap().command {
+            Command::Jobs(args) => assert_eq!(args.limit, Some(2500)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(parse(&["jobs", "--limit", "0"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn files_the_cli_reads_are_capped_and_name_their_flag() {
+        let err = invalid("qat", &["--compress", "/dev/zero"]);
+        assert!(
+            err.starts_with("--compress /dev/zero: larger than"),
+            "{err}"
+        );
+        let err = invalid("qat", &["--energy-table", "/dev/zero"]);
+        assert!(
+            err.starts_with("--energy-table /dev/zero: larger than"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("schedule.yaml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let err = read_input_file("--compress", &binary).unwrap_err().0;
+        assert!(
+            err.contains("--compress") && err.contains("not UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]

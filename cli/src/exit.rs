@@ -21,6 +21,11 @@ pub const CANCELLED: u8 = 7;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The coordinator could not be reached (the message says where and why, on one line).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreachableError(pub String);
+
 /// A state of things the CLI itself finds wrong for the command (e.g. nothing to plot).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -44,9 +49,15 @@ pub fn code_for_status(code: Code) -> u8 {
 pub fn code_for_error(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(status) = cause.downcast_ref::<Status>() {
+            // No answer from the coordinator, only a broken connection (e.g. a
+            // plaintext call to a TLS port; tonic makes it UNKNOWN or INTERNAL):
+            // unreachable. A status the coordinator sent carries no such cause.
+            if broke_in_transport(status) {
+                return UNREACHABLE;
+            }
             return code_for_status(status.code());
         }
-        if cause.is::<tonic::transport::Error>() {
+        if cause.is::<tonic::transport::Error>() || cause.is::<UnreachableError>() {
             return UNREACHABLE;
         }
         if cause.is::<UsageError>() {
@@ -57,6 +68,18 @@ pub fn code_for_error(err: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+/// Whether a status stands for a transport failure (its causes hold one).
+fn broke_in_transport(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The error as one line: each cause once, a gRPC status by its message only.
@@ -109,6 +132,34 @@ mod tests {
             FAILED_PRECONDITION
         );
         assert_eq!(code_for_error(&anyhow::anyhow!("sha256 mismatch")), FAILURE);
+        assert_eq!(
+            code_for_error(&UnreachableError("cannot reach".into()).into()),
+            UNREACHABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_broken_in_transport_is_unreachable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let transport = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        let status = Status::from_error(Box::new(transport));
+        let err = anyhow::Error::new(status.clone());
+        assert_eq!(code_for_error(&err), UNREACHABLE, "{err:#}");
+        let mut internal = Status::internal("h2 protocol error: http2 error");
+        internal.set_source(std::sync::Arc::new(status));
+        assert_eq!(code_for_error(&anyhow::Error::new(internal)), UNREACHABLE);
+        assert_eq!(
+            code_for_error(&anyhow::Error::new(Status::unknown("worker said no"))),
+            FAILURE
+        );
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn top1_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 fn axis_number(v: f64) -> String {
     if v >= 1.0 {
-        format!("{v:.0}")
+        crate::output::whole(v)
     } else {
         let text = format!("{v:.4}");
         text.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -247,15 +247,22 @@ where
         };
         let x = px + dx;
         let mut y = py + dy;
-        while placed.iter().any(|&(ox, oy)| (ox - x).abs() < LABEL_WIDTH && (oy - y).abs() < LABEL_HEIGHT) {
+        while placed
+            .iter()
+            .any(|&(ox, oy)| (ox - x).abs() < LABEL_WIDTH && (oy - y).abs() < LABEL_HEIGHT)
+        {
             y += LABEL_HEIGHT;
         }
         placed.push((x, y));
         if y != py + dy {
-            root.draw(&PathElement::new(vec![(px, py), (x, y)], RGBColor(150, 150, 150)))
-                .map_err(fail)?;
+            root.draw(&PathElement::new(
+                vec![(px, py), (x, y)],
+                RGBColor(150, 150, 150),
+            ))
+            .map_err(fail)?;
         }
-        root.draw(&Text::new(p.label.clone(), (x, y), style)).map_err(fail)?;
+        root.draw(&Text::new(p.label.clone(), (x, y), style))
+            .map_err(fail)?;
     }
     chart
         .configure_series_labels()

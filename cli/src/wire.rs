@@ -3,6 +3,8 @@
 use camp_proto::v1;
 use serde_json::{json, Value};
 
+use crate::output::{json_f64, json_opt_f64};
+
 /// Lowercase state name: queued, running, succeeded, failed, cancelled.
 pub fn state_name(state: i32) -> &'static str {
     match v1::JobState::try_from(state) {
@@ -40,17 +42,17 @@ pub fn spec(spec: &v1::JobSpec) -> Value {
     let lr_schedule: Vec<Value> = spec
         .lr_schedule
         .iter()
-        .map(|step| json!({ "epoch": step.epoch, "gamma": step.gamma }))
+        .map(|step| json!({ "epoch": step.epoch, "gamma": json_f64(step.gamma) }))
         .collect();
     json!({
         "stage": spec.stage,
         "arch": spec.arch,
         "dataset": spec.dataset,
-        "lr": spec.lr,
+        "lr": json_f64(spec.lr),
         "batch_size": spec.batch_size,
         "epochs": spec.epochs,
-        "weight_decay": spec.weight_decay,
-        "momentum": spec.momentum,
+        "weight_decay": json_f64(spec.weight_decay),
+        "momentum": json_f64(spec.momentum),
         "print_freq": spec.print_freq,
         "seed": spec.seed,
         "device": spec.device,
@@ -64,11 +66,13 @@ pub fn spec(spec: &v1::JobSpec) -> Value {
         "act_quant": spec.act_quant,
         "bits_overrides": spec.bits_overrides.iter().map(|o| json!({ "pattern": o.pattern, "wts": o.wts, "acts": o.acts })).collect::<Vec<_>>(),
         "energy_table": spec.energy_table.as_ref().map(|t| json!({
-            "name": t.name, "fp32_pj": t.fp32_pj, "int8_mult_pj": t.int8_mult_pj, "int8_add_pj": t.int8_add_pj,
+            "name": t.name, "fp32_pj": json_f64(t.fp32_pj), "int8_mult_pj": json_f64(t.int8_mult_pj),
+            "int8_add_pj": json_f64(t.int8_add_pj),
         })),
-        "alpha": spec.alpha,
-        "gamma": spec.gamma,
-        "rl_weight": spec.rl_weight,
+        "alpha": json_opt_f64(spec.alpha),
+        "gamma": json_opt_f64(spec.gamma),
+        "rl_weight": json_opt_f64(spec.rl_weight),
+        "pact_weight_decay": json_opt_f64(spec.pact_weight_decay),
         "init_from": spec.init_from,
     })
 }
@@ -96,6 +100,7 @@ pub fn job(job: &v1::Job) -> Value {
         "experiment_id": job.experiment_id,
         "node": job.node,
         "parents": job.parents,
+        "waiting_reason": job.waiting_reason,
     })
 }
 
@@ -117,7 +122,7 @@ pub fn metric(job_id: i64, metric: &v1::Metric) -> Value {
         "epoch": metric.epoch,
         "step": metric.step,
         "name": metric.name,
-        "value": metric.value,
+        "value": json_f64(metric.value),
         "at_ms": metric.at_ms,
     })
 }
@@ -135,7 +140,7 @@ pub fn checkpoint(checkpoint: &v1::Checkpoint) -> Value {
         "step": checkpoint.step,
         "sha256": checkpoint.sha256,
         "size": checkpoint.size,
-        "top1": checkpoint.top1,
+        "top1": json_f64(checkpoint.top1),
         "best": checkpoint.best,
         "metadata": embedded_json(&checkpoint.metadata_json),
         "created_at_ms": checkpoint.created_at_ms,
@@ -238,8 +243,73 @@ mod tests {
             metadata_json: r#"{"arch":"x"}"#.into(),
             ..Default::default()
         });
-        assert_eq!(row["top1"], Value::Null);
+        assert_eq!(
+            row["top1"], "NaN",
+            "not evaluated: NaN survives as a string"
+        );
         assert_eq!(row["metadata"]["arch"], "x");
+    }
+
+    #[test]
+    fn json_keeps_nan_and_infinities_as_strings() {
+        let row = metric(
+            4,
+            &v1::Metric {
+                name: "loss".into(),
+                value: f64::NAN,
+                ..Default::default()
+            },
+        );
+        assert_eq!(row["value"], "NaN");
+        let inf = |value| {
+            metric(
+                4,
+                &v1::Metric {
+                    value,
+                    ..Default::default()
+                },
+            )["value"]
+                .clone()
+        };
+        assert_eq!(
+            (inf(f64::INFINITY), inf(f64::NEG_INFINITY)),
+            (json!("inf"), json!("-inf"))
+        );
+        assert_eq!(inf(1e308).to_string(), "1e+308");
+        let spec = v1::JobSpec {
+            lr: f64::INFINITY,
+            alpha: Some(f64::NAN),
+            energy_table: Some(v1::EnergyTable {
+                fp32_pj: f64::NEG_INFINITY,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = super::spec(&spec);
+        assert_eq!(
+            (
+                &value["lr"],
+                &value["alpha"],
+                &value["energy_table"]["fp32_pj"],
+                &value["gamma"]
+            ),
+            (&json!("inf"), &json!("NaN"), &json!("-inf"), &Value::Null)
+        );
+    }
+
+    #[test]
+    fn job_json_says_why_a_queued_job_waits() {
+        let queued = job(&v1::Job {
+            id: 3,
+            state: v1::JobState::Queued as i32,
+            waiting_reason: "no live worker offers data set cifar10".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            queued["waiting_reason"],
+            "no live worker offers data set cifar10"
+        );
+        assert_eq!(job(&v1::Job::default())["waiting_reason"], "");
     }
 
     #[test]

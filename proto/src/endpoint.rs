@@ -92,7 +92,19 @@ pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, EndpointError> 
 /// TLS listener sees only HTTP/2 protocol errors, which name no cause.
 pub fn hint(addr: &str, error: &str) -> &'static str {
     let plaintext = with_scheme(addr).starts_with("http://");
-    let garbled = ["h2 protocol error", "http2 error", "frame with invalid size", "connection reset"].iter().any(|e| error.contains(e));
+    // Which of these a client sees depends on timing: the TLS listener may close
+    // before, during or after the client's HTTP/2 preface.
+    let garbled = [
+        "h2 protocol error",
+        "http2 error",
+        "frame with invalid size",
+        "connection reset",
+        "broken pipe",
+        "connection closed",
+        "transport error",
+    ]
+    .iter()
+    .any(|e| error.contains(e));
     if plaintext && garbled {
         " (if the coordinator serves TLS, use an https:// address)"
     } else {
@@ -130,6 +142,9 @@ mod tests {
         assert!(matches!(endpoint("ftp://coord", &ClientTls::default()), Err(EndpointError::Address { .. })));
         assert!(endpoint("https://coord:50051", &ClientTls::default()).is_ok(), "system roots");
         assert!(hint("coord:50051", "h2 protocol error: http2 error").contains("https://"));
+        assert!(hint("coord:50051", "transport error: connection error: stream closed because of a broken pipe").contains("https://"));
+        assert!(hint("coord:50051", "operation was canceled: transport error: operation was canceled: connection closed").contains("https://"));
+        assert_eq!(hint("coord:50051", "unknown API token"), "");
         assert_eq!(hint("https://coord:50051", "h2 protocol error: http2 error"), "");
     }
 }

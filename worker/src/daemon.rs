@@ -114,8 +114,15 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
         })
         .await
         .map_err(|s| {
-            let hint = endpoint::hint(&config.coordinator, s.message());
-            DaemonError::Refused { call: "register", status: format!("{:?}: {}{hint}", s.code(), s.message()) }
+            // A transport failure's cause (the HTTP/2 error a TLS listener provokes)
+            // is in the status's source, not its message ("transport error").
+            let text = match std::error::Error::source(&s).map(endpoint::describe) {
+                Some(cause) if cause.starts_with(s.message()) => cause,
+                Some(cause) => format!("{}: {cause}", s.message()),
+                None => s.message().to_string(),
+            };
+            let hint = endpoint::hint(&config.coordinator, &text);
+            DaemonError::Refused { call: "register", status: format!("{:?}: {text}{hint}", s.code()) }
         })?
         .into_inner();
     tracing::info!(worker = %config.name, id = %registered.worker_id, device = device_kind, ?datasets, "registered");

@@ -51,12 +51,18 @@ fn table(checkpoints: &[v1::Checkpoint], now_ms: i64) -> Table {
     table
 }
 
-pub async fn download(opts: &GlobalOpts, args: &DownloadArgs) -> anyhow::Result<()> {
-    let request = DownloadCheckpointRequest {
+/// Always names the job: with `--checkpoint N` the coordinator checks that N
+/// is that job's (INVALID_ARGUMENT, exit 2, when it is another job's).
+fn download_request(args: &DownloadArgs) -> DownloadCheckpointRequest {
+    DownloadCheckpointRequest {
         checkpoint_id: args.checkpoint.unwrap_or(0),
         job_id: args.id,
         which: if args.best { "best" } else { "latest" }.into(),
-    };
+    }
+}
+
+pub async fn download(opts: &GlobalOpts, args: &DownloadArgs) -> anyhow::Result<()> {
+    let request = download_request(args);
     let chunks = client::connect(opts)
         .await?
         .download_checkpoint(request)
@@ -248,6 +254,48 @@ mod tests {
             data: DATA.to_vec(),
         })]);
         assert!(write_verified(no_info, &path).await.is_err());
+    }
+
+    fn download_args(line: &[&str]) -> DownloadArgs {
+        use clap::Parser;
+        let cli =
+            crate::args::Cli::try_parse_from(["camp", "checkpoint", "download"].iter().chain(line))
+                .unwrap();
+        match cli.command {
+            crate::args::Command::Checkpoint {
+                action: crate::args::CheckpointAction::Download(args),
+            } => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_id_is_sent_with_its_job() {
+        let request = download_request(&download_args(&["3", "-o", "f", "--checkpoint", "9"]));
+        assert_eq!((request.checkpoint_id, request.job_id), (9, 3));
+        let request = download_request(&download_args(&["3", "-o", "f", "--best"]));
+        assert_eq!(
+            (
+                request.checkpoint_id,
+                request.job_id,
+                request.which.as_str()
+            ),
+            (0, 3, "best")
+        );
+        let request = download_request(&download_args(&["3", "-o", "f"]));
+        assert_eq!(request.which, "latest");
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_job_is_refused_with_exit_2() {
+        let refusal =
+            Status::invalid_argument("checkpoint_id: checkpoint 9 belongs to job 4, not job 3");
+        let err = anyhow::Error::new(refusal);
+        assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
+        assert_eq!(
+            crate::exit::one_line_message(&err),
+            "checkpoint_id: checkpoint 9 belongs to job 4, not job 3"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use camp_proto::JobSpec;
 use serde_json::{json, Value};
 
 use crate::args::{check_spec, read_energy_table, EnergyArgs, GlobalOpts};
-use crate::output::{number, print_json, thousands, Table};
+use crate::output::{exact, json_f64, number, print_json, thousands, Table};
 
 pub fn run(opts: &GlobalOpts, args: &EnergyArgs) -> anyhow::Result<()> {
     let spec = spec_for(args)?;
@@ -57,7 +57,7 @@ pub fn report_json(spec: &JobSpec, report: &EnergyReport) -> Value {
                 "role": layer.role,
                 "macs": layer.macs,
                 "bits": bits_number(layer.bits),
-                "energy_pj": layer.energy_pj,
+                "energy_pj": json_f64(layer.energy_pj),
             })
         })
         .collect();
@@ -68,18 +68,23 @@ pub fn report_json(spec: &JobSpec, report: &EnergyReport) -> Value {
         "bits_weights": spec.weight_bits(),
         "bits_activations": spec.activation_bits(),
         "macs": report.macs,
-        "energy_pj": blocks_pj,
-        "normalized_energy": report.normalized(blocks_pj),
-        "stem_head_pj": report.stem_head_pj,
-        "reference_4bit_pj": report.reference_4bit_pj,
-        "table": spec.energy_table,
+        "energy_pj": json_f64(blocks_pj),
+        "normalized_energy": json_f64(report.normalized(blocks_pj)),
+        "stem_head_pj": json_f64(report.stem_head_pj),
+        "reference_4bit_pj": json_f64(report.reference_4bit_pj),
+        "table": {
+            "name": spec.energy_table.name,
+            "fp32_pj": json_f64(spec.energy_table.fp32_pj),
+            "int8_mult_pj": json_f64(spec.energy_table.int8_mult_pj),
+            "int8_add_pj": json_f64(spec.energy_table.int8_add_pj),
+        },
         "layers": layers,
     });
     if spec.stage.is_dual_path() {
         let all_off = report.blocks_pj(&vec![0.0; report.fullbit_pj.len()]);
-        value["fullbit_pj"] = json!(report.fullbit_pj);
-        value["energy_pj_all_off"] = json!(all_off);
-        value["normalized_energy_all_off"] = json!(report.normalized(all_off));
+        value["fullbit_pj"] = report.fullbit_pj.iter().copied().map(json_f64).collect();
+        value["energy_pj_all_off"] = json_f64(all_off);
+        value["normalized_energy_all_off"] = json_f64(report.normalized(all_off));
     }
     value
 }
@@ -125,7 +130,10 @@ pub fn report_text(spec: &JobSpec, report: &EnergyReport) -> String {
             "table",
             format!(
                 "{} (fp32 {} pJ/MAC; int8 mult {} pJ, add {} pJ)",
-                t.name, t.fp32_pj, t.int8_mult_pj, t.int8_add_pj
+                t.name,
+                exact(t.fp32_pj),
+                exact(t.int8_mult_pj),
+                exact(t.int8_add_pj)
             ),
         ),
         ("MACs", format!("{} per image", thousands(report.macs))),

@@ -1,29 +1,31 @@
-//! `camp jobs`, `show`, `cancel` and `logs`: one job or many, as the coordinator has them.
+//! `camp jobs`, `show`, `cancel`, `priority` and `logs`: one job or many, as the coordinator has them.
 
-use camp_proto::v1::{self, CancelJobRequest, GetJobRequest, GetLogsRequest, ListJobsRequest};
+use camp_proto::v1::{
+    self, CancelJobRequest, GetJobRequest, ListJobsRequest, SetJobPriorityRequest,
+};
 use serde_json::Value;
 
 use crate::args::{GlobalOpts, JobsArgs, LrSchedule};
 use crate::client;
-use crate::output::{age, now_ms, number, percent, print_json, Table};
+use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
+use crate::pages;
 use crate::wire;
 
+/// `camp jobs` without `--limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
+
 pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
-    let request = ListJobsRequest {
+    let filter = ListJobsRequest {
         state: args
             .state
             .map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
         stage: args.stage.clone().unwrap_or_default(),
         owner: args.owner.clone().unwrap_or_default(),
-        limit: args.limit.unwrap_or(0),
-        before_id: 0,
+        ..Default::default()
     };
-    let jobs = client::connect(opts)
-        .await?
-        .list_jobs(request)
-        .await?
-        .into_inner()
-        .jobs;
+    let limit = args.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let client = client::connect(opts).await?;
+    let jobs = pages::jobs(&client, &filter, limit).await?;
     if opts.json {
         return print_json(&Value::Array(jobs.iter().map(wire::job).collect()));
     }
@@ -137,12 +139,12 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
             ("stage", spec.stage.clone()),
             ("arch", spec.arch.clone()),
             ("dataset", spec.dataset.clone()),
-            ("lr", spec.lr.to_string()),
+            ("lr", exact(spec.lr)),
             ("lr_schedule", schedule.to_string()),
             ("batch_size", spec.batch_size.to_string()),
             ("epochs", spec.epochs.to_string()),
-            ("weight_decay", spec.weight_decay.to_string()),
-            ("momentum", spec.momentum.to_string()),
+            ("weight_decay", exact(spec.weight_decay)),
+            ("momentum", exact(spec.momentum)),
             ("print_freq", spec.print_freq.to_string()),
             ("seed", spec.seed.to_string()),
             ("device", spec.device.clone()),
@@ -152,6 +154,9 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
             ("test_limit", spec.test_limit.to_string()),
         ]);
         fields.extend(quant_fields(spec));
+    }
+    if let Some(state) = fields.iter().position(|(key, _)| *key == "state") {
+        fields.insert(state + 1, ("waiting", waiting_line(job)));
     }
     let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     fields
@@ -191,12 +196,15 @@ fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
             "energy_table",
             format!(
                 "{} (fp32 {} pJ, int8 mult {} pJ, add {} pJ)",
-                table.name, table.fp32_pj, table.int8_mult_pj, table.int8_add_pj
+                table.name,
+                exact(table.fp32_pj),
+                exact(table.int8_mult_pj),
+                exact(table.int8_add_pj)
             ),
         ));
     }
     if stage == Some(camp_proto::spec::Stage::Rl) {
-        let or = |v: Option<f64>, d: f64| v.unwrap_or(d).to_string();
+        let or = |v: Option<f64>, d: f64| exact(v.unwrap_or(d));
         fields.push(("alpha", or(spec.alpha, 0.1)));
         fields.push(("gamma", or(spec.gamma, 1.0)));
         fields.push(("rl_weight", or(spec.rl_weight, 0.01)));
@@ -255,6 +263,15 @@ fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
     fields
 }
 
+/// Why a queued job has not started (GetJob says); "" for any other job.
+fn waiting_line(job: &v1::Job) -> String {
+    if job.state == v1::JobState::Queued as i32 {
+        job.waiting_reason.clone()
+    } else {
+        String::new()
+    }
+}
+
 /// `running`, or `running (cancel requested)`.
 fn state_line(job: &v1::Job) -> String {
     let state = wire::state_name(job.state);
@@ -278,13 +295,23 @@ pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `camp priority JOB PRIORITY`: prints the job as `show` does.
+pub async fn set_priority(opts: &GlobalOpts, id: i64, priority: i32) -> anyhow::Result<()> {
+    let job = client::connect(opts)
+        .await?
+        .set_job_priority(SetJobPriorityRequest { id, priority })
+        .await?
+        .into_inner();
+    if opts.json {
+        return print_json(&wire::job(&job));
+    }
+    print!("{}", job_details(&job, now_ms()));
+    Ok(())
+}
+
 pub async fn logs(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let lines = client::connect(opts)
-        .await?
-        .get_logs(GetLogsRequest { job_id: id, ..Default::default() })
-        .await?
-        .into_inner()
-        .lines;
+    let client = client::connect(opts).await?;
+    let lines = pages::logs(&client, id).await?;
     if opts.json {
         return print_json(&Value::Array(
             lines.iter().map(|line| wire::log_line(id, line)).collect(),
@@ -361,6 +388,61 @@ mod tests {
             !text.contains("experiment") && !text.contains("bits"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn details_say_why_a_queued_job_waits() {
+        let queued = v1::Job {
+            state: v1::JobState::Queued as i32,
+            waiting_reason:
+                "2 queued job(s) come first (higher priority, or older at the same priority)".into(),
+            ..sample_job()
+        };
+        let text = job_details(&queued, 181_000);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("waiting "))
+            .unwrap_or_else(|| panic!("no waiting line in {text}"));
+        assert!(
+            line.ends_with(
+                "2 queued job(s) come first (higher priority, or older at the same priority)"
+            ),
+            "{line}"
+        );
+        let state = text.lines().position(|l| l.starts_with("state ")).unwrap();
+        assert!(
+            text.lines().nth(state + 1).unwrap().starts_with("waiting "),
+            "right under the state: {text}"
+        );
+        let running = v1::Job {
+            waiting_reason: "stale".into(),
+            ..sample_job()
+        };
+        assert!(
+            !job_details(&running, 181_000).contains("waiting"),
+            "only queued jobs wait"
+        );
+    }
+
+    #[test]
+    fn details_print_extreme_spec_values_compactly() {
+        let mut spec = camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).to_proto();
+        spec.lr = 1e-300;
+        spec.alpha = Some(1e-300);
+        let job = v1::Job {
+            spec: Some(spec),
+            ..sample_job()
+        };
+        let text = job_details(&job, 181_000);
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} ")))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("lr").ends_with(" 1e-300"), "{text}");
+        assert!(line("alpha").ends_with(" 1e-300"), "{text}");
+        assert!(text.len() < 4_000, "no 300-digit numbers: {text}");
     }
 
     #[test]

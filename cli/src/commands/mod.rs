@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs { id } => jobs::logs(opts, *id).await?,
         Command::Metrics(args) => metrics::run(opts, args).await?,
         Command::Cancel { id } => jobs::cancel(opts, *id).await?,
+        Command::Priority { id, priority } => jobs::set_priority(opts, *id, *priority).await?,
         Command::Checkpoints { id } => checkpoints::list(opts, *id).await?,
         Command::Checkpoint {
             action: CheckpointAction::Download(args),
@@ -32,7 +33,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Energy(args) => energy::run(opts, args)?,
         Command::Pipeline { action } => match action {
             PipelineAction::Camp(args) => pipeline::camp(opts, args).await?,
-            PipelineAction::Submit { file } => pipeline::submit_file(opts, file).await?,
+            PipelineAction::Submit { file, request_id } => {
+                pipeline::submit_file(opts, file, request_id).await?
+            }
             PipelineAction::Show { id } => pipeline::show(opts, *id).await?,
             PipelineAction::List { limit } => pipeline::list(opts, *limit).await?,
             PipelineAction::Cancel { id } => pipeline::cancel(opts, *id).await?,

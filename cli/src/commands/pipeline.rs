@@ -14,10 +14,12 @@ use camp_proto::JobSpec;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::args::{apply_compress_file, check_spec, GlobalOpts, PipelineCampArgs};
+use crate::args::{
+    apply_compress_file, check_spec, read_input_file, GlobalOpts, PipelineCampArgs, RequestIdArg,
+};
 use crate::client;
 use crate::exit::UsageError;
-use crate::output::{age, now_ms, number, percent, print_json, Table};
+use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
 use crate::wire;
 
 /// One node of a pipeline as the CLI builds it, before it goes on the wire.
@@ -41,11 +43,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn to_request(&self) -> SubmitPipelineRequest {
+    pub fn to_request(&self, request_id: String) -> SubmitPipelineRequest {
         SubmitPipelineRequest {
             name: self.name.clone(),
             max_attempts: self.max_attempts,
-            request_id: String::new(),
+            request_id,
             nodes: self
                 .nodes
                 .iter()
@@ -62,9 +64,9 @@ impl Pipeline {
     }
 }
 
-/// The key of the rl node for `alpha`: `rl-0.1`.
+/// The key of the rl node for `alpha`: `rl-0.1` (`rl-1e-300`, not 300 digits).
 pub fn rl_key(alpha: f64) -> String {
-    format!("rl-{alpha}")
+    format!("rl-{}", exact(alpha))
 }
 
 /// The CAMP pipeline (DESIGN "Jobs"): baseline fp32; qat4 and qat1 from scratch;
@@ -140,7 +142,10 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
     for &alpha in &args.alphas {
         let key = rl_key(alpha);
         if !seen.insert(key.clone()) {
-            return Err(UsageError(format!("--alphas: {alpha} is given twice")));
+            return Err(UsageError(format!(
+                "--alphas: {} is given twice",
+                exact(alpha)
+            )));
         }
         nodes.push(node(
             &key,
@@ -386,27 +391,44 @@ fn required_parent(stage: Stage) -> Option<Stage> {
 }
 
 pub async fn camp(opts: &GlobalOpts, args: &PipelineCampArgs) -> anyhow::Result<()> {
-    submit(opts, &camp_pipeline(args)?).await
+    submit(opts, &camp_pipeline(args)?, &args.request_id).await
 }
 
-pub async fn submit_file(opts: &GlobalOpts, path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
+pub async fn submit_file(
+    opts: &GlobalOpts,
+    path: &Path,
+    request_id: &RequestIdArg,
+) -> anyhow::Result<()> {
+    let text = read_input_file("pipeline file", path)?;
     let default_name = path
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
         .unwrap_or_default();
     let pipeline = parse_pipeline(&text, &default_name)
         .map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
-    submit(opts, &pipeline).await
+    submit(opts, &pipeline, request_id).await
 }
 
-async fn submit(opts: &GlobalOpts, pipeline: &Pipeline) -> anyhow::Result<()> {
-    let experiment = client::connect(opts)
-        .await?
-        .submit_pipeline(pipeline.to_request())
-        .await?
-        .into_inner();
+/// Submits under the request id (`--request-id`, else a fresh UUID), retried
+/// while the coordinator is unavailable.
+async fn submit(
+    opts: &GlobalOpts,
+    pipeline: &Pipeline,
+    request_id: &RequestIdArg,
+) -> anyhow::Result<()> {
+    let request = pipeline.to_request(request_id.get_or_new());
+    let experiment = client::with_retries("submitting the pipeline", || {
+        let request = request.clone();
+        async move {
+            let experiment = client::connect(opts)
+                .await?
+                .submit_pipeline(request)
+                .await?
+                .into_inner();
+            Ok(experiment)
+        }
+    })
+    .await?;
     if opts.json {
         return print_json(&wire::experiment(&experiment));
     }
@@ -795,7 +817,8 @@ mod tests {
             "camp-preact_resnet44_cifar-cifar100/qat1"
         );
 
-        let request = pipeline.to_request();
+        let request = pipeline.to_request("retry-key-1".into());
+        assert_eq!(request.request_id, "retry-key-1");
         assert_eq!(request.nodes.len(), 9);
         assert_eq!(request.nodes[3].init_from, "qat4");
         assert_eq!(request.nodes[3].spec.as_ref().unwrap().stage, "sp");
@@ -862,6 +885,50 @@ mod tests {
             err.0.contains("--compress-sp") && err.0.contains("pruners"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn pipeline_files_and_schedules_are_capped() {
+        let err = camp_pipeline(&camp_args(&[
+            "-a",
+            "preact_resnet20_cifar",
+            "--compress-rl",
+            "/dev/zero",
+        ]))
+        .unwrap_err()
+        .0;
+        assert!(
+            err.starts_with("--compress-rl /dev/zero: larger than"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from([
+            "camp",
+            "--addr",
+            "http://127.0.0.1:1",
+            "pipeline",
+            "submit",
+            "/dev/zero",
+        ])
+        .unwrap();
+        let err = submit_file(
+            &cli.global,
+            Path::new("/dev/zero"),
+            &RequestIdArg::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
+        assert!(
+            err.to_string()
+                .starts_with("pipeline file /dev/zero: larger than"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rl_keys_stay_short_for_tiny_alphas() {
+        assert_eq!(rl_key(0.1), "rl-0.1");
+        assert_eq!(rl_key(1e-300), "rl-1e-300");
     }
 
     #[test]

@@ -6,10 +6,10 @@ use camp_proto::v1::{self, GetExperimentRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::args::{GlobalOpts, PlotArgs, ResultsArgs};
+use crate::args::{read_input_file, GlobalOpts, PlotArgs, ResultsArgs};
 use crate::client;
 use crate::exit::{PreconditionError, UsageError};
-use crate::output::{csv_field, number, percent, print_json, Table};
+use crate::output::{csv_field, exact, number, percent, print_json, Table};
 use crate::plot;
 use crate::wire;
 
@@ -22,11 +22,15 @@ pub struct ResultRow {
     pub bits_weights: Option<u32>,
     pub bits_activations: Option<u32>,
     /// rl jobs only.
+    #[serde(with = "crate::output::json_opt_f64_serde", default)]
     pub alpha: Option<f64>,
     /// Best test top-1, a fraction.
+    #[serde(with = "crate::output::json_opt_f64_serde", default)]
     pub top1: Option<f64>,
+    #[serde(with = "crate::output::json_opt_f64_serde", default)]
     pub normalized_energy: Option<f64>,
     /// sp/rl: the fraction of test images routed to the 4-bit path.
+    #[serde(with = "crate::output::json_opt_f64_serde", default)]
     pub fullbit_share: Option<f64>,
     pub state: String,
 }
@@ -63,7 +67,7 @@ impl ResultRow {
     /// `4/4`, `fp32`, `1/1 & 4/4` (sp: basic and 4-bit path), `α=0.1`: what tells this job apart in its pipeline.
     pub fn variant(&self) -> String {
         if let Some(alpha) = self.alpha {
-            return format!("α={alpha}");
+            return format!("α={}", exact(alpha));
         }
         match (self.bits_weights, self.bits_activations) {
             (Some(32) | None, Some(32) | None) if self.stage == "baseline" => "fp32".into(),
@@ -117,10 +121,10 @@ pub fn rows_csv(rows: &[ResultRow]) -> String {
             csv_field(&row.stage).into_owned(),
             opt(row.bits_weights.map(|v| v.to_string())),
             opt(row.bits_activations.map(|v| v.to_string())),
-            opt(row.alpha.map(|v| v.to_string())),
-            opt(row.top1.map(|v| v.to_string())),
-            opt(row.normalized_energy.map(|v| v.to_string())),
-            opt(row.fullbit_share.map(|v| v.to_string())),
+            opt(row.alpha.map(exact)),
+            opt(row.top1.map(exact)),
+            opt(row.normalized_energy.map(exact)),
+            opt(row.fullbit_share.map(exact)),
             row.state.clone(),
         ];
         out.push_str(&cells.join(","));
@@ -158,10 +162,17 @@ pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
     })?;
     let (name, rows, title) = match (&args.rows, args.id) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("--rows {}: {e}", path.display())))?;
-            let rows: Vec<ResultRow> = serde_json::from_str(&text)
-                .map_err(|e| UsageError(format!("--rows {}: not `camp results --json` rows: {e}", path.display())))?;
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let text = read_input_file("--rows", path)?;
+            let rows: Vec<ResultRow> = serde_json::from_str(&text).map_err(|e| {
+                UsageError(format!(
+                    "--rows {}: not `camp results --json` rows: {e}",
+                    path.display()
+                ))
+            })?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             (stem.clone(), rows, stem)
         }
         (None, Some(id)) => {
@@ -172,13 +183,22 @@ pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
                 .find_map(|job| job.spec.as_ref())
                 .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
                 .unwrap_or_default();
-            (format!("experiment {}", experiment.id), rows(&experiment), format!("{}{network}", experiment.name))
+            (
+                format!("experiment {}", experiment.id),
+                rows(&experiment),
+                format!("{}{network}", experiment.name),
+            )
         }
-        (None, None) => return Err(UsageError("give an experiment id or --rows FILE".into()).into()),
+        (None, None) => {
+            return Err(UsageError("give an experiment id or --rows FILE".into()).into())
+        }
     };
     let points = plot::points(&rows);
     if points.is_empty() {
-        return Err(PreconditionError(format!("{name} has no succeeded job with a top-1 and an energy to plot")).into());
+        return Err(PreconditionError(format!(
+            "{name} has no succeeded job with a top-1 and an energy to plot"
+        ))
+        .into());
     }
     plot::draw(&points, &title, &args.output, format)?;
     if opts.json {
@@ -323,5 +343,68 @@ pub mod tests {
         assert_eq!(lines[0], CSV_HEADER);
         assert_eq!(lines[3], "qat1,12,qat,1,1,,,,,failed");
         assert_eq!(lines[5], "rl-0.1,14,rl,1,1,0.1,0.899,0.41,0.29,succeeded");
+    }
+
+    #[test]
+    fn rows_keep_nan_and_infinities_through_json() {
+        let mut row = rows(&sample_experiment())[4].clone();
+        row.top1 = Some(f64::NAN);
+        row.normalized_energy = Some(f64::INFINITY);
+        row.fullbit_share = None;
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(
+            (
+                &json["top1"],
+                &json["normalized_energy"],
+                &json["fullbit_share"]
+            ),
+            (
+                &serde_json::json!("NaN"),
+                &serde_json::json!("inf"),
+                &Value::Null
+            )
+        );
+        let back: ResultRow = serde_json::from_value(json).unwrap();
+        assert!(back.top1.unwrap().is_nan());
+        assert_eq!(
+            (back.normalized_energy, back.fullbit_share),
+            (Some(f64::INFINITY), None)
+        );
+        // Rows written before (plain numbers, keys left out) still read.
+        let old: ResultRow = serde_json::from_str(
+            r#"{"node": "sp", "job_id": 1, "stage": "sp", "bits_weights": 1, "bits_activations": 1, "top1": 0.5, "state": "succeeded"}"#,
+        )
+        .unwrap();
+        assert_eq!((old.top1, old.alpha), (Some(0.5), None));
+        let err = serde_json::from_str::<ResultRow>(
+            r#"{"node": "sp", "job_id": 1, "stage": "sp", "bits_weights": 1, "bits_activations": 1, "top1": "lots", "state": "succeeded"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+        let csv = rows_csv(&[row]);
+        assert!(csv.lines().nth(1).unwrap().contains(",NaN,inf,,"), "{csv}");
+    }
+
+    #[tokio::test]
+    async fn rows_files_are_capped_and_named() {
+        let cli = <crate::args::Cli as clap::Parser>::try_parse_from([
+            "camp",
+            "plot",
+            "--rows",
+            "/dev/zero",
+            "-o",
+            "x.svg",
+        ])
+        .unwrap();
+        let crate::args::Command::Plot(args) = &cli.command else {
+            panic!("not plot")
+        };
+        let err = plot(&cli.global, args).await.unwrap_err();
+        assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("--rows /dev/zero: larger than"),
+            "{message}"
+        );
     }
 }

@@ -7,7 +7,9 @@ use crate::client;
 use crate::output::print_json;
 use crate::wire;
 
-/// Validates the spec locally (exit 2 naming the flag), then submits it.
+/// Validates the spec locally (exit 2 naming the flag), then submits it under
+/// its request id (`--request-id`, else a fresh UUID), retried while the
+/// coordinator is unavailable.
 pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
     let spec = stage.to_spec()?;
     let args = stage.common();
@@ -16,13 +18,20 @@ pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
         name: args.name.clone(),
         priority: args.priority,
         max_attempts: args.max_attempts.unwrap_or(0),
-        request_id: String::new(),
+        request_id: args.request_id.get_or_new(),
     };
-    let job = client::connect(opts)
-        .await?
-        .submit_job(request)
-        .await?
-        .into_inner();
+    let job = client::with_retries("submitting", || {
+        let request = request.clone();
+        async move {
+            let job = client::connect(opts)
+                .await?
+                .submit_job(request)
+                .await?
+                .into_inner();
+            Ok(job)
+        }
+    })
+    .await?;
     if opts.json {
         return print_json(&wire::job(&job));
     }

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::args::GlobalOpts;
 use crate::client;
 use crate::exit;
-use crate::output::{duration_precise, number, percent};
+use crate::output::{duration_precise, number, percent, whole};
 use crate::wire;
 
 /// After the job has ended, how long to wait for the rest of the coordinator's events.
@@ -234,7 +234,7 @@ impl EpochSummary {
             line += &format!("  lr {}", number(lr));
         }
         if let Some(rate) = self.images_per_s {
-            line += &format!("  {rate:.0} img/s");
+            line += &format!("  {} img/s", whole(rate));
         }
         if let Some(best) = best {
             line += &format!("  best {} (epoch {})", percent(best.top1), best.epoch);
@@ -436,7 +436,7 @@ impl Live {
             self.job_id, self.epoch, self.spec.epochs, self.step
         );
         if let Some(steps_per_epoch) = self.steps_per_epoch() {
-            message += &format!("/{:.0}", steps_per_epoch * f64::from(self.spec.epochs));
+            message += &format!("/{}", whole(steps_per_epoch * f64::from(self.spec.epochs)));
         }
         if let Some(loss) = self.loss {
             message += &format!("  loss {}", number(loss));
@@ -445,7 +445,7 @@ impl Live {
             message += &format!("  top-1 {}", percent(top1));
         }
         if let Some(rate) = self.images_per_s {
-            message += &format!("  {rate:.0} img/s");
+            message += &format!("  {} img/s", whole(rate));
             let left = self.steps_per_epoch().and_then(|steps| {
                 eta(
                     self.spec.epochs,
@@ -609,6 +609,22 @@ mod tests {
             ..Default::default()
         };
         assert!(!only_rate.has_results());
+    }
+
+    #[test]
+    fn epoch_lines_keep_extreme_values_short() {
+        let summary = EpochSummary {
+            train_loss: Some(1e308),
+            lr: Some(1e-300),
+            images_per_s: Some(2.5e20),
+            ..Default::default()
+        };
+        assert_eq!(
+            summary.line(1, 2, None),
+            "epoch 1/2  train loss 1e308  lr 1e-300  2.5e20 img/s"
+        );
+        let line = event_json(3, &Event::Metric(metric("loss", f64::NAN, 1, 10)));
+        assert_eq!(line["metric"]["value"], "NaN", "--json lines keep NaN");
     }
 
     #[test]
