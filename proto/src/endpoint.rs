@@ -38,13 +38,13 @@ pub enum EndpointError {
     #[error("--tls-cert and --tls-key go together")]
     HalfIdentity,
     #[error("{flag} {}: {source}", path.display())]
-    File { flag: &'static str, path: PathBuf, source: std::io::Error },
+    File { flag: &'static str, path: PathBuf, source: crate::limits::ReadFileError },
     #[error("TLS set-up: {0}")]
     Tls(#[from] tonic::transport::Error),
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, EndpointError> {
-    std::fs::read(path).map_err(|source| EndpointError::File { flag, path: path.to_path_buf(), source })
+    crate::limits::read_small_file(path).map_err(|source| EndpointError::File { flag, path: path.to_path_buf(), source })
 }
 
 /// The address with `http://` added when it has no scheme.
@@ -137,6 +137,8 @@ mod tests {
         let with_ca = ClientTls { ca: Some("/nonexistent/ca.pem".into()), ..ClientTls::default() };
         assert!(matches!(endpoint("http://coord:50051", &with_ca), Err(EndpointError::TlsOverPlaintext { .. })));
         assert!(matches!(endpoint("https://coord:50051", &with_ca), Err(EndpointError::File { flag: "--ca", .. })));
+        let endless = ClientTls { ca: Some("/dev/zero".into()), ..ClientTls::default() };
+        assert!(matches!(endpoint("https://coord:50051", &endless), Err(EndpointError::File { flag: "--ca", .. })));
         let half = ClientTls { cert: Some("/x".into()), ..ClientTls::default() };
         assert!(matches!(endpoint("https://coord:50051", &half), Err(EndpointError::HalfIdentity)));
         assert!(matches!(endpoint("ftp://coord", &ClientTls::default()), Err(EndpointError::Address { .. })));

@@ -160,13 +160,19 @@ pub enum ReadFileError {
 }
 
 pub fn read_config_file(path: &Path) -> Result<String, ReadFileError> {
+    String::from_utf8(read_small_file(path)?).map_err(|_| ReadFileError::NotText)
+}
+
+/// The bytes of a small file (a PEM certificate or key, a YAML file), at most
+/// `MAX_CONFIG_FILE_BYTES`.
+pub fn read_small_file(path: &Path) -> Result<Vec<u8>, ReadFileError> {
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
         return Err(ReadFileError::TooLarge { max: MAX_CONFIG_FILE_BYTES });
     }
-    String::from_utf8(bytes).map_err(|_| ReadFileError::NotText)
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -26,11 +26,11 @@ pub struct TlsFiles {
 pub struct TlsError {
     flag: &'static str,
     path: PathBuf,
-    source: std::io::Error,
+    source: camp_proto::limits::ReadFileError,
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError { flag, path: path.to_path_buf(), source })
+    camp_proto::limits::read_small_file(path).map_err(|source| TlsError { flag, path: path.to_path_buf(), source })
 }
 
 impl TlsFiles {
