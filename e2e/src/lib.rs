@@ -93,28 +93,68 @@ impl Drop for Proc {
 /// A coordinator on a fresh database plus the folders the workers use.
 pub struct Cluster {
     pub addr: String,
-    pub dir: tempfile::TempDir,
+    /// The loopback port the coordinator listens on.
+    pub port: u16,
+    // Fields drop in order: the server (printing its log if the test failed)
+    // before the folder that holds the log.
     pub server: Proc,
+    pub dir: tempfile::TempDir,
     pub database_url: String,
 }
 
 impl Cluster {
     /// Starts `camp-server` with a short lease so that lost workers are noticed quickly.
     pub fn start(pool: &PgPool, lease_secs: f64) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        Cluster::start_with(pool, lease_secs, &[])
+    }
+
+    /// Starts `camp-server` with `extra_args` added (limits, --require-auth, TLS files
+    /// in `dir`...). `addr` is the plaintext address; a TLS test builds its own https one from `port`.
+    pub fn start_with(pool: &PgPool, lease_secs: f64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_in(tempfile::tempdir().unwrap(), pool, lease_secs, extra_args)
+    }
+
+    /// As `start_with`, in a folder the test has already filled (certificates, say).
+    pub fn start_in(dir: tempfile::TempDir, pool: &PgPool, lease_secs: f64, extra_args: &[&str]) -> Cluster {
         let port = free_port();
         let database_url = database_url(pool);
         let mut cmd = Command::new(bin("camp-server"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--lease-secs", &lease_secs.to_string(), "--reap-every-secs", "0.2"])
+            .args(extra_args)
+            .current_dir(dir.path())
             .env("DATABASE_URL", &database_url);
-        let server = Proc::spawn("camp-server", cmd, dir.path());
+        let mut server = Proc::spawn("camp-server", cmd, dir.path());
         let addr = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("camp-server exited ({status}) instead of listening:\n{}", server.log_text());
+            }
             assert!(Instant::now() < deadline, "camp-server did not start:\n{}", server.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        Cluster { addr, dir, server, database_url }
+        Cluster { addr, port, server, dir, database_url }
+    }
+
+    /// Runs `camp-server --database-url URL ARGS` (the admin commands: `token ...`).
+    pub fn camp_server(&self, args: &[&str]) -> Output {
+        camp_server(&self.database_url, args)
+    }
+
+    /// Makes a token with `camp-server token ARGS` and returns it (the one line on stdout).
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        let out = self.camp_server(&all);
+        assert!(out.status.success(), "camp-server {all:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("camp_") && !token.contains('\n'), "camp-server {all:?} printed {token:?}, not one token");
+        token
+    }
+
+    /// The server's resident memory now, in MiB.
+    pub fn server_rss_mib(&self) -> f64 {
+        rss_kib(self.server.pid()) as f64 / 1024.0
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -128,6 +168,21 @@ impl Cluster {
         cmd.args(["--coordinator", &self.addr, "--device", "cpu", "--threads", "1", "--name", name])
             .arg("--data-dir")
             .arg(self.data_dir());
+        Proc::spawn(name, cmd, self.dir.path())
+    }
+
+    /// A worker on the CPU talking to `coordinator` with `extra_args` (--token, --ca, ...).
+    pub fn worker_with(&self, name: &str, coordinator: &str, extra_args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("camp-worker"));
+        cmd.args(["--coordinator", coordinator, "--device", "cpu", "--threads", "1", "--name", name])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(extra_args)
+            .current_dir(self.dir.path());
+        // The test's own environment must not slip a credential in.
+        for var in ["CAMP_TOKEN", "CAMP_CA", "CAMP_TLS_CERT", "CAMP_TLS_KEY", "CAMP_COORDINATOR"] {
+            cmd.env_remove(var);
+        }
         Proc::spawn(name, cmd, self.dir.path())
     }
 
@@ -172,6 +227,183 @@ impl Cluster {
         all.extend_from_slice(args);
         let job = self.camp_json(&all);
         job["id"].as_i64().unwrap_or_else(|| panic!("submit --json gave no id: {job}"))
+    }
+}
+
+/// Runs `camp-server --database-url URL ARGS` and waits for it.
+pub fn camp_server(database_url: &str, args: &[&str]) -> Output {
+    Command::new(bin("camp-server")).arg("--database-url").arg(database_url).args(args).output().unwrap()
+}
+
+/// A process's resident memory (VmRSS of /proc/PID/status), in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// gRPC clients of both services, for tests that play a part by hand (a
+/// worker uploading, a client that stops reading) or speak TLS.
+pub mod grpc {
+    use std::time::{Duration, Instant};
+
+    use camp_proto::endpoint::{self, ClientTls};
+    use camp_proto::limits::MAX_MESSAGE_BYTES;
+    use camp_proto::v1::job_service_client::JobServiceClient;
+    use camp_proto::v1::worker_service_client::WorkerServiceClient;
+    use camp_proto::v1;
+    use sha2::{Digest, Sha256};
+    use tonic::metadata::{Ascii, MetadataValue};
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::service::Interceptor;
+    use tonic::transport::Channel;
+
+    /// Metadata added to every call of a client.
+    #[derive(Clone, Default)]
+    pub struct Headers(Vec<(&'static str, MetadataValue<Ascii>)>);
+
+    impl Headers {
+        pub fn with(mut self, key: &'static str, value: &str) -> Self {
+            self.0.push((key, value.parse().expect("an ASCII header value")));
+            self
+        }
+        pub fn bearer(self, token: &str) -> Self {
+            self.with("authorization", &format!("Bearer {token}"))
+        }
+        /// A user naming themselves (coordinators without --require-auth).
+        pub fn user(name: &str) -> Self {
+            Headers::default().with("x-camp-user", name)
+        }
+    }
+
+    impl Interceptor for Headers {
+        fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+            for (k, v) in &self.0 {
+                req.metadata_mut().insert(*k, v.clone());
+            }
+            Ok(req)
+        }
+    }
+
+    pub type Jobs = JobServiceClient<InterceptedService<Channel, Headers>>;
+    pub type Workers = WorkerServiceClient<InterceptedService<Channel, Headers>>;
+
+    /// A new connection (each call makes its own) to `addr` with the TLS its scheme asks for.
+    pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
+        endpoint::endpoint(addr, tls).map_err(|e| e.to_string())?.connect().await.map_err(|e| endpoint::describe(&e))
+    }
+
+    pub async fn channel(addr: &str) -> Channel {
+        connect(addr, &ClientTls::default()).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+    }
+
+    pub fn jobs(channel: Channel, headers: Headers) -> Jobs {
+        JobServiceClient::with_interceptor(channel, headers)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn workers(channel: Channel, headers: Headers) -> Workers {
+        WorkerServiceClient::with_interceptor(channel, headers)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// A short, real job: the architecture on a small generated CIFAR-10, on the CPU.
+    pub fn tiny_spec(epochs: u32) -> v1::JobSpec {
+        use camp_proto::spec::{DeviceRequest, LrStep};
+        camp_proto::JobSpec {
+            arch: "preact_resnet20_cifar".into(),
+            dataset: "cifar10".into(),
+            epochs,
+            batch_size: 64,
+            lr: 0.05,
+            lr_schedule: vec![LrStep { epoch: 1, gamma: 0.1 }],
+            print_freq: 2,
+            seed: 7,
+            device: DeviceRequest::Cpu,
+            train_limit: 256,
+            test_limit: 128,
+            ..camp_proto::JobSpec::default()
+        }
+        .to_proto()
+    }
+
+    /// Polls `GetJob` until `until` holds.
+    pub async fn wait_job(jobs: &mut Jobs, id: i64, within: Duration, what: &str, until: impl Fn(&v1::Job) -> bool) -> v1::Job {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = jobs.get_job(v1::GetJobRequest { id }).await.unwrap_or_else(|s| panic!("GetJob {id}: {s}")).into_inner();
+            if until(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id}: waited {within:?} for {what}; last seen {job:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads a whole checkpoint through `DownloadCheckpoint`.
+    pub async fn download(jobs: &mut Jobs, checkpoint_id: i64) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream =
+            jobs.download_checkpoint(v1::DownloadCheckpointRequest { checkpoint_id, ..Default::default() }).await?.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend(chunk.data);
+        }
+        Ok(bytes)
+    }
+
+    /// Stores `bytes` as a checkpoint through the worker protocol, as a worker
+    /// does: registers (the session goes into `x-camp-session`), submits a job as
+    /// `user`, claims it and uploads. For coordinators without --require-auth.
+    pub async fn put_checkpoint(addr: &str, user: &str, bytes: &[u8]) -> v1::Checkpoint {
+        let channel = channel(addr).await;
+        let registered = workers(channel.clone(), Headers::default())
+            .register(v1::RegisterRequest {
+                name: "uploader".into(),
+                hostname: "e2e".into(),
+                device_kind: "cpu".into(),
+                datasets: vec!["cifar10".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("Register")
+            .into_inner();
+        assert!(!registered.session.is_empty(), "Register returns a session");
+        let mut worker = workers(channel.clone(), Headers::default().with("x-camp-session", &registered.session));
+        let job = jobs(channel, Headers::user(user))
+            .submit_job(v1::SubmitJobRequest { spec: Some(tiny_spec(1)), name: "upload".into(), ..Default::default() })
+            .await
+            .expect("SubmitJob")
+            .into_inner();
+        let assignment = worker
+            .claim(v1::ClaimRequest { worker_id: String::new(), wait_ms: 5_000 })
+            .await
+            .expect("Claim")
+            .into_inner()
+            .assignment
+            .expect("the job just submitted is assigned");
+        assert_eq!(assignment.job_id, job.id);
+        let header = v1::CheckpointHeader {
+            job_id: job.id,
+            attempt: assignment.attempt,
+            epoch: 1,
+            step: 4,
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            top1: 0.5,
+            metadata_json: "{}".into(),
+        };
+        let mut msgs = vec![v1::UploadChunk { header: Some(header), data: Vec::new() }];
+        msgs.extend(bytes.chunks(camp_proto::limits::CHECKPOINT_CHUNK_BYTES).map(|c| v1::UploadChunk { header: None, data: c.to_vec() }));
+        worker.upload_checkpoint(futures::stream::iter(msgs)).await.expect("UploadCheckpoint").into_inner()
     }
 }
 

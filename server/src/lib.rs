@@ -86,9 +86,13 @@ pub async fn serve(
     let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, settings.claims, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // A quiet but live client (a claim long-poll, a watch with nothing to say)
+    // shows it is there by answering these pings: they must come well within
+    // the idle timeout, however short it is set.
+    let ping = KEEPALIVE.min(settings.connections.idle / 2);
     let mut server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping))
         .max_concurrent_streams(Some(settings.max_streams_per_connection))
         .http2_max_header_list_size(MAX_METADATA_BYTES);
     if let Some(tls) = settings.tls {

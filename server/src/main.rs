@@ -85,7 +85,7 @@ struct Limits {
     /// Open connections from one address at most.
     #[arg(long, default_value_t = 512)]
     max_connections_per_ip: usize,
-    /// Seconds a connection may stay silent (it is pinged every 20 s) before it is closed.
+    /// Seconds a connection may stay silent before it is closed (it is pinged every 20 s, or every half of this if shorter).
     #[arg(long, default_value_t = 60.0)]
     idle_timeout_secs: f64,
     /// Seconds a checkpoint upload or download may stall before it is dropped.
