@@ -5,16 +5,23 @@
 //! counts. A socket that connects and stays silent, or a peer that stopped
 //! answering, is dropped, so idle connections cannot pile up until the process
 //! runs out of file descriptors and every legitimate client is locked out.
+//!
+//! Each connection also carries a `Closer` in its `ConnInfo` (in every
+//! request's extensions): a handler that finds its client misbehaving (a
+//! download it stopped reading) closes the whole connection, which is the one
+//! way to free what HTTP/2 keeps for a stream its peer never reads again.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -115,31 +122,71 @@ impl Drop for IpGuard {
     }
 }
 
-/// A TCP connection that fails its reads once its peer has been silent for `idle`.
+/// Closes one connection from elsewhere (a handler of one of its calls).
+#[derive(Debug, Clone, Default)]
+pub struct Closer(Arc<CloseState>);
+
+#[derive(Debug, Default)]
+struct CloseState {
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Closer {
+    /// Ends the connection: its next read fails, and the server drops it with all its streams.
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.waker.wake();
+    }
+
+    fn is_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.0.waker.register(cx.waker());
+        self.0.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// What a request knows of its connection (in its extensions): the addresses,
+/// and the means to close it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    pub closer: Closer,
+}
+
+/// A TCP connection that fails its reads once its peer has been silent for
+/// `idle`, or once its `Closer` was used.
 pub struct Conn {
     inner: TcpStream,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    closer: Closer,
     _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
 }
 
 impl Conn {
     fn new(inner: TcpStream, idle: Duration, permit: OwnedSemaphorePermit, ip: IpGuard) -> Self {
-        Conn { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), _permit: permit, _ip: ip }
+        Conn { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), closer: Closer::default(), _permit: permit, _ip: ip }
     }
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo { tcp: self.inner.connect_info(), closer: self.closer.clone() }
     }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the coordinator")
 }
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.closer.is_closed(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -160,6 +207,9 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.closer.is_closed(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -172,6 +222,9 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.closer.is_closed(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -213,5 +266,23 @@ mod tests {
         let err = first.read(&mut byte).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_closer_ends_a_connection_that_waits_to_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits { idle: Duration::from_secs(60), ..ConnectionLimits::default() };
+        let mut conns = Box::pin(incoming(listener, limits));
+        let _peer = TcpStream::connect(addr).await.unwrap();
+        let mut conn = conns.next().await.unwrap().unwrap();
+        let closer = conn.connect_info().closer;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            closer.close();
+        });
+        let mut byte = [0u8; 1];
+        let err = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut byte)).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 }

@@ -5,7 +5,8 @@
 //! every byte is there and the hash matches (and the writer still holds the
 //! lease), else it is dropped. A download reads one small slice at a time and
 //! hands it to the client through a channel of one: a client that stops
-//! reading holds one slice, and after `idle` it loses its stream.
+//! reading holds one slice, and after `idle` its connection is closed (only
+//! that frees what HTTP/2 keeps for a stream its peer does not read).
 //!
 //! Both are bounded in number: beyond `max_uploads` / `max_downloads` at once,
 //! a transfer waits a little and is then refused with RESOURCE_EXHAUSTED.
@@ -24,6 +25,7 @@ use tonic::{Status, Streaming};
 
 use super::{checkpoint_to_proto, validate};
 use crate::error::{ApiError, ApiResult};
+use crate::net::ConnInfo;
 use crate::store::{Checkpoint, LeaseRef, NewCheckpoint, Retention, Store};
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::CheckpointChunk, Status>> + Send>>;
@@ -105,13 +107,14 @@ impl Transfers {
         written
     }
 
-    /// Streams `ckpt`: its description first, then its bytes.
-    pub async fn download(&self, store: Arc<dyn Store>, ckpt: Checkpoint) -> ApiResult<ChunkStream> {
+    /// Streams `ckpt`: its description first, then its bytes. `conn` is the
+    /// caller's connection, closed if the caller stops reading.
+    pub async fn download(&self, store: Arc<dyn Store>, ckpt: Checkpoint, conn: Option<ConnInfo>) -> ApiResult<ChunkStream> {
         let slot = slot(&self.downloads, "download").await?;
         let sizes = store.checkpoint_chunk_sizes(ckpt.id).await?;
         let (tx, mut rx) = mpsc::channel(1);
         let stalled = Arc::new(AtomicBool::new(false));
-        let producer = Producer { tx, idle: self.limits.idle, stalled: stalled.clone() };
+        let producer = Producer { tx, idle: self.limits.idle, stalled: stalled.clone(), conn };
         tokio::spawn(producer.run(store, ckpt, sizes, slot));
         let idle = self.limits.idle;
         Ok(Box::pin(async_stream::stream! {
@@ -191,6 +194,7 @@ struct Producer {
     tx: mpsc::Sender<Result<v1::CheckpointChunk, Status>>,
     idle: Duration,
     stalled: Arc<AtomicBool>,
+    conn: Option<ConnInfo>,
 }
 
 impl Producer {
@@ -200,6 +204,10 @@ impl Producer {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
                 self.stalled.store(true, Ordering::SeqCst);
+                if let Some(conn) = &self.conn {
+                    tracing::warn!(peer = ?conn.tcp.remote_addr, "a download stalled for {}s: closing its connection", self.idle.as_secs());
+                    conn.closer.close();
+                }
                 false
             }
         }

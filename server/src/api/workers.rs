@@ -16,6 +16,7 @@ use super::transfer::{ChunkStream, Transfers};
 use super::{checkpoint_to_proto, job_to_proto, requested_checkpoint, validate};
 use crate::auth::{new_session, token_sha256, WorkerCaller};
 use crate::error::ApiError;
+use crate::net::ConnInfo;
 use crate::queue;
 use crate::store::{AttemptRef, ClaimPolicy, LeaseRef, ReportBatch, Retention, Store};
 
@@ -122,7 +123,8 @@ impl WorkerService for WorkerApi {
             ))
             .into());
         }
-        Ok(Response::new(self.transfers.download(self.store.clone(), ckpt).await?))
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+        Ok(Response::new(self.transfers.download(self.store.clone(), ckpt, conn).await?))
     }
 
     async fn finish(&self, req: Request<v1::FinishRequest>) -> Result<Response<v1::FinishResponse>, Status> {

@@ -17,11 +17,12 @@ use camp_proto::v1::{job_service_server, worker_service_server};
 use futures::future::BoxFuture;
 use http::HeaderMap;
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
 
 use super::{token_sha256, User, WorkerCaller, ANONYMOUS, SESSION_HEADER, USER_HEADER};
 use crate::error::{ApiError, ApiResult};
+use crate::net::ConnInfo;
 use crate::store::{Credential, Role, Store};
 
 /// Decides who each call comes from.
@@ -167,7 +168,7 @@ fn named_user(headers: &HeaderMap) -> ApiResult<String> {
 
 fn has_client_certificate(req: &http::Request<Body>) -> bool {
     req.extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .get::<TlsConnectInfo<ConnInfo>>()
         .and_then(|info| info.peer_certs())
         .is_some_and(|certs| !certs.is_empty())
 }
