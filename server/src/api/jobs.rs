@@ -19,6 +19,7 @@ use super::transfer::{ChunkStream, Transfers};
 use super::{checkpoint_to_proto, experiment_to_proto, job_to_proto, log_to_proto, metric_to_proto, requested_checkpoint, state_from_proto, validate};
 use crate::auth::{Access, User};
 use crate::error::{ApiError, ApiResult};
+use crate::net::ConnInfo;
 use crate::queue;
 use crate::store::{Change, ClaimPolicy, Job, JobFilter, NewJob, NewNode, NewPipeline, Store, StoreError};
 
@@ -267,13 +268,14 @@ impl JobService for JobApi {
 
     async fn download_checkpoint(&self, req: Request<v1::DownloadCheckpointRequest>) -> Result<Response<ChunkStream>, Status> {
         let user = User::of(&req)?;
+        let conn = req.extensions().get::<ConnInfo>().cloned();
         let r = req.into_inner();
         if r.checkpoint_id == 0 {
             self.readable_job(&user, r.job_id).await?;
         }
         let ckpt = requested_checkpoint(self.store.as_ref(), &r).await?;
         self.readable_job(&user, ckpt.job_id).await?;
-        Ok(Response::new(self.transfers.download(self.store.clone(), ckpt).await?))
+        Ok(Response::new(self.transfers.download(self.store.clone(), ckpt, conn).await?))
     }
 
     async fn list_workers(&self, req: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
@@ -323,9 +325,10 @@ impl JobService for JobApi {
             let at = format!("nodes[{i}] ({})", n.key);
             validate::name(&format!("{at}.name"), &n.name)?;
             validate::count(&format!("{at}.after"), n.after.len(), MAX_NODE_PARENTS)?;
-            for key in n.after.iter().chain([&n.init_from]) {
+            for key in &n.after {
                 validate::name(&format!("{at}.after"), key)?;
             }
+            validate::name(&format!("{at}.init_from"), &n.init_from)?;
             self.access.check_priority(&user, n.priority, &format!("{at}.priority"))?;
             let spec = validate::spec(&format!("{at}.spec"), n.spec.as_ref())?;
             if spec.init_from != 0 {
