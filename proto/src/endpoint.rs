@@ -105,8 +105,13 @@ pub fn hint(addr: &str, error: &str) -> &'static str {
     ]
     .iter()
     .any(|e| error.contains(e));
+    let has = |words: &[&str]| words.iter().any(|w| error.contains(w));
     if plaintext && garbled {
         " (if the coordinator serves TLS, use an https:// address)"
+    } else if !plaintext && has(&["UnknownIssuer", "invalid peer certificate", "NotValidForName"]) {
+        " (the coordinator's certificate is not trusted here: give its CA with --ca, and use the name or address it was made for)"
+    } else if !plaintext && has(&["UnknownCA", "BadCertificate", "CertificateRequired", "DecryptError", "fatal alert"]) {
+        " (the coordinator refused this client's certificate: is --tls-cert signed by the coordinator's --tls-client-ca?)"
     } else {
         ""
     }
@@ -148,5 +153,7 @@ mod tests {
         assert!(hint("coord:50051", "operation was canceled: transport error: operation was canceled: connection closed").contains("https://"));
         assert_eq!(hint("coord:50051", "unknown API token"), "");
         assert_eq!(hint("https://coord:50051", "h2 protocol error: http2 error"), "");
+        assert!(hint("https://coord:50051", "received fatal alert: UnknownCA").contains("--tls-client-ca"));
+        assert!(hint("https://coord:50051", "invalid peer certificate: UnknownIssuer").contains("--ca"));
     }
 }
