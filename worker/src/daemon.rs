@@ -94,7 +94,11 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
     let channel = endpoint::endpoint(&config.coordinator, &config.tls)?
         .connect()
         .await
-        .map_err(|e| DaemonError::Connect { addr: config.coordinator.clone(), reason: endpoint::describe(&e) })?;
+        .map_err(|e| {
+            let reason = endpoint::describe(&e);
+            let hint = endpoint::hint(&config.coordinator, &reason);
+            DaemonError::Connect { addr: config.coordinator.clone(), reason: format!("{reason}{hint}") }
+        })?;
     let authorization = config.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose().map_err(|_| DaemonError::Token)?;
     let mut unregistered = client(channel.clone(), Credentials { authorization: authorization.clone(), session: None });
 
