@@ -234,7 +234,7 @@ impl JobService for Fake {
         // Checkpoint 9 is job 4's.
         if r.checkpoint_id == 9 && r.job_id != 4 {
             return Err(Status::invalid_argument(format!(
-                "checkpoint_id: checkpoint 9 belongs to job 4, not job {}",
+                "checkpoint_id: checkpoint 9 is not a checkpoint of job {}",
                 r.job_id
             )));
         }
@@ -705,7 +705,7 @@ fn a_checkpoint_is_downloaded_only_from_its_own_job() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim_end(),
-        "error: checkpoint_id: checkpoint 9 belongs to job 4, not job 3"
+        "error: checkpoint_id: checkpoint 9 is not a checkpoint of job 3"
     );
     assert_eq!(c.state().seen.downloads, [(9, 3)]);
     assert!(!path.exists());

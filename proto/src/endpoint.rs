@@ -108,6 +108,8 @@ pub fn hint(addr: &str, error: &str) -> &'static str {
     let has = |words: &[&str]| words.iter().any(|w| error.contains(w));
     if plaintext && garbled {
         " (if the coordinator serves TLS, use an https:// address)"
+    } else if !plaintext && has(&["InvalidContentType", "corrupt message"]) {
+        " (the coordinator did not answer in TLS: if it serves plaintext, use an http:// address)"
     } else if !plaintext && has(&["UnknownIssuer", "invalid peer certificate", "NotValidForName"]) {
         " (the coordinator's certificate is not trusted here: give its CA with --ca, and use the name or address it was made for)"
     } else if !plaintext && has(&["UnknownCA", "BadCertificate", "CertificateRequired", "DecryptError", "fatal alert"]) {
@@ -154,6 +156,7 @@ mod tests {
         assert_eq!(hint("coord:50051", "unknown API token"), "");
         assert_eq!(hint("https://coord:50051", "h2 protocol error: http2 error"), "");
         assert!(hint("https://coord:50051", "received fatal alert: UnknownCA").contains("--tls-client-ca"));
+        assert!(hint("https://coord:50051", "received corrupt message of type InvalidContentType").contains("http://"));
         assert!(hint("https://coord:50051", "invalid peer certificate: UnknownIssuer").contains("--ca"));
     }
 }

@@ -289,12 +289,12 @@ mod tests {
     #[test]
     fn a_checkpoint_of_another_job_is_refused_with_exit_2() {
         let refusal =
-            Status::invalid_argument("checkpoint_id: checkpoint 9 belongs to job 4, not job 3");
+            Status::invalid_argument("checkpoint_id: checkpoint 9 is not a checkpoint of job 3");
         let err = anyhow::Error::new(refusal);
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
         assert_eq!(
             crate::exit::one_line_message(&err),
-            "checkpoint_id: checkpoint 9 belongs to job 4, not job 3"
+            "checkpoint_id: checkpoint 9 is not a checkpoint of job 3"
         );
     }
 

@@ -103,10 +103,8 @@ pub async fn requested_checkpoint(store: &dyn Store, req: &v1::DownloadCheckpoin
     if req.checkpoint_id != 0 {
         let ckpt = store.checkpoint(req.checkpoint_id).await?;
         if req.job_id != 0 && ckpt.job_id != req.job_id {
-            return Err(ApiError::invalid(
-                "checkpoint_id",
-                format!("checkpoint {} belongs to job {}, not job {}", ckpt.id, ckpt.job_id, req.job_id),
-            ));
+            // Not naming the job it belongs to: that may be someone else's.
+            return Err(ApiError::invalid("checkpoint_id", format!("checkpoint {} is not a checkpoint of job {}", ckpt.id, req.job_id)));
         }
         return Ok(ckpt);
     }

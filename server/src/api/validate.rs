@@ -158,7 +158,21 @@ fn json_object(name: &str, text: &str, max: usize) -> ApiResult<Option<serde_jso
     if !value.is_object() {
         return Err(ApiError::invalid(name, "must be a JSON object"));
     }
+    if holds_nul(&value) {
+        return Err(ApiError::invalid(name, TextError::Nul));
+    }
     Ok(Some(value))
+}
+
+/// Whether a key or string of `value` holds a NUL (`\u0000` in the text), which
+/// PostgreSQL's jsonb cannot store (serde_json bounds the nesting).
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// What a checkpoint header promises, checked: its metadata and its top-1 (None: not evaluated).

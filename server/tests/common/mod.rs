@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use camp_proto::endpoint::{endpoint, ClientTls};
 use camp_proto::v1::job_service_client::JobServiceClient;
 use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1::{self, JobState};
 use camp_proto::JobSpec;
 use camp_server::auth::{new_token, token_sha256};
-use camp_server::store::{NewCredential, PgStore, Role, Store};
+use camp_server::store::{Credential, NewCredential, PgStore, Role, Store};
 use camp_server::{serve, Settings};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -47,6 +48,7 @@ impl Interceptor for Headers {
 pub type Jobs = JobServiceClient<InterceptedService<Channel, Headers>>;
 pub type Workers = WorkerServiceClient<InterceptedService<Channel, Headers>>;
 
+#[derive(Clone)]
 pub struct Coordinator {
     pub addr: SocketAddr,
     pub channel: Channel,
@@ -54,14 +56,52 @@ pub struct Coordinator {
     pub pool: PgPool,
 }
 
+/// Serves both services on a fresh loopback listener (TLS if `settings.tls` says so).
+async fn serve_on_loopback(pool: &PgPool, settings: Settings) -> (SocketAddr, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool.clone()).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(store.clone(), settings, listener, std::future::pending()));
+    tokio::spawn(close_for_good(pool.clone()));
+    (addr, store)
+}
+
+/// Once `#[sqlx::test]` closes the test's pool, closes it again until no
+/// connection is left. sqlx 0.8's `Pool::close` can return while a connection
+/// is still on its way back to the pool (the coordinator's last query, the
+/// lease reaper's); that connection then stays idle and connected, and the
+/// harness's `DROP DATABASE` waits 5 s for it and fails.
+async fn close_for_good(pool: PgPool) {
+    pool.close_event().await;
+    for _ in 0..500 {
+        if pool.size() == 0 {
+            return;
+        }
+        pool.close().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Coordinator {
+    /// A plaintext coordinator, and a plaintext channel to it.
     pub async fn start(pool: PgPool, settings: Settings) -> Coordinator {
-        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool.clone()).await.unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(store.clone(), settings, listener, std::future::pending()));
+        let (addr, store) = serve_on_loopback(&pool, settings).await;
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Coordinator { addr, channel, store, pool }
+    }
+
+    /// A coordinator with `settings.tls`, and a channel to it over `https://127.0.0.1:PORT`
+    /// as the CLI and the worker make it (`camp_proto::endpoint`) with `client`'s TLS options.
+    pub async fn start_tls(pool: PgPool, settings: Settings, client: &ClientTls) -> Coordinator {
+        assert!(settings.tls.is_some(), "start_tls needs Settings.tls");
+        let (addr, store) = serve_on_loopback(&pool, settings).await;
+        let channel = endpoint(&format!("https://127.0.0.1:{}", addr.port()), client).unwrap().connect().await.unwrap();
+        Coordinator { addr, channel, store, pool }
+    }
+
+    /// The same coordinator reached through another channel (other TLS options, say).
+    pub fn on(&self, channel: Channel) -> Coordinator {
+        Coordinator { channel, ..self.clone() }
     }
 
     pub fn jobs(&self, headers: Headers) -> Jobs {
@@ -85,6 +125,17 @@ impl Coordinator {
             .await
             .unwrap();
         token
+    }
+
+    /// Makes a credential with an expiry, and returns its token and its record (for revoking it).
+    pub async fn credential(&self, role: Role, name: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> (String, Credential) {
+        let token = new_token();
+        let record = self
+            .store
+            .create_credential(NewCredential { role, name: name.into(), token_sha256: token_sha256(&token), expires_at })
+            .await
+            .unwrap();
+        (token, record)
     }
 
     /// Registers a worker (with `credential` as bearer, if any) and returns it holding its session.
@@ -210,4 +261,47 @@ impl Worker {
         }
         Ok(bytes)
     }
+}
+
+/// Rows in `table` of the test's database.
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await.unwrap();
+    n
+}
+
+/// One job's row as the database holds it: everything a worker write could change.
+pub type JobRow = (i64, String, i32, String, String, String, String, i32, String, bool, i32);
+
+/// What a refused call must leave as it was: the row counts of every table a
+/// write touches, and every job's row (state, attempt, lease, result, message).
+#[derive(Debug, PartialEq)]
+pub struct DbState {
+    pub counts: Vec<(&'static str, i64)>,
+    pub jobs: Vec<JobRow>,
+}
+
+pub async fn db_state(pool: &PgPool) -> DbState {
+    let mut counts = Vec::new();
+    for table in [
+        "jobs",
+        "experiments",
+        "job_dependencies",
+        "submissions",
+        "workers",
+        "report_batches",
+        "metrics",
+        "job_logs",
+        "checkpoints",
+        "checkpoint_chunks",
+    ] {
+        counts.push((table, count(pool, table).await));
+    }
+    let jobs: Vec<JobRow> = sqlx::query_as(
+        "SELECT id, state, attempt, COALESCE(lease_worker::text, ''), COALESCE(lease_expires_at::text, ''), message, \
+         COALESCE(result::text, ''), epoch, COALESCE(finished_at::text, ''), cancel_requested, priority FROM jobs ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    DbState { counts, jobs }
 }
