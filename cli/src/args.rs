@@ -194,8 +194,8 @@ pub enum PipelineAction {
     },
     /// List experiments, newest first.
     List {
-        /// At most this many [default: the coordinator's].
-        #[arg(long)]
+        /// At most this many, newest first [default: 100].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
     },
     /// Cancel every unfinished job of an experiment.

@@ -6,7 +6,9 @@ use std::future::Future;
 
 use anyhow::bail;
 use camp_proto::limits::{MAX_JOBS_PAGE, MAX_LOGS_PAGE, MAX_METRICS_PAGE};
-use camp_proto::v1::{self, GetLogsRequest, ListJobsRequest, QueryMetricsRequest};
+use camp_proto::v1::{
+    self, GetLogsRequest, ListExperimentsRequest, ListJobsRequest, QueryMetricsRequest,
+};
 
 use crate::client::JobClient;
 
@@ -57,6 +59,22 @@ pub async fn jobs(
         async move {
             let page = client.list_jobs(request).await?.into_inner();
             Ok((page.jobs, page.next_before_id))
+        }
+    })
+    .await
+}
+
+/// The newest `limit` experiments, newest first.
+pub async fn experiments(client: &JobClient, limit: usize) -> anyhow::Result<Vec<v1::Experiment>> {
+    collect(limit, |before_id, room| {
+        let request = ListExperimentsRequest {
+            limit: page_size(room, MAX_JOBS_PAGE),
+            before_id,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.list_experiments(request).await?.into_inner();
+            Ok((page.experiments, page.next_before_id))
         }
     })
     .await

@@ -242,7 +242,7 @@ async fn every_job_rpc(jobs: &mut Jobs, t: Targets) -> Vec<(&'static str, Result
     out.push(("ListWorkers", ok_text(jobs.list_workers(v1::ListWorkersRequest {}).await)));
     out.push(("SubmitPipeline", ok_text(jobs.submit_pipeline(pipeline("p")).await)));
     out.push(("GetExperiment", ok_text(jobs.get_experiment(v1::GetExperimentRequest { id: t.experiment }).await)));
-    out.push(("ListExperiments", ok_text(jobs.list_experiments(v1::ListExperimentsRequest { limit: 0 }).await)));
+    out.push(("ListExperiments", ok_text(jobs.list_experiments(v1::ListExperimentsRequest { limit: 0, ..Default::default() }).await)));
     out.push(("CancelExperiment", ok_text(jobs.cancel_experiment(v1::CancelExperimentRequest { id: t.experiment }).await)));
     out.push(("CancelJob", ok_text(jobs.cancel_job(v1::CancelJobRequest { id: job }).await)));
     assert_eq!(out.len(), 15, "JobService has 15 RPCs");
@@ -634,7 +634,7 @@ async fn reads_of(jobs: &mut Jobs, t: Targets) -> Vec<(&'static str, Result<Stri
 
 async fn listed_owners(jobs: &mut Jobs) -> (Vec<String>, Vec<String>) {
     let listed = jobs.list_jobs(v1::ListJobsRequest::default()).await.unwrap().into_inner().jobs;
-    let exps = jobs.list_experiments(v1::ListExperimentsRequest { limit: 0 }).await.unwrap().into_inner().experiments;
+    let exps = jobs.list_experiments(v1::ListExperimentsRequest { limit: 0, ..Default::default() }).await.unwrap().into_inner().experiments;
     let mut owners: Vec<String> = listed.into_iter().map(|j| j.owner).collect();
     let mut exp_owners: Vec<String> = exps.into_iter().map(|e| e.owner).collect();
     owners.dedup();
@@ -1208,7 +1208,7 @@ async fn a_listing_limit_of_a_million_is_refused(pool: PgPool) {
     let mut jobs = c.jobs_as("alice");
     let r = submit(&mut jobs, spec()).await;
     invalid(jobs.list_jobs(v1::ListJobsRequest { limit: 1_000_000, ..Default::default() }).await, "limit");
-    invalid(jobs.list_experiments(v1::ListExperimentsRequest { limit: 1_000_000 }).await, "limit");
+    invalid(jobs.list_experiments(v1::ListExperimentsRequest { limit: 1_000_000, ..Default::default() }).await, "limit");
     invalid(jobs.query_metrics(v1::QueryMetricsRequest { job_id: r.id, limit: 1_000_000, ..Default::default() }).await, "limit");
     invalid(jobs.get_logs(v1::GetLogsRequest { job_id: r.id, limit: 1_000_000, ..Default::default() }).await, "limit");
     let at_max = jobs.list_jobs(v1::ListJobsRequest { limit: camp_proto::limits::MAX_JOBS_PAGE, ..Default::default() }).await.unwrap();

@@ -6,10 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use camp_proto::spec::Stage;
-use camp_proto::v1::{
-    self, CancelExperimentRequest, GetExperimentRequest, ListExperimentsRequest,
-    SubmitPipelineRequest,
-};
+use camp_proto::v1::{self, CancelExperimentRequest, GetExperimentRequest, SubmitPipelineRequest};
 use camp_proto::JobSpec;
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +17,7 @@ use crate::args::{
 use crate::client;
 use crate::exit::UsageError;
 use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
+use crate::pages;
 use crate::wire;
 
 /// One node of a pipeline as the CLI builds it, before it goes on the wire.
@@ -648,14 +646,8 @@ pub fn render_experiment(experiment: &v1::Experiment, now_ms: i64) -> String {
 }
 
 pub async fn list(opts: &GlobalOpts, limit: Option<u32>) -> anyhow::Result<()> {
-    let experiments = client::connect(opts)
-        .await?
-        .list_experiments(ListExperimentsRequest {
-            limit: limit.unwrap_or(0),
-        })
-        .await?
-        .into_inner()
-        .experiments;
+    let client = client::connect(opts).await?;
+    let experiments = pages::experiments(&client, limit.map_or(100, |n| n as usize)).await?;
     if opts.json {
         return print_json(&Value::Array(
             experiments.iter().map(wire::experiment).collect(),

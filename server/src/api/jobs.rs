@@ -355,8 +355,12 @@ impl JobService for JobApi {
         let user = User::of(&req)?;
         let limit = validate::page("limit", req.get_ref().limit, 100, MAX_JOBS_PAGE)?;
         let owner = self.access.list_owner(&user, None)?;
-        let experiments = self.store.list_experiments(limit, owner.as_deref()).await?;
-        Ok(Response::new(v1::ListExperimentsResponse { experiments: experiments.iter().map(experiment_to_proto).collect() }))
+        let experiments = self.store.list_experiments(limit, req.get_ref().before_id, owner.as_deref()).await?;
+        let ids: Vec<i64> = experiments.iter().map(|e| e.id).collect();
+        Ok(Response::new(v1::ListExperimentsResponse {
+            experiments: experiments.iter().map(experiment_to_proto).collect(),
+            next_before_id: next_cursor(&ids, limit, false),
+        }))
     }
 
     async fn cancel_experiment(&self, req: Request<v1::CancelExperimentRequest>) -> Result<Response<v1::Experiment>, Status> {

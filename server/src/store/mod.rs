@@ -402,8 +402,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a whole DAG of jobs as one experiment, or nothing (idempotent as `submit_job`).
     async fn submit_pipeline(&self, pipeline: NewPipeline) -> StoreResult<Experiment>;
     async fn get_experiment(&self, id: i64) -> StoreResult<Experiment>;
-    /// Newest first; only `owner`'s when given.
-    async fn list_experiments(&self, limit: u32, owner: Option<&str>) -> StoreResult<Vec<Experiment>>;
+    /// Newest first, with ids below `before_id` (0: from the newest); only `owner`'s when given.
+    async fn list_experiments(&self, limit: u32, before_id: i64, owner: Option<&str>) -> StoreResult<Vec<Experiment>>;
     /// Cancels every job of the experiment that has not finished.
     async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment>;
 

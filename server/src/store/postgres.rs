@@ -529,14 +529,16 @@ impl Store for PgStore {
         Ok(Experiment { id, name, owner, created_at, jobs })
     }
 
-    async fn list_experiments(&self, limit: u32, owner: Option<&str>) -> StoreResult<Vec<Experiment>> {
+    async fn list_experiments(&self, limit: u32, before_id: i64, owner: Option<&str>) -> StoreResult<Vec<Experiment>> {
         let limit = if limit == 0 { 100 } else { limit } as i64;
+        let before = if before_id <= 0 { i64::MAX } else { before_id };
         let rows: Vec<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, name, owner, created_at FROM experiments WHERE ($2::text IS NULL OR owner = $2) \
+            "SELECT id, name, owner, created_at FROM experiments WHERE ($2::text IS NULL OR owner = $2) AND id < $3 \
              ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .bind(owner)
+        .bind(before)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id, name, owner, created_at)| Experiment { id, name, owner, created_at, jobs: Vec::new() }).collect())
