@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use camp_proto::endpoint::{self, ClientTls};
 use camp_proto::limits::MAX_MESSAGE_BYTES;
+use camp_proto::metadata::{self, CallHeaders};
 use camp_proto::v1::job_service_client::JobServiceClient;
-use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 use crate::args::GlobalOpts;
 use crate::exit::{UnreachableError, UsageError};
 
-pub type JobClient = JobServiceClient<InterceptedService<Channel, CallMetadata>>;
+pub type JobClient = JobServiceClient<InterceptedService<Channel, CallHeaders>>;
 
 /// How often a submission is tried when the coordinator is unavailable; its
 /// request id makes a repeat return the first result instead of a second job.
@@ -25,48 +24,20 @@ pub const SUBMIT_TRIES: u32 = 3;
 /// The wait before the second try; doubled before each further one.
 const SUBMIT_BACKOFF: Duration = Duration::from_millis(250);
 
-/// Adds `x-camp-user` and `authorization: Bearer <token>` to each request.
-#[derive(Debug, Clone)]
-pub struct CallMetadata {
-    user: Option<AsciiMetadataValue>,
-    authorization: Option<AsciiMetadataValue>,
-}
-
-impl CallMetadata {
-    pub fn new(user: Option<&str>, token: Option<&str>) -> Result<Self, UsageError> {
-        let user = user
-            .map(|user| {
-                user.parse()
-                    .map_err(|_| UsageError(format!("invalid --user '{user}': not a header value")))
-            })
-            .transpose()?;
-        let authorization = token
-            .filter(|token| !token.is_empty())
-            .map(|token| {
-                format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| UsageError("invalid --token: not a header value".into()))
-            })
-            .transpose()?;
-        Ok(CallMetadata {
-            user,
-            authorization,
-        })
+/// `x-camp-user` and `authorization: Bearer <token>`, on each request.
+pub fn call_headers(user: Option<&str>, token: Option<&str>) -> Result<CallHeaders, UsageError> {
+    let mut headers = CallHeaders::default();
+    if let Some(user) = user {
+        headers = headers
+            .with(metadata::USER, user)
+            .map_err(|_| UsageError(format!("invalid --user '{user}': not a header value")))?;
     }
-}
-
-impl Interceptor for CallMetadata {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(user) = &self.user {
-            request.metadata_mut().insert("x-camp-user", user.clone());
-        }
-        if let Some(authorization) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
-        Ok(request)
+    if let Some(token) = token.filter(|token| !token.is_empty()) {
+        headers = headers
+            .bearer(token)
+            .map_err(|_| UsageError("invalid --token: not a header value".into()))?;
     }
+    Ok(headers)
 }
 
 /// `--ca`, `--tls-cert`, `--tls-key`.
@@ -122,7 +93,7 @@ pub fn hint(addr: &str, message: &str) -> &'static str {
 /// Connects now, so that an unreachable coordinator fails here (exit 6); a bad
 /// address or TLS option is a usage error (exit 2).
 pub async fn connect(opts: &GlobalOpts) -> anyhow::Result<JobClient> {
-    let metadata = CallMetadata::new(opts.user_name().as_deref(), opts.token.as_deref())?;
+    let metadata = call_headers(opts.user_name().as_deref(), opts.token.as_deref())?;
     let endpoint = endpoint::endpoint(&opts.addr, &tls_options(opts))
         .map_err(|err| UsageError(endpoint::describe(&err)))?;
     let channel = endpoint
@@ -180,24 +151,25 @@ mod tests {
 
     #[test]
     fn metadata_carries_user_and_bearer_token() {
-        let mut metadata = CallMetadata::new(Some("ada"), Some("s3cret")).unwrap();
-        let request = metadata.call(Request::new(())).unwrap();
-        assert_eq!(request.metadata().get("x-camp-user").unwrap(), "ada");
+        use tonic::service::Interceptor;
+        let mut metadata = call_headers(Some("ada"), Some("s3cret")).unwrap();
+        let request = metadata.call(tonic::Request::new(())).unwrap();
+        assert_eq!(request.metadata().get(metadata::USER).unwrap(), "ada");
         assert_eq!(
-            request.metadata().get("authorization").unwrap(),
+            request.metadata().get(metadata::AUTHORIZATION).unwrap(),
             "Bearer s3cret"
         );
 
-        let mut anonymous = CallMetadata::new(None, Some("")).unwrap();
-        let request = anonymous.call(Request::new(())).unwrap();
-        assert!(request.metadata().get("x-camp-user").is_none());
-        assert!(request.metadata().get("authorization").is_none());
+        let mut anonymous = call_headers(None, Some("")).unwrap();
+        let request = anonymous.call(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get(metadata::USER).is_none());
+        assert!(request.metadata().get(metadata::AUTHORIZATION).is_none());
     }
 
     #[test]
     fn unusable_header_values_are_usage_errors() {
-        assert!(CallMetadata::new(Some("a\nb"), None).is_err());
-        assert!(CallMetadata::new(None, Some("tok\nen")).is_err());
+        assert!(call_headers(Some("a\nb"), None).is_err());
+        assert!(call_headers(None, Some("tok\nen")).is_err());
     }
 
     #[test]

@@ -256,35 +256,31 @@ pub mod grpc {
     use camp_proto::v1::worker_service_client::WorkerServiceClient;
     use camp_proto::v1;
     use sha2::{Digest, Sha256};
-    use tonic::metadata::{Ascii, MetadataValue};
+    use camp_proto::metadata::{self, CallHeaders};
     use tonic::service::interceptor::InterceptedService;
     use tonic::service::Interceptor;
     use tonic::transport::Channel;
 
-    /// Metadata added to every call of a client.
+    /// The contract's call metadata, built without ceremony (a bad value is a test bug).
     #[derive(Clone, Default)]
-    pub struct Headers(Vec<(&'static str, MetadataValue<Ascii>)>);
+    pub struct Headers(CallHeaders);
 
     impl Headers {
-        pub fn with(mut self, key: &'static str, value: &str) -> Self {
-            self.0.push((key, value.parse().expect("an ASCII header value")));
-            self
+        pub fn with(self, key: &'static str, value: &str) -> Self {
+            Headers(self.0.with(key, value).expect("an ASCII header value"))
         }
         pub fn bearer(self, token: &str) -> Self {
-            self.with("authorization", &format!("Bearer {token}"))
+            Headers(self.0.bearer(token).expect("an ASCII token"))
         }
         /// A user naming themselves (coordinators without --require-auth).
         pub fn user(name: &str) -> Self {
-            Headers::default().with("x-camp-user", name)
+            Headers::default().with(metadata::USER, name)
         }
     }
 
     impl Interceptor for Headers {
-        fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-            for (k, v) in &self.0 {
-                req.metadata_mut().insert(*k, v.clone());
-            }
-            Ok(req)
+        fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+            self.0.call(req)
         }
     }
 
@@ -377,7 +373,7 @@ pub mod grpc {
             .expect("Register")
             .into_inner();
         assert!(!registered.session.is_empty(), "Register returns a session");
-        let mut worker = workers(channel.clone(), Headers::default().with("x-camp-session", &registered.session));
+        let mut worker = workers(channel.clone(), Headers::default().with(metadata::SESSION, &registered.session));
         let job = jobs(channel, Headers::user(user))
             .submit_job(v1::SubmitJobRequest { spec: Some(tiny_spec(1)), name: "upload".into(), ..Default::default() })
             .await

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod endpoint;
 pub mod energy;
 pub mod limits;
+pub mod metadata;
 pub mod quant;
 pub mod schedule;
 pub mod spec;

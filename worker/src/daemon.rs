@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use camp_proto::endpoint::{self, ClientTls};
 use camp_proto::limits::{self, CHECKPOINT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use camp_proto::metadata::{self, CallHeaders};
 use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1;
 use camp_proto::JobSpec;
@@ -28,9 +29,6 @@ use crate::stage::{self, CheckpointBlob, Control, Observer, RunInfo, StageOutcom
 const CLAIM_WAIT: Duration = Duration::from_secs(20);
 /// How often pending metrics and log lines are sent.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
-/// Where the worker sends the session `Register` gave it.
-const SESSION_HEADER: &str = "x-camp-session";
-
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("coordinator {addr} unreachable: {reason}")]
@@ -56,29 +54,9 @@ pub struct DaemonConfig {
     pub tls: ClientTls,
 }
 
-type Client = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
-type Header = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+type Client = WorkerServiceClient<InterceptedService<Channel, CallHeaders>>;
 
-/// The worker credential and, once registered, the session: on every call.
-#[derive(Clone)]
-struct Credentials {
-    authorization: Option<Header>,
-    session: Option<Header>,
-}
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.authorization {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        if let Some(v) = &self.session {
-            req.metadata_mut().insert(SESSION_HEADER, v.clone());
-        }
-        Ok(req)
-    }
-}
-
-fn client(channel: Channel, credentials: Credentials) -> Client {
+fn client(channel: Channel, credentials: CallHeaders) -> Client {
     WorkerServiceClient::with_interceptor(channel, credentials)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -99,8 +77,11 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
             let hint = endpoint::hint(&config.coordinator, &reason);
             DaemonError::Connect { addr: config.coordinator.clone(), reason: format!("{reason}{hint}") }
         })?;
-    let authorization = config.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose().map_err(|_| DaemonError::Token)?;
-    let mut unregistered = client(channel.clone(), Credentials { authorization: authorization.clone(), session: None });
+    let credential = match &config.token {
+        Some(token) => CallHeaders::default().bearer(token).map_err(|_| DaemonError::Token)?,
+        None => CallHeaders::default(),
+    };
+    let mut unregistered = client(channel.clone(), credential.clone());
 
     let datasets = crate::data::available_datasets(&config.data_dir);
     let (device_kind, gpus) = match config.device {
@@ -130,8 +111,9 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
         })?
         .into_inner();
     tracing::info!(worker = %config.name, id = %registered.worker_id, device = device_kind, ?datasets, "registered");
-    let session = registered.session.parse().map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
-    let mut client = client(channel, Credentials { authorization, session: Some(session) });
+    let with_session =
+        credential.with(metadata::SESSION, &registered.session).map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
+    let mut client = client(channel, with_session);
 
     while !shutdown.load(Ordering::SeqCst) {
         let claim = client.claim(v1::ClaimRequest { worker_id: registered.worker_id.clone(), wait_ms: CLAIM_WAIT.as_millis() as u32 });

@@ -15,10 +15,7 @@ use crate::error::{ApiError, ApiResult};
 
 pub use tokens::{new_session, new_token, parse_expiry, token_sha256};
 
-/// Where a caller without a token names itself (coordinators without --require-auth).
-pub const USER_HEADER: &str = "x-camp-user";
-/// Where a worker sends the secret `Register` gave it.
-pub const SESSION_HEADER: &str = "x-camp-session";
+pub use camp_proto::metadata::{SESSION as SESSION_HEADER, USER as USER_HEADER};
 /// The name of a caller that names nobody (coordinators without --require-auth).
 pub const ANONYMOUS: &str = "anonymous";
 
