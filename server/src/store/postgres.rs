@@ -344,17 +344,21 @@ fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
     Ok(order)
 }
 
-/// What a request key already stands for.
-enum Seen {
-    New,
-    Job(i64),
-    Experiment(i64),
+/// What a submission makes, which its request key stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Job,
+    Experiment,
 }
 
 /// Claims `key` for `owner` inside the transaction, or finds what the first
-/// request with it made. A concurrent request with the same key waits here for
-/// the first one's transaction to end (the primary key's insertion lock).
-async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: &RequestKey) -> StoreResult<Seen> {
+/// request with it made (`Some(id)`). A concurrent request with the same key
+/// waits here for the first one's transaction to end (the primary key's
+/// insertion lock).
+async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: Option<&RequestKey>, made: Made) -> StoreResult<Option<i64>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
     let inserted: Option<(String,)> = sqlx::query_as(
         "INSERT INTO submissions (owner, request_id, request_sha256) VALUES ($1, $2, $3) \
          ON CONFLICT DO NOTHING RETURNING request_id",
@@ -365,7 +369,7 @@ async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key:
     .fetch_optional(&mut **tx)
     .await?;
     if inserted.is_some() {
-        return Ok(Seen::New);
+        return Ok(None);
     }
     let (sha, job, experiment): (String, Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT request_sha256, job_id, experiment_id FROM submissions WHERE owner = $1 AND request_id = $2")
@@ -373,20 +377,16 @@ async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key:
             .bind(&key.id)
             .fetch_one(&mut **tx)
             .await?;
+    let used = |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", camp_proto::limits::excerpt(&key.id)));
     if sha != key.sha256 {
-        return Err(StoreError::FailedPrecondition(format!(
-            "request_id '{}' was used before for a different request",
-            camp_proto::limits::excerpt(&key.id)
-        )));
+        return Err(used("for a different request"));
     }
-    match (job, experiment) {
-        (Some(id), _) => Ok(Seen::Job(id)),
-        (_, Some(id)) => Ok(Seen::Experiment(id)),
-        // Its job was deleted: nothing to return, and a new one would break the promise.
-        (None, None) => Err(StoreError::FailedPrecondition(format!(
-            "request_id '{}' was used before; what it made no longer exists",
-            camp_proto::limits::excerpt(&key.id)
-        ))),
+    match (made, job, experiment) {
+        (Made::Job, Some(id), _) | (Made::Experiment, _, Some(id)) => Ok(Some(id)),
+        (Made::Job, None, Some(_)) => Err(used("for a pipeline")),
+        (Made::Experiment, Some(_), None) => Err(used("for a single job")),
+        // What it made was deleted: nothing to return, and a new one would break the promise.
+        (_, None, None) => Err(used("(what it made no longer exists)")),
     }
 }
 
@@ -428,20 +428,9 @@ impl Store for PgStore {
 
     async fn submit_job(&self, job: NewJob) -> StoreResult<Job> {
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = &job.request {
-            match claim_request_key(&mut tx, &job.owner, key).await? {
-                Seen::New => {}
-                Seen::Job(id) => {
-                    tx.rollback().await?;
-                    return self.get_job(id).await;
-                }
-                Seen::Experiment(_) => {
-                    return Err(StoreError::FailedPrecondition(format!(
-                        "request_id '{}' was used before for a pipeline",
-                        camp_proto::limits::excerpt(&key.id)
-                    )))
-                }
-            }
+        if let Some(id) = claim_request_key(&mut tx, &job.owner, job.request.as_ref(), Made::Job).await? {
+            tx.rollback().await?;
+            return self.get_job(id).await;
         }
         let parent = match job.spec.init_from {
             0 => None,
@@ -461,20 +450,9 @@ impl Store for PgStore {
     async fn submit_pipeline(&self, p: NewPipeline) -> StoreResult<Experiment> {
         let order = topological_order(&p.nodes)?;
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = &p.request {
-            match claim_request_key(&mut tx, &p.owner, key).await? {
-                Seen::New => {}
-                Seen::Experiment(id) => {
-                    tx.rollback().await?;
-                    return self.get_experiment(id).await;
-                }
-                Seen::Job(_) => {
-                    return Err(StoreError::FailedPrecondition(format!(
-                        "request_id '{}' was used before for a single job",
-                        camp_proto::limits::excerpt(&key.id)
-                    )))
-                }
-            }
+        if let Some(id) = claim_request_key(&mut tx, &p.owner, p.request.as_ref(), Made::Experiment).await? {
+            tx.rollback().await?;
+            return self.get_experiment(id).await;
         }
         let (experiment_id,): (i64,) = sqlx::query_as("INSERT INTO experiments (name, owner) VALUES ($1, $2) RETURNING id")
             .bind(&p.name)
