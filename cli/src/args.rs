@@ -38,12 +38,7 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Coordinator address.
-    #[arg(
-        long,
-        global = true,
-        env = "CAMP_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, global = true, env = "CAMP_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// User name sent with every call (metadata x-camp-user) [default: $USER].
     #[arg(long, global = true, env = "CAMP_USER")]
@@ -68,10 +63,7 @@ pub struct GlobalOpts {
 impl GlobalOpts {
     /// `--user`, else `$USER`; `None` when neither is set.
     pub fn user_name(&self) -> Option<String> {
-        self.user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|user| !user.is_empty())
+        self.user.clone().or_else(|| std::env::var("USER").ok()).filter(|user| !user.is_empty())
     }
 }
 
@@ -87,11 +79,9 @@ pub enum Command {
     /// Show one job's details.
     Show { id: i64 },
     /// Follow a job live until it finishes.
-    #[command(
-        after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
+    #[command(after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
                             (and the usual error codes, e.g. 3 if there is no such job).\n\
-                            With --json every event is printed as one JSON line (NDJSON)."
-    )]
+                            With --json every event is printed as one JSON line (NDJSON).")]
     Watch { id: i64 },
     /// Print a job's log lines.
     Logs { id: i64 },
@@ -100,9 +90,7 @@ pub enum Command {
     /// Cancel a job and print its new state.
     Cancel { id: i64 },
     /// Set a queued or running job's scheduling priority (higher runs first) and print the job.
-    #[command(
-        after_help = "Owner or admin. A priority above the coordinator's --max-user-priority needs an admin (exit 4 otherwise)."
-    )]
+    #[command(after_help = "Owner or admin. A priority above the coordinator's --max-user-priority needs an admin (exit 4 otherwise).")]
     Priority {
         /// The job id.
         id: i64,
@@ -129,9 +117,7 @@ pub enum Command {
     /// One row per job of an experiment: stage, bits or alpha, top-1, energy, 4-bit share.
     Results(ResultsArgs),
     /// Plot an experiment's accuracy against energy (SVG or PNG by the file's extension).
-    #[command(
-        after_help = "Exit code 5 when the experiment has no succeeded job with top-1 and energy."
-    )]
+    #[command(after_help = "Exit code 5 when the experiment has no succeeded job with top-1 and energy.")]
     Plot(PlotArgs),
 }
 
@@ -285,9 +271,7 @@ pub struct RequestIdArg {
 impl RequestIdArg {
     /// The key given, else a fresh UUID v4: the CLI's own retries reuse it.
     pub fn get_or_new(&self) -> String {
-        self.request_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        self.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
     }
 }
 
@@ -343,18 +327,12 @@ fn stage_default_help(text: &str, value: impl Fn(&JobSpec) -> String) -> String 
     if values.iter().all(|(_, v)| *v == values[0].1) {
         return format!("{text} [default: {}]", values[0].1);
     }
-    let per_stage: Vec<String> = values
-        .iter()
-        .map(|(stage, v)| format!("{} {v}", stage.as_str()))
-        .collect();
+    let per_stage: Vec<String> = values.iter().map(|(stage, v)| format!("{} {v}", stage.as_str())).collect();
     format!("{text} [default: {}]", per_stage.join("; "))
 }
 
 fn rl_default_help(text: &str, value: impl Fn(&JobSpec) -> f64) -> String {
-    format!(
-        "{text} [default: {}]",
-        value(&JobSpec::defaults_for(Stage::Rl))
-    )
+    format!("{text} [default: {}]", value(&JobSpec::defaults_for(Stage::Rl)))
 }
 
 /// The flags every stage takes: the reference's training script's, plus camp's own.
@@ -475,9 +453,7 @@ impl From<ActQuantArg> for ActQuant {
 fn job_id(text: &str) -> Result<i64, String> {
     match text.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),
-        _ => Err(format!(
-            "'{text}' is not a job id (a positive whole number)"
-        )),
+        _ => Err(format!("'{text}' is not a job id (a positive whole number)")),
     }
 }
 
@@ -580,11 +556,7 @@ impl SubmitStage {
 impl CommonArgs {
     /// `JobSpec::defaults_for(stage)`, then `--compress`, then the flags
     /// (`stage_flags` sets the stage's own); validated, bad values naming their flag.
-    pub fn to_spec(
-        &self,
-        stage: Stage,
-        stage_flags: impl FnOnce(&mut JobSpec),
-    ) -> Result<JobSpec, UsageError> {
+    pub fn to_spec(&self, stage: Stage, stage_flags: impl FnOnce(&mut JobSpec)) -> Result<JobSpec, UsageError> {
         let mut spec = JobSpec::defaults_for(stage);
         spec.arch = self.arch.clone();
         set(&mut spec.dataset, self.dataset.clone());
@@ -606,8 +578,7 @@ impl CommonArgs {
         set(&mut spec.lr_schedule, self.lr_schedule.clone().map(|s| s.0));
         stage_flags(&mut spec);
         if !self.bits_overrides.is_empty() {
-            let mut overrides: Vec<BitsOverride> =
-                self.bits_overrides.iter().map(|o| o.0.clone()).collect();
+            let mut overrides: Vec<BitsOverride> = self.bits_overrides.iter().map(|o| o.0.clone()).collect();
             overrides.append(&mut spec.bits_overrides);
             spec.bits_overrides = overrides;
         }
@@ -637,15 +608,14 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), UsageError> {
 /// pipeline file): at most `limits::MAX_CONFIG_FILE_BYTES` of UTF-8 text, so
 /// that `--compress /dev/zero` fails at once. The error names the flag and the path (exit 2).
 pub fn read_input_file(flag: &str, path: &Path) -> Result<String, UsageError> {
-    limits::read_config_file(path)
-        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))
+    limits::read_config_file(path).map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))
 }
 
 /// Reads a distiller schedule and applies it to `spec` (for `spec.epochs` epochs).
 pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Result<(), UsageError> {
     let text = read_input_file(flag, path)?;
-    let schedule = camp_proto::schedule::parse(&text, spec.epochs)
-        .map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
+    let schedule =
+        camp_proto::schedule::parse(&text, spec.epochs).map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
     schedule.apply(spec);
     Ok(())
 }
@@ -678,9 +648,8 @@ impl FromStr for BitsOverrideArg {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (pattern, bits) = text.split_once('=').ok_or_else(|| {
-            format!("'{text}' is not PATTERN=W[/A] (e.g. 'layer3.*=8/4' or 'fc=fp')")
-        })?;
+        let (pattern, bits) =
+            text.split_once('=').ok_or_else(|| format!("'{text}' is not PATTERN=W[/A] (e.g. 'layer3.*=8/4' or 'fc=fp')"))?;
         let pattern = pattern.trim();
         if pattern.is_empty() {
             return Err(format!("'{text}': the pattern is empty"));
@@ -702,11 +671,7 @@ impl FromStr for BitsOverrideArg {
                 (b, b)
             }
         };
-        Ok(BitsOverrideArg(BitsOverride {
-            pattern: pattern.to_owned(),
-            wts,
-            acts,
-        }))
+        Ok(BitsOverrideArg(BitsOverride { pattern: pattern.to_owned(), wts, acts }))
     }
 }
 
@@ -734,10 +699,7 @@ pub fn spec_error_with_flag(err: SpecError) -> UsageError {
         "init_from" => "--init-from",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
-    UsageError(format!(
-        "invalid spec: {} ({flag}): {}",
-        err.field, err.reason
-    ))
+    UsageError(format!("invalid spec: {} ({flag}): {}", err.field, err.reason))
 }
 
 /// `--lr-schedule`: a multi-step schedule written `80:0.1,120:0.1,160:0.2`, or `none`;
@@ -754,16 +716,9 @@ impl FromStr for LrSchedule {
             return Ok(LrSchedule(Vec::new()));
         }
         let parse_step = |item: &str| -> Result<LrStep, String> {
-            let (epoch, gamma) = item.split_once(':').ok_or_else(|| {
-                format!("'{item}' is not EPOCH:GAMMA (e.g. 80:0.1), or use `none`")
-            })?;
-            let epoch: u32 = epoch.trim().parse().map_err(|_| {
-                format!("epoch '{}' in '{item}' is not a whole number", epoch.trim())
-            })?;
-            let gamma: f64 = gamma
-                .trim()
-                .parse()
-                .map_err(|_| format!("gamma '{}' in '{item}' is not a number", gamma.trim()))?;
+            let (epoch, gamma) = item.split_once(':').ok_or_else(|| format!("'{item}' is not EPOCH:GAMMA (e.g. 80:0.1), or use `none`"))?;
+            let epoch: u32 = epoch.trim().parse().map_err(|_| format!("epoch '{}' in '{item}' is not a whole number", epoch.trim()))?;
+            let gamma: f64 = gamma.trim().parse().map_err(|_| format!("gamma '{}' in '{item}' is not a number", gamma.trim()))?;
             if epoch == 0 {
                 return Err(format!("epoch in '{item}' must be at least 1"));
             }
@@ -772,10 +727,7 @@ impl FromStr for LrSchedule {
             }
             Ok(LrStep { epoch, gamma })
         };
-        text.split(',')
-            .map(|item| parse_step(item.trim()))
-            .collect::<Result<_, _>>()
-            .map(LrSchedule)
+        text.split(',').map(|item| parse_step(item.trim())).collect::<Result<_, _>>().map(LrSchedule)
     }
 }
 
@@ -784,11 +736,7 @@ impl fmt::Display for LrSchedule {
         if self.0.is_empty() {
             return f.write_str("none");
         }
-        let steps: Vec<String> = self
-            .0
-            .iter()
-            .map(|step| format!("{}:{}", step.epoch, crate::output::exact(step.gamma)))
-            .collect();
+        let steps: Vec<String> = self.0.iter().map(|step| format!("{}:{}", step.epoch, crate::output::exact(step.gamma))).collect();
         f.write_str(&steps.join(","))
     }
 }
@@ -897,29 +845,19 @@ mod tests {
         assert_eq!(schedule.to_string(), "80:0.1,120:0.1,160:0.2");
         assert_eq!("none".parse::<LrSchedule>().unwrap().0, vec![]);
         assert_eq!(LrSchedule(vec![]).to_string(), "none");
-        assert_eq!(
-            "3:10".parse::<LrSchedule>().unwrap().0,
-            vec![LrStep {
-                epoch: 3,
-                gamma: 10.0
-            }]
-        );
+        assert_eq!("3:10".parse::<LrSchedule>().unwrap().0, vec![LrStep { epoch: 3, gamma: 10.0 }]);
     }
 
     #[test]
     fn lr_schedule_refuses_bad_steps() {
-        for bad in [
-            "", "80", "80:", "x:0.1", "0:0.1", "80:0", "80:-1", "80:nan", "80:0.1,,",
-        ] {
+        for bad in ["", "80", "80:", "x:0.1", "0:0.1", "80:0", "80:-1", "80:nan", "80:0.1,,"] {
             assert!(bad.parse::<LrSchedule>().is_err(), "{bad:?} parsed");
         }
     }
 
     #[test]
     fn baseline_defaults_equal_the_reference_spec() {
-        let spec = baseline(&["-a", "preact_resnet20_cifar"])
-            .to_spec()
-            .unwrap();
+        let spec = baseline(&["-a", "preact_resnet20_cifar"]).to_spec().unwrap();
         assert_eq!(spec, JobSpec::default());
     }
 
@@ -963,34 +901,14 @@ mod tests {
         ]);
         let spec = args.to_spec().unwrap();
         assert_eq!(spec.arch, "preact_resnet44_cifar");
-        assert_eq!(
-            (
-                spec.lr,
-                spec.batch_size,
-                spec.epochs,
-                spec.weight_decay,
-                spec.momentum
-            ),
-            (0.05, 64, 3, 1e-4, 0.8)
-        );
-        assert_eq!(
-            (spec.print_freq, spec.seed, spec.device),
-            (5, 7, DeviceRequest::Cuda)
-        );
+        assert_eq!((spec.lr, spec.batch_size, spec.epochs, spec.weight_decay, spec.momentum), (0.05, 64, 3, 1e-4, 0.8));
+        assert_eq!((spec.print_freq, spec.seed, spec.device), (5, 7, DeviceRequest::Cuda));
         assert_eq!(spec.dataset, "fashion-mnist");
         assert!(spec.lr_schedule.is_empty() && spec.bf16 && spec.channels_last);
         assert_eq!((spec.train_limit, spec.test_limit), (256, 128));
         let common = args.common();
-        assert_eq!(
-            (common.name.as_str(), common.priority, common.max_attempts),
-            ("tiny", -2, Some(1))
-        );
-        assert_eq!(
-            baseline(&["-a", "x", "--weight-decay", "0.5"])
-                .common()
-                .weight_decay,
-            Some(0.5)
-        );
+        assert_eq!((common.name.as_str(), common.priority, common.max_attempts), ("tiny", -2, Some(1)));
+        assert_eq!(baseline(&["-a", "x", "--weight-decay", "0.5"]).common().weight_decay, Some(0.5));
     }
 
     #[test]
@@ -1000,15 +918,9 @@ mod tests {
         assert!(invalid(&["-a", "preact_resnet20_cifar", "--lr", "-0.1"]).contains("--lr"));
         assert!(invalid(&["-a", "preact_resnet20_cifar", "-b", "0"]).contains("--batch-size"));
         assert!(invalid(&["-a", "preact_resnet20_cifar", "--wd", "-1"]).contains("--weight-decay"));
-        assert!(
-            invalid(&["-a", "preact_resnet20_cifar", "--dataset", "imagenet"])
-                .contains("--dataset")
-        );
+        assert!(invalid(&["-a", "preact_resnet20_cifar", "--dataset", "imagenet"]).contains("--dataset"));
         assert!(invalid(&["-a", "preact_resnet20_cifar", "-p", "0"]).contains("--print-freq"));
-        assert!(
-            invalid(&["-a", "preact_resnet20_cifar", "--bf16", "--device", "cpu"])
-                .contains("--bf16")
-        );
+        assert!(invalid(&["-a", "preact_resnet20_cifar", "--bf16", "--device", "cpu"]).contains("--bf16"));
 
         let usage = |line: &[&str]| parse(line).unwrap_err();
         let err = usage(&["submit", "baseline", "-a", "x", "--lr-schedule", "80"]);
@@ -1018,26 +930,13 @@ mod tests {
         assert!(err.to_string().contains("--device"), "{err}");
         let err = usage(&["submit", "baseline", "-a", "x", "-b", "-1"]);
         assert!(err.to_string().contains("--batch-size"), "{err}");
-        assert_eq!(
-            usage(&["submit", "baseline"]).kind(),
-            ErrorKind::MissingRequiredArgument
-        );
+        assert_eq!(usage(&["submit", "baseline"]).kind(), ErrorKind::MissingRequiredArgument);
         assert_eq!(usage(&["submit", "baseline"]).exit_code(), 2);
     }
 
     #[test]
     fn global_flags_go_anywhere() {
-        let cli = parse(&[
-            "jobs",
-            "--json",
-            "--addr",
-            "http://coord:1",
-            "--user",
-            "ada",
-            "--state",
-            "running",
-        ])
-        .unwrap();
+        let cli = parse(&["jobs", "--json", "--addr", "http://coord:1", "--user", "ada", "--state", "running"]).unwrap();
         assert!(cli.global.json);
         assert_eq!(cli.global.addr, "http://coord:1");
         assert_eq!(cli.global.user_name().as_deref(), Some("ada"));
@@ -1049,31 +948,11 @@ mod tests {
 
     #[test]
     fn download_takes_one_selector() {
-        assert!(parse(&[
-            "checkpoint",
-            "download",
-            "3",
-            "-o",
-            "f",
-            "--best",
-            "--latest"
-        ])
-        .is_err());
+        assert!(parse(&["checkpoint", "download", "3", "-o", "f", "--best", "--latest"]).is_err());
         assert!(parse(&["checkpoint", "download", "3", "--best"]).is_err());
-        let cli = parse(&[
-            "checkpoint",
-            "download",
-            "3",
-            "-o",
-            "f",
-            "--checkpoint",
-            "9",
-        ])
-        .unwrap();
+        let cli = parse(&["checkpoint", "download", "3", "-o", "f", "--checkpoint", "9"]).unwrap();
         match cli.command {
-            Command::Checkpoint {
-                action: CheckpointAction::Download(args),
-            } => {
+            Command::Checkpoint { action: CheckpointAction::Download(args) } => {
                 assert_eq!((args.id, args.checkpoint, args.best), (3, Some(9), false))
             }
             other => panic!("parsed as {other:?}"),
@@ -1099,49 +978,18 @@ mod tests {
     fn each_stage_defaults_to_defaults_for() {
         assert_eq!(spec_of("qat", &[]), JobSpec::defaults_for(Stage::Qat));
         let sp = spec_of("sp", &["--init-from", "7"]);
-        assert_eq!(
-            sp,
-            JobSpec {
-                init_from: 7,
-                ..JobSpec::defaults_for(Stage::Sp)
-            }
-        );
-        assert_eq!(
-            (sp.lr, sp.lr_schedule[0]),
-            (
-                0.01,
-                LrStep {
-                    epoch: 3,
-                    gamma: 10.0
-                }
-            )
-        );
+        assert_eq!(sp, JobSpec { init_from: 7, ..JobSpec::defaults_for(Stage::Sp) });
+        assert_eq!((sp.lr, sp.lr_schedule[0]), (0.01, LrStep { epoch: 3, gamma: 10.0 }));
         assert_eq!((sp.weight_bits(), sp.activation_bits()), (1, 1));
         let rl = spec_of("rl", &["--init-from", "8"]);
-        assert_eq!(
-            rl,
-            JobSpec {
-                init_from: 8,
-                ..JobSpec::defaults_for(Stage::Rl)
-            }
-        );
-        assert_eq!(
-            (rl.alpha, rl.gamma, rl.rl_weight, rl.lr),
-            (0.1, 1.0, 0.01, 0.01)
-        );
+        assert_eq!(rl, JobSpec { init_from: 8, ..JobSpec::defaults_for(Stage::Rl) });
+        assert_eq!((rl.alpha, rl.gamma, rl.rl_weight, rl.lr), (0.1, 1.0, 0.01, 0.01));
         let qat = spec_of("qat", &[]);
-        assert_eq!(
-            (qat.weight_bits(), qat.activation_bits(), qat.init_from),
-            (4, 4, 0)
-        );
+        assert_eq!((qat.weight_bits(), qat.activation_bits(), qat.init_from), (4, 4, 0));
 
         for stage in ["sp", "rl"] {
             let err = parse(&["submit", stage, "-a", "preact_resnet20_cifar"]).unwrap_err();
-            assert_eq!(
-                err.kind(),
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "{stage}"
-            );
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{stage}");
             assert!(err.to_string().contains("--init-from"), "{err}");
             let err = parse(&["submit", stage, "-a", "x", "--init-from", "0"]).unwrap_err();
             assert!(err.to_string().contains("--init-from"), "{err}");
@@ -1150,98 +998,28 @@ mod tests {
 
     #[test]
     fn stage_flags_reach_the_spec() {
-        let qat = spec_of(
-            "qat",
-            &[
-                "--bits",
-                "2",
-                "--act-quant",
-                "pact",
-                "--init-from",
-                "5",
-                "--lr",
-                "0.05",
-            ],
-        );
+        let qat = spec_of("qat", &["--bits", "2", "--act-quant", "pact", "--init-from", "5", "--lr", "0.05"]);
         assert_eq!((qat.bits_weights, qat.bits_activations), (Some(2), Some(2)));
-        assert_eq!(
-            (qat.act_quant, qat.init_from, qat.lr),
-            (ActQuant::Pact, 5, 0.05)
-        );
+        assert_eq!((qat.act_quant, qat.init_from, qat.lr), (ActQuant::Pact, 5, 0.05));
         let qat = spec_of("qat", &["--bits-weights", "2"]);
         assert_eq!((qat.weight_bits(), qat.activation_bits()), (2, 4));
         let qat = spec_of("qat", &["--bits-weights", "1", "--bits-activations", "8"]);
         assert_eq!((qat.weight_bits(), qat.activation_bits()), (1, 8));
-        assert!(parse(&[
-            "submit",
-            "qat",
-            "-a",
-            "x",
-            "--bits",
-            "2",
-            "--bits-weights",
-            "3"
-        ])
-        .is_err());
+        assert!(parse(&["submit", "qat", "-a", "x", "--bits", "2", "--bits-weights", "3"]).is_err());
 
-        let sp = spec_of(
-            "sp",
-            &[
-                "--init-from",
-                "3",
-                "--bits",
-                "2",
-                "--epochs",
-                "5",
-                "--lr-schedule",
-                "none",
-            ],
-        );
+        let sp = spec_of("sp", &["--init-from", "3", "--bits", "2", "--epochs", "5", "--lr-schedule", "none"]);
         assert_eq!((sp.bits_weights, sp.init_from, sp.epochs), (Some(2), 3, 5));
         assert!(sp.lr_schedule.is_empty());
 
-        let rl = spec_of(
-            "rl",
-            &[
-                "--init-from",
-                "4",
-                "--alpha",
-                "0.5",
-                "--gamma",
-                "0.9",
-                "--rl-weight",
-                "0.02",
-                "--seed",
-                "3",
-            ],
-        );
-        assert_eq!(
-            (rl.alpha, rl.gamma, rl.rl_weight, rl.init_from, rl.seed),
-            (0.5, 0.9, 0.02, 4, 3)
-        );
+        let rl = spec_of("rl", &["--init-from", "4", "--alpha", "0.5", "--gamma", "0.9", "--rl-weight", "0.02", "--seed", "3"]);
+        assert_eq!((rl.alpha, rl.gamma, rl.rl_weight, rl.init_from, rl.seed), (0.5, 0.9, 0.02, 4, 3));
 
-        let with_overrides = spec_of(
-            "qat",
-            &[
-                "--bits-override",
-                "layer3.*=8/4",
-                "--bits-override",
-                "fc=fp",
-            ],
-        );
+        let with_overrides = spec_of("qat", &["--bits-override", "layer3.*=8/4", "--bits-override", "fc=fp"]);
         assert_eq!(
             with_overrides.bits_overrides,
             vec![
-                BitsOverride {
-                    pattern: "layer3.*".into(),
-                    wts: Some(8),
-                    acts: Some(4)
-                },
-                BitsOverride {
-                    pattern: "fc".into(),
-                    wts: None,
-                    acts: None
-                },
+                BitsOverride { pattern: "layer3.*".into(), wts: Some(8), acts: Some(4) },
+                BitsOverride { pattern: "fc".into(), wts: None, acts: None },
             ]
         );
     }
@@ -1249,38 +1027,10 @@ mod tests {
     #[test]
     fn bits_overrides_parse() {
         let o = |text: &str| text.parse::<BitsOverrideArg>().map(|o| o.0);
-        assert_eq!(
-            o("layer3.*=8/4").unwrap(),
-            BitsOverride {
-                pattern: "layer3.*".into(),
-                wts: Some(8),
-                acts: Some(4)
-            }
-        );
-        assert_eq!(
-            o("layer1.0.conv1=2").unwrap(),
-            BitsOverride {
-                pattern: "layer1.0.conv1".into(),
-                wts: Some(2),
-                acts: Some(2)
-            }
-        );
-        assert_eq!(
-            o("fc=fp").unwrap(),
-            BitsOverride {
-                pattern: "fc".into(),
-                wts: None,
-                acts: None
-            }
-        );
-        assert_eq!(
-            o("conv1=FP/4").unwrap(),
-            BitsOverride {
-                pattern: "conv1".into(),
-                wts: None,
-                acts: Some(4)
-            }
-        );
+        assert_eq!(o("layer3.*=8/4").unwrap(), BitsOverride { pattern: "layer3.*".into(), wts: Some(8), acts: Some(4) });
+        assert_eq!(o("layer1.0.conv1=2").unwrap(), BitsOverride { pattern: "layer1.0.conv1".into(), wts: Some(2), acts: Some(2) });
+        assert_eq!(o("fc=fp").unwrap(), BitsOverride { pattern: "fc".into(), wts: None, acts: None });
+        assert_eq!(o("conv1=FP/4").unwrap(), BitsOverride { pattern: "conv1".into(), wts: None, acts: Some(4) });
         assert_eq!(o("x=32/fp").unwrap().wts, Some(32));
         for bad in ["layer3", "=4", "a=9", "a=0", "a=4/x", "a=", "a=4/"] {
             assert!(o(bad).is_err(), "{bad:?} parsed");
@@ -1296,63 +1046,23 @@ mod tests {
         std::fs::write(&fp4, FP4).unwrap();
         let file = fp4.to_str().unwrap();
         let spec = spec_of("qat", &["--compress", file]);
-        assert_eq!(
-            (spec.bits_weights, spec.bits_activations, spec.act_quant),
-            (Some(4), Some(4), ActQuant::Dorefa)
-        );
-        let patterns: Vec<&str> = spec
-            .bits_overrides
-            .iter()
-            .map(|o| o.pattern.as_str())
-            .collect();
+        assert_eq!((spec.bits_weights, spec.bits_activations, spec.act_quant), (Some(4), Some(4), ActQuant::Dorefa));
+        let patterns: Vec<&str> = spec.bits_overrides.iter().map(|o| o.pattern.as_str()).collect();
         assert_eq!(patterns, ["conv1", "layer1.0.pre_relu", "final_relu", "fc"]);
-        assert!(spec
-            .bits_overrides
-            .iter()
-            .all(|o| o.wts.is_none() && o.acts.is_none()));
+        assert!(spec.bits_overrides.iter().all(|o| o.wts.is_none() && o.acts.is_none()));
         assert_eq!(spec.lr_schedule, camp_proto::spec::reference_lr_schedule());
 
         // Flags still win over the file; command-line overrides come first.
-        let spec = spec_of(
-            "qat",
-            &[
-                "--compress",
-                file,
-                "--bits",
-                "2",
-                "--lr-schedule",
-                "100:0.1",
-                "--bits-override",
-                "layer3.*=8",
-            ],
-        );
-        assert_eq!(
-            (spec.bits_weights, spec.bits_activations),
-            (Some(2), Some(2))
-        );
-        assert_eq!(
-            spec.lr_schedule,
-            vec![LrStep {
-                epoch: 100,
-                gamma: 0.1
-            }]
-        );
+        let spec = spec_of("qat", &["--compress", file, "--bits", "2", "--lr-schedule", "100:0.1", "--bits-override", "layer3.*=8"]);
+        assert_eq!((spec.bits_weights, spec.bits_activations), (Some(2), Some(2)));
+        assert_eq!(spec.lr_schedule, vec![LrStep { epoch: 100, gamma: 0.1 }]);
         assert_eq!(spec.bits_overrides.len(), 5);
         assert_eq!(spec.bits_overrides[0].pattern, "layer3.*");
 
         // What cannot be honoured is named, exit 2.
-        std::fs::write(
-            &fp4,
-            FP4.replace("class: DorefaQuantizer", "class: WRPNQuantizer"),
-        )
-        .unwrap();
-        let err = submit("qat", &[R20[0], R20[1], "--compress", file])
-            .to_spec()
-            .unwrap_err();
-        assert!(
-            err.0.contains("--compress") && err.0.contains("quantizers.pact_quantizer.class"),
-            "{err}"
-        );
+        std::fs::write(&fp4, FP4.replace("class: DorefaQuantizer", "class: WRPNQuantizer")).unwrap();
+        let err = submit("qat", &[R20[0], R20[1], "--compress", file]).to_spec().unwrap_err();
+        assert!(err.0.contains("--compress") && err.0.contains("quantizers.pact_quantizer.class"), "{err}");
         assert_eq!(crate::exit::code_for_error(&err.into()), crate::exit::USAGE);
         std::fs::write(&fp4, FP4).unwrap();
         let err = invalid("qat", &["--compress", file, "--epochs", "300"]);
@@ -1365,27 +1075,13 @@ mod tests {
     fn energy_table_is_read_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.yaml");
-        std::fs::write(
-            &path,
-            "name: 7nm\nfp32_pj: 1.0\nint8_mult_pj: 0.05\nint8_add_pj: 0.01\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "name: 7nm\nfp32_pj: 1.0\nint8_mult_pj: 0.05\nint8_add_pj: 0.01\n").unwrap();
         let spec = spec_of("qat", &["--energy-table", path.to_str().unwrap()]);
         assert_eq!(spec.energy_table.name, "7nm");
         assert_eq!(spec.energy_table.fp32_pj, 1.0);
-        assert!(parse_energy_table("name: x\nfp32_pj: 1\nint8_mult_pj: 1\n")
-            .unwrap_err()
-            .contains("int8_add_pj"));
-        assert!(parse_energy_table(
-            "name: x\nfp32_pj: 1\nint8_mult_pj: 1\nint8_add_pj: 1\nextra: 2\n"
-        )
-        .unwrap_err()
-        .contains("extra"));
-        assert!(
-            parse_energy_table("name: x\nfp32_pj: -1\nint8_mult_pj: 1\nint8_add_pj: 1\n")
-                .unwrap_err()
-                .contains("fp32_pj")
-        );
+        assert!(parse_energy_table("name: x\nfp32_pj: 1\nint8_mult_pj: 1\n").unwrap_err().contains("int8_add_pj"));
+        assert!(parse_energy_table("name: x\nfp32_pj: 1\nint8_mult_pj: 1\nint8_add_pj: 1\nextra: 2\n").unwrap_err().contains("extra"));
+        assert!(parse_energy_table("name: x\nfp32_pj: -1\nint8_mult_pj: 1\nint8_add_pj: 1\n").unwrap_err().contains("fp32_pj"));
     }
 
     #[test]
@@ -1396,10 +1092,7 @@ mod tests {
         assert!(invalid("rl", &["--init-from", "2", "--alpha", "-1"]).contains("--alpha"));
         assert!(invalid("rl", &["--init-from", "2", "--rl-weight", "-1"]).contains("--rl-weight"));
         let err = invalid("qat", &["--bits-override", "layer9.*=4"]);
-        assert!(
-            err.contains("--bits-override") && err.contains("layer9.*"),
-            "{err}"
-        );
+        assert!(err.contains("--bits-override") && err.contains("layer9.*"), "{err}");
         let err = parse(&["submit", "qat", "-a", "x", "--act-quant", "lsq"]).unwrap_err();
         assert!(err.to_string().contains("--act-quant"), "{err}");
     }
@@ -1408,10 +1101,7 @@ mod tests {
     fn request_ids_are_checked_before_any_call() {
         for (line, want) in [
             (&["submit", "baseline", "-a", "x"][..], None),
-            (
-                &["submit", "baseline", "-a", "x", "--request-id", "nightly-7"][..],
-                Some("nightly-7"),
-            ),
+            (&["submit", "baseline", "-a", "x", "--request-id", "nightly-7"][..], Some("nightly-7")),
         ] {
             match parse(line).unwrap().command {
                 Command::Submit { stage } => {
@@ -1434,13 +1124,8 @@ mod tests {
                 assert!(err.to_string().contains("--request-id"), "{err}");
             }
         }
-        match parse(&["pipeline", "submit", "p.yaml", "--request-id", "k1"])
-            .unwrap()
-            .command
-        {
-            Command::Pipeline {
-                action: PipelineAction::Submit { request_id, .. },
-            } => assert_eq!(request_id.get_or_new(), "k1"),
+        match parse(&["pipeline", "submit", "p.yaml", "--request-id", "k1"]).unwrap().command {
+            Command::Pipeline { action: PipelineAction::Submit { request_id, .. } } => assert_eq!(request_id.get_or_new(), "k1"),
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -1466,30 +1151,15 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert_eq!(parse(&["priority", "12"]).unwrap_err().exit_code(), 2);
-        assert_eq!(
-            parse(&["priority", "12", "high"]).unwrap_err().exit_code(),
-            2
-        );
+        assert_eq!(parse(&["priority", "12", "high"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]
     fn tls_options_are_global() {
-        let cli = parse(&[
-            "jobs",
-            "--ca",
-            "/etc/camp/ca.pem",
-            "--addr",
-            "https://coord:50051",
-            "--tls-cert",
-            "me.pem",
-            "--tls-key",
-            "me.key",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.global.ca.as_deref(),
-            Some(Path::new("/etc/camp/ca.pem"))
-        );
+        let cli =
+            parse(&["jobs", "--ca", "/etc/camp/ca.pem", "--addr", "https://coord:50051", "--tls-cert", "me.pem", "--tls-key", "me.key"])
+                .unwrap();
+        assert_eq!(cli.global.ca.as_deref(), Some(Path::new("/etc/camp/ca.pem")));
         assert_eq!(cli.global.tls_cert.as_deref(), Some(Path::new("me.pem")));
         assert_eq!(cli.global.tls_key.as_deref(), Some(Path::new("me.key")));
     }
@@ -1506,43 +1176,22 @@ mod tests {
     #[test]
     fn files_the_cli_reads_are_capped_and_name_their_flag() {
         let err = invalid("qat", &["--compress", "/dev/zero"]);
-        assert!(
-            err.starts_with("--compress /dev/zero: larger than"),
-            "{err}"
-        );
+        assert!(err.starts_with("--compress /dev/zero: larger than"), "{err}");
         let err = invalid("qat", &["--energy-table", "/dev/zero"]);
-        assert!(
-            err.starts_with("--energy-table /dev/zero: larger than"),
-            "{err}"
-        );
+        assert!(err.starts_with("--energy-table /dev/zero: larger than"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("schedule.yaml");
         std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
         let err = read_input_file("--compress", &binary).unwrap_err().0;
-        assert!(
-            err.contains("--compress") && err.contains("not UTF-8"),
-            "{err}"
-        );
+        assert!(err.contains("--compress") && err.contains("not UTF-8"), "{err}");
     }
 
     #[test]
     fn lr_schedule_help_says_milestones_count_completed_epochs() {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
-        let help = cmd
-            .find_subcommand_mut("submit")
-            .unwrap()
-            .find_subcommand_mut("baseline")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        assert!(
-            help.contains("completed") && help.contains("81st"),
-            "{help}"
-        );
-        assert!(
-            help.contains("baseline 0.1; qat 0.1; sp 0.01; rl 0.01"),
-            "{help}"
-        );
+        let help = cmd.find_subcommand_mut("submit").unwrap().find_subcommand_mut("baseline").unwrap().render_long_help().to_string();
+        assert!(help.contains("completed") && help.contains("81st"), "{help}");
+        assert!(help.contains("baseline 0.1; qat 0.1; sp 0.01; rl 0.01"), "{help}");
     }
 }

@@ -28,32 +28,22 @@ const SUBMIT_BACKOFF: Duration = Duration::from_millis(250);
 pub fn call_headers(user: Option<&str>, token: Option<&str>) -> Result<CallHeaders, UsageError> {
     let mut headers = CallHeaders::default();
     if let Some(user) = user {
-        headers = headers
-            .with(metadata::USER, user)
-            .map_err(|_| UsageError(format!("invalid --user '{user}': not a header value")))?;
+        headers = headers.with(metadata::USER, user).map_err(|_| UsageError(format!("invalid --user '{user}': not a header value")))?;
     }
     if let Some(token) = token.filter(|token| !token.is_empty()) {
-        headers = headers
-            .bearer(token)
-            .map_err(|_| UsageError("invalid --token: not a header value".into()))?;
+        headers = headers.bearer(token).map_err(|_| UsageError("invalid --token: not a header value".into()))?;
     }
     Ok(headers)
 }
 
 /// `--ca`, `--tls-cert`, `--tls-key`.
 pub fn tls_options(opts: &GlobalOpts) -> ClientTls {
-    ClientTls {
-        ca: opts.ca.clone(),
-        cert: opts.tls_cert.clone(),
-        key: opts.tls_key.clone(),
-    }
+    ClientTls { ca: opts.ca.clone(), cert: opts.tls_cert.clone(), key: opts.tls_key.clone() }
 }
 
 /// Whether the address speaks TLS (`https://`).
 fn is_https(addr: &str) -> bool {
-    endpoint::with_scheme(addr)
-        .get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    endpoint::with_scheme(addr).get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 /// A failed connection as one line: the address, TLS where it was asked for,
@@ -65,18 +55,14 @@ pub fn unreachable(addr: &str, err: &tonic::transport::Error) -> UnreachableErro
         return UnreachableError(format!("cannot reach the coordinator at {addr}: {detail}"));
     }
     let lower = detail.to_ascii_lowercase();
-    let refused = ["connection refused", "timed out", "no route", "dns error"]
-        .iter()
-        .any(|text| lower.contains(text));
+    let refused = ["connection refused", "timed out", "no route", "dns error"].iter().any(|text| lower.contains(text));
     let hint = if refused {
         ""
     } else {
         " (the TLS handshake failed: does the coordinator serve https? One without \
           --tls-cert takes an http:// address)"
     };
-    UnreachableError(format!(
-        "cannot reach the coordinator at {addr} over TLS (https): {detail}{hint}"
-    ))
+    UnreachableError(format!("cannot reach the coordinator at {addr} over TLS (https): {detail}{hint}"))
 }
 
 /// What to add to the error message of a call to `addr`: a plaintext call
@@ -94,12 +80,8 @@ pub fn hint(addr: &str, message: &str) -> &'static str {
 /// address or TLS option is a usage error (exit 2).
 pub async fn connect(opts: &GlobalOpts) -> anyhow::Result<JobClient> {
     let metadata = call_headers(opts.user_name().as_deref(), opts.token.as_deref())?;
-    let endpoint = endpoint::endpoint(&opts.addr, &tls_options(opts))
-        .map_err(|err| UsageError(endpoint::describe(&err)))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|err| unreachable(&opts.addr, &err))?;
+    let endpoint = endpoint::endpoint(&opts.addr, &tls_options(opts)).map_err(|err| UsageError(endpoint::describe(&err)))?;
+    let channel = endpoint.connect().await.map_err(|err| unreachable(&opts.addr, &err))?;
     Ok(JobServiceClient::with_interceptor(channel, metadata)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -111,9 +93,7 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.is::<UnreachableError>()
             || cause.is::<tonic::transport::Error>()
-            || cause
-                .downcast_ref::<Status>()
-                .is_some_and(|status| status.code() == Code::Unavailable)
+            || cause.downcast_ref::<Status>().is_some_and(|status| status.code() == Code::Unavailable)
     })
 }
 
@@ -130,11 +110,7 @@ where
     loop {
         match call().await {
             Err(err) if tries < SUBMIT_TRIES && is_transient(&err) => {
-                eprintln!(
-                    "camp: {what}: {}; trying again ({}/{SUBMIT_TRIES})",
-                    crate::exit::one_line_message(&err),
-                    tries + 1
-                );
+                eprintln!("camp: {what}: {}; trying again ({}/{SUBMIT_TRIES})", crate::exit::one_line_message(&err), tries + 1);
                 tokio::time::sleep(wait).await;
                 wait *= 2;
                 tries += 1;
@@ -155,10 +131,7 @@ mod tests {
         let mut metadata = call_headers(Some("ada"), Some("s3cret")).unwrap();
         let request = metadata.call(tonic::Request::new(())).unwrap();
         assert_eq!(request.metadata().get(metadata::USER).unwrap(), "ada");
-        assert_eq!(
-            request.metadata().get(metadata::AUTHORIZATION).unwrap(),
-            "Bearer s3cret"
-        );
+        assert_eq!(request.metadata().get(metadata::AUTHORIZATION).unwrap(), "Bearer s3cret");
 
         let mut anonymous = call_headers(None, Some("")).unwrap();
         let request = anonymous.call(tonic::Request::new(())).unwrap();
@@ -175,17 +148,10 @@ mod tests {
     #[test]
     fn a_plaintext_call_garbled_or_hung_up_on_suggests_https() {
         let hung_up = "transport error: connection error: stream closed because of a broken pipe";
-        let garbled =
-            "h2 protocol error: http2 error: connection error detected: frame with invalid size";
+        let garbled = "h2 protocol error: http2 error: connection error detected: frame with invalid size";
         for message in [hung_up, garbled] {
-            assert!(
-                hint("http://coord:50051", message).contains("https://"),
-                "{message}"
-            );
-            assert!(
-                hint("coord:50051", message).contains("https://"),
-                "{message}"
-            );
+            assert!(hint("http://coord:50051", message).contains("https://"), "{message}");
+            assert!(hint("coord:50051", message).contains("https://"), "{message}");
             assert_eq!(hint("https://coord:50051", message), "", "{message}");
         }
         assert_eq!(hint("http://coord:50051", "job 4 not found"), "");
@@ -201,56 +167,25 @@ mod tests {
 
     fn opts(line: &[&str]) -> GlobalOpts {
         use clap::Parser;
-        let cli = crate::args::Cli::try_parse_from(["camp"].iter().chain(line).chain(&["workers"]))
-            .unwrap();
+        let cli = crate::args::Cli::try_parse_from(["camp"].iter().chain(line).chain(&["workers"])).unwrap();
         cli.global
     }
 
     #[tokio::test]
     async fn bad_addresses_and_tls_options_are_usage_errors() {
         let cases: [&[&str]; 4] = [
-            &[
-                "--addr",
-                "http://127.0.0.1:1",
-                "--ca",
-                "/nonexistent/ca.pem",
-            ],
-            &[
-                "--addr",
-                "https://127.0.0.1:1",
-                "--ca",
-                "/nonexistent/ca.pem",
-            ],
+            &["--addr", "http://127.0.0.1:1", "--ca", "/nonexistent/ca.pem"],
+            &["--addr", "https://127.0.0.1:1", "--ca", "/nonexistent/ca.pem"],
             &["--addr", "https://127.0.0.1:1", "--tls-cert", "/x.pem"],
             &["--addr", "ftp://127.0.0.1:1"],
         ];
         for line in cases {
-            let Err(err) = connect(&opts(line)).await else {
-                panic!("{line:?} connected")
-            };
-            assert_eq!(
-                crate::exit::code_for_error(&err),
-                crate::exit::USAGE,
-                "{line:?}: {err:#}"
-            );
+            let Err(err) = connect(&opts(line)).await else { panic!("{line:?} connected") };
+            assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE, "{line:?}: {err:#}");
         }
-        let err = connect(&opts(&["--addr", "http://127.0.0.1:1", "--ca", "/ca.pem"]))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            crate::exit::one_line_message(&err).contains("need an https:// address"),
-            "{err:#}"
-        );
-        let err = connect(&opts(&[
-            "--addr",
-            "https://127.0.0.1:1",
-            "--ca",
-            "/nonexistent/ca.pem",
-        ]))
-        .await
-        .err()
-        .unwrap();
+        let err = connect(&opts(&["--addr", "http://127.0.0.1:1", "--ca", "/ca.pem"])).await.err().unwrap();
+        assert!(crate::exit::one_line_message(&err).contains("need an https:// address"), "{err:#}");
+        let err = connect(&opts(&["--addr", "https://127.0.0.1:1", "--ca", "/nonexistent/ca.pem"])).await.err().unwrap();
         let message = crate::exit::one_line_message(&err);
         assert!(message.contains("--ca /nonexistent/ca.pem"), "{message}");
     }
@@ -265,10 +200,7 @@ mod tests {
         let err = connect(&opts(&["--addr", &addr])).await.err().unwrap();
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::UNREACHABLE);
         let message = crate::exit::one_line_message(&err);
-        assert!(
-            message.starts_with(&format!("cannot reach the coordinator at {addr}: ")),
-            "{message}"
-        );
+        assert!(message.starts_with(&format!("cannot reach the coordinator at {addr}: ")), "{message}");
         assert!(!message.contains('\n'), "{message}");
         assert!(is_transient(&err));
     }
@@ -296,15 +228,8 @@ mod tests {
             async { Err(anyhow::Error::new(Status::unavailable("down"))) }
         })
         .await;
-        assert_eq!(
-            crate::exit::code_for_error(&result.unwrap_err()),
-            crate::exit::UNREACHABLE
-        );
-        assert_eq!(
-            calls.get(),
-            SUBMIT_TRIES,
-            "gives up after {SUBMIT_TRIES} tries"
-        );
+        assert_eq!(crate::exit::code_for_error(&result.unwrap_err()), crate::exit::UNREACHABLE);
+        assert_eq!(calls.get(), SUBMIT_TRIES, "gives up after {SUBMIT_TRIES} tries");
     }
 
     #[tokio::test]
@@ -312,18 +237,12 @@ mod tests {
         let calls = Cell::new(0);
         let result: anyhow::Result<()> = with_retries("submitting", || {
             calls.set(calls.get() + 1);
-            async {
-                Err(anyhow::Error::new(Status::invalid_argument(
-                    "spec.lr: too big",
-                )))
-            }
+            async { Err(anyhow::Error::new(Status::invalid_argument("spec.lr: too big"))) }
         })
         .await;
         assert!(result.is_err());
         assert_eq!(calls.get(), 1);
         assert!(!is_transient(&UsageError("bad".into()).into()));
-        assert!(!is_transient(&anyhow::Error::new(
-            Status::failed_precondition("same key, other request")
-        )));
+        assert!(!is_transient(&anyhow::Error::new(Status::failed_precondition("same key, other request"))));
     }
 }

@@ -127,58 +127,31 @@ mod tests {
     #[test]
     fn local_errors_map_to_usage_or_failure() {
         assert_eq!(code_for_error(&UsageError("bad".into()).into()), USAGE);
-        assert_eq!(
-            code_for_error(&PreconditionError("nothing to plot".into()).into()),
-            FAILED_PRECONDITION
-        );
+        assert_eq!(code_for_error(&PreconditionError("nothing to plot".into()).into()), FAILED_PRECONDITION);
         assert_eq!(code_for_error(&anyhow::anyhow!("sha256 mismatch")), FAILURE);
-        assert_eq!(
-            code_for_error(&UnreachableError("cannot reach".into()).into()),
-            UNREACHABLE
-        );
+        assert_eq!(code_for_error(&UnreachableError("cannot reach".into()).into()), UNREACHABLE);
     }
 
     #[tokio::test]
     async fn a_call_broken_in_transport_is_unreachable() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let transport = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap_err();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let transport = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap_err();
         let status = Status::from_error(Box::new(transport));
         let err = anyhow::Error::new(status.clone());
         assert_eq!(code_for_error(&err), UNREACHABLE, "{err:#}");
         let mut internal = Status::internal("h2 protocol error: http2 error");
         internal.set_source(std::sync::Arc::new(status));
         assert_eq!(code_for_error(&anyhow::Error::new(internal)), UNREACHABLE);
-        assert_eq!(
-            code_for_error(&anyhow::Error::new(Status::unknown("worker said no"))),
-            FAILURE
-        );
+        assert_eq!(code_for_error(&anyhow::Error::new(Status::unknown("worker said no"))), FAILURE);
     }
 
     #[test]
     fn message_is_one_line_without_status_dump() {
         let err = anyhow::Error::new(Status::not_found("job 42 not found"));
         assert_eq!(one_line_message(&err), "job 42 not found");
-        let err = Err::<(), _>(Status::invalid_argument(
-            "invalid spec: lr:\nmust be positive",
-        ))
-        .context("submitting")
-        .unwrap_err();
-        assert_eq!(
-            one_line_message(&err),
-            "submitting: invalid spec: lr: must be positive"
-        );
+        let err = Err::<(), _>(Status::invalid_argument("invalid spec: lr:\nmust be positive")).context("submitting").unwrap_err();
+        assert_eq!(one_line_message(&err), "submitting: invalid spec: lr: must be positive");
         let err = anyhow::Error::new(Status::new(Code::PermissionDenied, ""));
-        assert_eq!(
-            one_line_message(&err),
-            "The caller does not have permission to execute the specified operation"
-        );
+        assert_eq!(one_line_message(&err), "The caller does not have permission to execute the specified operation");
     }
 }

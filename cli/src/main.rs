@@ -23,11 +23,8 @@ fn die_quietly_when_stdout_closes() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
+        let message =
+            payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or_default();
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
             // SAFETY: restores the default disposition and raises the signal; the process ends here.
             unsafe {
@@ -43,10 +40,7 @@ fn main() -> ExitCode {
     die_quietly_when_stdout_closes();
     let cli = args::Cli::parse();
     let addr = cli.global.addr.clone();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -14,10 +14,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Self {
-        Table {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
-        }
+        Table { headers: headers.to_vec(), rows: Vec::new() }
     }
 
     pub fn push(&mut self, row: Vec<String>) {
@@ -28,9 +25,7 @@ impl Table {
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header: Vec<String> = self.headers.iter().map(|h| h.to_uppercase()).collect();
-        let lines: Vec<&[String]> = std::iter::once(header.as_slice())
-            .chain(self.rows.iter().map(Vec::as_slice))
-            .collect();
+        let lines: Vec<&[String]> = std::iter::once(header.as_slice()).chain(self.rows.iter().map(Vec::as_slice)).collect();
         let mut widths = vec![0; self.headers.len()];
         for line in &lines {
             for (width, cell) in widths.iter_mut().zip(line.iter()) {
@@ -38,11 +33,7 @@ impl fmt::Display for Table {
             }
         }
         for line in lines {
-            let cells: Vec<String> = line
-                .iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
+            let cells: Vec<String> = line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
             writeln!(f, "{}", cells.join("  ").trim_end())?;
         }
         Ok(())
@@ -65,9 +56,7 @@ pub fn csv_field(text: &str) -> Cow<'_, str> {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `3m ago` for a `*_ms` timestamp; `-` when unset (0).
@@ -76,10 +65,7 @@ pub fn age(at_ms: i64, now_ms: i64) -> String {
         return "-".into();
     }
     let seconds = (now_ms - at_ms).max(0) / 1000;
-    format!(
-        "{} ago",
-        duration_short(Duration::from_secs(seconds as u64))
-    )
+    format!("{} ago", duration_short(Duration::from_secs(seconds as u64)))
 }
 
 /// `45s`, `3m`, `5h`, `2d`: the largest unit only.
@@ -242,18 +228,14 @@ pub mod json_opt_f64_serde {
         super::json_opt_f64(*value).serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<f64>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
         let value = Value::deserialize(deserializer)?;
         if value.is_null() {
             return Ok(None);
         }
-        super::f64_from_json(&value).map(Some).ok_or_else(|| {
-            D::Error::custom(format!(
-                "expected a number, \"NaN\", \"inf\" or \"-inf\", got {value}"
-            ))
-        })
+        super::f64_from_json(&value)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("expected a number, \"NaN\", \"inf\" or \"-inf\", got {value}")))
     }
 }
 
@@ -313,35 +295,17 @@ mod tests {
         assert_eq!(number(1e-300), "1e-300");
         assert_eq!(number(2e-4), "2.00e-4");
         assert_eq!(number(123_456_789.0), "123456789");
-        assert_eq!(
-            (number(f64::INFINITY), number(f64::NEG_INFINITY)),
-            ("inf".into(), "-inf".into())
-        );
+        assert_eq!((number(f64::INFINITY), number(f64::NEG_INFINITY)), ("inf".into(), "-inf".into()));
         assert_eq!(whole(8900.4), "8900");
         assert_eq!(whole(2.5e20), "2.5e20");
         assert_eq!(exact(1e308), "1e308");
         assert_eq!(exact(1e-300), "1e-300");
         assert_eq!(exact(1.5e-7), "1.5e-7");
         assert_eq!(exact(0.00001), "0.00001");
-        assert_eq!(
-            (exact(0.1), exact(55.25), exact(0.0)),
-            ("0.1".into(), "55.25".into(), "0".into())
-        );
+        assert_eq!((exact(0.1), exact(55.25), exact(0.0)), ("0.1".into(), "55.25".into(), "0".into()));
         assert_eq!(exact(f64::NAN), "NaN");
-        for value in [
-            1e308,
-            1e-300,
-            1.5e-7,
-            0.1,
-            123.456,
-            f64::MAX,
-            f64::MIN_POSITIVE,
-        ] {
-            assert_eq!(
-                exact(value).parse::<f64>().unwrap(),
-                value,
-                "{value:e} round-trips"
-            );
+        for value in [1e308, 1e-300, 1.5e-7, 0.1, 123.456, f64::MAX, f64::MIN_POSITIVE] {
+            assert_eq!(exact(value).parse::<f64>().unwrap(), value, "{value:e} round-trips");
         }
     }
 
@@ -351,11 +315,7 @@ mod tests {
         assert_eq!(json_f64(f64::INFINITY), Value::from("inf"));
         assert_eq!(json_f64(f64::NEG_INFINITY), Value::from("-inf"));
         assert_eq!(json_f64(0.25), serde_json::json!(0.25));
-        assert_eq!(
-            json_f64(1e308).to_string(),
-            "1e+308",
-            "compact, not 309 digits"
-        );
+        assert_eq!(json_f64(1e308).to_string(), "1e+308", "compact, not 309 digits");
         assert_eq!(json_opt_f64(None), Value::Null);
         for value in [f64::INFINITY, f64::NEG_INFINITY, 1e-300] {
             assert_eq!(f64_from_json(&json_f64(value)), Some(value));

@@ -6,9 +6,7 @@ use std::future::Future;
 
 use anyhow::bail;
 use camp_proto::limits::{MAX_JOBS_PAGE, MAX_LOGS_PAGE, MAX_METRICS_PAGE};
-use camp_proto::v1::{
-    self, GetLogsRequest, ListExperimentsRequest, ListJobsRequest, QueryMetricsRequest,
-};
+use camp_proto::v1::{self, GetLogsRequest, ListExperimentsRequest, ListJobsRequest, QueryMetricsRequest};
 
 use crate::client::JobClient;
 
@@ -44,17 +42,9 @@ fn page_size(room: usize, max: u32) -> u32 {
 }
 
 /// The newest `limit` jobs that `filter` selects (its `limit` and `before_id` are set here), newest first.
-pub async fn jobs(
-    client: &JobClient,
-    filter: &ListJobsRequest,
-    limit: usize,
-) -> anyhow::Result<Vec<v1::Job>> {
+pub async fn jobs(client: &JobClient, filter: &ListJobsRequest, limit: usize) -> anyhow::Result<Vec<v1::Job>> {
     collect(limit, |before_id, room| {
-        let request = ListJobsRequest {
-            limit: page_size(room, MAX_JOBS_PAGE),
-            before_id,
-            ..filter.clone()
-        };
+        let request = ListJobsRequest { limit: page_size(room, MAX_JOBS_PAGE), before_id, ..filter.clone() };
         let mut client = client.clone();
         async move {
             let page = client.list_jobs(request).await?.into_inner();
@@ -67,10 +57,7 @@ pub async fn jobs(
 /// The newest `limit` experiments, newest first.
 pub async fn experiments(client: &JobClient, limit: usize) -> anyhow::Result<Vec<v1::Experiment>> {
     collect(limit, |before_id, room| {
-        let request = ListExperimentsRequest {
-            limit: page_size(room, MAX_JOBS_PAGE),
-            before_id,
-        };
+        let request = ListExperimentsRequest { limit: page_size(room, MAX_JOBS_PAGE), before_id };
         let mut client = client.clone();
         async move {
             let page = client.list_experiments(request).await?.into_inner();
@@ -81,16 +68,9 @@ pub async fn experiments(client: &JobClient, limit: usize) -> anyhow::Result<Vec
 }
 
 /// Every metric that `filter` selects (its `after_id` and `limit` are set here), in stored order.
-pub async fn metrics(
-    client: &JobClient,
-    filter: &QueryMetricsRequest,
-) -> anyhow::Result<Vec<v1::Metric>> {
+pub async fn metrics(client: &JobClient, filter: &QueryMetricsRequest) -> anyhow::Result<Vec<v1::Metric>> {
     collect(usize::MAX, |after_id, room| {
-        let request = QueryMetricsRequest {
-            after_id,
-            limit: page_size(room, MAX_METRICS_PAGE),
-            ..filter.clone()
-        };
+        let request = QueryMetricsRequest { after_id, limit: page_size(room, MAX_METRICS_PAGE), ..filter.clone() };
         let mut client = client.clone();
         async move {
             let page = client.query_metrics(request).await?.into_inner();
@@ -103,11 +83,7 @@ pub async fn metrics(
 /// Every log line of a job, in stored order.
 pub async fn logs(client: &JobClient, job_id: i64) -> anyhow::Result<Vec<v1::LogLine>> {
     collect(usize::MAX, |after_id, room| {
-        let request = GetLogsRequest {
-            job_id,
-            after_id,
-            limit: page_size(room, MAX_LOGS_PAGE),
-        };
+        let request = GetLogsRequest { job_id, after_id, limit: page_size(room, MAX_LOGS_PAGE) };
         let mut client = client.clone();
         async move {
             let page = client.get_logs(request).await?.into_inner();
@@ -126,17 +102,8 @@ mod tests {
     /// id as the next cursor when the page is full.
     fn ascending_page(ids: &[i64], after: i64, room: usize, max: usize) -> (Vec<i64>, i64) {
         let size = room.min(max);
-        let page: Vec<i64> = ids
-            .iter()
-            .copied()
-            .filter(|&id| id > after)
-            .take(size)
-            .collect();
-        let next = if page.len() == size {
-            *page.last().unwrap_or(&0)
-        } else {
-            0
-        };
+        let page: Vec<i64> = ids.iter().copied().filter(|&id| id > after).take(size).collect();
+        let next = if page.len() == size { *page.last().unwrap_or(&0) } else { 0 };
         (page, next)
     }
 
@@ -173,17 +140,8 @@ mod tests {
         let newest = collect(1_500, |before, room| {
             rooms.borrow_mut().push(room);
             let size = room.min(MAX_JOBS_PAGE as usize);
-            let page: Vec<i64> = ids
-                .iter()
-                .copied()
-                .filter(|&id| before == 0 || id < before)
-                .take(size)
-                .collect();
-            let next = if page.len() == size {
-                *page.last().unwrap()
-            } else {
-                0
-            };
+            let page: Vec<i64> = ids.iter().copied().filter(|&id| before == 0 || id < before).take(size).collect();
+            let next = if page.len() == size { *page.last().unwrap() } else { 0 };
             async move { Ok((page, next)) }
         })
         .await
@@ -197,17 +155,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_cursor_that_does_not_move_is_an_error_not_a_loop() {
-        let err = collect(usize::MAX, |_, _| async { Ok((vec![1], 7)) })
-            .await
-            .unwrap_err();
+        let err = collect(usize::MAX, |_, _| async { Ok((vec![1], 7)) }).await.unwrap_err();
         assert!(err.to_string().contains("same page twice"), "{err}");
-        let failed: anyhow::Result<Vec<i64>> = collect(10, |_, _| async {
-            Err(anyhow::Error::new(tonic::Status::unavailable("gone")))
-        })
-        .await;
-        assert_eq!(
-            crate::exit::code_for_error(&failed.unwrap_err()),
-            crate::exit::UNREACHABLE
-        );
+        let failed: anyhow::Result<Vec<i64>> =
+            collect(10, |_, _| async { Err(anyhow::Error::new(tonic::Status::unavailable("gone"))) }).await;
+        assert_eq!(crate::exit::code_for_error(&failed.unwrap_err()), crate::exit::UNREACHABLE);
     }
 }

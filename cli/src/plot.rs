@@ -75,18 +75,10 @@ pub fn points(rows: &[ResultRow]) -> Vec<Point> {
                     },
                 ),
                 "sp" => (Series::CoAdaptive, "sp".to_owned()),
-                "rl" => (
-                    Series::CoAdaptive,
-                    row.alpha.map_or("rl".to_owned(), |a| format!("α={a}")),
-                ),
+                "rl" => (Series::CoAdaptive, row.alpha.map_or("rl".to_owned(), |a| format!("α={a}"))),
                 _ => return None,
             };
-            Some(Point {
-                label,
-                series,
-                energy,
-                top1: 100.0 * top1,
-            })
+            Some(Point { label, series, energy, top1: 100.0 * top1 })
         })
         .collect()
 }
@@ -114,14 +106,12 @@ pub fn draw(points: &[Point], title: &str, path: &Path, format: Format) -> anyho
         Format::Svg => {
             let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
             draw_on(&root, points, title)?;
-            root.present()
-                .map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
+            root.present().map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
         }
         Format::Png => {
             let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
             draw_on(&root, points, title)?;
-            root.present()
-                .map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
+            root.present().map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
         }
     }
     Ok(())
@@ -129,9 +119,7 @@ pub fn draw(points: &[Point], title: &str, path: &Path, format: Format) -> anyho
 
 /// `(lo, hi)` of a log axis: a margin around the data, at least a decade wide.
 fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (lo, hi) = (lo / 1.6, hi * 1.6);
     if hi / lo < 10.0 {
         let centre = (lo * hi).sqrt();
@@ -143,14 +131,9 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// `(lo, hi)` of the top-1 axis: a margin around the data, whole percent.
 fn top1_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let margin = ((hi - lo) * 0.12).max(0.5);
-    (
-        (lo - margin).floor().max(0.0),
-        (hi + margin).ceil().min(100.0),
-    )
+    ((lo - margin).floor().max(0.0), (hi + margin).ceil().min(100.0))
 }
 
 fn axis_number(v: f64) -> String {
@@ -162,11 +145,7 @@ fn axis_number(v: f64) -> String {
     }
 }
 
-fn draw_on<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    points: &[Point],
-    title: &str,
-) -> anyhow::Result<()>
+fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], title: &str) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -195,39 +174,21 @@ where
         .map_err(fail)?;
 
     let label_style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
-    let mut fixed: Vec<&Point> = points
-        .iter()
-        .filter(|p| p.series == Series::Fixed)
-        .collect();
+    let mut fixed: Vec<&Point> = points.iter().filter(|p| p.series == Series::Fixed).collect();
     fixed.sort_by(|a, b| a.energy.total_cmp(&b.energy));
-    let camp: Vec<&Point> = points
-        .iter()
-        .filter(|p| p.series == Series::CoAdaptive)
-        .collect();
+    let camp: Vec<&Point> = points.iter().filter(|p| p.series == Series::CoAdaptive).collect();
 
     if !fixed.is_empty() {
+        chart.draw_series(LineSeries::new(fixed.iter().map(|p| (p.energy, p.top1)), FIXED_COLOUR.stroke_width(2))).map_err(fail)?;
         chart
-            .draw_series(LineSeries::new(
-                fixed.iter().map(|p| (p.energy, p.top1)),
-                FIXED_COLOUR.stroke_width(2),
-            ))
-            .map_err(fail)?;
-        chart
-            .draw_series(
-                fixed
-                    .iter()
-                    .map(|p| TriangleMarker::new((p.energy, p.top1), 9, FIXED_COLOUR.filled())),
-            )
+            .draw_series(fixed.iter().map(|p| TriangleMarker::new((p.energy, p.top1), 9, FIXED_COLOUR.filled())))
             .map_err(fail)?
             .label("Fixed precision (fp32, qat)")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 7, FIXED_COLOUR.filled()));
     }
     if !camp.is_empty() {
         chart
-            .draw_series(
-                camp.iter()
-                    .map(|p| Circle::new((p.energy, p.top1), 7, CAMP_COLOUR.filled())),
-            )
+            .draw_series(camp.iter().map(|p| Circle::new((p.energy, p.top1), 7, CAMP_COLOUR.filled())))
             .map_err(fail)?
             .label("CAMP (sp, rl by alpha)")
             .legend(|(x, y)| Circle::new((x + 10, y), 6, CAMP_COLOUR.filled()));
@@ -247,22 +208,14 @@ where
         };
         let x = px + dx;
         let mut y = py + dy;
-        while placed
-            .iter()
-            .any(|&(ox, oy)| (ox - x).abs() < LABEL_WIDTH && (oy - y).abs() < LABEL_HEIGHT)
-        {
+        while placed.iter().any(|&(ox, oy)| (ox - x).abs() < LABEL_WIDTH && (oy - y).abs() < LABEL_HEIGHT) {
             y += LABEL_HEIGHT;
         }
         placed.push((x, y));
         if y != py + dy {
-            root.draw(&PathElement::new(
-                vec![(px, py), (x, y)],
-                RGBColor(150, 150, 150),
-            ))
-            .map_err(fail)?;
+            root.draw(&PathElement::new(vec![(px, py), (x, y)], RGBColor(150, 150, 150))).map_err(fail)?;
         }
-        root.draw(&Text::new(p.label.clone(), (x, y), style))
-            .map_err(fail)?;
+        root.draw(&Text::new(p.label.clone(), (x, y), style)).map_err(fail)?;
     }
     chart
         .configure_series_labels()
@@ -279,14 +232,7 @@ where
 mod tests {
     use super::*;
 
-    fn row(
-        node: &str,
-        stage: &str,
-        bits: u32,
-        alpha: Option<f64>,
-        top1: f64,
-        energy: f64,
-    ) -> ResultRow {
+    fn row(node: &str, stage: &str, bits: u32, alpha: Option<f64>, top1: f64, energy: f64) -> ResultRow {
         ResultRow {
             node: node.into(),
             job_id: 1,
@@ -321,20 +267,14 @@ mod tests {
         let points = points(&sample_rows());
         assert_eq!(points.len(), 7);
         let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
-        assert_eq!(
-            labels,
-            ["fp32", "4-bit", "1-bit", "sp", "α=0.01", "α=0.1", "α=0.2"]
-        );
+        assert_eq!(labels, ["fp32", "4-bit", "1-bit", "sp", "α=0.01", "α=0.1", "α=0.2"]);
         assert_eq!(points[0].series, Series::Fixed);
         assert_eq!(points[5].series, Series::CoAdaptive);
         assert!((points[0].top1 - 91.86).abs() < 1e-9);
         let mut no_energy = row("x", "qat", 4, None, 0.9, 1.0);
         no_energy.normalized_energy = None;
         assert!(super::points(&[no_energy]).is_empty());
-        assert_eq!(
-            Format::from_path(Path::new("a/curve.PNG")),
-            Some(Format::Png)
-        );
+        assert_eq!(Format::from_path(Path::new("a/curve.PNG")), Some(Format::Png));
         assert_eq!(Format::from_path(Path::new("curve.pdf")), None);
     }
 
@@ -344,27 +284,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
 
         let svg = dir.path().join("curve.svg");
-        draw(
-            &points,
-            "camp-r20: preact_resnet20_cifar on cifar10",
-            &svg,
-            Format::Svg,
-        )
-        .unwrap();
+        draw(&points, "camp-r20: preact_resnet20_cifar on cifar10", &svg, Format::Svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         let doc = roxmltree::Document::parse(&text).unwrap();
         assert_eq!(doc.root_element().tag_name().name(), "svg");
         let texts: Vec<String> = doc
             .descendants()
             .filter(|n| n.has_tag_name("text"))
-            .map(|n| {
-                n.descendants()
-                    .filter(|d| d.is_text())
-                    .filter_map(|d| d.text())
-                    .collect::<String>()
-                    .trim()
-                    .to_owned()
-            })
+            .map(|n| n.descendants().filter(|d| d.is_text()).filter_map(|d| d.text()).collect::<String>().trim().to_owned())
             .collect();
         for want in [
             "fp32",
@@ -379,47 +306,24 @@ mod tests {
             "CAMP (sp, rl by alpha)",
             "camp-r20: preact_resnet20_cifar on cifar10",
         ] {
-            assert!(
-                texts.iter().any(|t| t == want),
-                "no text '{want}' in {texts:?}"
-            );
+            assert!(texts.iter().any(|t| t == want), "no text '{want}' in {texts:?}");
         }
-        assert!(
-            !texts.iter().any(|t| t.contains("α=0.5")),
-            "a failed job is not plotted"
-        );
-        assert!(
-            texts.iter().any(|t| t == "100"),
-            "log axis has decades: {texts:?}"
-        );
+        assert!(!texts.iter().any(|t| t.contains("α=0.5")), "a failed job is not plotted");
+        assert!(texts.iter().any(|t| t == "100"), "log axis has decades: {texts:?}");
 
         let png = dir.path().join("curve.png");
         draw(&points, "camp-r20", &png, Format::Png).unwrap();
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
         let pixels = &buf[..info.buffer_size()];
         let channels = info.color_type.samples();
-        let white = pixels
-            .chunks(channels)
-            .filter(|p| p.iter().all(|&c| c == 255))
-            .count();
+        let white = pixels.chunks(channels).filter(|p| p.iter().all(|&c| c == 255)).count();
         let total = pixels.len() / channels;
-        assert!(
-            white < total * 99 / 100,
-            "only {} of {total} pixels are not white",
-            total - white
-        );
-        let camp_red = pixels
-            .chunks(channels)
-            .filter(|p| p[0] == CAMP_COLOUR.0 && p[1] == CAMP_COLOUR.1 && p[2] == CAMP_COLOUR.2)
-            .count();
-        assert!(
-            camp_red > 100,
-            "the CAMP markers are drawn ({camp_red} pixels)"
-        );
+        assert!(white < total * 99 / 100, "only {} of {total} pixels are not white", total - white);
+        let camp_red = pixels.chunks(channels).filter(|p| p[0] == CAMP_COLOUR.0 && p[1] == CAMP_COLOUR.1 && p[2] == CAMP_COLOUR.2).count();
+        assert!(camp_red > 100, "the CAMP markers are drawn ({camp_red} pixels)");
     }
 }

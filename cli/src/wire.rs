@@ -18,10 +18,7 @@ pub fn state_name(state: i32) -> &'static str {
 }
 
 pub fn is_terminal(state: i32) -> bool {
-    matches!(
-        v1::JobState::try_from(state),
-        Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
-    )
+    matches!(v1::JobState::try_from(state), Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled))
 }
 
 /// Embedded JSON text (result_json, metadata_json): parsed, `null` when empty,
@@ -39,11 +36,8 @@ pub fn best_top1(result: &Value) -> Option<f64> {
 }
 
 pub fn spec(spec: &v1::JobSpec) -> Value {
-    let lr_schedule: Vec<Value> = spec
-        .lr_schedule
-        .iter()
-        .map(|step| json!({ "epoch": step.epoch, "gamma": json_f64(step.gamma) }))
-        .collect();
+    let lr_schedule: Vec<Value> =
+        spec.lr_schedule.iter().map(|step| json!({ "epoch": step.epoch, "gamma": json_f64(step.gamma) })).collect();
     json!({
         "stage": spec.stage,
         "arch": spec.arch,
@@ -181,33 +175,15 @@ mod tests {
         assert_eq!(value["id"], 12);
         assert_eq!(value["state"], "running");
         assert_eq!(value["stage"], "baseline");
-        assert_eq!(
-            (value["attempt"].as_u64(), value["max_attempts"].as_u64()),
-            (Some(1), Some(3))
-        );
+        assert_eq!((value["attempt"].as_u64(), value["max_attempts"].as_u64()), (Some(1), Some(3)));
         assert_eq!(value["spec"]["arch"], "preact_resnet20_cifar");
-        assert_eq!(
-            value["spec"]["lr_schedule"][0],
-            json!({ "epoch": 80, "gamma": 0.1 })
-        );
+        assert_eq!(value["spec"]["lr_schedule"][0], json!({ "epoch": 80, "gamma": 0.1 }));
         assert_eq!(value["result"]["best_top1"], 91.5);
-        for key in [
-            "message",
-            "worker",
-            "created_at_ms",
-            "started_at_ms",
-            "finished_at_ms",
-        ] {
+        for key in ["message", "worker", "created_at_ms", "started_at_ms", "finished_at_ms"] {
             assert!(value.get(key).is_some(), "{key}");
         }
-        let unfinished = super::job(&v1::Job {
-            id: 1,
-            ..Default::default()
-        });
-        assert_eq!(
-            (unfinished["result"].clone(), unfinished["spec"].clone()),
-            (Value::Null, Value::Null)
-        );
+        let unfinished = super::job(&v1::Job { id: 1, ..Default::default() });
+        assert_eq!((unfinished["result"].clone(), unfinished["spec"].clone()), (Value::Null, Value::Null));
     }
 
     #[test]
@@ -221,78 +197,29 @@ mod tests {
 
     #[test]
     fn metric_and_checkpoint_rows() {
-        let row = metric(
-            4,
-            &v1::Metric {
-                name: "test_top1".into(),
-                value: 55.5,
-                step: 390,
-                epoch: 1,
-                attempt: 2,
-                at_ms: 9,
-                id: 0,
-            },
-        );
-        assert_eq!(
-            row,
-            json!({ "job_id": 4, "attempt": 2, "epoch": 1, "step": 390, "name": "test_top1", "value": 55.5, "at_ms": 9 })
-        );
-        let row = checkpoint(&v1::Checkpoint {
-            id: 3,
-            top1: f64::NAN,
-            metadata_json: r#"{"arch":"x"}"#.into(),
-            ..Default::default()
-        });
-        assert_eq!(
-            row["top1"], "NaN",
-            "not evaluated: NaN survives as a string"
-        );
+        let row = metric(4, &v1::Metric { name: "test_top1".into(), value: 55.5, step: 390, epoch: 1, attempt: 2, at_ms: 9, id: 0 });
+        assert_eq!(row, json!({ "job_id": 4, "attempt": 2, "epoch": 1, "step": 390, "name": "test_top1", "value": 55.5, "at_ms": 9 }));
+        let row = checkpoint(&v1::Checkpoint { id: 3, top1: f64::NAN, metadata_json: r#"{"arch":"x"}"#.into(), ..Default::default() });
+        assert_eq!(row["top1"], "NaN", "not evaluated: NaN survives as a string");
         assert_eq!(row["metadata"]["arch"], "x");
     }
 
     #[test]
     fn json_keeps_nan_and_infinities_as_strings() {
-        let row = metric(
-            4,
-            &v1::Metric {
-                name: "loss".into(),
-                value: f64::NAN,
-                ..Default::default()
-            },
-        );
+        let row = metric(4, &v1::Metric { name: "loss".into(), value: f64::NAN, ..Default::default() });
         assert_eq!(row["value"], "NaN");
-        let inf = |value| {
-            metric(
-                4,
-                &v1::Metric {
-                    value,
-                    ..Default::default()
-                },
-            )["value"]
-                .clone()
-        };
-        assert_eq!(
-            (inf(f64::INFINITY), inf(f64::NEG_INFINITY)),
-            (json!("inf"), json!("-inf"))
-        );
+        let inf = |value| metric(4, &v1::Metric { value, ..Default::default() })["value"].clone();
+        assert_eq!((inf(f64::INFINITY), inf(f64::NEG_INFINITY)), (json!("inf"), json!("-inf")));
         assert_eq!(inf(1e308).to_string(), "1e+308");
         let spec = v1::JobSpec {
             lr: f64::INFINITY,
             alpha: Some(f64::NAN),
-            energy_table: Some(v1::EnergyTable {
-                fp32_pj: f64::NEG_INFINITY,
-                ..Default::default()
-            }),
+            energy_table: Some(v1::EnergyTable { fp32_pj: f64::NEG_INFINITY, ..Default::default() }),
             ..Default::default()
         };
         let value = super::spec(&spec);
         assert_eq!(
-            (
-                &value["lr"],
-                &value["alpha"],
-                &value["energy_table"]["fp32_pj"],
-                &value["gamma"]
-            ),
+            (&value["lr"], &value["alpha"], &value["energy_table"]["fp32_pj"], &value["gamma"]),
             (&json!("inf"), &json!("NaN"), &json!("-inf"), &Value::Null)
         );
     }
@@ -305,10 +232,7 @@ mod tests {
             waiting_reason: "no live worker offers data set cifar10".into(),
             ..Default::default()
         });
-        assert_eq!(
-            queued["waiting_reason"],
-            "no live worker offers data set cifar10"
-        );
+        assert_eq!(queued["waiting_reason"], "no live worker offers data set cifar10");
         assert_eq!(job(&v1::Job::default())["waiting_reason"], "");
     }
 
@@ -316,8 +240,6 @@ mod tests {
     fn states_have_lowercase_names() {
         assert_eq!(state_name(v1::JobState::Cancelled as i32), "cancelled");
         assert_eq!(state_name(99), "unspecified");
-        assert!(
-            is_terminal(v1::JobState::Failed as i32) && !is_terminal(v1::JobState::Running as i32)
-        );
+        assert!(is_terminal(v1::JobState::Failed as i32) && !is_terminal(v1::JobState::Running as i32));
     }
 }

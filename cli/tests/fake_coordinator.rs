@@ -77,10 +77,7 @@ impl JobService for Fake {
             return Err(Status::unavailable("coordinator restarting"));
         }
         let next = 9_000 + state.submitted.len() as i64;
-        let job = state.submitted.entry(r.request_id).or_insert_with(|| Job {
-            name: r.name,
-            ..job(next)
-        });
+        let job = state.submitted.entry(r.request_id).or_insert_with(|| Job { name: r.name, ..job(next) });
         Ok(Response::new(job.clone()))
     }
 
@@ -94,47 +91,25 @@ impl JobService for Fake {
         }))
     }
 
-    async fn list_jobs(
-        &self,
-        req: Request<ListJobsRequest>,
-    ) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         let r = req.into_inner();
-        self.0
-            .lock()
-            .unwrap()
-            .seen
-            .list_jobs
-            .push((r.limit, r.before_id));
+        self.0.lock().unwrap().seen.list_jobs.push((r.limit, r.before_id));
         let limit = match r.limit {
             0 => 100,
             n if n > 1_000 => return Err(Status::invalid_argument("limit: at most 1000")),
             n => n as usize,
         };
-        let ids: Vec<i64> = (1..=JOBS)
-            .rev()
-            .filter(|&id| r.before_id == 0 || id < r.before_id)
-            .take(limit)
-            .collect();
+        let ids: Vec<i64> = (1..=JOBS).rev().filter(|&id| r.before_id == 0 || id < r.before_id).take(limit).collect();
         let (ids, cut) = page(&ids, JOBS_CUT);
-        let next = if cut || ids.len() == limit {
-            ids.last().copied().unwrap_or(0)
-        } else {
-            0
-        };
-        Ok(Response::new(ListJobsResponse {
-            jobs: ids.into_iter().map(job).collect(),
-            next_before_id: next,
-        }))
+        let next = if cut || ids.len() == limit { ids.last().copied().unwrap_or(0) } else { 0 };
+        Ok(Response::new(ListJobsResponse { jobs: ids.into_iter().map(job).collect(), next_before_id: next }))
     }
 
     async fn cancel_job(&self, _: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         Err(Status::unimplemented("cancel"))
     }
 
-    async fn set_job_priority(
-        &self,
-        req: Request<SetJobPriorityRequest>,
-    ) -> Result<Response<Job>, Status> {
+    async fn set_job_priority(&self, req: Request<SetJobPriorityRequest>) -> Result<Response<Job>, Status> {
         let SetJobPriorityRequest { id, priority } = req.into_inner();
         if id > JOBS {
             return Err(Status::not_found(format!("job {id} not found")));
@@ -144,11 +119,7 @@ impl JobService for Fake {
                 "priority: above {MAX_USER_PRIORITY} (the coordinator's --max-user-priority) needs an admin"
             )));
         }
-        Ok(Response::new(Job {
-            priority,
-            state: JobState::Queued as i32,
-            ..job(id)
-        }))
+        Ok(Response::new(Job { priority, state: JobState::Queued as i32, ..job(id) }))
     }
 
     type WatchJobStream = Events;
@@ -157,140 +128,66 @@ impl JobService for Fake {
         Err(Status::unimplemented("watch"))
     }
 
-    async fn query_metrics(
-        &self,
-        req: Request<QueryMetricsRequest>,
-    ) -> Result<Response<QueryMetricsResponse>, Status> {
+    async fn query_metrics(&self, req: Request<QueryMetricsRequest>) -> Result<Response<QueryMetricsResponse>, Status> {
         let r = req.into_inner();
         let mut state = self.0.lock().unwrap();
         state.seen.metric_cursors.push(r.after_id);
-        let after: Vec<Metric> = state
-            .metrics
-            .iter()
-            .filter(|m| m.id > r.after_id)
-            .cloned()
-            .collect();
+        let after: Vec<Metric> = state.metrics.iter().filter(|m| m.id > r.after_id).cloned().collect();
         let size = METRICS_PAGE.min(r.limit as usize);
         let (metrics, more) = page(&after, size);
-        let next = if more || metrics.len() == size {
-            metrics.last().map_or(0, |m| m.id)
-        } else {
-            0
-        };
-        Ok(Response::new(QueryMetricsResponse {
-            metrics,
-            next_after_id: next,
-        }))
+        let next = if more || metrics.len() == size { metrics.last().map_or(0, |m| m.id) } else { 0 };
+        Ok(Response::new(QueryMetricsResponse { metrics, next_after_id: next }))
     }
 
-    async fn get_logs(
-        &self,
-        req: Request<GetLogsRequest>,
-    ) -> Result<Response<GetLogsResponse>, Status> {
+    async fn get_logs(&self, req: Request<GetLogsRequest>) -> Result<Response<GetLogsResponse>, Status> {
         let r = req.into_inner();
         self.0.lock().unwrap().seen.log_cursors.push(r.after_id);
         let all: Vec<LogLine> = (1..=12)
-            .map(|id| LogLine {
-                id: id * 10,
-                attempt: 1,
-                at_ms: 0,
-                line: format!("line {id}"),
-            })
+            .map(|id| LogLine { id: id * 10, attempt: 1, at_ms: 0, line: format!("line {id}") })
             .filter(|l| l.id > r.after_id)
             .collect();
         let size = LOGS_PAGE.min(r.limit as usize);
         let (lines, more) = page(&all, size);
-        let next = if more {
-            lines.last().map_or(0, |l| l.id)
-        } else {
-            0
-        };
-        Ok(Response::new(GetLogsResponse {
-            lines,
-            next_after_id: next,
-        }))
+        let next = if more { lines.last().map_or(0, |l| l.id) } else { 0 };
+        Ok(Response::new(GetLogsResponse { lines, next_after_id: next }))
     }
 
-    async fn list_checkpoints(
-        &self,
-        _: Request<ListCheckpointsRequest>,
-    ) -> Result<Response<ListCheckpointsResponse>, Status> {
+    async fn list_checkpoints(&self, _: Request<ListCheckpointsRequest>) -> Result<Response<ListCheckpointsResponse>, Status> {
         Err(Status::unimplemented("list checkpoints"))
     }
 
     type DownloadCheckpointStream = Chunks;
 
-    async fn download_checkpoint(
-        &self,
-        req: Request<DownloadCheckpointRequest>,
-    ) -> Result<Response<Chunks>, Status> {
+    async fn download_checkpoint(&self, req: Request<DownloadCheckpointRequest>) -> Result<Response<Chunks>, Status> {
         let r = req.into_inner();
-        self.0
-            .lock()
-            .unwrap()
-            .seen
-            .downloads
-            .push((r.checkpoint_id, r.job_id));
+        self.0.lock().unwrap().seen.downloads.push((r.checkpoint_id, r.job_id));
         // Checkpoint 9 is job 4's.
         if r.checkpoint_id == 9 && r.job_id != 4 {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint_id: checkpoint 9 is not a checkpoint of job {}",
-                r.job_id
-            )));
+            return Err(Status::invalid_argument(format!("checkpoint_id: checkpoint 9 is not a checkpoint of job {}", r.job_id)));
         }
         Err(Status::unimplemented("download"))
     }
 
-    async fn list_workers(
-        &self,
-        _: Request<ListWorkersRequest>,
-    ) -> Result<Response<ListWorkersResponse>, Status> {
+    async fn list_workers(&self, _: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
         Ok(Response::new(ListWorkersResponse::default()))
     }
 
-    async fn submit_pipeline(
-        &self,
-        req: Request<SubmitPipelineRequest>,
-    ) -> Result<Response<Experiment>, Status> {
+    async fn submit_pipeline(&self, req: Request<SubmitPipelineRequest>) -> Result<Response<Experiment>, Status> {
         let r = req.into_inner();
         self.0.lock().unwrap().seen.pipeline_ids.push(r.request_id);
-        let jobs = r
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Job {
-                node: n.key.clone(),
-                experiment_id: 5,
-                ..job(100 + i as i64)
-            })
-            .collect();
-        Ok(Response::new(Experiment {
-            id: 5,
-            name: r.name,
-            owner: "ada".into(),
-            created_at_ms: 0,
-            jobs,
-        }))
+        let jobs = r.nodes.iter().enumerate().map(|(i, n)| Job { node: n.key.clone(), experiment_id: 5, ..job(100 + i as i64) }).collect();
+        Ok(Response::new(Experiment { id: 5, name: r.name, owner: "ada".into(), created_at_ms: 0, jobs }))
     }
 
-    async fn get_experiment(
-        &self,
-        _: Request<GetExperimentRequest>,
-    ) -> Result<Response<Experiment>, Status> {
+    async fn get_experiment(&self, _: Request<GetExperimentRequest>) -> Result<Response<Experiment>, Status> {
         Err(Status::unimplemented("get experiment"))
     }
 
-    async fn list_experiments(
-        &self,
-        _: Request<ListExperimentsRequest>,
-    ) -> Result<Response<ListExperimentsResponse>, Status> {
+    async fn list_experiments(&self, _: Request<ListExperimentsRequest>) -> Result<Response<ListExperimentsResponse>, Status> {
         Err(Status::unimplemented("list experiments"))
     }
 
-    async fn cancel_experiment(
-        &self,
-        _: Request<CancelExperimentRequest>,
-    ) -> Result<Response<Experiment>, Status> {
+    async fn cancel_experiment(&self, _: Request<CancelExperimentRequest>) -> Result<Response<Experiment>, Status> {
         Err(Status::unimplemented("cancel experiment"))
     }
 }
@@ -309,22 +206,13 @@ impl Coordinator {
 
     /// Serving TLS with this PEM certificate and key.
     fn start_tls(cert: &str, key: &str) -> Coordinator {
-        Coordinator::serve(Some(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key)),
-        ))
+        Coordinator::serve(Some(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key))))
     }
 
     fn serve(tls: Option<tonic::transport::ServerTlsConfig>) -> Coordinator {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let fake = Fake::default();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let service = JobServiceServer::new(fake.clone());
         let mut builder = tonic::transport::Server::builder();
@@ -332,16 +220,9 @@ impl Coordinator {
             builder = builder.tls_config(tls).unwrap();
         }
         runtime.spawn(async move {
-            builder
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
+            builder.add_service(service).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)).await
         });
-        Coordinator {
-            fake,
-            addr,
-            _runtime: runtime,
-        }
+        Coordinator { fake, addr, _runtime: runtime }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -361,21 +242,13 @@ impl Coordinator {
     fn json(&self, args: &[&str]) -> Value {
         let out = self.camp(&[args, &["--json"]].concat());
         assert!(out.status.success(), "camp {args:?}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("camp {args:?}: not JSON ({e}): {}", stdout(&out)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("camp {args:?}: not JSON ({e}): {}", stdout(&out)))
     }
 }
 
 fn camp(args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_camp"));
-    for var in [
-        "CAMP_ADDR",
-        "CAMP_USER",
-        "CAMP_TOKEN",
-        "CAMP_CA",
-        "CAMP_TLS_CERT",
-        "CAMP_TLS_KEY",
-    ] {
+    for var in ["CAMP_ADDR", "CAMP_USER", "CAMP_TOKEN", "CAMP_CA", "CAMP_TLS_CERT", "CAMP_TLS_KEY"] {
         cmd.env_remove(var);
     }
     cmd.args(["--user", "ada"]).args(args).output().unwrap()
@@ -390,43 +263,24 @@ fn stderr(out: &Output) -> String {
 }
 
 fn ids(jobs: &Value) -> Vec<i64> {
-    jobs.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_i64().unwrap())
-        .collect()
+    jobs.as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect()
 }
 
 #[test]
 fn jobs_are_fetched_a_page_at_a_time_up_to_the_limit() {
     let c = Coordinator::start();
     let newest = ids(&c.json(&["jobs"]));
-    assert_eq!(
-        newest,
-        (2_401..=JOBS).rev().collect::<Vec<_>>(),
-        "the newest 100 by default"
-    );
+    assert_eq!(newest, (2_401..=JOBS).rev().collect::<Vec<_>>(), "the newest 100 by default");
     let seen = std::mem::take(&mut c.state().seen.list_jobs);
-    assert_eq!(
-        seen,
-        [(100, 0), (60, 2_461), (20, 2_421)],
-        "each page asks for what is left, before the last id"
-    );
+    assert_eq!(seen, [(100, 0), (60, 2_461), (20, 2_421)], "each page asks for what is left, before the last id");
 
     let many = ids(&c.json(&["jobs", "--limit", "1500"]));
     assert_eq!(many, (1_001..=JOBS).rev().collect::<Vec<_>>());
     let seen = std::mem::take(&mut c.state().seen.list_jobs);
-    assert!(
-        seen.iter().all(|&(limit, _)| (1..=1_000).contains(&limit)),
-        "{seen:?}"
-    );
+    assert!(seen.iter().all(|&(limit, _)| (1..=1_000).contains(&limit)), "{seen:?}");
 
     let all = ids(&c.json(&["jobs", "--limit", "100000"]));
-    assert_eq!(
-        all.len(),
-        JOBS as usize,
-        "stops when the coordinator has no more"
-    );
+    assert_eq!(all.len(), JOBS as usize, "stops when the coordinator has no more");
 
     let table = stdout(&c.camp(&["jobs", "--limit", "3"]));
     assert_eq!(table.lines().count(), 1 + 3, "{table}");
@@ -449,18 +303,10 @@ fn logs_and_metrics_come_whole_across_pages_metrics_by_step() {
         })
         .collect();
     let metrics = c.json(&["metrics", "1"]);
-    let rows: Vec<(i64, u64)> = metrics
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["step"].as_i64().unwrap(), m["attempt"].as_u64().unwrap()))
-        .collect();
+    let rows: Vec<(i64, u64)> =
+        metrics.as_array().unwrap().iter().map(|m| (m["step"].as_i64().unwrap(), m["attempt"].as_u64().unwrap())).collect();
     assert_eq!(rows.len(), 15, "every page");
-    assert_eq!(
-        &rows[..4],
-        [(10, 1), (10, 2), (20, 1), (20, 2)],
-        "by step, then as stored"
-    );
+    assert_eq!(&rows[..4], [(10, 1), (10, 2), (20, 1), (20, 2)], "by step, then as stored");
     assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "{rows:?}");
     assert_eq!(c.state().seen.metric_cursors, [0, 106, 113]);
 
@@ -471,120 +317,52 @@ fn logs_and_metrics_come_whole_across_pages_metrics_by_step() {
     assert!(logs.status.success(), "{}", stderr(&logs));
     let lines: Vec<String> = stdout(&logs).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 12, "{lines:?}");
-    assert_eq!(
-        (lines[0].as_str(), lines[11].as_str()),
-        ("[attempt 1] line 1", "[attempt 1] line 12")
-    );
+    assert_eq!((lines[0].as_str(), lines[11].as_str()), ("[attempt 1] line 1", "[attempt 1] line 12"));
     assert_eq!(c.state().seen.log_cursors, [0, 50, 100]);
 }
 
 #[test]
 fn huge_tiny_and_non_finite_metrics_stay_short_and_representable() {
     let c = Coordinator::start();
-    c.state().metrics = [
-        1e308,
-        1e-300,
-        f64::NAN,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        0.5,
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &value)| Metric {
-        id: i as i64 + 1,
-        step: i as i64,
-        name: format!("m{i}"),
-        value,
-        ..Default::default()
-    })
-    .collect();
-    let json = c.json(&["metrics", "1"]);
-    let values: Vec<Value> = json
-        .as_array()
-        .unwrap()
+    c.state().metrics = [1e308, 1e-300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5]
         .iter()
-        .map(|m| m["value"].clone())
+        .enumerate()
+        .map(|(i, &value)| Metric { id: i as i64 + 1, step: i as i64, name: format!("m{i}"), value, ..Default::default() })
         .collect();
+    let json = c.json(&["metrics", "1"]);
+    let values: Vec<Value> = json.as_array().unwrap().iter().map(|m| m["value"].clone()).collect();
     assert_eq!(values[0].as_f64(), Some(1e308));
     assert_eq!(values[1].as_f64(), Some(1e-300));
-    assert_eq!(
-        &values[2..5],
-        [Value::from("NaN"), Value::from("inf"), Value::from("-inf")]
-    );
+    assert_eq!(&values[2..5], [Value::from("NaN"), Value::from("inf"), Value::from("-inf")]);
     assert_eq!(values[5].as_f64(), Some(0.5));
 
     let table = stdout(&c.camp(&["metrics", "1"]));
-    let shown: Vec<&str> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().nth(4).unwrap())
-        .collect();
-    assert_eq!(
-        shown,
-        ["1e308", "1e-300", "-", "inf", "-inf", "0.5000"],
-        "{table}"
-    );
+    let shown: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().nth(4).unwrap()).collect();
+    assert_eq!(shown, ["1e308", "1e-300", "-", "inf", "-inf", "0.5000"], "{table}");
     let csv = stdout(&c.camp(&["metrics", "1", "--csv"]));
-    let values: Vec<&str> = csv
-        .lines()
-        .skip(1)
-        .map(|l| l.rsplit(',').next().unwrap())
-        .collect();
-    assert_eq!(
-        values,
-        ["1e308", "1e-300", "NaN", "inf", "-inf", "0.5"],
-        "{csv}"
-    );
+    let values: Vec<&str> = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap()).collect();
+    assert_eq!(values, ["1e308", "1e-300", "NaN", "inf", "-inf", "0.5"], "{csv}");
 }
 
 #[test]
 fn a_submission_is_retried_under_one_request_id() {
     let c = Coordinator::start();
     c.state().unavailable_submits = 2;
-    let out = c.camp(&[
-        "submit",
-        "baseline",
-        "-a",
-        "preact_resnet20_cifar",
-        "--json",
-    ]);
+    let out = c.camp(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["id"], 9_000);
-    assert_eq!(
-        stderr(&out).matches("trying again").count(),
-        2,
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(stderr(&out).matches("trying again").count(), 2, "{}", stderr(&out));
     let seen = std::mem::take(&mut c.state().seen.submit_ids);
     assert_eq!(seen.len(), 3);
-    assert!(
-        seen.iter().all(|id| id == &seen[0]),
-        "one key for every try: {seen:?}"
-    );
+    assert!(seen.iter().all(|id| id == &seen[0]), "one key for every try: {seen:?}");
     assert_eq!(uuid_version(&seen[0]), Some(4), "{}", seen[0]);
 
     // A new run is a new submission; a repeated key is the same one.
     let again = c.json(&["submit", "baseline", "-a", "preact_resnet20_cifar"]);
     assert_eq!(again["id"], 9_001);
-    let given = c.json(&[
-        "submit",
-        "baseline",
-        "-a",
-        "preact_resnet20_cifar",
-        "--request-id",
-        "nightly-7",
-    ]);
-    let repeated = c.json(&[
-        "submit",
-        "baseline",
-        "-a",
-        "preact_resnet20_cifar",
-        "--request-id",
-        "nightly-7",
-    ]);
+    let given = c.json(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--request-id", "nightly-7"]);
+    let repeated = c.json(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--request-id", "nightly-7"]);
     assert_eq!(given["id"], repeated["id"]);
     let seen = std::mem::take(&mut c.state().seen.submit_ids);
     assert_ne!(seen[0], seen[1]);
@@ -595,25 +373,9 @@ fn a_submission_is_retried_under_one_request_id() {
     let out = c.camp(&["submit", "baseline", "-a", "preact_resnet20_cifar"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert_eq!(c.state().seen.submit_ids.len(), 3);
-    assert!(
-        stderr(&out)
-            .trim_end()
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("error: coordinator restarting"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).trim_end().lines().last().unwrap().starts_with("error: coordinator restarting"), "{}", stderr(&out));
 
-    let out = c.camp(&[
-        "submit",
-        "baseline",
-        "-a",
-        "preact_resnet20_cifar",
-        "--request-id",
-        "bad\tkey",
-    ]);
+    let out = c.camp(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--request-id", "bad\tkey"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--request-id"), "{}", stderr(&out));
 }
@@ -626,16 +388,7 @@ fn uuid_version(text: &str) -> Option<u32> {
 #[test]
 fn pipeline_submissions_carry_a_request_id() {
     let c = Coordinator::start();
-    let experiment = c.json(&[
-        "pipeline",
-        "camp",
-        "-a",
-        "preact_resnet20_cifar",
-        "--alphas",
-        "0.1",
-        "--request-id",
-        "camp-r20",
-    ]);
+    let experiment = c.json(&["pipeline", "camp", "-a", "preact_resnet20_cifar", "--alphas", "0.1", "--request-id", "camp-r20"]);
     assert_eq!(experiment["jobs"].as_array().unwrap().len(), 5);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
@@ -653,15 +406,9 @@ fn priority_prints_the_job_and_refusals_keep_their_exit_codes() {
     let out = c.camp(&["priority", "12", "-5"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("priority "))
-        .unwrap_or_else(|| panic!("{text}"));
+    let line = text.lines().find(|l| l.starts_with("priority ")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.ends_with(" -5"), "{text}");
-    assert!(
-        text.lines().next().unwrap().ends_with(" 12"),
-        "shown as `camp show` shows it: {text}"
-    );
+    assert!(text.lines().next().unwrap().ends_with(" 12"), "shown as `camp show` shows it: {text}");
     assert_eq!(c.json(&["priority", "12", "7"])["priority"], 7);
 
     let out = c.camp(&["priority", "12", "99"]);
@@ -674,18 +421,9 @@ fn priority_prints_the_job_and_refusals_keep_their_exit_codes() {
 fn show_says_why_a_queued_job_waits() {
     let c = Coordinator::start();
     let text = stdout(&c.camp(&["show", "8"]));
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("waiting "))
-        .unwrap_or_else(|| panic!("{text}"));
-    assert!(
-        line.ends_with("no live worker offers device cuda and data set cifar10"),
-        "{line}"
-    );
-    assert_eq!(
-        c.json(&["show", "8"])["waiting_reason"],
-        "no live worker offers device cuda and data set cifar10"
-    );
+    let line = text.lines().find(|l| l.starts_with("waiting ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with("no live worker offers device cuda and data set cifar10"), "{line}");
+    assert_eq!(c.json(&["show", "8"])["waiting_reason"], "no live worker offers device cuda and data set cifar10");
 }
 
 #[test]
@@ -693,20 +431,9 @@ fn a_checkpoint_is_downloaded_only_from_its_own_job() {
     let c = Coordinator::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.safetensors");
-    let out = c.camp(&[
-        "checkpoint",
-        "download",
-        "3",
-        "--checkpoint",
-        "9",
-        "-o",
-        path.to_str().unwrap(),
-    ]);
+    let out = c.camp(&["checkpoint", "download", "3", "--checkpoint", "9", "-o", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(
-        stderr(&out).trim_end(),
-        "error: checkpoint_id: checkpoint 9 is not a checkpoint of job 3"
-    );
+    assert_eq!(stderr(&out).trim_end(), "error: checkpoint_id: checkpoint 9 is not a checkpoint of job 3");
     assert_eq!(c.state().seen.downloads, [(9, 3)]);
     assert!(!path.exists());
 }
@@ -719,27 +446,12 @@ fn https_to_a_plaintext_coordinator_fails_in_one_line_without_falling_back() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "error: cannot reach the coordinator at {https} over TLS"
-        )),
-        "{err}"
-    );
-    assert!(
-        err.contains("http://"),
-        "says what a plaintext coordinator takes: {err}"
-    );
+    assert!(err.starts_with(&format!("error: cannot reach the coordinator at {https} over TLS")), "{err}");
+    assert!(err.contains("http://"), "says what a plaintext coordinator takes: {err}");
     assert!(c.state().seen.list_jobs.is_empty(), "no plaintext fallback");
 
     // Submissions retry, but over TLS only.
-    let out = camp(&[
-        "--addr",
-        &https,
-        "submit",
-        "baseline",
-        "-a",
-        "preact_resnet20_cifar",
-    ]);
+    let out = camp(&["--addr", &https, "submit", "baseline", "-a", "preact_resnet20_cifar"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(c.state().seen.submit_ids.is_empty());
 }
@@ -749,38 +461,16 @@ fn tls_options_are_usage_errors_where_they_cannot_apply() {
     let c = Coordinator::start();
     let out = c.camp(&["--ca", "/etc/camp/ca.pem", "jobs"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("need an https:// address"),
-        "{}",
-        stderr(&out)
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_camp"))
-        .args(["--addr", &c.http(), "jobs"])
-        .env("CAMP_CA", "/etc/camp/ca.pem")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "CAMP_CA counts too: {}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("need an https:// address"), "{}", stderr(&out));
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_camp")).args(["--addr", &c.http(), "jobs"]).env("CAMP_CA", "/etc/camp/ca.pem").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "CAMP_CA counts too: {}", stderr(&out));
 
     let https = format!("https://{}", c.addr);
     let out = camp(&["--addr", &https, "--ca", "/nonexistent/ca.pem", "jobs"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--ca /nonexistent/ca.pem"),
-        "{}",
-        stderr(&out)
-    );
-    let out = camp(&[
-        "--addr",
-        &https,
-        "--tls-cert",
-        "/nonexistent/me.pem",
-        "jobs",
-    ]);
+    assert!(stderr(&out).contains("--ca /nonexistent/ca.pem"), "{}", stderr(&out));
+    let out = camp(&["--addr", &https, "--tls-cert", "/nonexistent/me.pem", "jobs"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(c.state().seen.list_jobs.is_empty());
 }
@@ -788,19 +478,11 @@ fn tls_options_are_usage_errors_where_they_cannot_apply() {
 /// A throwaway CA and a certificate it signs for 127.0.0.1: (CA PEM, certificate PEM, key PEM).
 fn pki(ca_name: &str) -> (String, String, String) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
+    params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca =
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
@@ -821,14 +503,9 @@ fn https_with_the_right_ca_reaches_a_tls_coordinator_and_a_wrong_one_does_not() 
     let (ca, other_ca) = (write("ca.pem", &ca), write("other.pem", &other_ca));
     let https = format!("https://{}", c.addr);
 
-    let out = camp(&[
-        "--addr", &https, "--ca", &ca, "jobs", "--limit", "2", "--json",
-    ]);
+    let out = camp(&["--addr", &https, "--ca", &ca, "jobs", "--limit", "2", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        ids(&serde_json::from_slice(&out.stdout).unwrap()),
-        [2_500, 2_499]
-    );
+    assert_eq!(ids(&serde_json::from_slice(&out.stdout).unwrap()), [2_500, 2_499]);
     let out = Command::new(env!("CARGO_BIN_EXE_camp"))
         .args(["--addr", &https, "--user", "ada", "show", "3", "--json"])
         .env("CAMP_CA", &ca)
@@ -840,10 +517,7 @@ fn https_with_the_right_ca_reaches_a_tls_coordinator_and_a_wrong_one_does_not() 
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("over TLS") && err.to_lowercase().contains("certificate"),
-        "{err}"
-    );
+    assert!(err.contains("over TLS") && err.to_lowercase().contains("certificate"), "{err}");
 }
 
 #[test]
@@ -853,17 +527,8 @@ fn plaintext_to_a_tls_coordinator_is_told_to_use_https() {
     let out = c.camp(&["jobs"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(6), "unreachable: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "a message, not a silent death by SIGPIPE: {:?} {err}",
-        out.status
-    );
-    assert!(
-        err.contains("use an https:// address"),
-        "{:?} {err}",
-        out.status
-    );
+    assert_eq!(err.trim_end().lines().count(), 1, "a message, not a silent death by SIGPIPE: {:?} {err}", out.status);
+    assert!(err.contains("use an https:// address"), "{:?} {err}", out.status);
     assert!(c.state().seen.list_jobs.is_empty());
 }
 
@@ -873,16 +538,7 @@ fn a_reader_that_goes_away_ends_camp_quietly() {
     use std::process::Stdio;
     let c = Coordinator::start();
     let mut child = Command::new(env!("CARGO_BIN_EXE_camp"))
-        .args([
-            "--addr",
-            &c.http(),
-            "--user",
-            "ada",
-            "jobs",
-            "--limit",
-            "2500",
-            "--json",
-        ])
+        .args(["--addr", &c.http(), "--user", "ada", "jobs", "--limit", "2500", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -165,9 +165,7 @@ impl Cluster {
     /// for a given thread count).
     pub fn worker(&self, name: &str) -> Proc {
         let mut cmd = Command::new(bin("camp-worker"));
-        cmd.args(["--coordinator", &self.addr, "--device", "cpu", "--threads", "1", "--name", name])
-            .arg("--data-dir")
-            .arg(self.data_dir());
+        cmd.args(["--coordinator", &self.addr, "--device", "cpu", "--threads", "1", "--name", name]).arg("--data-dir").arg(self.data_dir());
         Proc::spawn(name, cmd, self.dir.path())
     }
 
@@ -252,11 +250,11 @@ pub mod grpc {
 
     use camp_proto::endpoint::{self, ClientTls};
     use camp_proto::limits::MAX_MESSAGE_BYTES;
+    use camp_proto::metadata::{self, CallHeaders};
+    use camp_proto::v1;
     use camp_proto::v1::job_service_client::JobServiceClient;
     use camp_proto::v1::worker_service_client::WorkerServiceClient;
-    use camp_proto::v1;
     use sha2::{Digest, Sha256};
-    use camp_proto::metadata::{self, CallHeaders};
     use tonic::service::interceptor::InterceptedService;
     use tonic::service::Interceptor;
     use tonic::transport::Channel;

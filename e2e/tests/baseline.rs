@@ -13,8 +13,28 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// A short, deterministic run of the real architecture on a small generated CIFAR-10.
 fn small_run(epochs: u32) -> Vec<String> {
     [
-        "-a", "preact_resnet20_cifar", "--dataset", "cifar10", "--epochs", &epochs.to_string(), "-b", "64", "--lr", "0.05",
-        "--lr-schedule", "1:0.1", "-p", "2", "--seed", "7", "--device", "cpu", "--train-limit", "256", "--test-limit", "128",
+        "-a",
+        "preact_resnet20_cifar",
+        "--dataset",
+        "cifar10",
+        "--epochs",
+        &epochs.to_string(),
+        "-b",
+        "64",
+        "--lr",
+        "0.05",
+        "--lr-schedule",
+        "1:0.1",
+        "-p",
+        "2",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "128",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -113,7 +133,11 @@ async fn a_killed_worker_is_replaced_and_the_job_resumes_exactly(pool: PgPool) {
     // Every metric row exactly as often as in the uninterrupted run: the lost
     // attempt's rows past its checkpoint are gone, nothing is reported twice.
     let keys = |id: i64| {
-        let mut k: Vec<(String, i64)> = c.camp_json(&["metrics", &id.to_string()]).as_array().unwrap().iter()
+        let mut k: Vec<(String, i64)> = c
+            .camp_json(&["metrics", &id.to_string()])
+            .as_array()
+            .unwrap()
+            .iter()
             .map(|r| (r["name"].as_str().unwrap().to_string(), r["step"].as_i64().unwrap()))
             .collect();
         k.sort();
@@ -148,9 +172,11 @@ async fn sigterm_checkpoints_and_hands_the_job_back(pool: PgPool) {
     camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let mut first = c.worker("w1");
     let id = c.submit(&args(&small_run(3)));
-    c.wait_for(id, MINUTE, "a few steps", |j| j["state"] == "running" && {
-        let rows = c.camp_json(&["metrics", &id.to_string(), "--name", "loss"]);
-        !rows.as_array().unwrap().is_empty()
+    c.wait_for(id, MINUTE, "a few steps", |j| {
+        j["state"] == "running" && {
+            let rows = c.camp_json(&["metrics", &id.to_string(), "--name", "loss"]);
+            !rows.as_array().unwrap().is_empty()
+        }
     });
     first.signal("TERM");
     let status = first.wait_exit(MINUTE);

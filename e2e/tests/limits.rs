@@ -296,7 +296,10 @@ async fn connections_beyond_max_connections_are_closed_at_once_and_the_server_ke
         let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut byte)).await;
         match n {
             Ok(Ok(0)) | Ok(Err(_)) => refused.push(since.elapsed()),
-            other => panic!("connection {} beyond --max-connections {MAX_CONNECTIONS} was not closed at once: {other:?}", MAX_CONNECTIONS + refused.len() + 1),
+            other => panic!(
+                "connection {} beyond --max-connections {MAX_CONNECTIONS} was not closed at once: {other:?}",
+                MAX_CONNECTIONS + refused.len() + 1
+            ),
         }
     }
     let full = list_jobs(&c.addr, Duration::ZERO).await;
@@ -371,7 +374,11 @@ async fn a_quiet_long_poll_outlives_a_short_idle_timeout(pool: PgPool) {
     let wait = Duration::from_secs(3 * IDLE);
     let claim = worker.claim(v1::ClaimRequest { worker_id: String::new(), wait_ms: wait.as_millis() as u32 }).await;
     let took = started.elapsed();
-    println!("a {wait:?} claim long-poll with --idle-timeout-secs {IDLE}: {:?} after {:.2} s", claim.as_ref().map(|_| "answered"), took.as_secs_f64());
+    println!(
+        "a {wait:?} claim long-poll with --idle-timeout-secs {IDLE}: {:?} after {:.2} s",
+        claim.as_ref().map(|_| "answered"),
+        took.as_secs_f64()
+    );
     let reply = claim.expect("the quiet long-poll is answered, not cut by the idle timeout").into_inner();
     assert!(reply.assignment.is_none() && took >= wait - Duration::from_millis(200), "nothing to claim: waited {took:?}");
 }

@@ -30,8 +30,22 @@ fn by_node<'a>(js: &'a [Value], key: &str) -> &'a Value {
 }
 
 const TINY: &[&str] = &[
-    "--arch", "preact_resnet20_cifar", "--dataset", "cifar10", "--epochs", "1", "-b", "64", "--train-limit", "128",
-    "--test-limit", "64", "--device", "cpu", "--print-freq", "1",
+    "--arch",
+    "preact_resnet20_cifar",
+    "--dataset",
+    "cifar10",
+    "--epochs",
+    "1",
+    "-b",
+    "64",
+    "--train-limit",
+    "128",
+    "--test-limit",
+    "64",
+    "--device",
+    "cpu",
+    "--print-freq",
+    "1",
 ];
 
 #[sqlx::test(migrations = false)]
@@ -111,5 +125,8 @@ async fn a_failed_parent_cancels_its_descendants_in_pipeline_show(pool: PgPool) 
     }
     let shown = c.camp(&["pipeline", "show", &exp.to_string()]);
     let text = String::from_utf8_lossy(&shown.stdout);
-    assert!(text.contains("cancelled") && text.contains(&format!("parent job {} failed", qat4["id"])), "pipeline show gives the reason:\n{text}");
+    assert!(
+        text.contains("cancelled") && text.contains(&format!("parent job {} failed", qat4["id"])),
+        "pipeline show gives the reason:\n{text}"
+    );
 }

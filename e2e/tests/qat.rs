@@ -10,8 +10,26 @@ use sqlx::PgPool;
 const FP4_SCHEDULE: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
 
 const SMALL: &[&str] = &[
-    "-a", "preact_resnet20_cifar", "--dataset", "cifar10", "--epochs", "2", "-b", "64", "--lr", "0.05", "-p", "2",
-    "--seed", "3", "--device", "cpu", "--train-limit", "256", "--test-limit", "128",
+    "-a",
+    "preact_resnet20_cifar",
+    "--dataset",
+    "cifar10",
+    "--epochs",
+    "2",
+    "-b",
+    "64",
+    "--lr",
+    "0.05",
+    "-p",
+    "2",
+    "--seed",
+    "3",
+    "--device",
+    "cpu",
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "128",
 ];
 
 #[sqlx::test(migrations = false)]

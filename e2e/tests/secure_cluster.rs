@@ -156,7 +156,8 @@ async fn a_job_runs_end_to_end_on_a_cluster_with_tokens_and_mutual_tls(pool: PgP
 
     let workers = jobs.list_workers(v1::ListWorkersRequest {}).await.expect("ListWorkers").into_inner().workers;
     assert_eq!(workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["rack1-w"]);
-    let ckpts = jobs.list_checkpoints(v1::ListCheckpointsRequest { job_id: job.id }).await.expect("ListCheckpoints").into_inner().checkpoints;
+    let ckpts =
+        jobs.list_checkpoints(v1::ListCheckpointsRequest { job_id: job.id }).await.expect("ListCheckpoints").into_inner().checkpoints;
     let latest = ckpts.iter().max_by_key(|k| k.epoch).expect("checkpoints were uploaded over mutual TLS");
     let bytes = grpc::download(&mut jobs, latest.id).await.expect("alice downloads over TLS");
     assert_eq!(grpc::sha256_hex(&bytes), latest.sha256);
@@ -169,7 +170,8 @@ async fn a_job_runs_end_to_end_on_a_cluster_with_tokens_and_mutual_tls(pool: PgP
     let shown: Value = serde_json::from_slice(&show.stdout).expect("show --json is JSON");
     assert_eq!((shown["state"].as_str(), shown["owner"].as_str()), (Some("succeeded"), Some("alice")), "{shown}");
     let file = c.dir.path().join("latest.safetensors");
-    let download = camp(&https(&c), &["--ca", s(&pki.ca), "--token", &alice, "checkpoint", "download", &job.id.to_string(), "-o", s(&file)]);
+    let download =
+        camp(&https(&c), &["--ca", s(&pki.ca), "--token", &alice, "checkpoint", "download", &job.id.to_string(), "-o", s(&file)]);
     assert!(download.status.success(), "camp checkpoint download over TLS: {}", String::from_utf8_lossy(&download.stderr));
     assert_eq!(grpc::sha256_hex(&std::fs::read(&file).unwrap()), latest.sha256);
     let untrusted = camp(&https(&c), &["--token", &alice, "show", &job.id.to_string()]);
@@ -179,7 +181,11 @@ async fn a_job_runs_end_to_end_on_a_cluster_with_tokens_and_mutual_tls(pool: PgP
     let anonymous = grpc::jobs(channel, Headers::user("alice")).list_jobs(v1::ListJobsRequest::default()).await;
     assert_eq!(anonymous.map(|_| ()).unwrap_err().code(), Code::Unauthenticated, "x-camp-user is no credential here");
     let plaintext = match grpc::connect(&c.addr, &ClientTls::default()).await {
-        Ok(ch) => grpc::jobs(ch, Headers::default().bearer(&alice)).list_jobs(v1::ListJobsRequest::default()).await.map(|_| ()).map_err(|s| s.to_string()),
+        Ok(ch) => grpc::jobs(ch, Headers::default().bearer(&alice))
+            .list_jobs(v1::ListJobsRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|s| s.to_string()),
         Err(e) => Err(e),
     };
     assert!(plaintext.is_err(), "plaintext gRPC against the TLS port does not get through");
@@ -230,11 +236,8 @@ async fn a_worker_holding_a_user_token_is_refused(pool: PgPool) {
     assert!(log.contains("PermissionDenied") && log.contains("worker credential"), "the log says why: {log}");
 
     // And with no token at all.
-    let worker = c.worker_with(
-        "no-token",
-        &https(&c),
-        &["--ca", s(&pki.ca), "--tls-cert", s(&pki.worker_cert), "--tls-key", s(&pki.worker_key)],
-    );
+    let worker =
+        c.worker_with("no-token", &https(&c), &["--ca", s(&pki.ca), "--tls-cert", s(&pki.worker_cert), "--tls-key", s(&pki.worker_key)]);
     let log = refused_worker(worker, MINUTE);
     assert!(log.contains("Unauthenticated") && log.contains("API token"), "the log says why: {log}");
 }
@@ -372,7 +375,10 @@ async fn listening_beyond_loopback_needs_require_auth_or_insecure_listen(pool: P
     let status = open.wait_exit(MINUTE);
     let log = open.log_text();
     assert!(!status.success(), "no --require-auth on 0.0.0.0: refused to start: {log}");
-    assert!(log.contains("--require-auth") && log.contains("--insecure-listen") && log.contains("loopback"), "the message says what to do: {log}");
+    assert!(
+        log.contains("--require-auth") && log.contains("--insecure-listen") && log.contains("loopback"),
+        "the message says what to do: {log}"
+    );
 
     let mut insecure = start_server(&url, dir.path(), "insecure", &["--listen", &everywhere, "--insecure-listen"]);
     wait_listening(&mut insecure, port);

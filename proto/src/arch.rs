@@ -126,14 +126,15 @@ impl Layer {
 pub fn layers(arch: &str, dual_path: bool, in_channels: usize, classes: usize, input_hw: usize) -> Result<Vec<Layer>, SpecError> {
     let mut out = vec![conv("conv1".into(), in_channels, STAGE_WIDTHS[0], 3, 1, input_hw).placed(Role::Stem, None, PathKind::Plain)];
     for (b, block) in blocks(arch, input_hw)?.into_iter().enumerate() {
-        let paths: &[(&str, PathKind)] = if dual_path {
-            &[("basic_block.", PathKind::Basic), ("fullbit_block.", PathKind::Fullbit)]
-        } else {
-            &[("", PathKind::Plain)]
-        };
+        let paths: &[(&str, PathKind)] =
+            if dual_path { &[("basic_block.", PathKind::Basic), ("fullbit_block.", PathKind::Fullbit)] } else { &[("", PathKind::Plain)] };
         for &(sub, kind) in paths {
             let p = format!("{}.{sub}", block.prefix);
-            out.push(conv(format!("{p}conv1"), block.in_ch, block.out_ch, 3, block.stride, block.out_hw).placed(Role::Block, Some(b), kind));
+            out.push(conv(format!("{p}conv1"), block.in_ch, block.out_ch, 3, block.stride, block.out_hw).placed(
+                Role::Block,
+                Some(b),
+                kind,
+            ));
             out.push(conv(format!("{p}conv2"), block.out_ch, block.out_ch, 3, 1, block.out_hw).placed(Role::Block, Some(b), kind));
         }
         if dual_path {

@@ -152,7 +152,9 @@ mod tests {
         assert!(endpoint("https://coord:50051", &ClientTls::default()).is_ok(), "system roots");
         assert!(hint("coord:50051", "h2 protocol error: http2 error").contains("https://"));
         assert!(hint("coord:50051", "transport error: connection error: stream closed because of a broken pipe").contains("https://"));
-        assert!(hint("coord:50051", "operation was canceled: transport error: operation was canceled: connection closed").contains("https://"));
+        assert!(
+            hint("coord:50051", "operation was canceled: transport error: operation was canceled: connection closed").contains("https://")
+        );
         assert_eq!(hint("coord:50051", "unknown API token"), "");
         assert_eq!(hint("https://coord:50051", "h2 protocol error: http2 error"), "");
         assert!(hint("https://coord:50051", "received fatal alert: UnknownCA").contains("--tls-client-ca"));

@@ -45,8 +45,7 @@ impl EnergyTable {
         if self.name.trim().is_empty() {
             return Err(invalid("energy_table", "the table needs a name (every report names it)"));
         }
-        crate::limits::check_name(&self.name, crate::limits::MAX_NAME_BYTES)
-            .map_err(|e| invalid("energy_table", format!("name {e}")))?;
+        crate::limits::check_name(&self.name, crate::limits::MAX_NAME_BYTES).map_err(|e| invalid("energy_table", format!("name {e}")))?;
         for (key, v) in [("fp32_pj", self.fp32_pj), ("int8_mult_pj", self.int8_mult_pj), ("int8_add_pj", self.int8_add_pj)] {
             if !(v.is_finite() && v > 0.0 && v <= crate::limits::MAX_PJ_PER_MAC) {
                 return Err(invalid(
@@ -162,7 +161,15 @@ pub fn report(spec: &JobSpec) -> Result<EnergyReport, SpecError> {
             (_, PathKind::Fullbit) => report.fullbit_pj[l.block.expect("fullbit layers sit in a block")] += energy_pj,
             _ => report.fixed_pj += energy_pj,
         }
-        report.layers.push(LayerEnergy { path: l.path, role: l.role, path_kind: l.path_kind, block: l.block, macs: l.macs, bits, energy_pj });
+        report.layers.push(LayerEnergy {
+            path: l.path,
+            role: l.role,
+            path_kind: l.path_kind,
+            block: l.block,
+            macs: l.macs,
+            bits,
+            energy_pj,
+        });
     }
     Ok(report)
 }

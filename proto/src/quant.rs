@@ -51,7 +51,10 @@ impl Patterns {
 fn compile(pattern: &str) -> Result<globset::Glob, SpecError> {
     let at = || format!("pattern '{}'", excerpt(pattern));
     if pattern.len() > MAX_PATTERN_BYTES {
-        return Err(invalid("bits_overrides", format!("a pattern is {} bytes long; at most {MAX_PATTERN_BYTES} are allowed", pattern.len())));
+        return Err(invalid(
+            "bits_overrides",
+            format!("a pattern is {} bytes long; at most {MAX_PATTERN_BYTES} are allowed", pattern.len()),
+        ));
     }
     if pattern.trim().is_empty() {
         return Err(invalid("bits_overrides", "a pattern must not be empty"));

@@ -144,7 +144,10 @@ pub fn parse(yaml: &str, epochs: u32) -> Result<CompressSchedule, ScheduleError>
                 .find(|(n, _)| *n == instance)
                 .ok_or_else(|| err(format!("{at}.quantizer.instance_name"), format!("no quantizer named '{instance}'")))?;
             if end < u64::from(epochs) {
-                return Err(err(format!("{at}.ending_epoch"), format!("quantisation must last the whole run ({epochs} epochs), not end at {end}")));
+                return Err(err(
+                    format!("{at}.ending_epoch"),
+                    format!("quantisation must last the whole run ({epochs} epochs), not end at {end}"),
+                ));
             }
             out.quantizer = Some(q.1.clone());
         } else {
@@ -296,10 +299,16 @@ mod tests {
         assert_eq!(key("pruners: {}\n"), "pruners");
         assert_eq!(key(&FP4.replace("class: DorefaQuantizer", "class: WRPNQuantizer")), "quantizers.pact_quantizer.class");
         assert_eq!(key(&FP4.replace("bits_weights: 4", "bits_weights: 9")), "quantizers.pact_quantizer.bits_weights");
-        assert_eq!(key(&FP4.replace("starting_epoch: 0\n    ending_epoch: 200", "starting_epoch: 5\n    ending_epoch: 200")), "policies[0].starting_epoch");
+        assert_eq!(
+            key(&FP4.replace("starting_epoch: 0\n    ending_epoch: 200", "starting_epoch: 5\n    ending_epoch: 200")),
+            "policies[0].starting_epoch"
+        );
         assert_eq!(key(&FP4.replace("ending_epoch: 200", "ending_epoch: 100")), "policies[0].ending_epoch");
         assert_eq!(key(&FP4.replace("gammas: [0.1, 0.1, 0.2]", "gammas: [0.1]")), "lr_schedulers.training_lr.gammas");
-        assert_eq!(key(&FP4.replace("fc: {wts: null, acts: null}", "fc: {wts: null, bias: 3}")), "quantizers.pact_quantizer.bits_overrides.fc.bias");
+        assert_eq!(
+            key(&FP4.replace("fc: {wts: null, acts: null}", "fc: {wts: null, bias: 3}")),
+            "quantizers.pact_quantizer.bits_overrides.fc.bias"
+        );
     }
 
     #[test]

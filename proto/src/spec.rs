@@ -19,13 +19,8 @@ pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SpecErr
     SpecError { field, reason: reason.into() }
 }
 
-pub const ARCHITECTURES: &[&str] = &[
-    "preact_resnet20_cifar",
-    "preact_resnet32_cifar",
-    "preact_resnet44_cifar",
-    "preact_resnet56_cifar",
-    "preact_resnet110_cifar",
-];
+pub const ARCHITECTURES: &[&str] =
+    &["preact_resnet20_cifar", "preact_resnet32_cifar", "preact_resnet44_cifar", "preact_resnet56_cifar", "preact_resnet110_cifar"];
 pub const DATASETS: &[&str] = &["cifar10", "cifar100", "fashion-mnist"];
 pub const STAGES: &[&str] = &["baseline", "qat", "sp", "rl"];
 pub const DEVICES: &[&str] = &["any", "cpu", "cuda"];
@@ -158,11 +153,7 @@ pub struct BitsOverride {
 
 /// The reference's schedule: x0.1 after 80 epochs, x0.1 after 120, x0.2 after 160.
 pub fn reference_lr_schedule() -> Vec<LrStep> {
-    vec![
-        LrStep { epoch: 80, gamma: 0.1 },
-        LrStep { epoch: 120, gamma: 0.1 },
-        LrStep { epoch: 160, gamma: 0.2 },
-    ]
+    vec![LrStep { epoch: 80, gamma: 0.1 }, LrStep { epoch: 120, gamma: 0.1 }, LrStep { epoch: 160, gamma: 0.2 }]
 }
 
 /// A job's full spec. Missing keys in YAML/JSON take the reference's defaults.
@@ -292,16 +283,10 @@ impl JobSpec {
     /// passes costs a bounded amount to store, plan and train.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !ARCHITECTURES.contains(&self.arch.as_str()) {
-            return Err(invalid(
-                "arch",
-                format!("unknown architecture '{}' (known: {})", excerpt(&self.arch), ARCHITECTURES.join(", ")),
-            ));
+            return Err(invalid("arch", format!("unknown architecture '{}' (known: {})", excerpt(&self.arch), ARCHITECTURES.join(", "))));
         }
         if !DATASETS.contains(&self.dataset.as_str()) {
-            return Err(invalid(
-                "dataset",
-                format!("unknown data set '{}' (known: {})", excerpt(&self.dataset), DATASETS.join(", ")),
-            ));
+            return Err(invalid("dataset", format!("unknown data set '{}' (known: {})", excerpt(&self.dataset), DATASETS.join(", "))));
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= MAX_LR) {
             return Err(invalid("lr", format!("must be a positive number of at most {MAX_LR}, got {}", self.lr)));
@@ -330,7 +315,10 @@ impl JobSpec {
             // Wherever the schedule leads, the lr stays a usable number.
             let lr = self.lr_at_epoch(step.epoch + 1);
             if !(lr.is_normal() && lr > 0.0 && lr <= MAX_LR) {
-                return Err(invalid("lr_schedule", format!("after epoch {} the lr would be {lr}; it must stay in (0, {MAX_LR}]", step.epoch)));
+                return Err(invalid(
+                    "lr_schedule",
+                    format!("after epoch {} the lr would be {lr}; it must stay in (0, {MAX_LR}]", step.epoch),
+                ));
             }
         }
         if self.bf16 && self.device == DeviceRequest::Cpu {
@@ -352,10 +340,7 @@ impl JobSpec {
         for o in &self.bits_overrides {
             for b in [o.wts, o.acts].into_iter().flatten() {
                 if !valid_bits(b) {
-                    return Err(invalid(
-                        "bits_overrides",
-                        format!("pattern '{}': bits must be 1..8 or 32, got {b}", excerpt(&o.pattern)),
-                    ));
+                    return Err(invalid("bits_overrides", format!("pattern '{}': bits must be 1..8 or 32, got {b}", excerpt(&o.pattern))));
                 }
             }
         }
@@ -414,10 +399,7 @@ impl JobSpec {
     /// Learning rate in effect during `epoch` (1-based): milestones count completed
     /// epochs, as distiller's MultiStepMultiGammaLR does.
     pub fn lr_at_epoch(&self, epoch: u32) -> f64 {
-        self.lr_schedule
-            .iter()
-            .filter(|s| s.epoch < epoch)
-            .fold(self.lr, |lr, s| lr * s.gamma)
+        self.lr_schedule.iter().filter(|s| s.epoch < epoch).fold(self.lr, |lr, s| lr * s.gamma)
     }
 
     /// Reads and validates a wire spec.
@@ -548,16 +530,40 @@ mod tests {
         assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().name = "a\0b".into()), "energy_table");
         assert_eq!(field_of(|p| p.energy_table.as_mut().unwrap().name = "x".repeat(10_000)), "energy_table");
         let many = vec![v1::BitsOverride { pattern: "fc".into(), wts: None, acts: None }; 65];
-        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_overrides = many }), "bits_overrides");
+        assert_eq!(
+            field_of(|p| {
+                p.stage = "qat".into();
+                p.bits_overrides = many
+            }),
+            "bits_overrides"
+        );
         let nul = vec![v1::BitsOverride { pattern: "f\0c".into(), wts: None, acts: None }];
-        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_overrides = nul }), "bits_overrides");
+        assert_eq!(
+            field_of(|p| {
+                p.stage = "qat".into();
+                p.bits_overrides = nul
+            }),
+            "bits_overrides"
+        );
         assert_eq!(field_of(|p| p.weight_decay = -1.0), "weight_decay");
         assert_eq!(field_of(|p| p.momentum = 1.5), "momentum");
         assert_eq!(field_of(|p| p.print_freq = 0), "print_freq");
         assert_eq!(field_of(|p| p.device = "tpu".into()), "device");
         assert_eq!(field_of(|p| p.lr_schedule = vec![v1::LrStep { epoch: 0, gamma: 0.1 }]), "lr_schedule");
-        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_weights = Some(9) }), "bits_weights");
-        assert_eq!(field_of(|p| { p.stage = "qat".into(); p.bits_activations = Some(0) }), "bits_activations");
+        assert_eq!(
+            field_of(|p| {
+                p.stage = "qat".into();
+                p.bits_weights = Some(9)
+            }),
+            "bits_weights"
+        );
+        assert_eq!(
+            field_of(|p| {
+                p.stage = "qat".into();
+                p.bits_activations = Some(0)
+            }),
+            "bits_activations"
+        );
         assert_eq!(field_of(|p| p.bits_weights = Some(4)), "bits_weights");
         assert_eq!(field_of(|p| p.act_quant = "lsq".into()), "act_quant");
         assert_eq!(field_of(|p| p.alpha = Some(-1.0)), "alpha");

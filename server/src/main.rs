@@ -160,8 +160,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let store: Arc<dyn Store> =
-        Arc::new(PgStore::connect(&cli.database_url).await.context("connecting to PostgreSQL (--database-url)")?);
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cli.database_url).await.context("connecting to PostgreSQL (--database-url)")?);
     if let Some(Command::Token(args)) = &cli.command {
         return token(store.as_ref(), args).await;
     }
@@ -194,7 +193,10 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let s = &cli.security;
     let l = &cli.limits;
     anyhow::ensure!(l.max_checkpoint_mib >= 1, "--max-checkpoint-mib must be at least 1");
-    anyhow::ensure!(l.max_connections >= 1 && l.max_connections_per_ip >= 1, "--max-connections and --max-connections-per-ip must be at least 1");
+    anyhow::ensure!(
+        l.max_connections >= 1 && l.max_connections_per_ip >= 1,
+        "--max-connections and --max-connections-per-ip must be at least 1"
+    );
     anyhow::ensure!(l.max_uploads >= 1 && l.max_downloads >= 1 && l.max_streams_per_connection >= 1, "stream limits must be at least 1");
     let fd_room = net::raise_fd_limit() as usize;
     if fd_room < l.max_connections {
@@ -258,7 +260,8 @@ async fn token(store: &dyn Store, args: &TokenArgs) -> anyhow::Result<()> {
             } else {
                 println!("{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  REVOKED", "ID", "ROLE", "NAME", "CREATED", "EXPIRES");
                 for c in &all {
-                    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or("-".into());
+                    let at =
+                        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or("-".into());
                     println!(
                         "{:>5}  {:<6}  {:<24}  {:<20}  {:<20}  {}",
                         c.id,
@@ -283,7 +286,8 @@ async fn token(store: &dyn Store, args: &TokenArgs) -> anyhow::Result<()> {
                 _ => anyhow::bail!("say who the token is for: --user NAME [--admin], or --worker [--name NAME]"),
             };
             let flag = if role == Role::Worker { "--name" } else { "--user" };
-            camp_proto::limits::check_principal(&name).map_err(|e| anyhow::anyhow!("{flag} '{}': {e}", camp_proto::limits::excerpt(&name)))?;
+            camp_proto::limits::check_principal(&name)
+                .map_err(|e| anyhow::anyhow!("{flag} '{}': {e}", camp_proto::limits::excerpt(&name)))?;
             let expires_at = match &n.expires {
                 Some(text) => {
                     let d = auth::parse_expiry(text)?;

@@ -16,7 +16,13 @@ use crate::store::{Change, ClaimPolicy, Claimed, Job, QueueFacts, Store, StoreRe
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// Claims the next job for `worker`, waiting up to `wait` for one to appear.
-pub async fn claim_wait(store: &dyn Store, worker: Uuid, lease: Duration, wait: Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>> {
+pub async fn claim_wait(
+    store: &dyn Store,
+    worker: Uuid,
+    lease: Duration,
+    wait: Duration,
+    policy: ClaimPolicy,
+) -> StoreResult<Option<Claimed>> {
     // Subscribe before the first try so that a submission between the try and the wait is not missed.
     let mut changes = store.subscribe();
     let deadline = Instant::now() + wait;

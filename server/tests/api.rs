@@ -40,12 +40,27 @@ async fn each_invalid_spec_field_is_refused_by_name_and_nothing_is_stored(pool: 
         ("stage", Box::new(|s| s.stage = "warmup".into())),
         ("momentum", Box::new(|s| s.momentum = 2.0)),
         ("device", Box::new(|s| s.device = "tpu".into())),
-        ("bits_weights", Box::new(|s| { s.stage = "qat".into(); s.bits_weights = Some(12) })),
-        ("bits_overrides", Box::new(|s| {
-            s.stage = "qat".into();
-            s.bits_overrides = vec![v1::BitsOverride { pattern: "layer7.*".into(), wts: None, acts: None }];
-        })),
-        ("init_from", Box::new(|s| { s.stage = "sp".into(); s.init_from = 0 })),
+        (
+            "bits_weights",
+            Box::new(|s| {
+                s.stage = "qat".into();
+                s.bits_weights = Some(12)
+            }),
+        ),
+        (
+            "bits_overrides",
+            Box::new(|s| {
+                s.stage = "qat".into();
+                s.bits_overrides = vec![v1::BitsOverride { pattern: "layer7.*".into(), wts: None, acts: None }];
+            }),
+        ),
+        (
+            "init_from",
+            Box::new(|s| {
+                s.stage = "sp".into();
+                s.init_from = 0
+            }),
+        ),
     ];
     for (field, mutate) in cases {
         let mut s = spec();

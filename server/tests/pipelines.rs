@@ -50,7 +50,13 @@ async fn upload(w: &mut Worker, a: &v1::Assignment, epoch: u32, top1: f64, bytes
 
 async fn finish(w: &mut Worker, a: &v1::Assignment, outcome: v1::Outcome, message: &str) {
     w.client
-        .finish(v1::FinishRequest { job_id: a.job_id, attempt: a.attempt, outcome: outcome as i32, message: message.into(), result_json: String::new() })
+        .finish(v1::FinishRequest {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            outcome: outcome as i32,
+            message: message.into(),
+            result_json: String::new(),
+        })
         .await
         .unwrap();
 }
@@ -108,7 +114,11 @@ async fn a_failed_parent_cancels_its_descendants_with_the_reason(pool: PgPool) {
     for key in ["sp", "rl-0.1", "rl-0.5"] {
         let j = exp.jobs.iter().find(|j| j.node == key).unwrap();
         assert_eq!(j.state, JobState::Cancelled as i32, "{key}");
-        assert!(j.message.contains(&format!("parent job {}", qat4.job_id)) && j.message.contains("loss became NaN"), "{key}: {}", j.message);
+        assert!(
+            j.message.contains(&format!("parent job {}", qat4.job_id)) && j.message.contains("loss became NaN"),
+            "{key}: {}",
+            j.message
+        );
     }
     let baseline = exp.jobs.iter().find(|j| j.node == "baseline").unwrap();
     assert_eq!(baseline.state, JobState::Running as i32, "unrelated branches go on");
@@ -122,9 +132,7 @@ async fn bad_dags_and_missing_parents_are_refused_and_nothing_is_stored(pool: Pg
     let (_c, mut jobs, _w) = start(pool).await;
     let refuse = |nodes: Vec<v1::PipelineNode>| {
         let mut jobs = jobs.clone();
-        async move {
-            jobs.submit_pipeline(v1::SubmitPipelineRequest { name: "bad".into(), nodes, ..Default::default() }).await.unwrap_err()
-        }
+        async move { jobs.submit_pipeline(v1::SubmitPipelineRequest { name: "bad".into(), nodes, ..Default::default() }).await.unwrap_err() }
     };
     let e = refuse(vec![node("sp", Stage::Sp, &[], "nope")]).await;
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -139,7 +147,10 @@ async fn bad_dags_and_missing_parents_are_refused_and_nothing_is_stored(pool: Pg
     assert!(e.message().contains("used twice"), "{}", e.message());
 
     // Stand-alone jobs: sp needs an existing qat job.
-    let sp = |init_from: i64| v1::SubmitJobRequest { spec: Some(JobSpec { init_from, ..JobSpec::defaults_for(Stage::Sp) }.to_proto()), ..Default::default() };
+    let sp = |init_from: i64| v1::SubmitJobRequest {
+        spec: Some(JobSpec { init_from, ..JobSpec::defaults_for(Stage::Sp) }.to_proto()),
+        ..Default::default()
+    };
     let e = jobs.submit_job(sp(0)).await.unwrap_err();
     assert!(e.message().starts_with("init_from:"), "{}", e.message());
     let e = jobs.submit_job(sp(777)).await.unwrap_err();

@@ -175,13 +175,20 @@ async fn worker_writes(client: &mut Workers, r: Running) -> Attempts {
     others.push(("UploadCheckpoint", ok_text(client.upload_checkpoint(futures::stream::iter(chunks)).await)));
     for outcome in [v1::Outcome::Succeeded, v1::Outcome::Failed, v1::Outcome::Released] {
         let finish = client
-            .finish(v1::FinishRequest { job_id: r.job, attempt: r.attempt, outcome: outcome as i32, message: "mine now".into(), result_json: r#"{"best_top1":0.99}"#.into() })
+            .finish(v1::FinishRequest {
+                job_id: r.job,
+                attempt: r.attempt,
+                outcome: outcome as i32,
+                message: "mine now".into(),
+                result_json: r#"{"best_top1":0.99}"#.into(),
+            })
             .await;
         others.push(("Finish", ok_text(finish)));
     }
     let by_id = client.download_checkpoint(v1::DownloadCheckpointRequest { checkpoint_id: r.checkpoint, ..Default::default() }).await;
     others.push(("DownloadCheckpoint (by id)", read_download(by_id).await));
-    let latest = client.download_checkpoint(v1::DownloadCheckpointRequest { job_id: r.job, which: "latest".into(), ..Default::default() }).await;
+    let latest =
+        client.download_checkpoint(v1::DownloadCheckpointRequest { job_id: r.job, which: "latest".into(), ..Default::default() }).await;
     others.push(("DownloadCheckpoint (latest)", read_download(latest).await));
     // Last, and after a pause, so that a renewal would move lease_expires_at.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -250,7 +257,13 @@ async fn every_job_rpc(jobs: &mut Jobs, t: Targets) -> Vec<(&'static str, Result
 }
 
 fn register_request(name: &str) -> v1::RegisterRequest {
-    v1::RegisterRequest { name: name.into(), hostname: "test".into(), device_kind: "cpu".into(), datasets: vec!["cifar10".into()], ..Default::default() }
+    v1::RegisterRequest {
+        name: name.into(),
+        hostname: "test".into(),
+        device_kind: "cpu".into(),
+        datasets: vec!["cifar10".into()],
+        ..Default::default()
+    }
 }
 
 /// Every WorkerService RPC, with requests that would succeed from the worker holding `t`.
@@ -348,7 +361,8 @@ async fn the_most_overrides_of_the_longest_worst_patterns_are_matched_or_refused
     let worst = format!("{}conv1", "*?[a-z]{a,b}".repeat((max - 5) / 12));
     assert!(worst.len() <= max);
     let stars = format!("{}conv1", "*a".repeat((max - 5) / 2));
-    let patterns: Vec<String> = (0..camp_proto::limits::MAX_OVERRIDES).map(|i| if i % 2 == 0 { worst.clone() } else { stars.clone() }).collect();
+    let patterns: Vec<String> =
+        (0..camp_proto::limits::MAX_OVERRIDES).map(|i| if i % 2 == 0 { worst.clone() } else { stars.clone() }).collect();
     let (result, took) = submit_patterns(&mut jobs, patterns).await;
     println!("SubmitJob with 64 overrides of 256-byte patterns: {took:?} ({})", if result.is_ok() { "matched" } else { "refused" });
     if let Err(s) = result {
@@ -521,7 +535,11 @@ async fn an_admin_can_cancel_and_reprioritise_another_users_job_and_a_plain_user
     let queued = submit(&mut f.alice, spec()).await.id;
     let before = db_state(&f.c.pool).await;
     for id in [queued, f.targets.run.job] {
-        refused("bob re-prioritising alice's job", bob.set_job_priority(v1::SetJobPriorityRequest { id, priority: 0 }).await, Code::PermissionDenied);
+        refused(
+            "bob re-prioritising alice's job",
+            bob.set_job_priority(v1::SetJobPriorityRequest { id, priority: 0 }).await,
+            Code::PermissionDenied,
+        );
         refused("bob cancelling alice's job", bob.cancel_job(v1::CancelJobRequest { id }).await, Code::PermissionDenied);
     }
     let cancel = bob.cancel_experiment(v1::CancelExperimentRequest { id: f.targets.experiment }).await;
@@ -596,7 +614,11 @@ async fn setting_a_priority_above_the_user_ceiling_needs_an_admin(pool: PgPool) 
     let mut f = authed(pool, ceiling()).await;
     let id = submit(&mut f.alice, spec()).await.id;
     let before = db_state(&f.c.pool).await;
-    let s = refused("alice raising her job to 6", f.alice.set_job_priority(v1::SetJobPriorityRequest { id, priority: 6 }).await, Code::PermissionDenied);
+    let s = refused(
+        "alice raising her job to 6",
+        f.alice.set_job_priority(v1::SetJobPriorityRequest { id, priority: 6 }).await,
+        Code::PermissionDenied,
+    );
     assert!(s.message().starts_with("priority:"), "{}", s.message());
     assert_eq!(db_state(&f.c.pool).await, before, "nothing changed");
     assert_eq!(f.alice.set_job_priority(v1::SetJobPriorityRequest { id, priority: 5 }).await.unwrap().into_inner().priority, 5);
@@ -730,12 +752,17 @@ fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    params.key_usages =
+        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
     rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
 /// A leaf certificate for `names`, signed by `issuer`: (certificate PEM, key PEM).
-fn leaf(issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+fn leaf(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
     let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
     params.extended_key_usages = vec![usage];
@@ -869,7 +896,9 @@ async fn with_mutual_tls_a_worker_needs_a_client_certificate_and_a_user_does_not
     assert_eq!(w.claim(0).await.unwrap().job_id, job.id, "a worker with a certificate registers and claims");
     // Its session without the certificate is refused.
     let mut stolen = c.workers(Headers::default().with("x-camp-session", &w.session));
-    let hb = stolen.heartbeat(v1::HeartbeatRequest { worker_id: String::new(), jobs: vec![v1::RunningJob { job_id: job.id, attempt: 1 }] }).await;
+    let hb = stolen
+        .heartbeat(v1::HeartbeatRequest { worker_id: String::new(), jobs: vec![v1::RunningJob { job_id: job.id, attempt: 1 }] })
+        .await;
     refused("the session over a connection without a certificate", hb, Code::Unauthenticated);
 }
 
@@ -959,7 +988,13 @@ async fn a_nul_in_a_finish_message_is_refused_and_the_job_keeps_running(pool: Pg
     let before = db_state(&c.pool).await;
     let finish = w
         .client
-        .finish(v1::FinishRequest { job_id: r.job, attempt: r.attempt, outcome: v1::Outcome::Failed as i32, message: "oom\0".into(), result_json: String::new() })
+        .finish(v1::FinishRequest {
+            job_id: r.job,
+            attempt: r.attempt,
+            outcome: v1::Outcome::Failed as i32,
+            message: "oom\0".into(),
+            result_json: String::new(),
+        })
         .await;
     invalid(finish, "message");
     assert_eq!(db_state(&c.pool).await, before);
@@ -977,7 +1012,13 @@ async fn a_nul_escaped_inside_a_finish_result_or_checkpoint_metadata_is_refused_
     for json in [r#"{"note":"a\u0000b"}"#, r#"{"\u0000":1}"#, r#"{"deep":[{"x":"\u0000"}]}"#] {
         let finish = w
             .client
-            .finish(v1::FinishRequest { job_id: r.job, attempt: r.attempt, outcome: v1::Outcome::Succeeded as i32, message: String::new(), result_json: json.into() })
+            .finish(v1::FinishRequest {
+                job_id: r.job,
+                attempt: r.attempt,
+                outcome: v1::Outcome::Succeeded as i32,
+                message: String::new(),
+                result_json: json.into(),
+            })
             .await;
         invalid(finish, "result_json");
         let bytes = b"weights";
@@ -988,7 +1029,13 @@ async fn a_nul_escaped_inside_a_finish_result_or_checkpoint_metadata_is_refused_
     // A backslash followed by u0000 as text is not a NUL: it is stored.
     let finish = w
         .client
-        .finish(v1::FinishRequest { job_id: r.job, attempt: r.attempt, outcome: v1::Outcome::Succeeded as i32, message: String::new(), result_json: r#"{"path":"C:\\u0000"}"#.into() })
+        .finish(v1::FinishRequest {
+            job_id: r.job,
+            attempt: r.attempt,
+            outcome: v1::Outcome::Succeeded as i32,
+            message: String::new(),
+            result_json: r#"{"path":"C:\\u0000"}"#.into(),
+        })
         .await;
     finish.unwrap();
     assert_eq!(get(&mut jobs, r.job).await.result_json, r#"{"path":"C:\\u0000"}"#);
@@ -1022,7 +1069,8 @@ async fn a_3_mb_job_name_within_the_message_cap_is_refused_by_name_with_a_short_
     let long = v1::SubmitJobRequest { spec: Some(spec()), name: "n".repeat(3 << 20), ..Default::default() };
     let s = invalid(alice.submit_job(long).await, "name");
     assert!(s.message().len() < 1_000, "the refusal does not echo the name: {} bytes", s.message().len());
-    let just_over = v1::SubmitJobRequest { spec: Some(spec()), name: "n".repeat(camp_proto::limits::MAX_NAME_BYTES + 1), ..Default::default() };
+    let just_over =
+        v1::SubmitJobRequest { spec: Some(spec()), name: "n".repeat(camp_proto::limits::MAX_NAME_BYTES + 1), ..Default::default() };
     invalid(alice.submit_job(just_over).await, "name");
     assert_eq!(count(&c.pool, "jobs").await, 0);
     alice.list_jobs(v1::ListJobsRequest::default()).await.unwrap();
@@ -1080,7 +1128,12 @@ async fn raw_unary(c: &Coordinator, path: &'static str, headers: &[(&'static str
 }
 
 /// A client-streaming call of `path` whose messages are `bodies`, as they are.
-async fn raw_client_stream(c: &Coordinator, path: &'static str, headers: &[(&'static str, &str)], bodies: Vec<Vec<u8>>) -> Result<Vec<u8>, Status> {
+async fn raw_client_stream(
+    c: &Coordinator,
+    path: &'static str,
+    headers: &[(&'static str, &str)],
+    bodies: Vec<Vec<u8>>,
+) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(c.channel.clone());
     grpc.ready().await.unwrap();
     let req = raw_request(futures::stream::iter(bodies), headers);
@@ -1140,11 +1193,19 @@ async fn a_string_holding_invalid_utf8_is_invalid_argument_not_internal(pool: Pg
     // SubmitJobRequest { spec, name: [ff fe] }: a valid request with the name field appended.
     let mut submit = prost::Message::encode_to_vec(&v1::SubmitJobRequest { spec: Some(spec()), ..Default::default() });
     submit.extend([0x12, 0x02, 0xff, 0xfe]);
-    let s = refused("a job name that is not UTF-8", raw_unary(&c, SUBMIT_JOB, &[("x-camp-user", "alice")], submit).await, Code::InvalidArgument);
+    let s = refused(
+        "a job name that is not UTF-8",
+        raw_unary(&c, SUBMIT_JOB, &[("x-camp-user", "alice")], submit).await,
+        Code::InvalidArgument,
+    );
     assert!(s.message().to_lowercase().contains("utf"), "{}", s.message());
     // RegisterRequest { name: [c3 28], device_kind: "cpu" }.
     let register = vec![0x0a, 0x02, 0xc3, 0x28, 0x1a, 0x03, b'c', b'p', b'u'];
-    refused("a worker name that is not UTF-8", raw_unary(&c, "/camp.v1.WorkerService/Register", &[], register).await, Code::InvalidArgument);
+    refused(
+        "a worker name that is not UTF-8",
+        raw_unary(&c, "/camp.v1.WorkerService/Register", &[], register).await,
+        Code::InvalidArgument,
+    );
     assert_eq!(db_state(&c.pool).await, before);
 }
 
@@ -1254,7 +1315,11 @@ async fn an_expired_user_token_stops_working_on_the_next_call(pool: PgPool) {
     sleep_past(expires).await;
     let s = refused("after expiry", jobs.list_jobs(v1::ListJobsRequest::default()).await, Code::Unauthenticated);
     assert!(s.message().contains("expired"), "{}", s.message());
-    refused("after expiry", jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec()), ..Default::default() }).await, Code::Unauthenticated);
+    refused(
+        "after expiry",
+        jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec()), ..Default::default() }).await,
+        Code::Unauthenticated,
+    );
     assert_eq!(count(&c.pool, "jobs").await, 1);
 }
 
@@ -1268,7 +1333,11 @@ async fn a_revoked_user_token_stops_working_on_the_next_call(pool: PgPool) {
     c.store.revoke_credential(record.id).await.unwrap();
     let s = refused("after revocation", jobs.list_jobs(v1::ListJobsRequest::default()).await, Code::Unauthenticated);
     assert!(s.message().contains("revoked"), "{}", s.message());
-    refused("after revocation", jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec()), ..Default::default() }).await, Code::Unauthenticated);
+    refused(
+        "after revocation",
+        jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec()), ..Default::default() }).await,
+        Code::Unauthenticated,
+    );
     assert_eq!(count(&c.pool, "jobs").await, 1);
     // Another token of the same user is unaffected.
     c.jobs(Headers::default().bearer(&other)).list_jobs(v1::ListJobsRequest::default()).await.unwrap();
@@ -1392,7 +1461,9 @@ async fn a_user_at_the_cap_does_not_hold_up_others_even_at_a_higher_priority(poo
     // Alice's come first and at a higher priority: still, at her cap, bob's run.
     let mut a = Vec::new();
     for _ in 0..4 {
-        a.push(alice.submit_job(v1::SubmitJobRequest { spec: Some(spec()), priority: 5, ..Default::default() }).await.unwrap().into_inner().id);
+        a.push(
+            alice.submit_job(v1::SubmitJobRequest { spec: Some(spec()), priority: 5, ..Default::default() }).await.unwrap().into_inner().id,
+        );
     }
     let b = submit_n(&mut bob, 2).await;
     let mut w = c.register("w", "cpu", &["cifar10"], None).await;
@@ -1401,7 +1472,8 @@ async fn a_user_at_the_cap_does_not_hold_up_others_even_at_a_higher_priority(poo
         claimed.push(assignment.job_id);
     }
     assert_eq!(claimed, vec![a[0], a[1], b[0], b[1]], "priority first, until alice is at her cap");
-    let (running,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = 'alice' AND state = 'running'").fetch_one(&c.pool).await.unwrap();
+    let (running,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = 'alice' AND state = 'running'").fetch_one(&c.pool).await.unwrap();
     assert_eq!(running, 2);
     for id in b {
         assert_eq!(get(&mut bob, id).await.state, JobState::Running as i32, "bob's run while alice waits");
@@ -1501,7 +1573,11 @@ async fn a_request_id_reused_with_a_different_request_is_a_failed_precondition(p
     refused("another spec", alice.submit_job(other_spec).await, Code::FailedPrecondition);
     refused("another name", alice.submit_job(v1::SubmitJobRequest { name: "other".into(), ..keyed("k") }).await, Code::FailedPrecondition);
     refused("another priority", alice.submit_job(v1::SubmitJobRequest { priority: -1, ..keyed("k") }).await, Code::FailedPrecondition);
-    refused("a pipeline", alice.submit_pipeline(v1::SubmitPipelineRequest { request_id: "k".into(), ..pipeline("p") }).await, Code::FailedPrecondition);
+    refused(
+        "a pipeline",
+        alice.submit_pipeline(v1::SubmitPipelineRequest { request_id: "k".into(), ..pipeline("p") }).await,
+        Code::FailedPrecondition,
+    );
     assert_eq!(db_state(&c.pool).await, before);
 }
 
@@ -1527,7 +1603,11 @@ async fn pipelines_are_idempotent_by_request_id_too(pool: PgPool) {
     assert_eq!(count(&c.pool, "jobs").await, 4);
     // The same key with another pipeline, or for a single job.
     let before = db_state(&c.pool).await;
-    refused("another pipeline", alice.submit_pipeline(v1::SubmitPipelineRequest { name: "q".into(), ..request.clone() }).await, Code::FailedPrecondition);
+    refused(
+        "another pipeline",
+        alice.submit_pipeline(v1::SubmitPipelineRequest { name: "q".into(), ..request.clone() }).await,
+        Code::FailedPrecondition,
+    );
     refused("a single job", alice.submit_job(keyed("pipe-1")).await, Code::FailedPrecondition);
     assert_eq!(db_state(&c.pool).await, before);
 }
@@ -1543,7 +1623,11 @@ async fn another_user_with_the_same_request_id_gets_their_own_job(pool: PgPool) 
     let carols = c.jobs_as("carol").submit_job(v1::SubmitJobRequest { priority: -3, ..keyed("shared") }).await.unwrap().into_inner();
     assert_eq!(carols.owner, "carol");
     let pipes = (
-        c.jobs_as("alice").submit_pipeline(v1::SubmitPipelineRequest { request_id: "p".into(), ..pipeline("p") }).await.unwrap().into_inner(),
+        c.jobs_as("alice")
+            .submit_pipeline(v1::SubmitPipelineRequest { request_id: "p".into(), ..pipeline("p") })
+            .await
+            .unwrap()
+            .into_inner(),
         c.jobs_as("bob").submit_pipeline(v1::SubmitPipelineRequest { request_id: "p".into(), ..pipeline("p") }).await.unwrap().into_inner(),
     );
     assert_ne!(pipes.0.id, pipes.1.id);

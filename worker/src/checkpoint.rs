@@ -89,8 +89,7 @@ impl CheckpointMeta {
             )));
         }
         let spec_json: String = field(map, "spec")?;
-        let spec: JobSpec =
-            serde_json::from_str(&spec_json).map_err(|e| EngineError::Checkpoint(format!("metadata 'spec': {e}")))?;
+        let spec: JobSpec = serde_json::from_str(&spec_json).map_err(|e| EngineError::Checkpoint(format!("metadata 'spec': {e}")))?;
         // Checkpoints from before quantisation hold full-precision baselines: their spec says so.
         let precision = match map.get("precision") {
             Some(text) => Precision::from_json(text)?,
@@ -174,9 +173,7 @@ pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> 
     }
     let views = entries
         .iter()
-        .map(|(name, (dtype, shape, bytes))| {
-            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.as_str(), v))
-        })
+        .map(|(name, (dtype, shape, bytes))| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.as_str(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
     let metadata: HashMap<String, String> = meta.to_map()?.into_iter().collect();
@@ -218,11 +215,7 @@ pub fn load_weights(vs: &VarStore, tensors: &BTreeMap<String, Tensor>) -> Result
     for (name, mut var) in variables {
         let saved = tensors.get(&name).ok_or_else(|| EngineError::Checkpoint(format!("missing tensor '{name}'")))?;
         if saved.size() != var.size() {
-            return Err(EngineError::Checkpoint(format!(
-                "tensor '{name}' has shape {:?}, the model's has {:?}",
-                saved.size(),
-                var.size()
-            )));
+            return Err(EngineError::Checkpoint(format!("tensor '{name}' has shape {:?}, the model's has {:?}", saved.size(), var.size())));
         }
         var.f_copy_(saved)?;
     }
@@ -264,8 +257,8 @@ pub fn load_matching(
 pub fn verify(bytes: &[u8]) -> Result<CheckpointMeta> {
     let state = load(bytes)?;
     let spec = &state.meta.spec;
-    let info = crate::data::dataset_info(&spec.dataset)
-        .ok_or_else(|| EngineError::Checkpoint(format!("unknown data set '{}'", spec.dataset)))?;
+    let info =
+        crate::data::dataset_info(&spec.dataset).ok_or_else(|| EngineError::Checkpoint(format!("unknown data set '{}'", spec.dataset)))?;
     let vs = VarStore::new(Device::Cpu);
     Network::build(&vs.root(), spec, &state.meta.precision, info.channels, info.classes, ComputeOptions::default())?;
     load_weights(&vs, &state.model)?;

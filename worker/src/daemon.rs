@@ -13,8 +13,8 @@ use std::time::Duration;
 use camp_proto::endpoint::{self, ClientTls};
 use camp_proto::limits::{self, CHECKPOINT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use camp_proto::metadata::{self, CallHeaders};
-use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1;
+use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::JobSpec;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -69,14 +69,11 @@ fn refused(call: &'static str, status: Status) -> DaemonError {
 /// Runs until `shutdown` is set (SIGTERM): finishes the current step, checkpoints,
 /// hands the job back to the queue, and returns.
 pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signal: Arc<tokio::sync::Notify>) -> Result<(), DaemonError> {
-    let channel = endpoint::endpoint(&config.coordinator, &config.tls)?
-        .connect()
-        .await
-        .map_err(|e| {
-            let reason = endpoint::describe(&e);
-            let hint = endpoint::hint(&config.coordinator, &reason);
-            DaemonError::Connect { addr: config.coordinator.clone(), reason: format!("{reason}{hint}") }
-        })?;
+    let channel = endpoint::endpoint(&config.coordinator, &config.tls)?.connect().await.map_err(|e| {
+        let reason = endpoint::describe(&e);
+        let hint = endpoint::hint(&config.coordinator, &reason);
+        DaemonError::Connect { addr: config.coordinator.clone(), reason: format!("{reason}{hint}") }
+    })?;
     let credential = match &config.token {
         Some(token) => CallHeaders::default().bearer(token).map_err(|_| DaemonError::Token)?,
         None => CallHeaders::default(),
@@ -111,8 +108,9 @@ pub async fn run(config: DaemonConfig, shutdown: Arc<AtomicBool>, shutdown_signa
         })?
         .into_inner();
     tracing::info!(worker = %config.name, id = %registered.worker_id, device = device_kind, ?datasets, "registered");
-    let with_session =
-        credential.with(metadata::SESSION, &registered.session).map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
+    let with_session = credential
+        .with(metadata::SESSION, &registered.session)
+        .map_err(|_| refused("register", Status::internal("the session is not a header value")))?;
     let mut client = client(channel, with_session);
 
     while !shutdown.load(Ordering::SeqCst) {
@@ -399,11 +397,17 @@ impl Reporter {
     /// The batch being filled: a new one when there is none, or when the last is
     /// full (the coordinator takes at most so many metrics and lines per batch).
     fn current(&mut self) -> &mut v1::ReportBatch {
-        let full = self.pending.last().is_none_or(|b| {
-            b.metrics.len() + 16 > limits::MAX_METRICS_PER_BATCH || b.log_lines.len() >= limits::MAX_LOG_LINES_PER_BATCH
-        });
+        let full = self
+            .pending
+            .last()
+            .is_none_or(|b| b.metrics.len() + 16 > limits::MAX_METRICS_PER_BATCH || b.log_lines.len() >= limits::MAX_LOG_LINES_PER_BATCH);
         if full {
-            self.pending.push(v1::ReportBatch { job_id: self.job_id, attempt: self.attempt, sequence: self.sequence, ..Default::default() });
+            self.pending.push(v1::ReportBatch {
+                job_id: self.job_id,
+                attempt: self.attempt,
+                sequence: self.sequence,
+                ..Default::default()
+            });
             self.sequence += 1;
         }
         self.pending.last_mut().expect("just pushed")
@@ -495,7 +499,12 @@ where
     let mut delay = Duration::from_millis(200);
     for _ in 0..30 {
         match call().await {
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
+                ) =>
+            {
                 tracing::warn!("{what} failed: {}; retrying", s.message());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -25,10 +25,8 @@ pub struct DatasetInfo {
     pub crop_padding: i64,
 }
 
-pub const CIFAR10: DatasetInfo =
-    DatasetInfo { name: "cifar10", channels: 3, height: 32, width: 32, classes: 10, crop_padding: 4 };
-pub const CIFAR100: DatasetInfo =
-    DatasetInfo { name: "cifar100", channels: 3, height: 32, width: 32, classes: 100, crop_padding: 4 };
+pub const CIFAR10: DatasetInfo = DatasetInfo { name: "cifar10", channels: 3, height: 32, width: 32, classes: 10, crop_padding: 4 };
+pub const CIFAR100: DatasetInfo = DatasetInfo { name: "cifar100", channels: 3, height: 32, width: 32, classes: 100, crop_padding: 4 };
 pub const FASHION_MNIST: DatasetInfo =
     DatasetInfo { name: "fashion-mnist", channels: 1, height: 28, width: 28, classes: 10, crop_padding: 2 };
 
@@ -36,13 +34,11 @@ pub fn dataset_info(name: &str) -> Option<DatasetInfo> {
     [CIFAR10, CIFAR100, FASHION_MNIST].into_iter().find(|d| d.name == name)
 }
 
-const CIFAR10_TRAIN_FILES: [&str; 5] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+const CIFAR10_TRAIN_FILES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 const CIFAR10_TEST_FILE: &str = "test_batch.bin";
 const CIFAR100_TRAIN_FILE: &str = "train.bin";
 const CIFAR100_TEST_FILE: &str = "test.bin";
-const FASHION_FILES: [&str; 4] =
-    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+const FASHION_FILES: [&str; 4] = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 const IDX_IMAGES_MAGIC: u32 = 0x0803;
 const IDX_LABELS_MAGIC: u32 = 0x0801;
 
@@ -191,9 +187,7 @@ pub fn normalize(images: &Tensor) -> Result<Tensor> {
 
 fn to_device(info: &DatasetInfo, split: RawSplit, device: Device) -> Result<(Tensor, Tensor)> {
     let n = split.labels.len() as i64;
-    let images = Tensor::f_from_slice(&split.pixels)?
-        .f_view([n, info.channels, info.height, info.width])?
-        .f_to_device(device)?;
+    let images = Tensor::f_from_slice(&split.pixels)?.f_view([n, info.channels, info.height, info.width])?.f_to_device(device)?;
     Ok((images, Tensor::f_from_slice(&split.labels)?.f_to_device(device)?))
 }
 
@@ -398,11 +392,8 @@ mod tests {
         assert_eq!(batch.size(), [len, 3, 32, 32]);
         for i in 0..len {
             let source = plan.order.int64_value(&[start + i]);
-            let (row0, col0, flip) = (
-                plan.crops.int64_value(&[0, start + i]),
-                plan.crops.int64_value(&[1, start + i]),
-                plan.crops.int64_value(&[2, start + i]),
-            );
+            let (row0, col0, flip) =
+                (plan.crops.int64_value(&[0, start + i]), plan.crops.int64_value(&[1, start + i]), plan.crops.int64_value(&[2, start + i]));
             let padded = data.train_images.get(source).constant_pad_nd([4, 4, 4, 4]);
             let mut crop = padded.narrow(1, row0, 32).narrow(2, col0, 32);
             if flip == 1 {

@@ -62,7 +62,6 @@ impl Gate {
         let pooled = hidden.f_adaptive_avg_pool2d([1, 1])?;
         Ok(self.conv2.forward(&pooled, weights, opts)?.f_flatten(1, -1)?.f_to_kind(Kind::Float)?)
     }
-
 }
 
 /// A decision that passes no gradient through the mask: an action sampled from

@@ -105,9 +105,7 @@ impl PrintingObserver {
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::result::Result<(), String> {
         let path = self.out_dir.join(name);
         let partial = self.out_dir.join(format!("{name}.partial"));
-        std::fs::write(&partial, bytes)
-            .and_then(|_| std::fs::rename(&partial, &path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(&partial, bytes).and_then(|_| std::fs::rename(&partial, &path)).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -126,11 +124,7 @@ impl Observer for PrintingObserver {
     fn metrics(&mut self, step: i64, epoch: u32, values: &[(&str, f64)]) {
         let get = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         if let (Some(loss), Some(top1), Some(rate)) = (get("loss"), get("top1"), get("images_per_s")) {
-            println!(
-                "epoch {epoch} step {step}: loss {loss:.4} top-1 {:.2}% {rate:.0} images/s ETA {}",
-                100.0 * top1,
-                self.eta(step)
-            );
+            println!("epoch {epoch} step {step}: loss {loss:.4} top-1 {:.2}% {rate:.0} images/s ETA {}", 100.0 * top1, self.eta(step));
         }
     }
 

@@ -115,8 +115,18 @@ fn main() -> anyhow::Result<()> {
     let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
     match cli.command {
         Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, profile, json }) => {
-            let config =
-                BenchConfig { arch, batch, device, bf16, channels_last, warmup_steps, steps, bits, dual_path: dualpath, profile_steps: profile };
+            let config = BenchConfig {
+                arch,
+                batch,
+                device,
+                bf16,
+                channels_last,
+                warmup_steps,
+                steps,
+                bits,
+                dual_path: dualpath,
+                profile_steps: profile,
+            };
             let report = run_bench(&config)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -125,12 +135,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Run { spec, out, resume, init }) => {
-            match run_local(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
-                StageOutcome::Completed(_) => Ok(()),
-                _ => anyhow::bail!("run stopped before the end"),
-            }
-        }
+        Some(Command::Run { spec, out, resume, init }) => match run_local(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
+            StageOutcome::Completed(_) => Ok(()),
+            _ => anyhow::bail!("run stopped before the end"),
+        },
         None => run_daemon(cli, device),
     }
 }
@@ -140,7 +148,8 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
     });
     let tls = ClientTls { ca: cli.ca, cert: cli.tls_cert, key: cli.tls_key };
-    let config = DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token, tls };
+    let config =
+        DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token, tls };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = Arc::new(AtomicBool::new(false));

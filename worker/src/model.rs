@@ -76,7 +76,13 @@ pub(crate) struct Conv {
 impl Conv {
     /// Init (ref, every Conv2d): weight N(0, sqrt(2 / (k*k*out_channels))); a bias as
     /// PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub(crate) fn new(p: Path, shape: ConvShape, precision: &Precision, opts: ComputeOptions, bank: &mut WeightBankBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        p: Path,
+        shape: ConvShape,
+        precision: &Precision,
+        opts: ComputeOptions,
+        bank: &mut WeightBankBuilder,
+    ) -> Result<Self> {
         let ConvShape { in_ch, out_ch, kernel, stride, bias } = shape;
         let quantizer = precision.weight_quantizer(&path_of(&p))?;
         let std = (2.0 / (kernel * kernel * out_ch) as f64).sqrt();
@@ -217,9 +223,7 @@ impl PreActBlock {
             None => x.shallow_clone(),
             // The reference's parameter-free "identity downsample": avgpool 2x2 of the
             // pre-activation, zero channels padded on both sides.
-            Some(pad) => pre
-                .f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)?
-                .f_constant_pad_nd([0, 0, 0, 0, pad, pad])?,
+            Some(pad) => pre.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)?.f_constant_pad_nd([0, 0, 0, 0, pad, pad])?,
         };
         Ok(out.f_add(&residual)?)
     }

@@ -67,7 +67,9 @@ impl Sgd {
     /// Back-propagates `loss` to the parameters and updates them with learning rate `lr`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         if self.params.first().is_some_and(|(_, p)| p.data_ptr() != self.flat_params.data_ptr()) {
-            return Err(EngineError::Model("the parameters no longer live in this optimiser's buffer (a second optimiser took them)".into()));
+            return Err(EngineError::Model(
+                "the parameters no longer live in this optimiser's buffer (a second optimiser took them)".into(),
+            ));
         }
         let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;

@@ -33,9 +33,9 @@ fn quantized_bits(bits: Option<u32>, what: &str) -> Result<Option<u32>> {
     match bits {
         None | Some(FULL_PRECISION_BITS) => Ok(None),
         Some(b) if (1..=MAX_QUANTIZED_BITS).contains(&b) => Ok(Some(b)),
-        Some(b) => Err(EngineError::Quantization(format!(
-            "{what}: {b} bits is not offered (1..={MAX_QUANTIZED_BITS} or {FULL_PRECISION_BITS})"
-        ))),
+        Some(b) => {
+            Err(EngineError::Quantization(format!("{what}: {b} bits is not offered (1..={MAX_QUANTIZED_BITS} or {FULL_PRECISION_BITS})")))
+        }
     }
 }
 
@@ -46,7 +46,9 @@ pub enum WeightQuantizer {
     /// `sign(w) * mean(|w|)`, gradient passed unchanged.
     Binary,
     /// DoReFa at 2..=8 bits.
-    Dorefa { bits: u32 },
+    Dorefa {
+        bits: u32,
+    },
 }
 
 impl WeightQuantizer {
@@ -75,7 +77,8 @@ impl WeightQuantizer {
             WeightQuantizer::Binary => {
                 // Detach identity: forward sign(w)*E, gradient 1 (E gets none, as in the reference).
                 let delta = tch::no_grad(|| -> Result<Tensor> {
-                    let mean_abs = w.f_reshape([-1])?.f_linalg_norm(1.0, None::<&[i64]>, false, None::<Kind>)?.f_div_scalar(w.numel() as f64)?;
+                    let mean_abs =
+                        w.f_reshape([-1])?.f_linalg_norm(1.0, None::<&[i64]>, false, None::<Kind>)?.f_div_scalar(w.numel() as f64)?;
                     Ok(w.f_sign()?.f_mul(&mean_abs)?.f_sub(w)?)
                 })?;
                 Ok(w.f_add(&delta)?)
@@ -147,7 +150,9 @@ impl Segments {
 pub enum Activation {
     Relu,
     /// `round_k(clamp(x, 0, 1))`, gradient 1 inside [0, 1].
-    Dorefa { bits: u32 },
+    Dorefa {
+        bits: u32,
+    },
     /// `round_k` on [0, clip] of `clamp(x, 0, clip)` with a learned `clip_val`.
     Pact {
         bits: u32,

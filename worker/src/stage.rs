@@ -28,8 +28,8 @@ use crate::error::{EngineError, Result};
 use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
-use crate::quant::PACT_CLIP_SUFFIX;
 use crate::precision::Precision;
+use crate::quant::PACT_CLIP_SUFFIX;
 use crate::reinforce::rl_loss;
 use crate::rng::SplitMix64;
 
@@ -309,11 +309,7 @@ impl DeviceTotals {
 
     /// Reads the sums back (synchronises with the device).
     fn read(&self) -> Result<EpochTotals> {
-        Ok(EpochTotals {
-            loss_sum: self.loss_sum.f_double_value(&[0])?,
-            correct: self.correct.f_int64_value(&[0])?,
-            seen: self.seen,
-        })
+        Ok(EpochTotals { loss_sum: self.loss_sum.f_double_value(&[0])?, correct: self.correct.f_int64_value(&[0])?, seen: self.seen })
     }
 }
 

@@ -69,10 +69,8 @@ fn sp_gates_are_hard_and_get_gradient_through_the_straight_through_estimator() {
     }
     let loss = out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
     let variables = vs.variables();
-    let gate_params: Vec<&Tensor> = ["layer1.0.gate.conv1.weight", "layer2.1.gate.conv2.weight", "layer3.2.gate.conv2.bias"]
-        .iter()
-        .map(|n| &variables[*n])
-        .collect();
+    let gate_params: Vec<&Tensor> =
+        ["layer1.0.gate.conv1.weight", "layer2.1.gate.conv2.weight", "layer3.2.gate.conv2.bias"].iter().map(|n| &variables[*n]).collect();
     for (grad, name) in Tensor::run_backward(&[loss], &gate_params, false, false).iter().zip(["conv1", "conv2", "bias"]) {
         assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient reaches gate {name}");
     }
@@ -106,8 +104,7 @@ fn rl_loss_equals_the_specs_formula_on_a_fixed_example() {
     let logits = Tensor::from_slice(&[2.0f32, 0.5, -1.0, 0.1, 0.2, 0.3]).view([2, 3]);
     let targets = Tensor::from_slice(&[0i64, 2]);
     let actions = [Tensor::from_slice(&[1.0f32, 0.0]), Tensor::from_slice(&[0.0f32, 0.0])];
-    let log_probs: Vec<Tensor> =
-        [[-0.2f32, -1.5], [-0.7, -0.1]].iter().map(|v| Tensor::from_slice(v).set_requires_grad(true)).collect();
+    let log_probs: Vec<Tensor> = [[-0.2f32, -1.5], [-0.7, -0.1]].iter().map(|v| Tensor::from_slice(v).set_requires_grad(true)).collect();
     let (alpha, gamma, rl_weight) = (0.3, 0.9, 0.5);
     let loss = rl_loss(&logits, &targets, &actions, &log_probs, alpha, gamma, rl_weight).unwrap();
 
@@ -250,7 +247,10 @@ fn an_interrupted_rl_run_resumes_to_the_same_end() {
     assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
     let mut rest = Recorder::default();
     completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&first.checkpoints.last().unwrap().bytes), None, &mut rest).unwrap());
-    let (a, b) = (checkpoint::load(&whole.checkpoints.last().unwrap().bytes).unwrap(), checkpoint::load(&rest.checkpoints.last().unwrap().bytes).unwrap());
+    let (a, b) = (
+        checkpoint::load(&whole.checkpoints.last().unwrap().bytes).unwrap(),
+        checkpoint::load(&rest.checkpoints.last().unwrap().bytes).unwrap(),
+    );
     for (name, t) in &a.model {
         assert!(t.equal(&b.model[name]), "{name} differs after resume");
     }

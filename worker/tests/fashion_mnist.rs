@@ -67,10 +67,7 @@ fn real_fashion_mnist_subset_is_learned_in_full_precision_and_quantised() {
     let fp32 = train(&real_spec(Stage::Baseline, None));
     let four = train(&real_spec(Stage::Qat, Some(4)));
     let one = train(&real_spec(Stage::Qat, Some(1)));
-    println!(
-        "test top-1: fp32 {:.4}, 4-bit {:.4}, 1-bit {:.4} (chance 0.1)",
-        fp32.final_top1, four.final_top1, one.final_top1
-    );
+    println!("test top-1: fp32 {:.4}, 4-bit {:.4}, 1-bit {:.4} (chance 0.1)", fp32.final_top1, four.final_top1, one.final_top1);
     assert!(fp32.final_top1 > 0.65, "fp32 test top-1 {} is too low", fp32.final_top1);
     assert!(four.final_top1 > fp32.final_top1 - 0.06, "4-bit {} is more than a few points below fp32 {}", four.final_top1, fp32.final_top1);
     assert!(one.final_top1 > 0.4, "1-bit test top-1 {} is not well above chance", one.final_top1);

@@ -69,6 +69,13 @@ fn raising_alpha_lowers_the_share_of_4_bit_routing() {
         .collect();
     println!("sp 4-bit share {:?}; rl alpha -> 4-bit share: {shares:?}", sp_summary.fullbit_share);
     // A short run's shares are noisy by a few points: the trend must stand out of it.
-    assert!(shares[2].1 < shares[0].1 - 0.1, "alpha {} routed {} to 4 bits, alpha {} {}", shares[2].0, shares[2].1, shares[0].0, shares[0].1);
+    assert!(
+        shares[2].1 < shares[0].1 - 0.1,
+        "alpha {} routed {} to 4 bits, alpha {} {}",
+        shares[2].0,
+        shares[2].1,
+        shares[0].0,
+        shares[0].1
+    );
     assert!(shares[2].1 <= shares[1].1 + 0.03 && shares[1].1 <= shares[0].1 + 0.03, "not decreasing: {shares:?}");
 }

@@ -2,8 +2,8 @@
 
 use camp_proto::spec::JobSpec;
 use camp_worker::model::{blocks_per_stage, ComputeOptions, PreActResNet};
-use camp_worker::precision::Precision;
 use camp_worker::optim::Sgd;
+use camp_worker::precision::Precision;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -51,11 +51,21 @@ fn parameter_counts_match_the_layer_shapes() {
 fn forward_gives_logits_for_32_and_28_pixel_inputs_and_names_follow_the_reference() {
     tch::set_num_threads(1);
     let vs = VarStore::new(Device::Cpu);
-    let model = PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 1, 10, &full_precision("preact_resnet20_cifar"), ComputeOptions::default()).unwrap();
+    let model =
+        PreActResNet::new(&vs.root(), "preact_resnet20_cifar", 1, 10, &full_precision("preact_resnet20_cifar"), ComputeOptions::default())
+            .unwrap();
     let logits = model.forward_t(&Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu)), true).unwrap();
     assert_eq!(logits.size(), [2, 10]);
     let names = vs.variables();
-    for name in ["conv1.weight", "layer1.0.pre_bn.weight", "layer2.0.conv1.weight", "layer3.2.bn.running_var", "final_bn.bias", "fc.weight", "fc.bias"] {
+    for name in [
+        "conv1.weight",
+        "layer1.0.pre_bn.weight",
+        "layer2.0.conv1.weight",
+        "layer3.2.bn.running_var",
+        "final_bn.bias",
+        "fc.weight",
+        "fc.bias",
+    ] {
         assert!(names.contains_key(name), "{name} missing");
     }
     assert_eq!(names["layer2.0.conv1.weight"].size(), [32, 16, 3, 3]);
@@ -131,7 +141,11 @@ fn sgd_updates_parameters_of_every_shape_and_layout_in_place() {
             let d = want.pow_tensor_scalar(2) + &*want * wd;
             let buf = if step == 0 { d } else { &buffers[i] * momentum + d };
             *want = &*want - &buf * lr;
-            if step == 0 { buffers.push(buf) } else { buffers[i] = buf }
+            if step == 0 {
+                buffers.push(buf)
+            } else {
+                buffers[i] = buf
+            }
         }
         for (p, want) in params.iter().zip(&expected) {
             assert!(p.allclose(want, 1e-5, 1e-6, false), "step {step}: {p:?} vs {want:?}");

@@ -149,7 +149,14 @@ fn every_evaluation_reports_energy_normalised_to_4_bits() {
     ] {
         let mut rec = Recorder::default();
         let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
-        println!("{:?} {}-bit: normalised energy {} ({} pJ, stem and head {} pJ)", spec.stage, spec.weight_bits(), summary.normalized_energy, summary.energy_pj, summary.stem_head_pj);
+        println!(
+            "{:?} {}-bit: normalised energy {} ({} pJ, stem and head {} pJ)",
+            spec.stage,
+            spec.weight_bits(),
+            summary.normalized_energy,
+            summary.energy_pj,
+            summary.stem_head_pj
+        );
         assert!((summary.normalized_energy - want).abs() < 1e-9, "{} vs {want}", summary.normalized_energy);
         assert_eq!(rec.series("normalized_energy"), vec![(1, summary.normalized_energy)]);
         assert_eq!(rec.series("energy_pj"), vec![(1, summary.energy_pj)]);

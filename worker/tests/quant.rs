@@ -9,8 +9,8 @@ use camp_proto::spec::ActQuant;
 use camp_worker::model::ComputeOptions;
 use camp_worker::quant::{Activation, WeightQuantizer};
 use camp_worker::weights::WeightBankBuilder;
-use tch::nn::VarStore;
 use common::serial;
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 fn leaf(values: &[f64]) -> Tensor {

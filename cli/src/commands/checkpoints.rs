@@ -17,25 +17,16 @@ use crate::output::{age, now_ms, percent, print_json, size, Table};
 use crate::wire;
 
 pub async fn list(opts: &GlobalOpts, job_id: i64) -> anyhow::Result<()> {
-    let checkpoints = client::connect(opts)
-        .await?
-        .list_checkpoints(ListCheckpointsRequest { job_id })
-        .await?
-        .into_inner()
-        .checkpoints;
+    let checkpoints = client::connect(opts).await?.list_checkpoints(ListCheckpointsRequest { job_id }).await?.into_inner().checkpoints;
     if opts.json {
-        return print_json(&Value::Array(
-            checkpoints.iter().map(wire::checkpoint).collect(),
-        ));
+        return print_json(&Value::Array(checkpoints.iter().map(wire::checkpoint).collect()));
     }
     print!("{}", table(&checkpoints, now_ms()));
     Ok(())
 }
 
 fn table(checkpoints: &[v1::Checkpoint], now_ms: i64) -> Table {
-    let mut table = Table::new(&[
-        "id", "epoch", "step", "top-1", "best", "size", "sha256", "created",
-    ]);
+    let mut table = Table::new(&["id", "epoch", "step", "top-1", "best", "size", "sha256", "created"]);
     for checkpoint in checkpoints {
         table.push(vec![
             checkpoint.id.to_string(),
@@ -63,11 +54,7 @@ fn download_request(args: &DownloadArgs) -> DownloadCheckpointRequest {
 
 pub async fn download(opts: &GlobalOpts, args: &DownloadArgs) -> anyhow::Result<()> {
     let request = download_request(args);
-    let chunks = client::connect(opts)
-        .await?
-        .download_checkpoint(request)
-        .await?
-        .into_inner();
+    let chunks = client::connect(opts).await?.download_checkpoint(request).await?.into_inner();
     let info = write_verified(chunks, &args.output).await?;
     if opts.json {
         let path = args.output.display().to_string();
@@ -106,9 +93,7 @@ where
     let temp = temp_path(path);
     match write_and_check(chunks, &temp).await {
         Ok(info) => {
-            tokio::fs::rename(&temp, path).await.with_context(|| {
-                format!("cannot rename {} to {}", temp.display(), path.display())
-            })?;
+            tokio::fs::rename(&temp, path).await.with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))?;
             Ok(info)
         }
         Err(err) => {
@@ -123,39 +108,24 @@ async fn write_and_check<S>(mut chunks: S, temp: &Path) -> anyhow::Result<v1::Ch
 where
     S: Stream<Item = Result<v1::CheckpointChunk, Status>> + Unpin,
 {
-    let first = chunks
-        .next()
-        .await
-        .ok_or_else(|| anyhow!("the coordinator sent no checkpoint"))??;
-    let info = first
-        .info
-        .ok_or_else(|| anyhow!("the coordinator's first chunk carried no checkpoint info"))?;
-    let mut file = tokio::fs::File::create(temp)
-        .await
-        .with_context(|| format!("cannot create {}", temp.display()))?;
+    let first = chunks.next().await.ok_or_else(|| anyhow!("the coordinator sent no checkpoint"))??;
+    let info = first.info.ok_or_else(|| anyhow!("the coordinator's first chunk carried no checkpoint info"))?;
+    let mut file = tokio::fs::File::create(temp).await.with_context(|| format!("cannot create {}", temp.display()))?;
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
     let mut data = first.data;
     loop {
         hasher.update(&data);
         written += data.len() as u64;
-        file.write_all(&data)
-            .await
-            .with_context(|| format!("cannot write {}", temp.display()))?;
+        file.write_all(&data).await.with_context(|| format!("cannot write {}", temp.display()))?;
         match chunks.next().await {
             Some(chunk) => data = chunk?.data,
             None => break,
         }
     }
-    file.sync_all()
-        .await
-        .with_context(|| format!("cannot write {}", temp.display()))?;
+    file.sync_all().await.with_context(|| format!("cannot write {}", temp.display()))?;
     if written != info.size {
-        bail!(
-            "checkpoint {} is {} bytes, but {written} arrived; download discarded",
-            info.id,
-            info.size
-        );
+        bail!("checkpoint {} is {} bytes, but {written} arrived; download discarded", info.id, info.size);
     }
     let sha256 = format!("{:x}", hasher.finalize());
     if !sha256.eq_ignore_ascii_case(&info.sha256) {
@@ -171,46 +141,22 @@ mod tests {
     const DATA: &[u8] = b"safetensors bytes";
     const WRONG_SHA256: &str = "1b5d1bc2a6a8a2e1d4ab3e5a6a20b1b1e9ef86a0e1f0c0b5e3c5e2b1f7c0d9e1";
 
-    fn chunks(
-        info: v1::Checkpoint,
-        parts: &[&[u8]],
-    ) -> impl Stream<Item = Result<v1::CheckpointChunk, Status>> + Unpin {
-        let mut messages: Vec<Result<v1::CheckpointChunk, Status>> = parts
-            .iter()
-            .map(|part| {
-                Ok(v1::CheckpointChunk {
-                    info: None,
-                    data: part.to_vec(),
-                })
-            })
-            .collect();
-        messages.insert(
-            0,
-            Ok(v1::CheckpointChunk {
-                info: Some(info),
-                data: Vec::new(),
-            }),
-        );
+    fn chunks(info: v1::Checkpoint, parts: &[&[u8]]) -> impl Stream<Item = Result<v1::CheckpointChunk, Status>> + Unpin {
+        let mut messages: Vec<Result<v1::CheckpointChunk, Status>> =
+            parts.iter().map(|part| Ok(v1::CheckpointChunk { info: None, data: part.to_vec() })).collect();
+        messages.insert(0, Ok(v1::CheckpointChunk { info: Some(info), data: Vec::new() }));
         futures::stream::iter(messages)
     }
 
     fn info_for(data: &[u8]) -> v1::Checkpoint {
-        v1::Checkpoint {
-            id: 5,
-            job_id: 1,
-            sha256: format!("{:x}", Sha256::digest(data)),
-            size: data.len() as u64,
-            ..Default::default()
-        }
+        v1::Checkpoint { id: 5, job_id: 1, sha256: format!("{:x}", Sha256::digest(data)), size: data.len() as u64, ..Default::default() }
     }
 
     #[tokio::test]
     async fn verified_download_lands_at_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
-        let info = write_verified(chunks(info_for(DATA), &[&DATA[..5], &DATA[5..]]), &path)
-            .await
-            .unwrap();
+        let info = write_verified(chunks(info_for(DATA), &[&DATA[..5], &DATA[5..]]), &path).await.unwrap();
         assert_eq!(info.id, 5);
         assert_eq!(std::fs::read(&path).unwrap(), DATA);
         assert!(!temp_path(&path).exists());
@@ -220,17 +166,10 @@ mod tests {
     async fn mismatch_removes_the_temp_file_and_fails() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
-        let wrong_hash = v1::Checkpoint {
-            sha256: WRONG_SHA256.into(),
-            ..info_for(DATA)
-        };
-        let err = write_verified(chunks(wrong_hash, &[DATA]), &path)
-            .await
-            .unwrap_err();
+        let wrong_hash = v1::Checkpoint { sha256: WRONG_SHA256.into(), ..info_for(DATA) };
+        let err = write_verified(chunks(wrong_hash, &[DATA]), &path).await.unwrap_err();
         assert!(err.to_string().contains("sha256"), "{err}");
-        let short = write_verified(chunks(info_for(DATA), &[&DATA[..3]]), &path)
-            .await
-            .unwrap_err();
+        let short = write_verified(chunks(info_for(DATA), &[&DATA[..3]]), &path).await.unwrap_err();
         assert!(short.to_string().contains("bytes"), "{short}");
         assert!(!path.exists() && !temp_path(&path).exists());
     }
@@ -240,31 +179,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         let failing = futures::stream::iter(vec![
-            Ok(v1::CheckpointChunk {
-                info: Some(info_for(DATA)),
-                data: DATA[..4].to_vec(),
-            }),
+            Ok(v1::CheckpointChunk { info: Some(info_for(DATA)), data: DATA[..4].to_vec() }),
             Err(Status::unavailable("coordinator went away")),
         ]);
         let err = write_verified(failing, &path).await.unwrap_err();
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::UNREACHABLE);
         assert!(!temp_path(&path).exists());
-        let no_info = futures::stream::iter(vec![Ok(v1::CheckpointChunk {
-            info: None,
-            data: DATA.to_vec(),
-        })]);
+        let no_info = futures::stream::iter(vec![Ok(v1::CheckpointChunk { info: None, data: DATA.to_vec() })]);
         assert!(write_verified(no_info, &path).await.is_err());
     }
 
     fn download_args(line: &[&str]) -> DownloadArgs {
         use clap::Parser;
-        let cli =
-            crate::args::Cli::try_parse_from(["camp", "checkpoint", "download"].iter().chain(line))
-                .unwrap();
+        let cli = crate::args::Cli::try_parse_from(["camp", "checkpoint", "download"].iter().chain(line)).unwrap();
         match cli.command {
-            crate::args::Command::Checkpoint {
-                action: crate::args::CheckpointAction::Download(args),
-            } => args,
+            crate::args::Command::Checkpoint { action: crate::args::CheckpointAction::Download(args) } => args,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -274,41 +203,22 @@ mod tests {
         let request = download_request(&download_args(&["3", "-o", "f", "--checkpoint", "9"]));
         assert_eq!((request.checkpoint_id, request.job_id), (9, 3));
         let request = download_request(&download_args(&["3", "-o", "f", "--best"]));
-        assert_eq!(
-            (
-                request.checkpoint_id,
-                request.job_id,
-                request.which.as_str()
-            ),
-            (0, 3, "best")
-        );
+        assert_eq!((request.checkpoint_id, request.job_id, request.which.as_str()), (0, 3, "best"));
         let request = download_request(&download_args(&["3", "-o", "f"]));
         assert_eq!(request.which, "latest");
     }
 
     #[test]
     fn a_checkpoint_of_another_job_is_refused_with_exit_2() {
-        let refusal =
-            Status::invalid_argument("checkpoint_id: checkpoint 9 is not a checkpoint of job 3");
+        let refusal = Status::invalid_argument("checkpoint_id: checkpoint 9 is not a checkpoint of job 3");
         let err = anyhow::Error::new(refusal);
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
-        assert_eq!(
-            crate::exit::one_line_message(&err),
-            "checkpoint_id: checkpoint 9 is not a checkpoint of job 3"
-        );
+        assert_eq!(crate::exit::one_line_message(&err), "checkpoint_id: checkpoint 9 is not a checkpoint of job 3");
     }
 
     #[test]
     fn table_shortens_sha256_and_marks_best() {
-        let checkpoint = v1::Checkpoint {
-            id: 2,
-            epoch: 3,
-            step: 1170,
-            top1: 0.485,
-            best: true,
-            size: 2048,
-            ..info_for(DATA)
-        };
+        let checkpoint = v1::Checkpoint { id: 2, epoch: 3, step: 1170, top1: 0.485, best: true, size: 2048, ..info_for(DATA) };
         let text = table(&[checkpoint], 0).to_string();
         let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(cells[..7], ["2", "3", "1170", "48.50%", "*", "2.0", "KiB"]);

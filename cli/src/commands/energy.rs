@@ -21,9 +21,7 @@ pub fn run(opts: &GlobalOpts, args: &EnergyArgs) -> anyhow::Result<()> {
 
 /// The spec whose network and bits the flags describe.
 pub fn spec_for(args: &EnergyArgs) -> anyhow::Result<JobSpec> {
-    let bits_given = args.bits.bits.is_some()
-        || args.bits.bits_weights.is_some()
-        || args.bits.bits_activations.is_some();
+    let bits_given = args.bits.bits.is_some() || args.bits.bits_weights.is_some() || args.bits.bits_activations.is_some();
     let stage = match args.stage {
         Some(stage) => Stage::from(stage),
         None if bits_given => Stage::Qat,
@@ -95,10 +93,7 @@ pub fn report_text(spec: &JobSpec, report: &EnergyReport) -> String {
     for layer in &report.layers {
         table.push(vec![
             layer.path.clone(),
-            serde_json::to_value(layer.role)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            serde_json::to_value(layer.role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
             thousands(layer.macs),
             layer.bits.map_or("fp32".into(), |b| b.to_string()),
             number(layer.energy_pj),
@@ -110,22 +105,10 @@ pub fn report_text(spec: &JobSpec, report: &EnergyReport) -> String {
     let bits = if spec.stage == Stage::Baseline {
         "fp32".to_owned()
     } else {
-        format!(
-            "weights {} bits, activations {} bits",
-            spec.weight_bits(),
-            spec.activation_bits()
-        )
+        format!("weights {} bits, activations {} bits", spec.weight_bits(), spec.activation_bits())
     };
     let mut lines: Vec<(&str, String)> = vec![
-        (
-            "network",
-            format!(
-                "{} on {} (stage {}, {bits})",
-                report.arch,
-                spec.dataset,
-                spec.stage.as_str()
-            ),
-        ),
+        ("network", format!("{} on {} (stage {}, {bits})", report.arch, spec.dataset, spec.stage.as_str())),
         (
             "table",
             format!(
@@ -143,11 +126,7 @@ pub fn report_text(spec: &JobSpec, report: &EnergyReport) -> String {
         let all_off = report.blocks_pj(&vec![0.0; report.fullbit_pj.len()]);
         lines.push((
             "blocks pJ",
-            format!(
-                "{} with all gates off (1-bit path and gates), {} with all on, per image",
-                number(all_off),
-                number(all_on)
-            ),
+            format!("{} with all gates off (1-bit path and gates), {} with all on, per image", number(all_off), number(all_on)),
         ));
         lines.push(("stem+head pJ", number(report.stem_head_pj)));
         lines.push((
@@ -164,11 +143,7 @@ pub fn report_text(spec: &JobSpec, report: &EnergyReport) -> String {
         lines.push(("stem+head pJ", number(report.stem_head_pj)));
         lines.push((
             "normalised",
-            format!(
-                "{} (blocks / the blocks at 4 bits, {} pJ)",
-                number(report.normalized(all_on)),
-                number(report.reference_4bit_pj)
-            ),
+            format!("{} (blocks / the blocks at 4 bits, {} pJ)", number(report.normalized(all_on)), number(report.reference_4bit_pj)),
         ));
     }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -186,9 +161,7 @@ mod tests {
 
     fn energy_json(line: &[&str]) -> Value {
         let cli = Cli::try_parse_from(["camp", "energy"].iter().chain(line)).unwrap();
-        let Command::Energy(args) = cli.command else {
-            panic!("not energy")
-        };
+        let Command::Energy(args) = cli.command else { panic!("not energy") };
         let spec = spec_for(&args).unwrap();
         report_json(&spec, &energy::report(&spec).unwrap())
     }
@@ -221,10 +194,7 @@ mod tests {
         let four = energy_json(&[r20[0], r20[1], "--stage", "qat"]);
         assert!((four["normalized_energy"].as_f64().unwrap() - 1.0).abs() < 1e-12);
         let weights_only = energy_json(&[r20[0], r20[1], "--bits-weights", "1"]);
-        assert_eq!(
-            weights_only["normalized_energy"],
-            one_bit["normalized_energy"]
-        );
+        assert_eq!(weights_only["normalized_energy"], one_bit["normalized_energy"]);
     }
 
     #[test]
@@ -233,62 +203,25 @@ mod tests {
         assert_eq!(sp["fullbit_pj"].as_array().unwrap().len(), 9);
         let off = sp["normalized_energy_all_off"].as_f64().unwrap();
         let on = sp["normalized_energy"].as_f64().unwrap();
-        assert!(
-            off > 0.106 && off < 0.3,
-            "1-bit path and 4-bit gates: {off}"
-        );
-        assert!(
-            (on - off - 1.0).abs() < 1e-9,
-            "the 4-bit paths add the 4-bit blocks: {on}"
-        );
-        let text = report_text(
-            &JobSpec::defaults_for(Stage::Sp),
-            &energy::report(&JobSpec::defaults_for(Stage::Sp)).unwrap(),
-        );
-        assert!(
-            text.contains("all gates off") && text.contains("layer3.2.gate.conv2"),
-            "{text}"
-        );
+        assert!(off > 0.106 && off < 0.3, "1-bit path and 4-bit gates: {off}");
+        assert!((on - off - 1.0).abs() < 1e-9, "the 4-bit paths add the 4-bit blocks: {on}");
+        let text = report_text(&JobSpec::defaults_for(Stage::Sp), &energy::report(&JobSpec::defaults_for(Stage::Sp)).unwrap());
+        assert!(text.contains("all gates off") && text.contains("layer3.2.gate.conv2"), "{text}");
     }
 
     #[test]
     fn overrides_and_tables_change_the_figures() {
         let dir = tempfile::tempdir().unwrap();
         let table = dir.path().join("t.yaml");
-        std::fs::write(
-            &table,
-            "name: half\nfp32_pj: 2.3\nint8_mult_pj: 0.1\nint8_add_pj: 0.015\n",
-        )
-        .unwrap();
-        let fp32 = energy_json(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--energy-table",
-            table.to_str().unwrap(),
-        ]);
+        std::fs::write(&table, "name: half\nfp32_pj: 2.3\nint8_mult_pj: 0.1\nint8_add_pj: 0.015\n").unwrap();
+        let fp32 = energy_json(&["-a", "preact_resnet20_cifar", "--energy-table", table.to_str().unwrap()]);
         assert_eq!(fp32["table"]["name"], "half");
         assert!((fp32["normalized_energy"].as_f64().unwrap() - 70.77).abs() < 0.01);
-        let eight = energy_json(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--bits",
-            "4",
-            "--bits-override",
-            "layer3.*=8",
-        ]);
+        let eight = energy_json(&["-a", "preact_resnet20_cifar", "--bits", "4", "--bits-override", "layer3.*=8"]);
         assert!(eight["normalized_energy"].as_f64().unwrap() > 1.5);
 
-        std::fs::write(
-            &table,
-            "fp32_pj: 2.3\nint8_mult_pj: 0.1\nint8_add_pj: 0.015\n",
-        )
-        .unwrap();
-        let err = crate::args::read_energy_table(&table)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--energy-table") && err.contains("name"),
-            "{err}"
-        );
+        std::fs::write(&table, "fp32_pj: 2.3\nint8_mult_pj: 0.1\nint8_add_pj: 0.015\n").unwrap();
+        let err = crate::args::read_energy_table(&table).unwrap_err().to_string();
+        assert!(err.contains("--energy-table") && err.contains("name"), "{err}");
     }
 }

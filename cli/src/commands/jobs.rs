@@ -1,8 +1,6 @@
 //! `camp jobs`, `show`, `cancel`, `priority` and `logs`: one job or many, as the coordinator has them.
 
-use camp_proto::v1::{
-    self, CancelJobRequest, GetJobRequest, ListJobsRequest, SetJobPriorityRequest,
-};
+use camp_proto::v1::{self, CancelJobRequest, GetJobRequest, ListJobsRequest, SetJobPriorityRequest};
 use serde_json::Value;
 
 use crate::args::{GlobalOpts, JobsArgs, LrSchedule};
@@ -16,9 +14,7 @@ pub const DEFAULT_LIMIT: u32 = 100;
 
 pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
     let filter = ListJobsRequest {
-        state: args
-            .state
-            .map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
+        state: args.state.map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
         stage: args.stage.clone().unwrap_or_default(),
         owner: args.owner.clone().unwrap_or_default(),
         ..Default::default()
@@ -34,24 +30,10 @@ pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
 }
 
 fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
-    let mut table = Table::new(&[
-        "id",
-        "name",
-        "stage",
-        "arch",
-        "dataset",
-        "state",
-        "attempt",
-        "epoch",
-        "best top-1",
-        "owner",
-        "age",
-    ]);
+    let mut table = Table::new(&["id", "name", "stage", "arch", "dataset", "state", "attempt", "epoch", "best top-1", "owner", "age"]);
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
-        let best = wire::best_top1(&wire::embedded_json(&job.result_json))
-            .map(percent)
-            .unwrap_or_default();
+        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).map(percent).unwrap_or_default();
         table.push(vec![
             job.id.to_string(),
             job.name.clone(),
@@ -70,11 +52,7 @@ fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
 }
 
 pub async fn show(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let job = client::connect(opts)
-        .await?
-        .get_job(GetJobRequest { id })
-        .await?
-        .into_inner();
+    let job = client::connect(opts).await?.get_job(GetJobRequest { id }).await?.into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
@@ -96,13 +74,7 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         ("name", job.name.clone()),
         ("owner", job.owner.clone()),
         ("state", state_line(job)),
-        (
-            "attempt",
-            format!(
-                "{}/{} ({} lost to expired leases)",
-                job.attempt, job.max_attempts, job.lease_losses
-            ),
-        ),
+        ("attempt", format!("{}/{} ({} lost to expired leases)", job.attempt, job.max_attempts, job.lease_losses)),
         ("priority", job.priority.to_string()),
         ("worker", job.worker.clone()),
         ("message", job.message.clone()),
@@ -112,11 +84,7 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         ("result", job.result_json.clone()),
     ];
     if job.experiment_id > 0 {
-        let node = if job.node.is_empty() {
-            String::new()
-        } else {
-            format!(", node {}", job.node)
-        };
+        let node = if job.node.is_empty() { String::new() } else { format!(", node {}", job.node) };
         fields.insert(1, ("experiment", format!("{}{node}", job.experiment_id)));
     }
     if !job.parents.is_empty() {
@@ -126,15 +94,8 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
     fields.extend(result_fields(&wire::embedded_json(&job.result_json)));
     if let Some(spec) = &job.spec {
         fields.insert(4, ("epoch", format!("{}/{}", job.epoch, spec.epochs)));
-        let schedule = LrSchedule(
-            spec.lr_schedule
-                .iter()
-                .map(|step| camp_proto::spec::LrStep {
-                    epoch: step.epoch,
-                    gamma: step.gamma,
-                })
-                .collect(),
-        );
+        let schedule =
+            LrSchedule(spec.lr_schedule.iter().map(|step| camp_proto::spec::LrStep { epoch: step.epoch, gamma: step.gamma }).collect());
         fields.extend([
             ("stage", spec.stage.clone()),
             ("arch", spec.arch.clone()),
@@ -159,11 +120,7 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         fields.insert(state + 1, ("waiting", waiting_line(job)));
     }
     let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
-    fields
-        .iter()
-        .filter(|(_, value)| !value.is_empty())
-        .map(|(key, value)| format!("{key:<width$}  {value}\n"))
-        .collect()
+    fields.iter().filter(|(_, value)| !value.is_empty()).map(|(key, value)| format!("{key:<width$}  {value}\n")).collect()
 }
 
 /// The spec's quantisation, energy table, REINFORCE knobs and parent, where they apply.
@@ -172,23 +129,13 @@ fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
     let mut fields = Vec::new();
     if let Some(stage) = stage.filter(|&s| s != camp_proto::spec::Stage::Baseline) {
         let bits = |b: Option<u32>| b.unwrap_or(stage.default_bits()).to_string();
-        fields.push((
-            "bits",
-            format!(
-                "weights {}, activations {}",
-                bits(spec.bits_weights),
-                bits(spec.bits_activations)
-            ),
-        ));
+        fields.push(("bits", format!("weights {}, activations {}", bits(spec.bits_weights), bits(spec.bits_activations))));
         fields.push(("act_quant", spec.act_quant.clone()));
     }
     if !spec.bits_overrides.is_empty() {
         let bits = |b: Option<u32>| b.map_or("fp".to_owned(), |b| b.to_string());
-        let overrides: Vec<String> = spec
-            .bits_overrides
-            .iter()
-            .map(|o| format!("{}={}/{}", o.pattern, bits(o.wts), bits(o.acts)))
-            .collect();
+        let overrides: Vec<String> =
+            spec.bits_overrides.iter().map(|o| format!("{}={}/{}", o.pattern, bits(o.wts), bits(o.acts))).collect();
         fields.push(("bits_overrides", overrides.join(" ")));
     }
     if let Some(table) = &spec.energy_table {
@@ -222,10 +169,7 @@ fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
     let f = |key: &str| result.get(key).and_then(Value::as_f64);
     let mut fields = Vec::new();
     if let Some(top1) = wire::best_top1(result) {
-        let epoch = result
-            .get("best_epoch")
-            .and_then(Value::as_u64)
-            .map_or(String::new(), |e| format!(" (epoch {e})"));
+        let epoch = result.get("best_epoch").and_then(Value::as_u64).map_or(String::new(), |e| format!(" (epoch {e})"));
         fields.push(("best top-1", format!("{}{epoch}", percent(top1))));
     }
     if let Some(normalized) = f("normalized_energy") {
@@ -238,9 +182,7 @@ fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
         }
         let table = match result.get("energy_table") {
             Some(Value::String(name)) => Some(name.clone()),
-            Some(Value::Object(table)) => {
-                table.get("name").and_then(Value::as_str).map(str::to_owned)
-            }
+            Some(Value::Object(table)) => table.get("name").and_then(Value::as_str).map(str::to_owned),
             _ => None,
         };
         if let Some(table) = table {
@@ -248,17 +190,12 @@ fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
         }
         fields.push(("energy", text));
     }
-    if let (Some(w), Some(a)) = (
-        result.get("bits_weights").and_then(Value::as_u64),
-        result.get("bits_activations").and_then(Value::as_u64),
-    ) {
+    if let (Some(w), Some(a)) = (result.get("bits_weights").and_then(Value::as_u64), result.get("bits_activations").and_then(Value::as_u64))
+    {
         fields.push(("result bits", format!("weights {w}, activations {a}")));
     }
     if let Some(share) = f("fullbit_share") {
-        fields.push((
-            "4-bit share",
-            format!("{} of test images through the 4-bit path", percent(share)),
-        ));
+        fields.push(("4-bit share", format!("{} of test images through the 4-bit path", percent(share))));
     }
     fields
 }
@@ -283,11 +220,7 @@ fn state_line(job: &v1::Job) -> String {
 }
 
 pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let job = client::connect(opts)
-        .await?
-        .cancel_job(CancelJobRequest { id })
-        .await?
-        .into_inner();
+    let job = client::connect(opts).await?.cancel_job(CancelJobRequest { id }).await?.into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
@@ -297,11 +230,7 @@ pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
 
 /// `camp priority JOB PRIORITY`: prints the job as `show` does.
 pub async fn set_priority(opts: &GlobalOpts, id: i64, priority: i32) -> anyhow::Result<()> {
-    let job = client::connect(opts)
-        .await?
-        .set_job_priority(SetJobPriorityRequest { id, priority })
-        .await?
-        .into_inner();
+    let job = client::connect(opts).await?.set_job_priority(SetJobPriorityRequest { id, priority }).await?.into_inner();
     if opts.json {
         return print_json(&wire::job(&job));
     }
@@ -313,9 +242,7 @@ pub async fn logs(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
     let client = client::connect(opts).await?;
     let lines = pages::logs(&client, id).await?;
     if opts.json {
-        return print_json(&Value::Array(
-            lines.iter().map(|line| wire::log_line(id, line)).collect(),
-        ));
+        return print_json(&Value::Array(lines.iter().map(|line| wire::log_line(id, line)).collect()));
     }
     for line in &lines {
         println!("[attempt {}] {}", line.attempt, line.line);
@@ -351,77 +278,34 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            [
-                "12",
-                "tiny",
-                "baseline",
-                "preact_resnet20_cifar",
-                "cifar10",
-                "running",
-                "1/3",
-                "4/200",
-                "61.25%",
-                "ada",
-                "3m",
-                "ago"
-            ]
+            ["12", "tiny", "baseline", "preact_resnet20_cifar", "cifar10", "running", "1/3", "4/200", "61.25%", "ada", "3m", "ago"]
         );
     }
 
     #[test]
     fn details_name_state_and_spec() {
-        let job = v1::Job {
-            cancel_requested: true,
-            ..sample_job()
-        };
+        let job = v1::Job { cancel_requested: true, ..sample_job() };
         let text = job_details(&job, 181_000);
         assert!(text.contains("running (cancel requested)"), "{text}");
-        assert!(
-            text.contains("lr_schedule") && text.contains("80:0.1,120:0.1,160:0.2"),
-            "{text}"
-        );
-        assert!(
-            !text.contains("finished"),
-            "unset timestamps are left out: {text}"
-        );
-        assert!(
-            !text.contains("experiment") && !text.contains("bits"),
-            "{text}"
-        );
+        assert!(text.contains("lr_schedule") && text.contains("80:0.1,120:0.1,160:0.2"), "{text}");
+        assert!(!text.contains("finished"), "unset timestamps are left out: {text}");
+        assert!(!text.contains("experiment") && !text.contains("bits"), "{text}");
     }
 
     #[test]
     fn details_say_why_a_queued_job_waits() {
         let queued = v1::Job {
             state: v1::JobState::Queued as i32,
-            waiting_reason:
-                "2 queued job(s) come first (higher priority, or older at the same priority)".into(),
+            waiting_reason: "2 queued job(s) come first (higher priority, or older at the same priority)".into(),
             ..sample_job()
         };
         let text = job_details(&queued, 181_000);
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("waiting "))
-            .unwrap_or_else(|| panic!("no waiting line in {text}"));
-        assert!(
-            line.ends_with(
-                "2 queued job(s) come first (higher priority, or older at the same priority)"
-            ),
-            "{line}"
-        );
+        let line = text.lines().find(|l| l.starts_with("waiting ")).unwrap_or_else(|| panic!("no waiting line in {text}"));
+        assert!(line.ends_with("2 queued job(s) come first (higher priority, or older at the same priority)"), "{line}");
         let state = text.lines().position(|l| l.starts_with("state ")).unwrap();
-        assert!(
-            text.lines().nth(state + 1).unwrap().starts_with("waiting "),
-            "right under the state: {text}"
-        );
-        let running = v1::Job {
-            waiting_reason: "stale".into(),
-            ..sample_job()
-        };
-        assert!(
-            !job_details(&running, 181_000).contains("waiting"),
-            "only queued jobs wait"
-        );
+        assert!(text.lines().nth(state + 1).unwrap().starts_with("waiting "), "right under the state: {text}");
+        let running = v1::Job { waiting_reason: "stale".into(), ..sample_job() };
+        assert!(!job_details(&running, 181_000).contains("waiting"), "only queued jobs wait");
     }
 
     #[test]
@@ -429,17 +313,9 @@ mod tests {
         let mut spec = camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).to_proto();
         spec.lr = 1e-300;
         spec.alpha = Some(1e-300);
-        let job = v1::Job {
-            spec: Some(spec),
-            ..sample_job()
-        };
+        let job = v1::Job { spec: Some(spec), ..sample_job() };
         let text = job_details(&job, 181_000);
-        let line = |key: &str| {
-            text.lines()
-                .find(|l| l.starts_with(&format!("{key} ")))
-                .unwrap()
-                .to_owned()
-        };
+        let line = |key: &str| text.lines().find(|l| l.starts_with(&format!("{key} "))).unwrap().to_owned();
         assert!(line("lr").ends_with(" 1e-300"), "{text}");
         assert!(line("alpha").ends_with(" 1e-300"), "{text}");
         assert!(text.len() < 4_000, "no 300-digit numbers: {text}");
@@ -447,11 +323,7 @@ mod tests {
 
     #[test]
     fn details_show_energy_and_the_pipeline() {
-        let spec = camp_proto::JobSpec {
-            alpha: 0.2,
-            init_from: 13,
-            ..camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl)
-        };
+        let spec = camp_proto::JobSpec { alpha: 0.2, init_from: 13, ..camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl) };
         let job = v1::Job {
             experiment_id: 3,
             node: "rl-0.2".into(),
@@ -465,35 +337,19 @@ mod tests {
             ..sample_job()
         };
         let text = job_details(&job, 181_000);
-        let line = |key: &str| {
-            text.lines()
-                .find(|l| l.starts_with(&format!("{key} ")))
-                .unwrap_or_else(|| panic!("no {key} in {text}"))
-                .to_owned()
-        };
+        let line =
+            |key: &str| text.lines().find(|l| l.starts_with(&format!("{key} "))).unwrap_or_else(|| panic!("no {key} in {text}")).to_owned();
         assert!(line("experiment").ends_with("3, node rl-0.2"), "{text}");
         assert!(line("parents").ends_with("#13"), "{text}");
         assert!(line("best top-1").ends_with("89.90% (epoch 7)"), "{text}");
         let energy = line("energy");
-        assert!(
-            energy.contains("0.4100 of the 4-bit blocks") && energy.contains("1234567 pJ/image"),
-            "{energy}"
-        );
-        assert!(
-            energy.contains("2037862 pJ stem and head") && energy.contains("(table horowitz-45nm)"),
-            "{energy}"
-        );
+        assert!(energy.contains("0.4100 of the 4-bit blocks") && energy.contains("1234567 pJ/image"), "{energy}");
+        assert!(energy.contains("2037862 pJ stem and head") && energy.contains("(table horowitz-45nm)"), "{energy}");
         assert!(line("4-bit share").contains("29.00%"), "{text}");
-        assert!(
-            line("result bits").ends_with("weights 1, activations 1"),
-            "{text}"
-        );
+        assert!(line("result bits").ends_with("weights 1, activations 1"), "{text}");
         assert!(line("bits").ends_with("weights 1, activations 1"), "{text}");
         assert!(line("alpha").ends_with("0.2"), "{text}");
         assert!(line("init_from").ends_with("job 13"), "{text}");
-        assert!(
-            line("energy_table").contains("horowitz-45nm (fp32 4.6 pJ"),
-            "{text}"
-        );
+        assert!(line("energy_table").contains("horowitz-45nm (fp32 4.6 pJ"), "{text}");
     }
 }

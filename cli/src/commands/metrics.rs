@@ -24,12 +24,7 @@ pub async fn run(opts: &GlobalOpts, args: &MetricsArgs) -> anyhow::Result<()> {
     if args.csv {
         print!("{}", csv(args.id, &metrics));
     } else if opts.json {
-        print_json(&Value::Array(
-            metrics
-                .iter()
-                .map(|metric| wire::metric(args.id, metric))
-                .collect(),
-        ))?;
+        print_json(&Value::Array(metrics.iter().map(|metric| wire::metric(args.id, metric)).collect()))?;
     } else {
         print!("{}", table(&metrics, now_ms()));
     }
@@ -78,27 +73,12 @@ mod tests {
     use super::*;
 
     fn metric(name: &str, value: f64) -> v1::Metric {
-        v1::Metric {
-            name: name.into(),
-            value,
-            step: 390,
-            epoch: 1,
-            attempt: 1,
-            at_ms: 0,
-            id: 0,
-        }
+        v1::Metric { name: name.into(), value, step: 390, epoch: 1, attempt: 1, at_ms: 0, id: 0 }
     }
 
     #[test]
     fn csv_has_the_documented_header_and_exact_values() {
-        let text = csv(
-            7,
-            &[
-                metric("test_top1", 55.25),
-                metric("lr", 0.1),
-                metric("odd,name", 1e-5),
-            ],
-        );
+        let text = csv(7, &[metric("test_top1", 55.25), metric("lr", 0.1), metric("odd,name", 1e-5)]);
         assert_eq!(
             text,
             "job_id,attempt,epoch,step,name,value\n\
@@ -110,11 +90,7 @@ mod tests {
 
     #[test]
     fn metrics_are_shown_by_step_then_as_stored() {
-        let at = |id: i64, step: i64| v1::Metric {
-            id,
-            step,
-            ..metric("loss", 1.0)
-        };
+        let at = |id: i64, step: i64| v1::Metric { id, step, ..metric("loss", 1.0) };
         // Stored order: attempt 2 re-reported steps 100 and 200 after the first attempt's 300.
         let mut metrics = vec![at(1, 100), at(2, 200), at(3, 300), at(4, 100), at(5, 200)];
         sort_by_step(&mut metrics);
@@ -124,38 +100,18 @@ mod tests {
 
     #[test]
     fn huge_and_tiny_values_stay_short_in_table_and_csv() {
-        let metrics = [
-            metric("big", 1e308),
-            metric("small", 1e-300),
-            metric("lr", 0.1),
-        ];
+        let metrics = [metric("big", 1e308), metric("small", 1e-300), metric("lr", 0.1)];
         let text = table(&metrics, 0).to_string();
-        let values: Vec<&str> = text
-            .lines()
-            .skip(1)
-            .map(|line| line.split_whitespace().nth(4).unwrap())
-            .collect();
+        let values: Vec<&str> = text.lines().skip(1).map(|line| line.split_whitespace().nth(4).unwrap()).collect();
         assert_eq!(values, ["1e308", "1e-300", "0.1000"]);
         let csv = csv(7, &metrics);
-        assert!(
-            csv.contains(",big,1e308\n")
-                && csv.contains(",small,1e-300\n")
-                && csv.contains(",lr,0.1\n"),
-            "{csv}"
-        );
+        assert!(csv.contains(",big,1e308\n") && csv.contains(",small,1e-300\n") && csv.contains(",lr,0.1\n"), "{csv}");
         assert!(csv.len() < 200, "{csv}");
     }
 
     #[test]
     fn table_shows_rounded_values() {
         let text = table(&[metric("train_loss", 1.234567)], 0).to_string();
-        assert_eq!(
-            text.lines()
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .collect::<Vec<_>>(),
-            ["1", "1", "390", "train_loss", "1.23", "-"]
-        );
+        assert_eq!(text.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>(), ["1", "1", "390", "train_loss", "1.23", "-"]);
     }
 }

@@ -26,16 +26,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel { id } => jobs::cancel(opts, *id).await?,
         Command::Priority { id, priority } => jobs::set_priority(opts, *id, *priority).await?,
         Command::Checkpoints { id } => checkpoints::list(opts, *id).await?,
-        Command::Checkpoint {
-            action: CheckpointAction::Download(args),
-        } => checkpoints::download(opts, args).await?,
+        Command::Checkpoint { action: CheckpointAction::Download(args) } => checkpoints::download(opts, args).await?,
         Command::Workers => workers::list(opts).await?,
         Command::Energy(args) => energy::run(opts, args)?,
         Command::Pipeline { action } => match action {
             PipelineAction::Camp(args) => pipeline::camp(opts, args).await?,
-            PipelineAction::Submit { file, request_id } => {
-                pipeline::submit_file(opts, file, request_id).await?
-            }
+            PipelineAction::Submit { file, request_id } => pipeline::submit_file(opts, file, request_id).await?,
             PipelineAction::Show { id } => pipeline::show(opts, *id).await?,
             PipelineAction::List { limit } => pipeline::list(opts, *limit).await?,
             PipelineAction::Cancel { id } => pipeline::cancel(opts, *id).await?,

@@ -11,9 +11,7 @@ use camp_proto::JobSpec;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::args::{
-    apply_compress_file, check_spec, read_input_file, GlobalOpts, PipelineCampArgs, RequestIdArg,
-};
+use crate::args::{apply_compress_file, check_spec, read_input_file, GlobalOpts, PipelineCampArgs, RequestIdArg};
 use crate::client;
 use crate::exit::UsageError;
 use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
@@ -74,10 +72,7 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
     if args.alphas.is_empty() {
         return Err(UsageError("--alphas: give at least one alpha".into()));
     }
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("camp-{}-{}", args.arch, args.dataset));
+    let name = args.name.clone().unwrap_or_else(|| format!("camp-{}-{}", args.arch, args.dataset));
     let stage_spec = |stage: Stage, epochs: Option<u32>| {
         let mut spec = JobSpec::defaults_for(stage);
         spec.arch = args.arch.clone();
@@ -130,38 +125,19 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
     let mut rl = stage_spec(Stage::Rl, args.rl_epochs);
     compress(&mut rl, &args.compress_rl, "--compress-rl")?;
 
-    let mut nodes = vec![
-        node("baseline", baseline, ""),
-        node("qat4", qat4, ""),
-        node("qat1", qat1, ""),
-        node("sp", sp, "qat4"),
-    ];
+    let mut nodes = vec![node("baseline", baseline, ""), node("qat4", qat4, ""), node("qat1", qat1, ""), node("sp", sp, "qat4")];
     let mut seen = HashSet::new();
     for &alpha in &args.alphas {
         let key = rl_key(alpha);
         if !seen.insert(key.clone()) {
-            return Err(UsageError(format!(
-                "--alphas: {} is given twice",
-                exact(alpha)
-            )));
+            return Err(UsageError(format!("--alphas: {} is given twice", exact(alpha))));
         }
-        nodes.push(node(
-            &key,
-            JobSpec {
-                alpha,
-                ..rl.clone()
-            },
-            "sp",
-        ));
+        nodes.push(node(&key, JobSpec { alpha, ..rl.clone() }, "sp"));
     }
     for node in &nodes {
         check_spec(&node.spec).map_err(|err| UsageError(format!("node '{}': {err}", node.key)))?;
     }
-    let pipeline = Pipeline {
-        name,
-        max_attempts: args.max_attempts.unwrap_or(0),
-        nodes,
-    };
+    let pipeline = Pipeline { name, max_attempts: args.max_attempts.unwrap_or(0), nodes };
     check_dag(&pipeline.nodes)?;
     Ok(pipeline)
 }
@@ -197,26 +173,15 @@ fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError
     let fail = |what: String| UsageError(format!("node '{key}': {what}"));
     let given = match value {
         serde_yaml::Value::Mapping(map) => map.clone(),
-        serde_yaml::Value::Null => {
-            return Err(fail(
-                "spec: missing (it needs at least stage, arch and dataset)".into(),
-            ))
-        }
+        serde_yaml::Value::Null => return Err(fail("spec: missing (it needs at least stage, arch and dataset)".into())),
         _ => return Err(fail("spec: expected a mapping of JobSpec keys".into())),
     };
     let stage = match given.get("stage") {
-        Some(serde_yaml::Value::String(stage)) => {
-            Stage::parse(stage).map_err(|err| fail(format!("spec.stage: {}", err.reason)))?
-        }
-        Some(_) => {
-            return Err(fail(
-                "spec.stage: expected one of baseline, qat, sp, rl".into(),
-            ))
-        }
+        Some(serde_yaml::Value::String(stage)) => Stage::parse(stage).map_err(|err| fail(format!("spec.stage: {}", err.reason)))?,
+        Some(_) => return Err(fail("spec.stage: expected one of baseline, qat, sp, rl".into())),
         None => return Err(fail("spec.stage: missing (baseline, qat, sp or rl)".into())),
     };
-    let defaults = serde_yaml::to_value(JobSpec::defaults_for(stage))
-        .map_err(|err| fail(format!("spec: {err}")))?;
+    let defaults = serde_yaml::to_value(JobSpec::defaults_for(stage)).map_err(|err| fail(format!("spec: {err}")))?;
     let serde_yaml::Value::Mapping(mut merged) = defaults else {
         return Err(fail("spec: the defaults are not a mapping".into()));
     };
@@ -231,8 +196,7 @@ fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError
             for (k, v) in given {
                 let mut one = base.clone();
                 one.insert(k.clone(), v);
-                if let Err(err) = serde_yaml::from_value::<JobSpec>(serde_yaml::Value::Mapping(one))
-                {
+                if let Err(err) = serde_yaml::from_value::<JobSpec>(serde_yaml::Value::Mapping(one)) {
                     let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
                     return Err(fail(format!("spec.{key}: {err}")));
                 }
@@ -240,17 +204,14 @@ fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError
             return Err(fail(format!("spec: {err}")));
         }
     };
-    spec.validate()
-        .map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
-    camp_proto::energy::report(&spec)
-        .map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
+    spec.validate().map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
+    camp_proto::energy::report(&spec).map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
     Ok(spec)
 }
 
 /// Reads a pipeline file: `{name, max_attempts?, nodes: [{key, name?, after?, init_from?, priority?, spec}]}`.
 pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageError> {
-    let file: PipelineFile =
-        serde_yaml::from_str(text).map_err(|err| UsageError(err.to_string()))?;
+    let file: PipelineFile = serde_yaml::from_str(text).map_err(|err| UsageError(err.to_string()))?;
     if file.nodes.is_empty() {
         return Err(UsageError("nodes: the pipeline has no node".into()));
     }
@@ -258,10 +219,7 @@ pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageE
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for node in file.nodes {
         if node.key.trim().is_empty() || node.key.contains(char::is_whitespace) {
-            return Err(UsageError(format!(
-                "node '{}': key: must be non-empty, without spaces",
-                node.key
-            )));
+            return Err(UsageError(format!("node '{}': key: must be non-empty, without spaces", node.key)));
         }
         let spec = node_spec(&node.key, &node.spec)?;
         nodes.push(Node {
@@ -274,11 +232,7 @@ pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageE
         });
     }
     let nodes = check_dag(&nodes)?;
-    Ok(Pipeline {
-        name,
-        max_attempts: file.max_attempts,
-        nodes,
-    })
+    Ok(Pipeline { name, max_attempts: file.max_attempts, nodes })
 }
 
 /// Checks the keys and edges: unique keys, parents that exist, no cycle, sp
@@ -309,9 +263,7 @@ pub fn check_dag(nodes: &[Node]) -> Result<Vec<Node>, UsageError> {
                 return Err(fail(format!("init_from: no node '{}'", node.init_from)));
             };
             if node.spec.init_from != 0 {
-                return Err(fail(
-                    "init_from: given both as a node key and as spec.init_from".into(),
-                ));
+                return Err(fail("init_from: given both as a node key and as spec.init_from".into()));
             }
             if let Some(want) = required_parent(node.spec.stage) {
                 if parent.spec.stage != want {
@@ -327,11 +279,7 @@ pub fn check_dag(nodes: &[Node]) -> Result<Vec<Node>, UsageError> {
             if parent.spec.arch != node.spec.arch || parent.spec.dataset != node.spec.dataset {
                 return Err(fail(format!(
                     "init_from: '{}' trains {} on {}, this node {} on {}",
-                    parent.key,
-                    parent.spec.arch,
-                    parent.spec.dataset,
-                    node.spec.arch,
-                    node.spec.dataset
+                    parent.key, parent.spec.arch, parent.spec.dataset, node.spec.arch, node.spec.dataset
                 )));
             }
         } else if node.spec.init_from == 0 {
@@ -355,24 +303,16 @@ pub fn check_dag(nodes: &[Node]) -> Result<Vec<Node>, UsageError> {
     let mut placed: HashSet<String> = HashSet::new();
     let mut order = Vec::with_capacity(nodes.len());
     while order.len() < nodes.len() {
-        let next = nodes.iter().find(|node| {
-            !placed.contains(&node.key) && parents(node).iter().all(|p| placed.contains(p))
-        });
+        let next = nodes.iter().find(|node| !placed.contains(&node.key) && parents(node).iter().all(|p| placed.contains(p)));
         match next {
             Some(node) => {
                 placed.insert(node.key.clone());
                 order.push(node.clone());
             }
             None => {
-                let stuck: Vec<String> = nodes
-                    .iter()
-                    .filter(|node| !placed.contains(&node.key))
-                    .map(|node| format!("'{}'", node.key))
-                    .collect();
-                return Err(UsageError(format!(
-                    "nodes: a cycle among {} (after / init_from)",
-                    stuck.join(", ")
-                )));
+                let stuck: Vec<String> =
+                    nodes.iter().filter(|node| !placed.contains(&node.key)).map(|node| format!("'{}'", node.key)).collect();
+                return Err(UsageError(format!("nodes: a cycle among {} (after / init_from)", stuck.join(", "))));
             }
         }
     }
@@ -392,37 +332,21 @@ pub async fn camp(opts: &GlobalOpts, args: &PipelineCampArgs) -> anyhow::Result<
     submit(opts, &camp_pipeline(args)?, &args.request_id).await
 }
 
-pub async fn submit_file(
-    opts: &GlobalOpts,
-    path: &Path,
-    request_id: &RequestIdArg,
-) -> anyhow::Result<()> {
+pub async fn submit_file(opts: &GlobalOpts, path: &Path, request_id: &RequestIdArg) -> anyhow::Result<()> {
     let text = read_input_file("pipeline file", path)?;
-    let default_name = path
-        .file_stem()
-        .map(|stem| stem.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let pipeline = parse_pipeline(&text, &default_name)
-        .map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
+    let default_name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let pipeline = parse_pipeline(&text, &default_name).map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
     submit(opts, &pipeline, request_id).await
 }
 
 /// Submits under the request id (`--request-id`, else a fresh UUID), retried
 /// while the coordinator is unavailable.
-async fn submit(
-    opts: &GlobalOpts,
-    pipeline: &Pipeline,
-    request_id: &RequestIdArg,
-) -> anyhow::Result<()> {
+async fn submit(opts: &GlobalOpts, pipeline: &Pipeline, request_id: &RequestIdArg) -> anyhow::Result<()> {
     let request = pipeline.to_request(request_id.get_or_new());
     let experiment = client::with_retries("submitting the pipeline", || {
         let request = request.clone();
         async move {
-            let experiment = client::connect(opts)
-                .await?
-                .submit_pipeline(request)
-                .await?
-                .into_inner();
+            let experiment = client::connect(opts).await?.submit_pipeline(request).await?.into_inner();
             Ok(experiment)
         }
     })
@@ -430,27 +354,13 @@ async fn submit(
     if opts.json {
         return print_json(&wire::experiment(&experiment));
     }
-    let jobs: Vec<String> = experiment
-        .jobs
-        .iter()
-        .map(|job| format!("{} #{}", job.node, job.id))
-        .collect();
-    println!(
-        "submitted experiment {} ({}, {} jobs): {}",
-        experiment.id,
-        experiment.name,
-        experiment.jobs.len(),
-        jobs.join(", ")
-    );
+    let jobs: Vec<String> = experiment.jobs.iter().map(|job| format!("{} #{}", job.node, job.id)).collect();
+    println!("submitted experiment {} ({}, {} jobs): {}", experiment.id, experiment.name, experiment.jobs.len(), jobs.join(", "));
     Ok(())
 }
 
 pub async fn show(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let experiment = client::connect(opts)
-        .await?
-        .get_experiment(GetExperimentRequest { id })
-        .await?
-        .into_inner();
+    let experiment = client::connect(opts).await?.get_experiment(GetExperimentRequest { id }).await?.into_inner();
     if opts.json {
         return print_json(&wire::experiment(&experiment));
     }
@@ -468,11 +378,7 @@ fn state_counts(jobs: &[v1::Job]) -> String {
             None => counts.push((state, 1)),
         }
     }
-    counts
-        .iter()
-        .map(|(state, n)| format!("{n} {state}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    counts.iter().map(|(state, n)| format!("{n} {state}")).collect::<Vec<_>>().join(", ")
 }
 
 struct TreeRow {
@@ -495,11 +401,7 @@ struct Tree<'a> {
 
 impl<'a> Tree<'a> {
     fn new(jobs: &'a [v1::Job]) -> Self {
-        let index: HashMap<i64, usize> = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, job)| (job.id, i))
-            .collect();
+        let index: HashMap<i64, usize> = jobs.iter().enumerate().map(|(i, job)| (job.id, i)).collect();
         let mut parent = vec![None; jobs.len()];
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
         for (i, job) in jobs.iter().enumerate() {
@@ -515,14 +417,7 @@ impl<'a> Tree<'a> {
                 children[p].push(i);
             }
         }
-        Tree {
-            jobs,
-            index,
-            parent,
-            children,
-            visited: vec![false; jobs.len()],
-            rows: Vec::new(),
-        }
+        Tree { jobs, index, parent, children, visited: vec![false; jobs.len()], rows: Vec::new() }
     }
 
     fn rows(mut self) -> Vec<TreeRow> {
@@ -587,11 +482,7 @@ impl<'a> Tree<'a> {
             }),
         });
         for (n, &child) in kids.iter().enumerate() {
-            let (l, c) = if n + 1 == kids.len() {
-                ("└─ ", "   ")
-            } else {
-                ("├─ ", "│  ")
-            };
+            let (l, c) = if n + 1 == kids.len() { ("└─ ", "   ") } else { ("├─ ", "│  ") };
             self.walk(child, &format!("{cont}{l}"), &format!("{cont}{c}"));
         }
     }
@@ -603,9 +494,7 @@ impl<'a> Tree<'a> {
 pub fn render_experiment(experiment: &v1::Experiment, now_ms: i64) -> String {
     let jobs = &experiment.jobs;
     let rows = Tree::new(jobs).rows();
-    let headers = [
-        "node", "job", "stage", "state", "attempt", "epoch", "top-1", "energy", "4-bit",
-    ];
+    let headers = ["node", "job", "stage", "state", "attempt", "epoch", "top-1", "energy", "4-bit"];
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         widths[0] = widths[0].max(row.label.chars().count());
@@ -649,38 +538,23 @@ pub async fn list(opts: &GlobalOpts, limit: Option<u32>) -> anyhow::Result<()> {
     let client = client::connect(opts).await?;
     let experiments = pages::experiments(&client, limit.map_or(100, |n| n as usize)).await?;
     if opts.json {
-        return print_json(&Value::Array(
-            experiments.iter().map(wire::experiment).collect(),
-        ));
+        return print_json(&Value::Array(experiments.iter().map(wire::experiment).collect()));
     }
     let now = now_ms();
     let mut table = Table::new(&["id", "name", "owner", "age"]);
     for experiment in &experiments {
-        table.push(vec![
-            experiment.id.to_string(),
-            experiment.name.clone(),
-            experiment.owner.clone(),
-            age(experiment.created_at_ms, now),
-        ]);
+        table.push(vec![experiment.id.to_string(), experiment.name.clone(), experiment.owner.clone(), age(experiment.created_at_ms, now)]);
     }
     print!("{table}");
     Ok(())
 }
 
 pub async fn cancel(opts: &GlobalOpts, id: i64) -> anyhow::Result<()> {
-    let experiment = client::connect(opts)
-        .await?
-        .cancel_experiment(CancelExperimentRequest { id })
-        .await?
-        .into_inner();
+    let experiment = client::connect(opts).await?.cancel_experiment(CancelExperimentRequest { id }).await?.into_inner();
     if opts.json {
         return print_json(&wire::experiment(&experiment));
     }
-    println!(
-        "experiment {}: {}",
-        experiment.id,
-        state_counts(&experiment.jobs)
-    );
+    println!("experiment {}: {}", experiment.id, state_counts(&experiment.jobs));
     Ok(())
 }
 
@@ -693,19 +567,13 @@ mod tests {
     fn camp_args(line: &[&str]) -> PipelineCampArgs {
         let cli = Cli::try_parse_from(["camp", "pipeline", "camp"].iter().chain(line)).unwrap();
         match cli.command {
-            Command::Pipeline {
-                action: PipelineAction::Camp(args),
-            } => *args,
+            Command::Pipeline { action: PipelineAction::Camp(args) } => *args,
             other => panic!("parsed as {other:?}"),
         }
     }
 
     fn node<'a>(pipeline: &'a Pipeline, key: &str) -> &'a Node {
-        pipeline
-            .nodes
-            .iter()
-            .find(|n| n.key == key)
-            .unwrap_or_else(|| panic!("no node {key}"))
+        pipeline.nodes.iter().find(|n| n.key == key).unwrap_or_else(|| panic!("no node {key}"))
     }
 
     #[test]
@@ -735,52 +603,18 @@ mod tests {
         .unwrap();
         assert_eq!(pipeline.name, "camp-preact_resnet44_cifar-cifar100");
         let keys: Vec<&str> = pipeline.nodes.iter().map(|n| n.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "baseline", "qat4", "qat1", "sp", "rl-0.01", "rl-0.05", "rl-0.1", "rl-0.2",
-                "rl-0.5"
-            ]
-        );
-        let edges: Vec<(&str, &str)> = pipeline
-            .nodes
-            .iter()
-            .filter(|n| !n.init_from.is_empty())
-            .map(|n| (n.init_from.as_str(), n.key.as_str()))
-            .collect();
-        assert_eq!(
-            edges,
-            [
-                ("qat4", "sp"),
-                ("sp", "rl-0.01"),
-                ("sp", "rl-0.05"),
-                ("sp", "rl-0.1"),
-                ("sp", "rl-0.2"),
-                ("sp", "rl-0.5")
-            ]
-        );
+        assert_eq!(keys, ["baseline", "qat4", "qat1", "sp", "rl-0.01", "rl-0.05", "rl-0.1", "rl-0.2", "rl-0.5"]);
+        let edges: Vec<(&str, &str)> =
+            pipeline.nodes.iter().filter(|n| !n.init_from.is_empty()).map(|n| (n.init_from.as_str(), n.key.as_str())).collect();
+        assert_eq!(edges, [("qat4", "sp"), ("sp", "rl-0.01"), ("sp", "rl-0.05"), ("sp", "rl-0.1"), ("sp", "rl-0.2"), ("sp", "rl-0.5")]);
         assert!(pipeline.nodes.iter().all(|n| n.after.is_empty()));
 
         let baseline = &node(&pipeline, "baseline").spec;
-        assert_eq!(
-            (baseline.stage, baseline.epochs, baseline.weight_bits()),
-            (Stage::Baseline, 30, 32)
-        );
+        assert_eq!((baseline.stage, baseline.epochs, baseline.weight_bits()), (Stage::Baseline, 30, 32));
         let qat4 = &node(&pipeline, "qat4").spec;
-        assert_eq!(
-            (
-                qat4.stage,
-                qat4.epochs,
-                qat4.bits_weights,
-                qat4.bits_activations
-            ),
-            (Stage::Qat, 30, Some(4), Some(4))
-        );
+        assert_eq!((qat4.stage, qat4.epochs, qat4.bits_weights, qat4.bits_activations), (Stage::Qat, 30, Some(4), Some(4)));
         let qat1 = &node(&pipeline, "qat1").spec;
-        assert_eq!(
-            (qat1.bits_weights, qat1.bits_activations),
-            (Some(1), Some(1))
-        );
+        assert_eq!((qat1.bits_weights, qat1.bits_activations), (Some(1), Some(1)));
         let sp = &node(&pipeline, "sp").spec;
         assert_eq!(
             sp,
@@ -796,18 +630,9 @@ mod tests {
             }
         );
         let rl = &node(&pipeline, "rl-0.2").spec;
-        assert_eq!(
-            (rl.stage, rl.alpha, rl.epochs, rl.lr, rl.init_from),
-            (Stage::Rl, 0.2, 10, 0.01, 0)
-        );
-        assert!(pipeline
-            .nodes
-            .iter()
-            .all(|n| n.spec.arch == "preact_resnet44_cifar" && n.spec.batch_size == 64));
-        assert_eq!(
-            node(&pipeline, "qat1").name,
-            "camp-preact_resnet44_cifar-cifar100/qat1"
-        );
+        assert_eq!((rl.stage, rl.alpha, rl.epochs, rl.lr, rl.init_from), (Stage::Rl, 0.2, 10, 0.01, 0));
+        assert!(pipeline.nodes.iter().all(|n| n.spec.arch == "preact_resnet44_cifar" && n.spec.batch_size == 64));
+        assert_eq!(node(&pipeline, "qat1").name, "camp-preact_resnet44_cifar-cifar100/qat1");
 
         let request = pipeline.to_request("retry-key-1".into());
         assert_eq!(request.request_id, "retry-key-1");
@@ -819,102 +644,36 @@ mod tests {
 
     #[test]
     fn camp_pipeline_defaults_and_mistakes() {
-        let pipeline = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--name",
-            "r20",
-            "--qat-epochs",
-            "5",
-        ]))
-        .unwrap();
+        let pipeline = camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--name", "r20", "--qat-epochs", "5"])).unwrap();
         assert_eq!(pipeline.name, "r20");
         assert_eq!(pipeline.nodes.len(), 4 + 5);
         assert_eq!(node(&pipeline, "baseline").spec.epochs, 200);
         assert_eq!(node(&pipeline, "qat4").spec.epochs, 5);
         assert_eq!(node(&pipeline, "sp").spec.epochs, 200);
-        assert_eq!(
-            node(&pipeline, "sp").spec.lr_schedule,
-            JobSpec::defaults_for(Stage::Sp).lr_schedule
-        );
+        assert_eq!(node(&pipeline, "sp").spec.lr_schedule, JobSpec::defaults_for(Stage::Sp).lr_schedule);
 
-        let err = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--alphas",
-            "0.1,0.1",
-        ]))
-        .unwrap_err();
+        let err = camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--alphas", "0.1,0.1"])).unwrap_err();
         assert!(err.0.contains("--alphas"), "{err}");
         let err = camp_pipeline(&camp_args(&["-a", "resnet9000"])).unwrap_err();
-        assert!(
-            err.0.contains("node 'baseline'") && err.0.contains("arch"),
-            "{err}"
-        );
-        let err = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--alphas",
-            "-1",
-        ]))
-        .unwrap_err();
-        assert!(
-            err.0.contains("node 'rl--1'") && err.0.contains("alpha"),
-            "{err}"
-        );
+        assert!(err.0.contains("node 'baseline'") && err.0.contains("arch"), "{err}");
+        let err = camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--alphas", "-1"])).unwrap_err();
+        assert!(err.0.contains("node 'rl--1'") && err.0.contains("alpha"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, "pruners: {}\n").unwrap();
-        let err = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--compress-sp",
-            bad.to_str().unwrap(),
-        ]))
-        .unwrap_err();
-        assert!(
-            err.0.contains("--compress-sp") && err.0.contains("pruners"),
-            "{err}"
-        );
+        let err = camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--compress-sp", bad.to_str().unwrap()])).unwrap_err();
+        assert!(err.0.contains("--compress-sp") && err.0.contains("pruners"), "{err}");
     }
 
     #[tokio::test]
     async fn pipeline_files_and_schedules_are_capped() {
-        let err = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--compress-rl",
-            "/dev/zero",
-        ]))
-        .unwrap_err()
-        .0;
-        assert!(
-            err.starts_with("--compress-rl /dev/zero: larger than"),
-            "{err}"
-        );
-        let cli = Cli::try_parse_from([
-            "camp",
-            "--addr",
-            "http://127.0.0.1:1",
-            "pipeline",
-            "submit",
-            "/dev/zero",
-        ])
-        .unwrap();
-        let err = submit_file(
-            &cli.global,
-            Path::new("/dev/zero"),
-            &RequestIdArg::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--compress-rl", "/dev/zero"])).unwrap_err().0;
+        assert!(err.starts_with("--compress-rl /dev/zero: larger than"), "{err}");
+        let cli = Cli::try_parse_from(["camp", "--addr", "http://127.0.0.1:1", "pipeline", "submit", "/dev/zero"]).unwrap();
+        let err = submit_file(&cli.global, Path::new("/dev/zero"), &RequestIdArg::default()).await.unwrap_err();
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
-        assert!(
-            err.to_string()
-                .starts_with("pipeline file /dev/zero: larger than"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("pipeline file /dev/zero: larger than"), "{err}");
     }
 
     #[test]
@@ -954,29 +713,14 @@ policies:
 ",
         )
         .unwrap();
-        let pipeline = camp_pipeline(&camp_args(&[
-            "-a",
-            "preact_resnet20_cifar",
-            "--epochs",
-            "10",
-            "--compress-qat1",
-            one.to_str().unwrap(),
-        ]))
-        .unwrap();
+        let pipeline =
+            camp_pipeline(&camp_args(&["-a", "preact_resnet20_cifar", "--epochs", "10", "--compress-qat1", one.to_str().unwrap()]))
+                .unwrap();
         let qat1 = &node(&pipeline, "qat1").spec;
         assert_eq!(qat1.act_quant, camp_proto::spec::ActQuant::Pact);
-        assert_eq!(
-            qat1.lr_schedule,
-            vec![camp_proto::spec::LrStep {
-                epoch: 2,
-                gamma: 0.5
-            }]
-        );
+        assert_eq!(qat1.lr_schedule, vec![camp_proto::spec::LrStep { epoch: 2, gamma: 0.5 }]);
         assert_eq!(qat1.bits_overrides.len(), 1);
-        assert_eq!(
-            node(&pipeline, "qat4").spec.act_quant,
-            camp_proto::spec::ActQuant::Dorefa
-        );
+        assert_eq!(node(&pipeline, "qat4").spec.act_quant, camp_proto::spec::ActQuant::Dorefa);
     }
 
     const PIPELINE: &str = "
@@ -1005,68 +749,31 @@ nodes:
     #[test]
     fn pipeline_yaml_takes_stage_defaults_under_the_keys_given() {
         let pipeline = parse_pipeline(PIPELINE, "file").unwrap();
-        assert_eq!(
-            (pipeline.name.as_str(), pipeline.max_attempts),
-            ("sweep", 2)
-        );
+        assert_eq!((pipeline.name.as_str(), pipeline.max_attempts), ("sweep", 2));
         let keys: Vec<&str> = pipeline.nodes.iter().map(|n| n.key.as_str()).collect();
         assert_eq!(keys, ["q4", "base", "dual", "r"]);
         let q4 = &pipeline.nodes[0];
-        assert_eq!(
-            q4.spec,
-            JobSpec {
-                dataset: "fashion-mnist".into(),
-                epochs: 3,
-                train_limit: 256,
-                ..JobSpec::defaults_for(Stage::Qat)
-            }
-        );
+        assert_eq!(q4.spec, JobSpec { dataset: "fashion-mnist".into(), epochs: 3, train_limit: 256, ..JobSpec::defaults_for(Stage::Qat) });
         assert_eq!(q4.name, "sweep/q4");
-        assert_eq!(
-            (pipeline.nodes[1].priority, pipeline.nodes[1].spec.epochs),
-            (5, 2)
-        );
+        assert_eq!((pipeline.nodes[1].priority, pipeline.nodes[1].spec.epochs), (5, 2));
         let dual = &pipeline.nodes[2];
-        assert_eq!(
-            (
-                dual.name.as_str(),
-                dual.init_from.as_str(),
-                dual.after.clone()
-            ),
-            ("the sp job", "q4", vec!["base".to_string()])
-        );
+        assert_eq!((dual.name.as_str(), dual.init_from.as_str(), dual.after.clone()), ("the sp job", "q4", vec!["base".to_string()]));
         assert_eq!((dual.spec.lr, dual.spec.epochs), (0.01, 2));
         assert_eq!(
-            (
-                dual.spec.energy_table.name.as_str(),
-                dual.spec.energy_table.fp32_pj,
-                dual.spec.energy_table.int8_mult_pj
-            ),
+            (dual.spec.energy_table.name.as_str(), dual.spec.energy_table.fp32_pj, dual.spec.energy_table.int8_mult_pj),
             ("x", 3.0, 0.2)
         );
         let r = &pipeline.nodes[3];
-        assert_eq!(
-            (r.spec.stage, r.spec.alpha, r.spec.gamma),
-            (Stage::Rl, 0.3, 1.0)
-        );
+        assert_eq!((r.spec.stage, r.spec.alpha, r.spec.gamma), (Stage::Rl, 0.3, 1.0));
         assert_eq!(r.spec.bits_overrides[0].wts, Some(8));
     }
 
     #[test]
     fn pipeline_yaml_is_put_in_dependency_order() {
         let yaml = "name: x\nnodes:\n  - {key: r, init_from: s, spec: {stage: rl}}\n  - {key: s, init_from: q, spec: {stage: sp}}\n  - {key: q, spec: {stage: qat}}\n";
-        let keys: Vec<String> = parse_pipeline(yaml, "f")
-            .unwrap()
-            .nodes
-            .into_iter()
-            .map(|n| n.key)
-            .collect();
+        let keys: Vec<String> = parse_pipeline(yaml, "f").unwrap().nodes.into_iter().map(|n| n.key).collect();
         assert_eq!(keys, ["q", "s", "r"]);
-        let named = parse_pipeline(
-            "nodes:\n  - {key: a, spec: {stage: baseline}}\n",
-            "from-file",
-        )
-        .unwrap();
+        let named = parse_pipeline("nodes:\n  - {key: a, spec: {stage: baseline}}\n", "from-file").unwrap();
         assert_eq!(named.name, "from-file");
     }
 
@@ -1079,64 +786,35 @@ nodes:
         let e = err(&one("{stage: qat, lr: -1}"));
         assert!(e.contains("node 'a'") && e.contains("spec.lr"), "{e}");
         let e = err(&one("{stage: pretrain}"));
-        assert!(
-            e.contains("node 'a'") && e.contains("spec.stage") && e.contains("pretrain"),
-            "{e}"
-        );
+        assert!(e.contains("node 'a'") && e.contains("spec.stage") && e.contains("pretrain"), "{e}");
         let e = err(&one("{arch: preact_resnet20_cifar}"));
-        assert!(
-            e.contains("node 'a'") && e.contains("spec.stage: missing"),
-            "{e}"
-        );
+        assert!(e.contains("node 'a'") && e.contains("spec.stage: missing"), "{e}");
         let e = err(&one("{stage: qat, bits_weights: 9}"));
         assert!(e.contains("spec.bits_weights"), "{e}");
-        let e = err(&one(
-            "{stage: qat, bits_overrides: [{pattern: 'layer9.*', wts: 2, acts: 2}]}",
-        ));
-        assert!(
-            e.contains("spec.bits_overrides") && e.contains("layer9.*"),
-            "{e}"
-        );
+        let e = err(&one("{stage: qat, bits_overrides: [{pattern: 'layer9.*', wts: 2, acts: 2}]}"));
+        assert!(e.contains("spec.bits_overrides") && e.contains("layer9.*"), "{e}");
         let e = err(&one("{stage: qat, lr: fast}"));
         assert!(e.contains("node 'a': spec.lr: invalid type"), "{e}");
         let e = err("name: x\nnodes:\n  - key: a\n    spec: {stage: qat}\n    parent: b\n");
         assert!(e.contains("parent"), "{e}");
         let e = err("name: x\nnodes: []\n");
         assert!(e.contains("no node"), "{e}");
-        let e = err(
-            "name: x\nnodes:\n  - {key: a, spec: {stage: qat}}\n  - {key: a, spec: {stage: qat}}\n",
-        );
+        let e = err("name: x\nnodes:\n  - {key: a, spec: {stage: qat}}\n  - {key: a, spec: {stage: qat}}\n");
         assert!(e.contains("node 'a': key: used twice"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: a, after: [b], spec: {stage: qat}}\n");
         assert!(e.contains("node 'a': after: no node 'b'"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: s, init_from: q, spec: {stage: sp}}\n");
         assert!(e.contains("node 's': init_from: no node 'q'"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: s, spec: {stage: sp}}\n");
-        assert!(
-            e.contains("node 's': init_from") && e.contains("qat"),
-            "{e}"
-        );
+        assert!(e.contains("node 's': init_from") && e.contains("qat"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: b, spec: {stage: baseline}}\n  - {key: s, init_from: b, spec: {stage: sp}}\n");
-        assert!(
-            e.contains("node 's': init_from: stage sp starts from a qat node"),
-            "{e}"
-        );
+        assert!(e.contains("node 's': init_from: stage sp starts from a qat node"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: q, spec: {stage: qat, arch: preact_resnet32_cifar}}\n  - {key: s, init_from: q, spec: {stage: sp}}\n");
-        assert!(
-            e.contains("node 's': init_from") && e.contains("preact_resnet32_cifar"),
-            "{e}"
-        );
+        assert!(e.contains("node 's': init_from") && e.contains("preact_resnet32_cifar"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: a, after: [b], spec: {stage: qat}}\n  - {key: b, after: [a], spec: {stage: qat}}\n");
-        assert!(
-            e.contains("cycle") && e.contains("'a'") && e.contains("'b'"),
-            "{e}"
-        );
+        assert!(e.contains("cycle") && e.contains("'a'") && e.contains("'b'"), "{e}");
         // A job id instead of a node key is fine for sp/rl.
-        let ok = parse_pipeline(
-            "name: x\nnodes:\n  - {key: s, spec: {stage: sp, init_from: 42}}\n",
-            "f",
-        )
-        .unwrap();
+        let ok = parse_pipeline("name: x\nnodes:\n  - {key: s, spec: {stage: sp, init_from: 42}}\n", "f").unwrap();
         assert_eq!(ok.nodes[0].spec.init_from, 42);
     }
 
@@ -1145,62 +823,31 @@ nodes:
         let mut experiment = super::super::results::tests::sample_experiment();
         let parents = [(13, vec![11]), (14, vec![13]), (15, vec![13])];
         for (id, ps) in parents {
-            experiment
-                .jobs
-                .iter_mut()
-                .find(|j| j.id == id)
-                .unwrap()
-                .parents = ps;
+            experiment.jobs.iter_mut().find(|j| j.id == id).unwrap().parents = ps;
         }
         let rl05 = experiment.jobs.iter_mut().find(|j| j.id == 15).unwrap();
         rl05.message = "cancelled by ada".into();
         rl05.max_attempts = 3;
         let text = render_experiment(&experiment, 61_000);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("experiment 3 camp-r20 (owner ada, created 1m ago): 6 jobs, 4 succeeded, 1 failed, 1 cancelled"), "{text}");
         assert!(
-            lines[1].starts_with("NODE")
-                && lines[1].contains("TOP-1")
-                && lines[1].contains("4-BIT"),
+            lines[0].starts_with("experiment 3 camp-r20 (owner ada, created 1m ago): 6 jobs, 4 succeeded, 1 failed, 1 cancelled"),
             "{text}"
         );
-        assert!(
-            lines[2].starts_with("baseline ")
-                && lines[2].contains("91.86%")
-                && lines[2].contains("70.77"),
-            "{text}"
-        );
+        assert!(lines[1].starts_with("NODE") && lines[1].contains("TOP-1") && lines[1].contains("4-BIT"), "{text}");
+        assert!(lines[2].starts_with("baseline ") && lines[2].contains("91.86%") && lines[2].contains("70.77"), "{text}");
         assert!(lines[3].starts_with("qat4 "), "{text}");
-        assert!(
-            lines[4].starts_with("└─ sp ") && lines[4].contains("48.00%"),
-            "{text}"
-        );
-        assert!(
-            lines[5].starts_with("   ├─ rl-0.1 ")
-                && lines[5].contains("89.90%")
-                && lines[5].contains("0.4100"),
-            "{text}"
-        );
-        assert!(
-            lines[6].starts_with("   └─ rl-0.5 ")
-                && lines[6].contains("cancelled")
-                && lines[6].contains("0/3"),
-            "{text}"
-        );
+        assert!(lines[4].starts_with("└─ sp ") && lines[4].contains("48.00%"), "{text}");
+        assert!(lines[5].starts_with("   ├─ rl-0.1 ") && lines[5].contains("89.90%") && lines[5].contains("0.4100"), "{text}");
+        assert!(lines[6].starts_with("   └─ rl-0.5 ") && lines[6].contains("cancelled") && lines[6].contains("0/3"), "{text}");
         assert_eq!(lines[7].trim_start(), "↳ cancelled by ada", "{text}");
-        assert!(
-            lines[8].starts_with("qat1 ") && lines[8].contains("failed"),
-            "{text}"
-        );
+        assert!(lines[8].starts_with("qat1 ") && lines[8].contains("failed"), "{text}");
         assert_eq!(lines.len(), 9, "{text}");
 
         // Under the job it starts from, the other parent named.
         let rl = experiment.jobs.iter_mut().find(|j| j.id == 14).unwrap();
         rl.parents = vec![12, 13];
         let text = render_experiment(&experiment, 61_000);
-        assert!(
-            text.contains("   ├─ rl-0.1 (also after qat1)  #14"),
-            "{text}"
-        );
+        assert!(text.contains("   ├─ rl-0.1 (also after qat1)  #14"), "{text}");
     }
 }

@@ -36,9 +36,7 @@ pub struct ResultRow {
 }
 
 fn as_u32(value: Option<&Value>) -> Option<u32> {
-    value
-        .and_then(Value::as_u64)
-        .and_then(|v| u32::try_from(v).ok())
+    value.and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok())
 }
 
 impl ResultRow {
@@ -54,8 +52,7 @@ impl ResultRow {
             job_id: job.id,
             stage: spec.stage.clone(),
             bits_weights: as_u32(result.get("bits_weights")).or(spec_bits(spec.bits_weights)),
-            bits_activations: as_u32(result.get("bits_activations"))
-                .or(spec_bits(spec.bits_activations)),
+            bits_activations: as_u32(result.get("bits_activations")).or(spec_bits(spec.bits_activations)),
             alpha: (stage == Some(Stage::Rl)).then(|| spec.alpha.unwrap_or(0.1)),
             top1: wire::best_top1(&result),
             normalized_energy: number("normalized_energy"),
@@ -83,16 +80,7 @@ pub fn rows(experiment: &v1::Experiment) -> Vec<ResultRow> {
 }
 
 pub fn rows_table(rows: &[ResultRow]) -> Table {
-    let mut table = Table::new(&[
-        "node",
-        "job",
-        "stage",
-        "bits/alpha",
-        "top-1",
-        "energy",
-        "4-bit",
-        "state",
-    ]);
+    let mut table = Table::new(&["node", "job", "stage", "bits/alpha", "top-1", "energy", "4-bit", "state"]);
     for row in rows {
         table.push(vec![
             row.node.clone(),
@@ -108,8 +96,7 @@ pub fn rows_table(rows: &[ResultRow]) -> Table {
     table
 }
 
-pub const CSV_HEADER: &str =
-    "node,job_id,stage,bits_weights,bits_activations,alpha,top1,normalized_energy,fullbit_share,state";
+pub const CSV_HEADER: &str = "node,job_id,stage,bits_weights,bits_activations,alpha,top1,normalized_energy,fullbit_share,state";
 
 pub fn rows_csv(rows: &[ResultRow]) -> String {
     let opt = |v: Option<String>| v.unwrap_or_default();
@@ -134,11 +121,7 @@ pub fn rows_csv(rows: &[ResultRow]) -> String {
 }
 
 async fn experiment(opts: &GlobalOpts, id: i64) -> anyhow::Result<v1::Experiment> {
-    Ok(client::connect(opts)
-        .await?
-        .get_experiment(GetExperimentRequest { id })
-        .await?
-        .into_inner())
+    Ok(client::connect(opts).await?.get_experiment(GetExperimentRequest { id }).await?.into_inner())
 }
 
 pub async fn results(opts: &GlobalOpts, args: &ResultsArgs) -> anyhow::Result<()> {
@@ -154,25 +137,14 @@ pub async fn results(opts: &GlobalOpts, args: &ResultsArgs) -> anyhow::Result<()
 }
 
 pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
-    let format = plot::Format::from_path(&args.output).ok_or_else(|| {
-        UsageError(format!(
-            "-o {}: the file must end in .svg or .png",
-            args.output.display()
-        ))
-    })?;
+    let format = plot::Format::from_path(&args.output)
+        .ok_or_else(|| UsageError(format!("-o {}: the file must end in .svg or .png", args.output.display())))?;
     let (name, rows, title) = match (&args.rows, args.id) {
         (Some(path), _) => {
             let text = read_input_file("--rows", path)?;
-            let rows: Vec<ResultRow> = serde_json::from_str(&text).map_err(|e| {
-                UsageError(format!(
-                    "--rows {}: not `camp results --json` rows: {e}",
-                    path.display()
-                ))
-            })?;
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let rows: Vec<ResultRow> = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--rows {}: not `camp results --json` rows: {e}", path.display())))?;
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             (stem.clone(), rows, stem)
         }
         (None, Some(id)) => {
@@ -183,22 +155,13 @@ pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
                 .find_map(|job| job.spec.as_ref())
                 .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
                 .unwrap_or_default();
-            (
-                format!("experiment {}", experiment.id),
-                rows(&experiment),
-                format!("{}{network}", experiment.name),
-            )
+            (format!("experiment {}", experiment.id), rows(&experiment), format!("{}{network}", experiment.name))
         }
-        (None, None) => {
-            return Err(UsageError("give an experiment id or --rows FILE".into()).into())
-        }
+        (None, None) => return Err(UsageError("give an experiment id or --rows FILE".into()).into()),
     };
     let points = plot::points(&rows);
     if points.is_empty() {
-        return Err(PreconditionError(format!(
-            "{name} has no succeeded job with a top-1 and an energy to plot"
-        ))
-        .into());
+        return Err(PreconditionError(format!("{name} has no succeeded job with a top-1 and an energy to plot")).into());
     }
     plot::draw(&points, &title, &args.output, format)?;
     if opts.json {
@@ -231,11 +194,7 @@ pub mod tests {
 
     pub fn sample_experiment() -> v1::Experiment {
         use v1::JobState::*;
-        let qat = |bits| JobSpec {
-            bits_weights: Some(bits),
-            bits_activations: Some(bits),
-            ..JobSpec::defaults_for(Stage::Qat)
-        };
+        let qat = |bits| JobSpec { bits_weights: Some(bits), bits_activations: Some(bits), ..JobSpec::defaults_for(Stage::Qat) };
         v1::Experiment {
             id: 3,
             name: "camp-r20".into(),
@@ -260,35 +219,18 @@ pub mod tests {
                 job(
                     13,
                     "sp",
-                    JobSpec {
-                        init_from: 11,
-                        ..JobSpec::defaults_for(Stage::Sp)
-                    },
+                    JobSpec { init_from: 11, ..JobSpec::defaults_for(Stage::Sp) },
                     Succeeded,
                     r#"{"best_top1": 0.905, "normalized_energy": 0.62, "fullbit_share": 0.48}"#,
                 ),
                 job(
                     14,
                     "rl-0.1",
-                    JobSpec {
-                        alpha: 0.1,
-                        init_from: 13,
-                        ..JobSpec::defaults_for(Stage::Rl)
-                    },
+                    JobSpec { alpha: 0.1, init_from: 13, ..JobSpec::defaults_for(Stage::Rl) },
                     Succeeded,
                     r#"{"best_top1": 0.899, "normalized_energy": 0.41, "fullbit_share": 0.29}"#,
                 ),
-                job(
-                    15,
-                    "rl-0.5",
-                    JobSpec {
-                        alpha: 0.5,
-                        init_from: 13,
-                        ..JobSpec::defaults_for(Stage::Rl)
-                    },
-                    Cancelled,
-                    "",
-                ),
+                job(15, "rl-0.5", JobSpec { alpha: 0.5, init_from: 13, ..JobSpec::defaults_for(Stage::Rl) }, Cancelled, ""),
             ],
         }
     }
@@ -298,14 +240,8 @@ pub mod tests {
         let rows = rows(&sample_experiment());
         assert_eq!(rows.len(), 6);
         assert_eq!(rows[0].variant(), "fp32");
-        assert_eq!(
-            (rows[0].bits_weights, rows[0].top1),
-            (Some(32), Some(0.9186))
-        );
-        assert_eq!(
-            (rows[1].bits_weights, rows[1].bits_activations),
-            (Some(4), Some(4))
-        );
+        assert_eq!((rows[0].bits_weights, rows[0].top1), (Some(32), Some(0.9186)));
+        assert_eq!((rows[1].bits_weights, rows[1].bits_activations), (Some(4), Some(4)));
         assert_eq!(rows[2].variant(), "1/1");
         assert_eq!((rows[2].top1, rows[2].state.as_str()), (None, "failed"));
         assert_eq!(rows[3].fullbit_share, Some(0.48));
@@ -324,19 +260,7 @@ pub mod tests {
 
         let text = rows_table(&rows).to_string();
         let line: Vec<&str> = text.lines().nth(5).unwrap().split_whitespace().collect();
-        assert_eq!(
-            line,
-            [
-                "rl-0.1",
-                "14",
-                "rl",
-                "α=0.1",
-                "89.90%",
-                "0.4100",
-                "29.00%",
-                "succeeded"
-            ]
-        );
+        assert_eq!(line, ["rl-0.1", "14", "rl", "α=0.1", "89.90%", "0.4100", "29.00%", "succeeded"]);
 
         let csv = rows_csv(&rows);
         let lines: Vec<&str> = csv.lines().collect();
@@ -353,23 +277,12 @@ pub mod tests {
         row.fullbit_share = None;
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(
-            (
-                &json["top1"],
-                &json["normalized_energy"],
-                &json["fullbit_share"]
-            ),
-            (
-                &serde_json::json!("NaN"),
-                &serde_json::json!("inf"),
-                &Value::Null
-            )
+            (&json["top1"], &json["normalized_energy"], &json["fullbit_share"]),
+            (&serde_json::json!("NaN"), &serde_json::json!("inf"), &Value::Null)
         );
         let back: ResultRow = serde_json::from_value(json).unwrap();
         assert!(back.top1.unwrap().is_nan());
-        assert_eq!(
-            (back.normalized_energy, back.fullbit_share),
-            (Some(f64::INFINITY), None)
-        );
+        assert_eq!((back.normalized_energy, back.fullbit_share), (Some(f64::INFINITY), None));
         // Rows written before (plain numbers, keys left out) still read.
         let old: ResultRow = serde_json::from_str(
             r#"{"node": "sp", "job_id": 1, "stage": "sp", "bits_weights": 1, "bits_activations": 1, "top1": 0.5, "state": "succeeded"}"#,
@@ -387,24 +300,11 @@ pub mod tests {
 
     #[tokio::test]
     async fn rows_files_are_capped_and_named() {
-        let cli = <crate::args::Cli as clap::Parser>::try_parse_from([
-            "camp",
-            "plot",
-            "--rows",
-            "/dev/zero",
-            "-o",
-            "x.svg",
-        ])
-        .unwrap();
-        let crate::args::Command::Plot(args) = &cli.command else {
-            panic!("not plot")
-        };
+        let cli = <crate::args::Cli as clap::Parser>::try_parse_from(["camp", "plot", "--rows", "/dev/zero", "-o", "x.svg"]).unwrap();
+        let crate::args::Command::Plot(args) = &cli.command else { panic!("not plot") };
         let err = plot(&cli.global, args).await.unwrap_err();
         assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
         let message = err.to_string();
-        assert!(
-            message.starts_with("--rows /dev/zero: larger than"),
-            "{message}"
-        );
+        assert!(message.starts_with("--rows /dev/zero: larger than"), "{message}");
     }
 }

@@ -23,11 +23,7 @@ pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
     let job = client::with_retries("submitting", || {
         let request = request.clone();
         async move {
-            let job = client::connect(opts)
-                .await?
-                .submit_job(request)
-                .await?
-                .into_inner();
+            let job = client::connect(opts).await?.submit_job(request).await?.into_inner();
             Ok(job)
         }
     })
@@ -35,17 +31,7 @@ pub async fn run(opts: &GlobalOpts, stage: &SubmitStage) -> anyhow::Result<()> {
     if opts.json {
         return print_json(&wire::job(&job));
     }
-    let from = if spec.init_from > 0 {
-        format!(", from job {}", spec.init_from)
-    } else {
-        String::new()
-    };
-    println!(
-        "submitted job {} ({} {} on {}{from})",
-        job.id,
-        spec.stage.as_str(),
-        spec.arch,
-        spec.dataset
-    );
+    let from = if spec.init_from > 0 { format!(", from job {}", spec.init_from) } else { String::new() };
+    println!("submitted job {} ({} {} on {}{from})", job.id, spec.stage.as_str(), spec.arch, spec.dataset);
     Ok(())
 }

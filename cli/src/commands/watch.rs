@@ -27,20 +27,11 @@ const DRAIN_AFTER_END: Duration = Duration::from_millis(500);
 /// Follows the job; the exit code says how it ended (0 succeeded, 1 failed, 7 cancelled).
 pub async fn run(opts: &GlobalOpts, id: i64) -> anyhow::Result<u8> {
     let mut client = client::connect(opts).await?;
-    let mut events = client
-        .watch_job(WatchJobRequest { id, history: true })
-        .await?
-        .into_inner();
-    let mut display: Box<dyn WatchDisplay> = if opts.json {
-        Box::new(JsonLines { job_id: id })
-    } else {
-        Box::new(Live::new(id))
-    };
+    let mut events = client.watch_job(WatchJobRequest { id, history: true }).await?.into_inner();
+    let mut display: Box<dyn WatchDisplay> = if opts.json { Box::new(JsonLines { job_id: id }) } else { Box::new(Live::new(id)) };
     let mut last_job: Option<v1::Job> = None;
     loop {
-        let ended = last_job
-            .as_ref()
-            .is_some_and(|job| wire::is_terminal(job.state));
+        let ended = last_job.as_ref().is_some_and(|job| wire::is_terminal(job.state));
         let next = if ended {
             match tokio::time::timeout(DRAIN_AFTER_END, events.message()).await {
                 Ok(Ok(next)) => next,
@@ -62,10 +53,7 @@ pub async fn run(opts: &GlobalOpts, id: i64) -> anyhow::Result<u8> {
         None => client.get_job(GetJobRequest { id }).await?.into_inner(),
     };
     if !wire::is_terminal(job.state) {
-        bail!(
-            "the coordinator ended the watch of job {id} while it is {}",
-            wire::state_name(job.state)
-        );
+        bail!("the coordinator ended the watch of job {id} while it is {}", wire::state_name(job.state));
     }
     display.finish(&job);
     Ok(exit_code_for_end(job.state))
@@ -102,10 +90,7 @@ fn event_json(job_id: i64, event: &Event) -> serde_json::Value {
 
 impl WatchDisplay for JsonLines {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        println!(
-            "{}",
-            serde_json::to_string(&event_json(self.job_id, event))?
-        );
+        println!("{}", serde_json::to_string(&event_json(self.job_id, event))?);
         Ok(())
     }
 
@@ -146,10 +131,7 @@ impl Tracked {
 
     /// Reported only once per epoch, so its `step` is the global step at the epoch's end.
     fn is_epoch_summary(self) -> bool {
-        !matches!(
-            self,
-            Tracked::StepLoss | Tracked::StepTop1 | Tracked::Lr | Tracked::ImagesPerSec
-        )
+        !matches!(self, Tracked::StepLoss | Tracked::StepTop1 | Tracked::Lr | Tracked::ImagesPerSec)
     }
 }
 
@@ -181,46 +163,23 @@ impl EpochSummary {
     }
 
     fn is_complete(&self) -> bool {
-        [
-            self.train_loss,
-            self.train_top1,
-            self.test_loss,
-            self.test_top1,
-            self.test_top5,
-            self.lr,
-            self.images_per_s,
-        ]
-        .iter()
-        .all(Option::is_some)
+        [self.train_loss, self.train_top1, self.test_loss, self.test_top1, self.test_top5, self.lr, self.images_per_s]
+            .iter()
+            .all(Option::is_some)
     }
 
     /// Worth a line: it has some loss or accuracy, not only images/s.
     fn has_results(&self) -> bool {
-        [
-            self.train_loss,
-            self.train_top1,
-            self.test_loss,
-            self.test_top1,
-            self.test_top5,
-        ]
-        .iter()
-        .any(Option::is_some)
+        [self.train_loss, self.train_top1, self.test_loss, self.test_top1, self.test_top5].iter().any(Option::is_some)
     }
 
     /// `epoch 3/200  train loss 1.234 top-1 55.10  test loss ... top-5 ...  lr 0.1000  8900 img/s  best 60.20 (epoch 3)`
     fn line(&self, epoch: u32, epochs: u32, best: Option<Best>) -> String {
-        let part = |label: &str, value: Option<f64>, show: fn(f64) -> String| {
-            value
-                .map(|v| format!(" {label} {}", show(v)))
-                .unwrap_or_default()
-        };
+        let part =
+            |label: &str, value: Option<f64>, show: fn(f64) -> String| value.map(|v| format!(" {label} {}", show(v))).unwrap_or_default();
         let mut line = format!("epoch {epoch}/{epochs}");
         if self.train_loss.is_some() || self.train_top1.is_some() {
-            line += &format!(
-                "  train{}{}",
-                part("loss", self.train_loss, number),
-                part("top-1", self.train_top1, percent)
-            );
+            line += &format!("  train{}{}", part("loss", self.train_loss, number), part("top-1", self.train_top1, percent));
         }
         if self.test_loss.is_some() || self.test_top1.is_some() || self.test_top5.is_some() {
             line += &format!(
@@ -269,20 +228,12 @@ fn steps_per_epoch_from_spec(spec: &v1::JobSpec) -> Option<f64> {
 }
 
 /// Time left at `images_per_s` to reach `epochs * steps_per_epoch` steps of `batch_size` images.
-fn eta(
-    epochs: u32,
-    steps_per_epoch: f64,
-    batch_size: u32,
-    step: i64,
-    images_per_s: f64,
-) -> Option<Duration> {
+fn eta(epochs: u32, steps_per_epoch: f64, batch_size: u32, step: i64, images_per_s: f64) -> Option<Duration> {
     if images_per_s <= 0.0 || !images_per_s.is_finite() || steps_per_epoch <= 0.0 {
         return None;
     }
     let steps_left = (f64::from(epochs) * steps_per_epoch - step as f64).max(0.0);
-    Some(Duration::from_secs_f64(
-        steps_left * f64::from(batch_size) / images_per_s,
-    ))
+    Some(Duration::from_secs_f64(steps_left * f64::from(batch_size) / images_per_s))
 }
 
 /// For people: a progress line on stderr and epoch lines on stdout.
@@ -340,21 +291,11 @@ impl Live {
         if !wire::is_terminal(job.state) && self.announced != Some(key) {
             let line = match v1::JobState::try_from(job.state) {
                 Ok(v1::JobState::Running) => {
-                    format!(
-                        "job {} running on {} (attempt {}/{})",
-                        self.job_id, job.worker, job.attempt, job.max_attempts
-                    )
+                    format!("job {} running on {} (attempt {}/{})", self.job_id, job.worker, job.attempt, job.max_attempts)
                 }
                 Ok(v1::JobState::Queued) if job.attempt > 0 => {
-                    let why = if job.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", job.message)
-                    };
-                    format!(
-                        "job {} re-queued after attempt {}/{}{why}",
-                        self.job_id, job.attempt, job.max_attempts
-                    )
+                    let why = if job.message.is_empty() { String::new() } else { format!(": {}", job.message) };
+                    format!("job {} re-queued after attempt {}/{}{why}", self.job_id, job.attempt, job.max_attempts)
                 }
                 _ => format!("job {} {}", self.job_id, wire::state_name(job.state)),
             };
@@ -374,16 +315,11 @@ impl Live {
         match tracked {
             Tracked::StepLoss | Tracked::TrainLoss => self.loss = Some(metric.value),
             Tracked::StepTop1 | Tracked::TrainTop1 => self.top1 = Some(metric.value),
-            Tracked::ImagesPerSec | Tracked::EpochImagesPerSec => {
-                self.images_per_s = Some(metric.value)
-            }
+            Tracked::ImagesPerSec | Tracked::EpochImagesPerSec => self.images_per_s = Some(metric.value),
             _ => {}
         }
         if tracked == Tracked::TestTop1 && self.best.is_none_or(|best| metric.value > best.top1) {
-            self.best = Some(Best {
-                top1: metric.value,
-                epoch: metric.epoch,
-            });
+            self.best = Some(Best { top1: metric.value, epoch: metric.epoch });
         }
         if tracked.is_epoch_summary() && metric.epoch > 0 && metric.step > 0 {
             self.steps_per_epoch_seen = Some(metric.step as f64 / f64::from(metric.epoch));
@@ -398,12 +334,7 @@ impl Live {
 
     /// Prints (and forgets) the pending epoch summaries that `due` selects.
     fn flush_epochs(&mut self, due: impl Fn(u32) -> bool) {
-        let epochs: Vec<u32> = self
-            .pending
-            .keys()
-            .copied()
-            .filter(|&epoch| due(epoch))
-            .collect();
+        let epochs: Vec<u32> = self.pending.keys().copied().filter(|&epoch| due(epoch)).collect();
         for epoch in epochs {
             let summary = self.pending.remove(&epoch).unwrap_or_default();
             if summary.has_results() {
@@ -414,8 +345,7 @@ impl Live {
     }
 
     fn steps_per_epoch(&self) -> Option<f64> {
-        self.steps_per_epoch_seen
-            .or_else(|| steps_per_epoch_from_spec(&self.spec))
+        self.steps_per_epoch_seen.or_else(|| steps_per_epoch_from_spec(&self.spec))
     }
 
     /// Switches the spinner to a bar once the total number of steps is known.
@@ -423,18 +353,13 @@ impl Live {
         if let Some(steps_per_epoch) = self.steps_per_epoch() {
             let total = (steps_per_epoch * f64::from(self.spec.epochs)) as u64;
             if self.bar.length() != Some(total) {
-                let style = ProgressStyle::with_template("{spinner} [{bar:24}] {msg}")
-                    .expect("valid template");
+                let style = ProgressStyle::with_template("{spinner} [{bar:24}] {msg}").expect("valid template");
                 self.bar.set_style(style.progress_chars("=> "));
                 self.bar.set_length(total);
             }
-            self.bar
-                .set_position(u64::try_from(self.step).unwrap_or(0).min(total));
+            self.bar.set_position(u64::try_from(self.step).unwrap_or(0).min(total));
         }
-        let mut message = format!(
-            "job {}  epoch {}/{}  step {}",
-            self.job_id, self.epoch, self.spec.epochs, self.step
-        );
+        let mut message = format!("job {}  epoch {}/{}  step {}", self.job_id, self.epoch, self.spec.epochs, self.step);
         if let Some(steps_per_epoch) = self.steps_per_epoch() {
             message += &format!("/{}", whole(steps_per_epoch * f64::from(self.spec.epochs)));
         }
@@ -446,15 +371,7 @@ impl Live {
         }
         if let Some(rate) = self.images_per_s {
             message += &format!("  {} img/s", whole(rate));
-            let left = self.steps_per_epoch().and_then(|steps| {
-                eta(
-                    self.spec.epochs,
-                    steps,
-                    self.spec.batch_size,
-                    self.step,
-                    rate,
-                )
-            });
+            let left = self.steps_per_epoch().and_then(|steps| eta(self.spec.epochs, steps, self.spec.batch_size, self.step, rate));
             if let Some(left) = left {
                 message += &format!("  ETA {}", duration_precise(left));
             }
@@ -479,18 +396,12 @@ impl WatchDisplay for Live {
         self.flush_epochs(|_| true);
         self.bar.finish_and_clear();
         let took = if job.started_at_ms > 0 && job.finished_at_ms >= job.started_at_ms {
-            format!(
-                " after {}",
-                duration_precise(Duration::from_millis(
-                    (job.finished_at_ms - job.started_at_ms) as u64
-                ))
-            )
+            format!(" after {}", duration_precise(Duration::from_millis((job.finished_at_ms - job.started_at_ms) as u64)))
         } else {
             String::new()
         };
         let mut line = format!("job {} {}{took}", self.job_id, wire::state_name(job.state));
-        let best = wire::best_top1(&wire::embedded_json(&job.result_json))
-            .or(self.best.map(|best| best.top1));
+        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).or(self.best.map(|best| best.top1));
         if let Some(best) = best {
             line += &format!(", best top-1 {}", percent(best));
         }
@@ -516,16 +427,9 @@ mod tests {
     fn steps_per_epoch_from_data_set_and_limit() {
         let spec = camp_proto::JobSpec::default().to_proto();
         assert_eq!(steps_per_epoch_from_spec(&spec), Some(391.0));
-        let limited = v1::JobSpec {
-            train_limit: 1000,
-            batch_size: 100,
-            ..spec.clone()
-        };
+        let limited = v1::JobSpec { train_limit: 1000, batch_size: 100, ..spec.clone() };
         assert_eq!(steps_per_epoch_from_spec(&limited), Some(10.0));
-        let unknown = v1::JobSpec {
-            dataset: "other".into(),
-            ..spec
-        };
+        let unknown = v1::JobSpec { dataset: "other".into(), ..spec };
         assert_eq!(steps_per_epoch_from_spec(&unknown), None);
     }
 
@@ -538,46 +442,23 @@ mod tests {
     }
 
     fn metric(name: &str, value: f64, epoch: u32, step: i64) -> v1::Metric {
-        v1::Metric {
-            name: name.into(),
-            value,
-            step,
-            epoch,
-            attempt: 1,
-            at_ms: 0,
-            id: 0,
-        }
+        v1::Metric { name: name.into(), value, step, epoch, attempt: 1, at_ms: 0, id: 0 }
     }
 
     #[test]
     fn live_view_measures_steps_and_tracks_best() {
         let mut live = Live::new(1);
         live.bar = ProgressBar::hidden();
-        live.on_job(&v1::Job {
-            spec: Some(camp_proto::JobSpec::default().to_proto()),
-            ..Default::default()
-        });
+        live.on_job(&v1::Job { spec: Some(camp_proto::JobSpec::default().to_proto()), ..Default::default() });
         live.on_metric(&metric("loss", 2.0, 1, 10));
         live.on_metric(&metric("lr", 0.1, 1, 10));
-        assert_eq!(
-            live.steps_per_epoch_seen, None,
-            "step metrics say nothing of epoch length"
-        );
+        assert_eq!(live.steps_per_epoch_seen, None, "step metrics say nothing of epoch length");
         live.on_metric(&metric("test_top1", 0.40, 1, 400));
         live.on_metric(&metric("test_top1", 0.35, 2, 800));
         assert_eq!(live.steps_per_epoch_seen, Some(400.0));
-        assert_eq!(
-            live.best,
-            Some(Best {
-                top1: 0.40,
-                epoch: 1
-            })
-        );
+        assert_eq!(live.best, Some(Best { top1: 0.40, epoch: 1 }));
         assert_eq!(live.loss, Some(2.0));
-        assert!(
-            !live.pending.contains_key(&1),
-            "epoch 1 printed once epoch 2 began"
-        );
+        assert!(!live.pending.contains_key(&1), "epoch 1 printed once epoch 2 began");
         live.on_metric(&metric("something_else", 1.0, 9, 9));
         assert_eq!(live.epoch, 2, "unknown names are ignored");
     }
@@ -585,14 +466,9 @@ mod tests {
     #[test]
     fn epoch_line_reads_well() {
         let mut summary = EpochSummary::default();
-        for (name, value) in [
-            ("train_loss", 1.2345),
-            ("train_top1", 0.551),
-            ("test_loss", 1.1),
-            ("test_top1", 0.602),
-            ("test_top5", 0.95),
-            ("lr", 0.1),
-        ] {
+        for (name, value) in
+            [("train_loss", 1.2345), ("train_top1", 0.551), ("test_loss", 1.1), ("test_top1", 0.602), ("test_top5", 0.95), ("lr", 0.1)]
+        {
             summary.set(Tracked::from_name(name).unwrap(), value);
         }
         assert!(!summary.is_complete());
@@ -604,25 +480,14 @@ mod tests {
             summary.line(3, 200, Some(Best { top1: 0.602, epoch: 3 })),
             "epoch 3/200  train loss 1.23 top-1 55.10%  test loss 1.10 top-1 60.20% top-5 95.00%  lr 0.1000  8900 img/s  best 60.20% (epoch 3)"
         );
-        let only_rate = EpochSummary {
-            images_per_s: Some(1.0),
-            ..Default::default()
-        };
+        let only_rate = EpochSummary { images_per_s: Some(1.0), ..Default::default() };
         assert!(!only_rate.has_results());
     }
 
     #[test]
     fn epoch_lines_keep_extreme_values_short() {
-        let summary = EpochSummary {
-            train_loss: Some(1e308),
-            lr: Some(1e-300),
-            images_per_s: Some(2.5e20),
-            ..Default::default()
-        };
-        assert_eq!(
-            summary.line(1, 2, None),
-            "epoch 1/2  train loss 1e308  lr 1e-300  2.5e20 img/s"
-        );
+        let summary = EpochSummary { train_loss: Some(1e308), lr: Some(1e-300), images_per_s: Some(2.5e20), ..Default::default() };
+        assert_eq!(summary.line(1, 2, None), "epoch 1/2  train loss 1e308  lr 1e-300  2.5e20 img/s");
         let line = event_json(3, &Event::Metric(metric("loss", f64::NAN, 1, 10)));
         assert_eq!(line["metric"]["value"], "NaN", "--json lines keep NaN");
     }
@@ -633,17 +498,7 @@ mod tests {
         assert_eq!(line["event"], "metric");
         assert_eq!(line["metric"]["name"], "loss");
         assert_eq!(line["metric"]["job_id"], 3);
-        let line = event_json(
-            3,
-            &Event::Job(v1::Job {
-                id: 3,
-                state: v1::JobState::Queued as i32,
-                ..Default::default()
-            }),
-        );
-        assert_eq!(
-            (line["event"].as_str(), line["job"]["state"].as_str()),
-            (Some("job"), Some("queued"))
-        );
+        let line = event_json(3, &Event::Job(v1::Job { id: 3, state: v1::JobState::Queued as i32, ..Default::default() }));
+        assert_eq!((line["event"].as_str(), line["job"]["state"].as_str()), (Some("job"), Some("queued")));
     }
 }

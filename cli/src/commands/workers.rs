@@ -9,12 +9,7 @@ use crate::output::{age, now_ms, print_json, Table};
 use crate::wire;
 
 pub async fn list(opts: &GlobalOpts) -> anyhow::Result<()> {
-    let workers = client::connect(opts)
-        .await?
-        .list_workers(ListWorkersRequest {})
-        .await?
-        .into_inner()
-        .workers;
+    let workers = client::connect(opts).await?.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
     if opts.json {
         return print_json(&Value::Array(workers.iter().map(wire::worker).collect()));
     }
@@ -23,15 +18,7 @@ pub async fn list(opts: &GlobalOpts) -> anyhow::Result<()> {
 }
 
 fn table(workers: &[v1::Worker], now_ms: i64) -> Table {
-    let mut table = Table::new(&[
-        "name",
-        "device",
-        "gpus",
-        "datasets",
-        "alive",
-        "heartbeat",
-        "running jobs",
-    ]);
+    let mut table = Table::new(&["name", "device", "gpus", "datasets", "alive", "heartbeat", "running jobs"]);
     for worker in workers {
         let running: Vec<String> = worker.running_jobs.iter().map(i64::to_string).collect();
         table.push(vec![
@@ -65,18 +52,6 @@ mod tests {
         };
         let text = table(&[worker], 6_000).to_string();
         let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(
-            cells,
-            [
-                "gpu-a",
-                "cuda",
-                "1",
-                "cifar10,fashion-mnist",
-                "yes",
-                "5s",
-                "ago",
-                "3,4"
-            ]
-        );
+        assert_eq!(cells, ["gpu-a", "cuda", "1", "cifar10,fashion-mnist", "yes", "5s", "ago", "3,4"]);
     }
 }

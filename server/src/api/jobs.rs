@@ -16,7 +16,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::transfer::{ChunkStream, Transfers};
-use super::{checkpoint_to_proto, experiment_to_proto, job_to_proto, log_to_proto, metric_to_proto, requested_checkpoint, state_from_proto, validate};
+use super::{
+    checkpoint_to_proto, experiment_to_proto, job_to_proto, log_to_proto, metric_to_proto, requested_checkpoint, state_from_proto, validate,
+};
 use crate::auth::{Access, User};
 use crate::error::{ApiError, ApiResult};
 use crate::net::ConnInfo;
@@ -106,10 +108,7 @@ impl JobService for JobApi {
         self.check_init_from(&user, &spec, "spec.init_from").await?;
         let request = validate::request_key(&r.request_id, &r, |m| m.request_id.clear())?;
         let name = job_name(&r.name, &spec);
-        let job = self
-            .store
-            .submit_job(NewJob { name, owner: user.name, spec, priority: r.priority, max_attempts, request })
-            .await?;
+        let job = self.store.submit_job(NewJob { name, owner: user.name, spec, priority: r.priority, max_attempts, request }).await?;
         tracing::info!(job = job.id, owner = %job.owner, "submitted");
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -332,7 +331,9 @@ impl JobService for JobApi {
             self.access.check_priority(&user, n.priority, &format!("{at}.priority"))?;
             let spec = validate::spec(&format!("{at}.spec"), n.spec.as_ref())?;
             if spec.init_from != 0 {
-                return Err(ApiError::invalid(format!("{at}.spec.init_from"), "inside a pipeline, name the node (init_from) instead").into());
+                return Err(
+                    ApiError::invalid(format!("{at}.spec.init_from"), "inside a pipeline, name the node (init_from) instead").into()
+                );
             }
             let name = if n.name.trim().is_empty() { format!("{}-{}", r.name.trim(), n.key) } else { job_name(&n.name, &spec) };
             let init_from = (!n.init_from.is_empty()).then_some(n.init_from);

@@ -70,7 +70,13 @@ pub fn job_to_proto(j: &Job) -> v1::Job {
 }
 
 pub fn experiment_to_proto(e: &Experiment) -> v1::Experiment {
-    v1::Experiment { id: e.id, name: e.name.clone(), owner: e.owner.clone(), created_at_ms: ms(e.created_at), jobs: e.jobs.iter().map(job_to_proto).collect() }
+    v1::Experiment {
+        id: e.id,
+        name: e.name.clone(),
+        owner: e.owner.clone(),
+        created_at_ms: ms(e.created_at),
+        jobs: e.jobs.iter().map(job_to_proto).collect(),
+    }
 }
 
 pub fn checkpoint_to_proto(c: &Checkpoint) -> v1::Checkpoint {
@@ -90,7 +96,15 @@ pub fn checkpoint_to_proto(c: &Checkpoint) -> v1::Checkpoint {
 }
 
 pub fn metric_to_proto(m: StoredMetric) -> v1::Metric {
-    v1::Metric { name: m.point.name, value: m.point.value, step: m.point.step, epoch: m.point.epoch, attempt: m.attempt, at_ms: ms(m.at), id: m.id }
+    v1::Metric {
+        name: m.point.name,
+        value: m.point.value,
+        step: m.point.step,
+        epoch: m.point.epoch,
+        attempt: m.attempt,
+        at_ms: ms(m.at),
+        id: m.id,
+    }
 }
 
 pub fn log_to_proto(l: LogLine) -> v1::LogLine {

@@ -63,11 +63,21 @@ async fn slot(slots: &Arc<Semaphore>, what: &str) -> ApiResult<OwnedSemaphorePer
 
 impl Transfers {
     pub fn new(limits: TransferLimits) -> Self {
-        Transfers { limits, uploads: Arc::new(Semaphore::new(limits.max_uploads)), downloads: Arc::new(Semaphore::new(limits.max_downloads)) }
+        Transfers {
+            limits,
+            uploads: Arc::new(Semaphore::new(limits.max_uploads)),
+            downloads: Arc::new(Semaphore::new(limits.max_downloads)),
+        }
     }
 
     /// Takes an upload from `worker`: header first, then the bytes.
-    pub async fn upload(&self, store: &dyn Store, worker: uuid::Uuid, mut chunks: Streaming<v1::UploadChunk>, retention: Retention) -> ApiResult<Checkpoint> {
+    pub async fn upload(
+        &self,
+        store: &dyn Store,
+        worker: uuid::Uuid,
+        mut chunks: Streaming<v1::UploadChunk>,
+        retention: Retention,
+    ) -> ApiResult<Checkpoint> {
         let _slot = slot(&self.uploads, "upload").await?;
         let idle = self.limits.idle;
         let first = next_chunk(&mut chunks, idle).await?.ok_or_else(|| ApiError::invalid("header", "empty upload"))?;

@@ -102,7 +102,8 @@ pub fn register(r: v1::RegisterRequest) -> ApiResult<NewWorker> {
             return Err(ApiError::invalid("labels", "a label needs a key"));
         }
         limits::check_name(k, limits::MAX_LABEL_KEY_BYTES).map_err(field("labels"))?;
-        limits::check_name(v, limits::MAX_LABEL_VALUE_BYTES).map_err(|e| ApiError::invalid(format!("labels[{}]", limits::excerpt(k)), e))?;
+        limits::check_name(v, limits::MAX_LABEL_VALUE_BYTES)
+            .map_err(|e| ApiError::invalid(format!("labels[{}]", limits::excerpt(k)), e))?;
     }
     let labels = serde_json::to_value(&r.labels).expect("a string map always serialises");
     Ok(NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels })
@@ -187,7 +188,10 @@ pub fn checkpoint_header(h: &v1::CheckpointHeader, max_bytes: u64) -> ApiResult<
         return Err(ApiError::invalid("size", "a checkpoint cannot be empty"));
     }
     if h.size > max_bytes {
-        return Err(ApiError::invalid("size", format!("{} bytes is over this coordinator's limit of {max_bytes} (--max-checkpoint-mib)", h.size)));
+        return Err(ApiError::invalid(
+            "size",
+            format!("{} bytes is over this coordinator's limit of {max_bytes} (--max-checkpoint-mib)", h.size),
+        ));
     }
     if h.sha256.len() != 64 || !h.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::invalid("sha256", "expected 64 hex digits"));
@@ -201,7 +205,8 @@ pub fn checkpoint_header(h: &v1::CheckpointHeader, max_bytes: u64) -> ApiResult<
     } else {
         return Err(ApiError::invalid("top1", format!("must be in [0, 1] (or NaN: not evaluated), got {}", h.top1)));
     };
-    let metadata = json_object("metadata_json", &h.metadata_json, limits::MAX_METADATA_JSON_BYTES)?.unwrap_or_else(|| serde_json::json!({}));
+    let metadata =
+        json_object("metadata_json", &h.metadata_json, limits::MAX_METADATA_JSON_BYTES)?.unwrap_or_else(|| serde_json::json!({}));
     Ok(CheckedHeader { metadata, top1 })
 }
 
@@ -270,7 +275,8 @@ mod tests {
 
     #[test]
     fn finishing_messages_and_results_are_bounded() {
-        let ok = v1::FinishRequest { outcome: v1::Outcome::Succeeded as i32, result_json: r#"{"best_top1":0.5}"#.into(), ..Default::default() };
+        let ok =
+            v1::FinishRequest { outcome: v1::Outcome::Succeeded as i32, result_json: r#"{"best_top1":0.5}"#.into(), ..Default::default() };
         finish(&ok).unwrap();
         assert_eq!(field_of(finish(&v1::FinishRequest { outcome: 99, ..ok.clone() })), "outcome");
         assert_eq!(field_of(finish(&v1::FinishRequest { message: "a\0".into(), ..ok.clone() })), "message");

@@ -116,7 +116,10 @@ impl WorkerService for WorkerApi {
         let worker = WorkerCaller::of(&req)?.worker()?;
         let job_id = req.get_ref().job_id;
         if req.get_ref().checkpoint_id == 0 && !self.store.worker_may_read(worker, job_id).await? {
-            return Err(ApiError::PermissionDenied(format!("job {job_id}: this worker holds no lease on it or on a job that starts from it")).into());
+            return Err(ApiError::PermissionDenied(format!(
+                "job {job_id}: this worker holds no lease on it or on a job that starts from it"
+            ))
+            .into());
         }
         let ckpt = requested_checkpoint(self.store.as_ref(), req.get_ref()).await?;
         // A worker reads the checkpoints of the job it holds, and of the job that one starts from.

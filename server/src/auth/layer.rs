@@ -167,10 +167,7 @@ fn named_user(headers: &HeaderMap) -> ApiResult<String> {
 }
 
 fn has_client_certificate(req: &http::Request<Body>) -> bool {
-    req.extensions()
-        .get::<TlsConnectInfo<ConnInfo>>()
-        .and_then(|info| info.peer_certs())
-        .is_some_and(|certs| !certs.is_empty())
+    req.extensions().get::<TlsConnectInfo<ConnInfo>>().and_then(|info| info.peer_certs()).is_some_and(|certs| !certs.is_empty())
 }
 
 /// The tower layer that runs `Authenticator` before the services.

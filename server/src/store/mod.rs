@@ -431,7 +431,14 @@ pub trait Store: Send + Sync + 'static {
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>>;
 
     /// A page of a job's metrics in the order they were stored, after row `after_id`.
-    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>>;
+    async fn metrics(
+        &self,
+        job_id: i64,
+        name: Option<&str>,
+        attempt: Option<u32>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMetric>>;
     /// The ids of the newest metric and log line of a job (0 where none), where a live view starts.
     async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)>;
     /// A page of a job's log lines, after row `after_id`.

@@ -238,10 +238,7 @@ async fn fence(tx: &mut Transaction<'_, Postgres>, at: LeaseRef, lock: bool) -> 
 }
 
 async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
-    let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&mut **tx).await?;
     rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
 }
 
@@ -275,7 +272,13 @@ async fn init_parent(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult
     Ok(parent)
 }
 
-async fn insert_job(tx: &mut Transaction<'_, Postgres>, job: &NewJob, experiment_id: Option<i64>, node: &str, parents: &[i64]) -> StoreResult<i64> {
+async fn insert_job(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &NewJob,
+    experiment_id: Option<i64>,
+    node: &str,
+    parents: &[i64],
+) -> StoreResult<i64> {
     let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node) \
@@ -321,9 +324,8 @@ fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
     for (i, n) in nodes.iter().enumerate() {
         let mut ps = Vec::new();
         for (field, key) in n.after.iter().map(|k| ("after", k)).chain(n.init_from.iter().map(|k| ("init_from", k))) {
-            let p = *index
-                .get(key.as_str())
-                .ok_or_else(|| invalid(format!("nodes[{i}] ({}).{field}", n.key), format!("no node '{key}'")))?;
+            let p =
+                *index.get(key.as_str()).ok_or_else(|| invalid(format!("nodes[{i}] ({}).{field}", n.key), format!("no node '{key}'")))?;
             ps.push(p);
         }
         parents.push(ps);
@@ -355,7 +357,12 @@ enum Made {
 /// request with it made (`Some(id)`). A concurrent request with the same key
 /// waits here for the first one's transaction to end (the primary key's
 /// insertion lock).
-async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: Option<&RequestKey>, made: Made) -> StoreResult<Option<i64>> {
+async fn claim_request_key(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    key: Option<&RequestKey>,
+    made: Made,
+) -> StoreResult<Option<i64>> {
     let Some(key) = key else {
         return Ok(None);
     };
@@ -377,7 +384,8 @@ async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key:
             .bind(&key.id)
             .fetch_one(&mut **tx)
             .await?;
-    let used = |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", camp_proto::limits::excerpt(&key.id)));
+    let used =
+        |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", camp_proto::limits::excerpt(&key.id)));
     if sha != key.sha256 {
         return Err(used("for a different request"));
     }
@@ -390,7 +398,13 @@ async fn claim_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key:
     }
 }
 
-async fn record_request_key(tx: &mut Transaction<'_, Postgres>, owner: &str, key: &RequestKey, job: Option<i64>, experiment: Option<i64>) -> StoreResult<()> {
+async fn record_request_key(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    key: &RequestKey,
+    job: Option<i64>,
+    experiment: Option<i64>,
+) -> StoreResult<()> {
     sqlx::query("UPDATE submissions SET job_id = $3, experiment_id = $4 WHERE owner = $1 AND request_id = $2")
         .bind(owner)
         .bind(&key.id)
@@ -465,10 +479,8 @@ impl Store for PgStore {
             let mut spec = node.spec.clone();
             let init = node.init_from.as_deref().map(|k| ids[k]);
             spec.init_from = init.map_or(0, |(id, _)| id);
-            spec.check_init_parent(init.map(|(_, s)| s)).map_err(|e| StoreError::Invalid {
-                field: format!("nodes[{i}] ({}).spec.{}", node.key, e.field),
-                reason: e.reason,
-            })?;
+            spec.check_init_parent(init.map(|(_, s)| s))
+                .map_err(|e| StoreError::Invalid { field: format!("nodes[{i}] ({}).spec.{}", node.key, e.field), reason: e.reason })?;
             let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()].0).collect();
             parents.extend(init.map(|(id, _)| id));
             parents.sort_unstable();
@@ -494,15 +506,10 @@ impl Store for PgStore {
 
     async fn get_experiment(&self, id: i64) -> StoreResult<Experiment> {
         let row: Option<(i64, String, String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         let (id, name, owner, created_at) = row.ok_or_else(|| StoreError::NotFound(format!("experiment {id}")))?;
-        let recs: Vec<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.experiment_id = $1 ORDER BY j.id"))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let recs: Vec<JobRecord> =
+            sqlx::query_as(&format!("{JOB_SELECT} WHERE j.experiment_id = $1 ORDER BY j.id")).bind(id).fetch_all(&self.pool).await?;
         let jobs = recs.into_iter().map(Job::try_from).collect::<StoreResult<_>>()?;
         Ok(Experiment { id, name, owner, created_at, jobs })
     }
@@ -535,8 +542,7 @@ impl Store for PgStore {
     }
 
     async fn get_job(&self, id: i64) -> StoreResult<Job> {
-        let rec: Option<JobRecord> =
-            sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
     }
 
@@ -568,13 +574,11 @@ impl Store for PgStore {
         let job = job_in(&mut tx, id).await?;
         match job.state {
             JobState::Queued => {
-                sqlx::query(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(format!("cancelled by {by} while queued"))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(format!("cancelled by {by} while queued"))
+                    .execute(&mut *tx)
+                    .await?;
                 cancel_descendants(&mut tx, id, "was cancelled").await?;
             }
             JobState::Running => {
@@ -596,10 +600,8 @@ impl Store for PgStore {
 
     async fn set_priority(&self, id: i64, priority: i32) -> StoreResult<Job> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *tx).await?;
         let (state,) = row.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
         if !matches!(JobState::parse(&state), Some(JobState::Queued | JobState::Running)) {
             return Err(StoreError::FailedPrecondition(format!("job {id} already {state}: its priority no longer matters")));
@@ -781,11 +783,10 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         let job = job_in(&mut tx, job_id).await?;
-        let latest: Option<CheckpointRecord> =
-            sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
-                .bind(job_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let latest: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let resume_from: Option<Checkpoint> = latest.map(Into::into);
         // Work that earlier attempts did past the checkpoint we resume from is lost and
         // will be redone: drop its metrics so the series has one row per step.
@@ -799,12 +800,12 @@ impl Store for PgStore {
         // A job that starts from another's weights gets that job's best checkpoint.
         let init_from: Option<CheckpointRecord> = match job.spec.init_from {
             0 => None,
-            parent => sqlx::query_as(&format!(
-                "{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"
-            ))
-            .bind(parent)
-            .fetch_optional(&mut *tx)
-            .await?,
+            parent => {
+                sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"))
+                    .bind(parent)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
         };
         notify(&mut tx, Change::Job(job_id)).await?;
         tx.commit().await?;
@@ -951,10 +952,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         notify(&mut tx, Change::Job(at.job_id)).await?;
-        let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1"))
-            .bind(upload)
-            .fetch_one(&mut *tx)
-            .await?;
+        let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1")).bind(upload).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(rec.into())
     }
@@ -1043,7 +1041,14 @@ impl Store for PgStore {
         Ok(reaped)
     }
 
-    async fn metrics(&self, job_id: i64, name: Option<&str>, attempt: Option<u32>, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>> {
+    async fn metrics(
+        &self,
+        job_id: i64,
+        name: Option<&str>,
+        attempt: Option<u32>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMetric>> {
         let rows: Vec<(i64, i32, i64, i32, String, f64, DateTime<Utc>)> = sqlx::query_as(
             "SELECT id, attempt, step, epoch, name, value, at FROM metrics WHERE job_id = $1 \
              AND ($2::text IS NULL OR name = $2) AND ($3::int IS NULL OR attempt = $3) AND id > $4 ORDER BY id LIMIT $5",
@@ -1089,18 +1094,14 @@ impl Store for PgStore {
     }
 
     async fn checkpoints(&self, job_id: i64) -> StoreResult<Vec<Checkpoint>> {
-        let recs: Vec<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id"))
-            .bind(job_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let recs: Vec<CheckpointRecord> =
+            sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id")).bind(job_id).fetch_all(&self.pool).await?;
         Ok(recs.into_iter().map(Into::into).collect())
     }
 
     async fn checkpoint(&self, id: i64) -> StoreResult<Checkpoint> {
-        let rec: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let rec: Option<CheckpointRecord> =
+            sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         rec.map(Into::into).ok_or_else(|| StoreError::NotFound(format!("checkpoint {id}")))
     }
 
@@ -1153,12 +1154,11 @@ impl Store for PgStore {
     }
 
     async fn credential_for_token(&self, token_sha256: &str) -> StoreResult<Option<Credential>> {
-        let rec: Option<CredentialRecord> = sqlx::query_as(
-            "SELECT id, role, name, created_at, expires_at, revoked_at FROM credentials WHERE token_sha256 = $1",
-        )
-        .bind(token_sha256)
-        .fetch_optional(&self.pool)
-        .await?;
+        let rec: Option<CredentialRecord> =
+            sqlx::query_as("SELECT id, role, name, created_at, expires_at, revoked_at FROM credentials WHERE token_sha256 = $1")
+                .bind(token_sha256)
+                .fetch_optional(&self.pool)
+                .await?;
         rec.map(Credential::try_from).transpose()
     }
 

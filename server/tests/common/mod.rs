@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use camp_proto::endpoint::{endpoint, ClientTls};
+use camp_proto::metadata::CallHeaders;
 use camp_proto::v1::job_service_client::JobServiceClient;
 use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::v1::{self, JobState};
@@ -17,7 +18,6 @@ use camp_server::store::{Credential, NewCredential, PgStore, Role, Store};
 use camp_server::{serve, Settings};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use camp_proto::metadata::CallHeaders;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
@@ -234,23 +234,33 @@ impl Worker {
         self.client.upload_checkpoint(futures::stream::iter(msgs)).await.map(|r| r.into_inner())
     }
 
-    pub async fn upload(&mut self, job_id: i64, attempt: u32, epoch: u32, top1: f64, bytes: &[u8]) -> Result<v1::Checkpoint, tonic::Status> {
+    pub async fn upload(
+        &mut self,
+        job_id: i64,
+        attempt: u32,
+        epoch: u32,
+        top1: f64,
+        bytes: &[u8],
+    ) -> Result<v1::Checkpoint, tonic::Status> {
         self.upload_with(header(job_id, attempt, epoch, top1, bytes), bytes).await
     }
 
     pub async fn finish(&mut self, job_id: i64, attempt: u32, outcome: v1::Outcome) -> Result<(), tonic::Status> {
         self.client
-            .finish(v1::FinishRequest { job_id, attempt, outcome: outcome as i32, message: String::new(), result_json: r#"{"best_top1":0.5}"#.into() })
+            .finish(v1::FinishRequest {
+                job_id,
+                attempt,
+                outcome: outcome as i32,
+                message: String::new(),
+                result_json: r#"{"best_top1":0.5}"#.into(),
+            })
             .await
             .map(|_| ())
     }
 
     pub async fn download(&mut self, checkpoint_id: i64) -> Result<Vec<u8>, tonic::Status> {
-        let mut stream = self
-            .client
-            .download_checkpoint(v1::DownloadCheckpointRequest { checkpoint_id, ..Default::default() })
-            .await?
-            .into_inner();
+        let mut stream =
+            self.client.download_checkpoint(v1::DownloadCheckpointRequest { checkpoint_id, ..Default::default() }).await?.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
             bytes.extend(chunk.data);
