@@ -150,11 +150,9 @@ pub fn report(spec: &JobSpec) -> Result<EnergyReport, SpecError> {
             .sum(),
     };
     for l in all {
-        // Stem and head are charged in full precision whatever the plan says of their weights.
-        let bits = match l.role {
-            Role::Stem | Role::Head => None,
-            Role::Block | Role::Gate => plan.weight_bits(&l.path),
-        };
+        // Every layer at the bits it is trained at (the stem and head are full
+        // precision unless a job's own list of overrides quantises them).
+        let bits = plan.weight_bits(&l.path);
         let energy_pj = l.macs as f64 * table.pj_per_mac(bits);
         match (l.role, l.path_kind) {
             (Role::Stem | Role::Head, _) => report.stem_head_pj += energy_pj,

@@ -107,7 +107,8 @@ pub fn default_overrides(dual_path: bool) -> Vec<BitsOverride> {
 pub struct BitsPlan {
     pub weights: Option<u32>,
     pub activations: Option<u32>,
-    /// Job overrides first, then the stage's defaults; the first match wins.
+    /// Job overrides first, then the stage's defaults (unless the job's list is
+    /// the whole list); the first match wins.
     pub overrides: Vec<BitsOverride>,
     #[serde(skip)]
     patterns: Patterns,
@@ -135,7 +136,7 @@ impl BitsPlan {
         let dual_path = spec.stage.is_dual_path();
         let quantised = spec.stage != crate::spec::Stage::Baseline;
         let mut overrides = spec.bits_overrides.clone();
-        if quantised {
+        if quantised && spec.default_overrides {
             overrides.extend(default_overrides(dual_path));
         }
         let patterns = Patterns::new(overrides.iter().map(|o| o.pattern.as_str()))?;

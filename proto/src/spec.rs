@@ -133,6 +133,35 @@ impl ActQuant {
     }
 }
 
+/// Stage rl's task reward, the return every gate of an image is credited with
+/// besides the energy reward (docs/method.md, "Stage rl").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlTaskReward {
+    /// `-CE` of each image for that image's gates: textbook REINFORCE (camp's default).
+    #[default]
+    PerImage,
+    /// The batch's mean `-CE` for every image's gates: the reference's arithmetic,
+    /// to compare with its numbers (the gates get no per-image accuracy signal).
+    BatchMean,
+}
+
+impl RlTaskReward {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RlTaskReward::PerImage => "per_image",
+            RlTaskReward::BatchMean => "batch_mean",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "" | "per_image" => Ok(RlTaskReward::PerImage),
+            "batch_mean" => Ok(RlTaskReward::BatchMean),
+            other => Err(invalid("rl_task_reward", format!("unknown reward '{}' (known: per_image, batch_mean)", excerpt(other)))),
+        }
+    }
+}
+
 /// A milestone of distiller's MultiStepMultiGammaLR: after `epoch` epochs, lr *= gamma.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,8 +213,12 @@ pub struct JobSpec {
     /// Activation bits of quantised ReLUs; None = the stage's default.
     pub bits_activations: Option<u32>,
     pub act_quant: ActQuant,
-    /// The job's own overrides, checked before the stage's defaults; first match wins.
+    /// The job's own overrides, checked first; first match wins.
     pub bits_overrides: Vec<BitsOverride>,
+    /// Whether the stage's default overrides (stem, first pre-activation, head
+    /// in full precision; the dual path's 4-bit parts) follow the job's own.
+    /// False when a distiller file gave the whole list, as distiller reads it.
+    pub default_overrides: bool,
     pub energy_table: EnergyTable,
     /// rl: energy reward per gate that picks the 1-bit path.
     pub alpha: f64,
@@ -193,6 +226,8 @@ pub struct JobSpec {
     pub gamma: f64,
     /// rl: weight of the REINFORCE loss.
     pub rl_weight: f64,
+    /// rl: the task reward's arithmetic.
+    pub rl_task_reward: RlTaskReward,
     /// Start from this job's best checkpoint (0 = from scratch).
     pub init_from: i64,
     /// PACT's learned clips decay at this rate (None: `weight_decay`, as the
@@ -223,10 +258,12 @@ impl Default for JobSpec {
             bits_activations: None,
             act_quant: ActQuant::Dorefa,
             bits_overrides: Vec::new(),
+            default_overrides: true,
             energy_table: EnergyTable::default(),
             alpha: 0.1,
             gamma: 1.0,
             rl_weight: 0.01,
+            rl_task_reward: RlTaskReward::PerImage,
             init_from: 0,
             pact_weight_decay: None,
         }
@@ -430,10 +467,12 @@ impl JobSpec {
                 .iter()
                 .map(|o| BitsOverride { pattern: o.pattern.clone(), wts: o.wts, acts: o.acts })
                 .collect(),
+            default_overrides: p.default_overrides.unwrap_or(defaults.default_overrides),
             energy_table: p.energy_table.as_ref().map(EnergyTable::from_proto).unwrap_or(defaults.energy_table),
             alpha: p.alpha.unwrap_or(defaults.alpha),
             gamma: p.gamma.unwrap_or(defaults.gamma),
             rl_weight: p.rl_weight.unwrap_or(defaults.rl_weight),
+            rl_task_reward: RlTaskReward::parse(&p.rl_task_reward)?,
             init_from: p.init_from,
             pact_weight_decay: p.pact_weight_decay,
         };
@@ -467,10 +506,12 @@ impl JobSpec {
                 .iter()
                 .map(|o| v1::BitsOverride { pattern: o.pattern.clone(), wts: o.wts, acts: o.acts })
                 .collect(),
+            default_overrides: Some(self.default_overrides),
             energy_table: Some(self.energy_table.to_proto()),
             alpha: Some(self.alpha),
             gamma: Some(self.gamma),
             rl_weight: Some(self.rl_weight),
+            rl_task_reward: self.rl_task_reward.as_str().into(),
             init_from: self.init_from,
             pact_weight_decay: self.pact_weight_decay,
         }
@@ -566,6 +607,7 @@ mod tests {
         );
         assert_eq!(field_of(|p| p.bits_weights = Some(4)), "bits_weights");
         assert_eq!(field_of(|p| p.act_quant = "lsq".into()), "act_quant");
+        assert_eq!(field_of(|p| p.rl_task_reward = "batch_max".into()), "rl_task_reward");
         assert_eq!(field_of(|p| p.alpha = Some(-1.0)), "alpha");
         assert_eq!(field_of(|p| p.gamma = Some(1.5)), "gamma");
         assert_eq!(field_of(|p| p.rl_weight = Some(f64::INFINITY)), "rl_weight");

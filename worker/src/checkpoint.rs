@@ -21,6 +21,12 @@ use crate::precision::Precision;
 
 pub const FORMAT: &str = "camp-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
+/// The network's graph, as its weights were trained for. Version 1 (no stamp)
+/// pooled the pre-activation in the stage-transition shortcut; version 2 pools
+/// the block's raw input, as the reference does (docs/method.md, "Network").
+/// A checkpoint of another version is refused: its weights were trained for
+/// another function and must not be evaluated or continued silently.
+pub const MODEL_VERSION: u32 = 2;
 pub const MOMENTUM_PREFIX: &str = "optim.momentum.";
 
 /// Training totals of the epoch in progress, for exact epoch metrics after a resume.
@@ -59,6 +65,7 @@ impl CheckpointMeta {
         Ok([
             ("format", FORMAT.to_string()),
             ("format_version", FORMAT_VERSION.to_string()),
+            ("model_version", MODEL_VERSION.to_string()),
             ("epoch", self.epoch.to_string()),
             ("step", self.step.to_string()),
             ("step_in_epoch", self.step_in_epoch.to_string()),
@@ -86,6 +93,19 @@ impl CheckpointMeta {
         if format != FORMAT || version != FORMAT_VERSION {
             return Err(EngineError::Checkpoint(format!(
                 "format {format} version {version}, this worker reads {FORMAT} version {FORMAT_VERSION}"
+            )));
+        }
+        let model_version: u32 = if map.contains_key("model_version") { field(map, "model_version")? } else { 1 };
+        if model_version != MODEL_VERSION {
+            return Err(EngineError::Checkpoint(format!(
+                "written for model version {model_version}, this worker builds version {MODEL_VERSION}: {}; retrain from scratch \
+                 (or from a checkpoint of version {MODEL_VERSION})",
+                if model_version < MODEL_VERSION {
+                    "before version 2 the shortcut at each stage transition pooled the pre-activation, not the block's input, \
+                     so these weights were trained for another network"
+                } else {
+                    "a newer worker wrote it"
+                }
             )));
         }
         let spec_json: String = field(map, "spec")?;
@@ -265,4 +285,42 @@ pub fn verify(bytes: &[u8]) -> Result<CheckpointMeta> {
     let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)?;
     sgd.set_momentum_buffers(&state.momentum)?;
     Ok(state.meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> CheckpointMeta {
+        let spec = JobSpec::default();
+        CheckpointMeta {
+            epoch: 1,
+            step: 10,
+            step_in_epoch: 0,
+            best_top1: 0.5,
+            best_epoch: 1,
+            seed: 1,
+            precision: Precision::for_spec(&spec).unwrap(),
+            spec,
+            partial_epoch: EpochTotals::default(),
+        }
+    }
+
+    #[test]
+    fn metadata_is_stamped_with_the_model_version_and_reads_back() {
+        let map: HashMap<String, String> = meta().to_map().unwrap().into_iter().collect();
+        assert_eq!(map["model_version"], MODEL_VERSION.to_string());
+        assert_eq!(CheckpointMeta::from_map(&map).unwrap(), meta());
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_old_shortcut_or_a_newer_model_is_refused_with_the_reason() {
+        let mut map: HashMap<String, String> = meta().to_map().unwrap().into_iter().collect();
+        map.remove("model_version");
+        let err = CheckpointMeta::from_map(&map).unwrap_err().to_string();
+        assert!(err.contains("model version 1") && err.contains("pooled the pre-activation"), "{err}");
+        map.insert("model_version".into(), (MODEL_VERSION + 1).to_string());
+        let err = CheckpointMeta::from_map(&map).unwrap_err().to_string();
+        assert!(err.contains("a newer worker wrote it"), "{err}");
+    }
 }

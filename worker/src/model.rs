@@ -222,8 +222,10 @@ impl PreActBlock {
         let residual = match self.shortcut_channel_pad {
             None => x.shallow_clone(),
             // The reference's parameter-free "identity downsample": avgpool 2x2 of the
-            // pre-activation, zero channels padded on both sides.
-            Some(pad) => pre.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)?.f_constant_pad_nd([0, 0, 0, 0, pad, pad])?,
+            // block's raw input x (not the pre-activation, which a quantised network
+            // has cut to [0, 1]: the residual stream stays full precision across the
+            // stage transitions), zero channels padded on both sides.
+            Some(pad) => x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)?.f_constant_pad_nd([0, 0, 0, 0, pad, pad])?,
         };
         Ok(out.f_add(&residual)?)
     }
@@ -339,4 +341,168 @@ pub(crate) fn sub_path<'a>(p: &Path<'a>, dotted: &str) -> Path<'a> {
 /// The module path of `p` (`layer1.0.conv1`).
 pub(crate) fn path_of(p: &Path) -> String {
     p.components().collect::<Vec<_>>().join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    //! Forward values of single blocks against arithmetic done here in plain
+    //! Rust, independent of libtorch: a wrong residual, a wrong quantiser or a
+    //! wrong padding changes the numbers.
+
+    use std::collections::BTreeMap;
+
+    use camp_proto::spec::ActQuant;
+    use tch::nn::VarStore;
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+    use crate::precision::Precision;
+
+    /// A block at `b` with `in_ch -> out_ch` channels, weights and activations at `bits`
+    /// (32: full precision), its convs set to `w1` and `w2`, its BNs the identity.
+    fn block(in_ch: i64, out_ch: i64, stride: i64, bits: u32, w1: &[f32], w2: &[f32]) -> (VarStore, PreActBlock, WeightBank) {
+        let vs = VarStore::new(Device::Cpu);
+        let weights = BTreeMap::from([("b.conv1".to_string(), bits), ("b.conv2".to_string(), bits)]);
+        let activations = BTreeMap::from([("b.pre_relu".to_string(), bits), ("b.relu".to_string(), bits)]);
+        let precision = Precision { act_quant: ActQuant::Dorefa, weights, activations };
+        let mut bank = WeightBankBuilder::new();
+        let block = PreActBlock::new(vs.root() / "b", in_ch, out_ch, stride, &precision, ComputeOptions::default(), &mut bank).unwrap();
+        tch::no_grad(|| {
+            block.conv1.weight.shallow_clone().copy_(&Tensor::from_slice(w1).view([out_ch, in_ch, 3, 3]));
+            block.conv2.weight.shallow_clone().copy_(&Tensor::from_slice(w2).view([out_ch, out_ch, 3, 3]));
+            // Running variance 1 - eps: the eval-mode BN divides by exactly 1.
+            for bn in [&block.pre_bn, &block.bn] {
+                let _ = bn.running_var.shallow_clone().fill_(1.0 - BN_EPS);
+            }
+        });
+        let bank = bank.build().unwrap();
+        (vs, block, bank)
+    }
+
+    fn forward(block: &PreActBlock, bank: &WeightBank, x: &[f32], shape: [i64; 4]) -> Vec<f32> {
+        let opts = ComputeOptions::default();
+        let weights = bank.quantize(opts).unwrap();
+        let out = tch::no_grad(|| block.forward(&Tensor::from_slice(x).view(shape), &weights, false, opts)).unwrap();
+        Vec::<f32>::try_from(out.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+    }
+
+    /// A 3x3 convolution, padding 1, over a (c_in, h, w) image.
+    fn conv(x: &[f32], c_in: usize, h: usize, w: usize, k: &[f32], c_out: usize, stride: usize) -> Vec<f32> {
+        let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
+        let mut out = vec![0.0f32; c_out * ho * wo];
+        for o in 0..c_out {
+            for (i, j) in (0..ho).flat_map(|i| (0..wo).map(move |j| (i, j))) {
+                let mut sum = 0.0;
+                for c in 0..c_in {
+                    for (di, dj) in (0..3).flat_map(|di| (0..3).map(move |dj| (di, dj))) {
+                        let (y, z) = ((i * stride + di) as isize - 1, (j * stride + dj) as isize - 1);
+                        if (0..h as isize).contains(&y) && (0..w as isize).contains(&z) {
+                            sum += k[((o * c_in + c) * 3 + di) * 3 + dj] * x[(c * h + y as usize) * w + z as usize];
+                        }
+                    }
+                }
+                out[(o * ho + i) * wo + j] = sum;
+            }
+        }
+        out
+    }
+
+    /// DoReFa at `bits` (ALGORITHMS 3): tanh, scaled to [0, 1] by the tensor's max, rounded, back to [-1, 1].
+    fn dorefa_weights(w: &[f32], bits: u32) -> Vec<f32> {
+        let levels = ((1u32 << bits) - 1) as f32;
+        let max = w.iter().map(|v| v.tanh().abs()).fold(0.0f32, f32::max);
+        w.iter().map(|v| 2.0 * ((v.tanh() / max * 0.5 + 0.5) * levels).round_ties_even() / levels - 1.0).collect()
+    }
+
+    /// A quantised ReLU at `bits`: clamp to [0, 1], round to the grid; full precision: a ReLU.
+    fn act(x: &[f32], bits: u32) -> Vec<f32> {
+        if bits == 32 {
+            return x.iter().map(|v| v.max(0.0)).collect();
+        }
+        let levels = ((1u32 << bits) - 1) as f32;
+        x.iter().map(|v| (v.clamp(0.0, 1.0) * levels).round_ties_even() / levels).collect()
+    }
+
+    /// The block of ALGORITHMS 2 with BNs that are the identity.
+    fn by_hand(x: &[f32], c_in: usize, hw: usize, c_out: usize, stride: usize, bits: u32, w1: &[f32], w2: &[f32]) -> Vec<f32> {
+        let q = |w: &[f32]| if bits == 32 { w.to_vec() } else { dorefa_weights(w, bits) };
+        let pre = act(x, bits);
+        let hidden = act(&conv(&pre, c_in, hw, hw, &q(w1), c_out, stride), bits);
+        let ho = hw / stride;
+        let out = conv(&hidden, c_out, ho, ho, &q(w2), c_out, 1);
+        // Residual: x itself, or avgpool2x2 of x (the raw input) with zero channels on both sides.
+        let residual: Vec<f32> = if stride == 1 {
+            x.to_vec()
+        } else {
+            let pad = (c_out - c_in) / 2;
+            (0..c_out * ho * ho)
+                .map(|idx| {
+                    let (o, i, j) = (idx / (ho * ho), idx / ho % ho, idx % ho);
+                    if o < pad || o >= pad + c_in {
+                        return 0.0;
+                    }
+                    let c = o - pad;
+                    let at = |y: usize, z: usize| x[(c * hw + y) * hw + z];
+                    (at(2 * i, 2 * j) + at(2 * i, 2 * j + 1) + at(2 * i + 1, 2 * j) + at(2 * i + 1, 2 * j + 1)) / 4.0
+                })
+                .collect()
+        };
+        out.iter().zip(&residual).map(|(a, b)| a + b).collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-5, "element {i}: {g} vs {w}\ngot  {got:?}\nwant {want:?}");
+        }
+    }
+
+    /// Two channels of 4x4, with values below 0 and above 1 (where the pre-activation
+    /// differs from x), and none on a rounding tie of the 4-bit grid (0.5 would be:
+    /// there the fused kernels and a plain round may part by one step).
+    const X: [f32; 32] = [
+        -1.5, 0.25, 2.0, -0.75, 0.55, -2.0, 1.25, 0.0, 3.0, -0.5, -1.0, 0.75, 0.125, 1.5, -0.25, 2.5, //
+        0.55, -1.25, -3.0, 1.0, 2.25, 0.0, 0.75, -0.5, -0.125, 1.75, 0.55, -2.5, 1.0, -1.0, 2.0, 0.25,
+    ];
+
+    #[test]
+    fn a_stride_2_block_with_no_conv_output_is_the_pooled_raw_input_padded_with_zero_channels() {
+        let (_vs, b, bank) = block(2, 4, 2, 32, &[0.0; 72], &[0.0; 144]);
+        let got = forward(&b, &bank, &X, [1, 2, 4, 4]);
+        // Worked out from X by hand: each 2x2 window's mean, channels 1 and 2 of 0..4.
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.0, 0.0, 0.0,
+            -0.675, 0.625, 1.03125, 0.5,
+            0.3875, -0.4375, 0.40625, 0.075,
+            0.0, 0.0, 0.0, 0.0,
+        ];
+        assert_close(&got, &want);
+    }
+
+    /// Kernels whose taps differ, so a transposed or shifted tap shows (none exactly 0:
+    /// that is a rounding tie of the 4-bit weight grid).
+    fn kernels(n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| scale * ((((i * 7) % 11) as f32 - 5.0) / 5.0 + 0.03)).collect()
+    }
+
+    #[test]
+    fn a_stride_2_block_computes_its_convs_on_the_pre_activation_and_adds_the_pooled_input_in_fp32_and_4_bit() {
+        let (w1, w2) = (kernels(72, 0.5), kernels(144, 0.25));
+        for bits in [32, 4] {
+            let (_vs, b, bank) = block(2, 4, 2, bits, &w1, &w2);
+            let got = forward(&b, &bank, &X, [1, 2, 4, 4]);
+            assert_close(&got, &by_hand(&X, 2, 4, 4, 2, bits, &w1, &w2));
+        }
+    }
+
+    #[test]
+    fn a_plain_block_adds_its_input_in_fp32_and_4_bit() {
+        let (w1, w2) = (kernels(36, 0.5), kernels(36, 0.25));
+        for bits in [32, 4] {
+            let (_vs, b, bank) = block(2, 2, 1, bits, &w1, &w2);
+            let got = forward(&b, &bank, &X, [1, 2, 4, 4]);
+            assert_close(&got, &by_hand(&X, 2, 4, 2, 1, bits, &w1, &w2));
+        }
+    }
 }

@@ -30,7 +30,7 @@ use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;
 use crate::quant::PACT_CLIP_SUFFIX;
-use crate::reinforce::rl_loss;
+use crate::reinforce::{rl_loss, Reinforce};
 use crate::rng::SplitMix64;
 
 /// What the caller wants after each training step.
@@ -427,7 +427,9 @@ impl Run<'_> {
                     .map(|g| g.log_prob.as_ref().map(Tensor::shallow_clone))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
-                task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, spec.alpha, spec.gamma, spec.rl_weight)?)?
+                let knobs =
+                    Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
+                task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, knobs)?)?
             } else {
                 task_loss.shallow_clone()
             };

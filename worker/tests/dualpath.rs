@@ -13,7 +13,8 @@ use camp_worker::model::ComputeOptions;
 use camp_worker::network::Network;
 use camp_worker::optim::Sgd;
 use camp_worker::precision::Precision;
-use camp_worker::reinforce::rl_loss;
+use camp_proto::spec::RlTaskReward;
+use camp_worker::reinforce::{rl_loss, Reinforce};
 use camp_worker::stage::{run_stage, Control, StageOutcome};
 use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
 use tch::nn::VarStore;
@@ -106,7 +107,8 @@ fn rl_loss_equals_the_specs_formula_on_a_fixed_example() {
     let actions = [Tensor::from_slice(&[1.0f32, 0.0]), Tensor::from_slice(&[0.0f32, 0.0])];
     let log_probs: Vec<Tensor> = [[-0.2f32, -1.5], [-0.7, -0.1]].iter().map(|v| Tensor::from_slice(v).set_requires_grad(true)).collect();
     let (alpha, gamma, rl_weight) = (0.3, 0.9, 0.5);
-    let loss = rl_loss(&logits, &targets, &actions, &log_probs, alpha, gamma, rl_weight).unwrap();
+    let knobs = Reinforce { alpha, gamma, rl_weight, task_reward: RlTaskReward::PerImage };
+    let loss = rl_loss(&logits, &targets, &actions, &log_probs, knobs).unwrap();
 
     // By hand: CE_n = logsumexp(logits_n) - logits_n[target_n].
     let lse = |v: [f64; 3]| v.iter().map(|x| x.exp()).sum::<f64>().ln();
@@ -131,7 +133,7 @@ fn rl_loss_equals_the_specs_formula_on_a_fixed_example() {
         (0..2).all(|n| (g[n] + rl_weight * r[n] / 2.0).abs() < 1e-6)
     };
     assert!(close(&grads[0], r1) && close(&grads[1], r2));
-    assert!(rl_loss(&logits, &targets, &actions, &log_probs[..1], alpha, gamma, rl_weight).is_err());
+    assert!(rl_loss(&logits, &targets, &actions, &log_probs[..1], knobs).is_err());
 }
 
 /// A checkpoint of `spec`'s network after `edit` changed its tensors.
