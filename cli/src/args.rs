@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use camp_proto::energy::EnergyTable;
 use camp_proto::limits;
+use camp_proto::schedule::CompressSchedule;
 use camp_proto::spec::{ActQuant, BitsOverride, DeviceRequest, LrStep, SpecError, Stage};
 use camp_proto::v1;
 use camp_proto::JobSpec;
@@ -107,7 +108,7 @@ pub enum Command {
     },
     /// List the workers.
     Workers,
-    /// Compute a network's energy per image (ALGORITHMS 7): per layer and in all. No coordinator.
+    /// Compute a network's energy per image (docs/method.md, "Energy"): per layer and in all. No coordinator.
     Energy(EnergyArgs),
     /// Submit, show, list and cancel pipelines (experiments: DAGs of jobs).
     Pipeline {
@@ -389,13 +390,15 @@ pub struct CommonArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub test_limit: Option<u32>,
     /// A distiller schedule (the reference's configs/*.yaml): sets the quantisation
-    /// (bits, bits_overrides, DoReFa/PACT) and the LR schedule; the flags above and
-    /// below still win.
+    /// (bits, DoReFa/PACT, and bits_overrides as the whole list: the stage's own
+    /// defaults are dropped, so a layer it does not list is quantised) and the LR
+    /// schedule; the flags above and below still win.
     #[arg(long, value_name = "FILE.yaml")]
     pub compress: Option<PathBuf>,
     /// Bits of the modules whose path matches PATTERN (glob, `*` matches anything):
     /// W weight bits, A activation bits (A = W when left out); `fp` = full precision.
-    /// Repeatable; checked in order before the stage's defaults, first match wins.
+    /// Repeatable; checked in order before the stage's defaults (or a --compress
+    /// file's list), first match wins.
     #[arg(long = "bits-override", value_name = "PATTERN=W[/A]")]
     pub bits_overrides: Vec<BitsOverrideArg>,
     /// Energy table (YAML with keys name, fp32_pj, int8_mult_pj, int8_add_pj)
@@ -506,6 +509,28 @@ pub struct RlArgs {
     pub gamma: Option<f64>,
     #[arg(long, allow_negative_numbers = true, help = rl_default_help("Weight of the REINFORCE loss.", |s| s.rl_weight))]
     pub rl_weight: Option<f64>,
+    /// Task reward: per_image (each image's gates get its own -CE) or batch_mean
+    /// (the reference's arithmetic: every image's gates get the batch's mean -CE) [default: per_image].
+    #[arg(long, value_enum)]
+    pub rl_task_reward: Option<RlTaskRewardArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RlTaskRewardArg {
+    /// Spelled as in spec files.
+    #[value(name = "per_image")]
+    PerImage,
+    #[value(name = "batch_mean")]
+    BatchMean,
+}
+
+impl From<RlTaskRewardArg> for camp_proto::spec::RlTaskReward {
+    fn from(arg: RlTaskRewardArg) -> Self {
+        match arg {
+            RlTaskRewardArg::PerImage => camp_proto::spec::RlTaskReward::PerImage,
+            RlTaskRewardArg::BatchMean => camp_proto::spec::RlTaskReward::BatchMean,
+        }
+    }
 }
 
 impl SubmitStage {
@@ -548,6 +573,9 @@ impl SubmitStage {
                 if let Some(rl_weight) = args.rl_weight {
                     spec.rl_weight = rl_weight;
                 }
+                if let Some(reward) = args.rl_task_reward {
+                    spec.rl_task_reward = reward.into();
+                }
             }),
         }
     }
@@ -572,11 +600,16 @@ impl CommonArgs {
         set(&mut spec.test_limit, self.test_limit);
         spec.bf16 |= self.bf16;
         spec.channels_last |= self.channels_last;
-        if let Some(path) = &self.compress {
-            apply_compress_file(path, &mut spec, "--compress")?;
-        }
+        let schedule = match &self.compress {
+            Some(path) => Some(apply_compress_file(path, &mut spec, "--compress")?),
+            None => None,
+        };
         set(&mut spec.lr_schedule, self.lr_schedule.clone().map(|s| s.0));
         stage_flags(&mut spec);
+        if let Some(schedule) = &schedule {
+            // The file's entries without wts or acts take the job's bits, `--bits` included.
+            schedule.apply_bits_overrides(&mut spec);
+        }
         if !self.bits_overrides.is_empty() {
             let mut overrides: Vec<BitsOverride> = self.bits_overrides.iter().map(|o| o.0.clone()).collect();
             overrides.append(&mut spec.bits_overrides);
@@ -612,12 +645,14 @@ pub fn read_input_file(flag: &str, path: &Path) -> Result<String, UsageError> {
 }
 
 /// Reads a distiller schedule and applies it to `spec` (for `spec.epochs` epochs).
-pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Result<(), UsageError> {
+/// Whoever changes the spec's bits afterwards calls `apply_bits_overrides` on
+/// the schedule returned, so that the file's entries without `wts` or `acts` follow.
+pub fn apply_compress_file(path: &Path, spec: &mut JobSpec, flag: &str) -> Result<CompressSchedule, UsageError> {
     let text = read_input_file(flag, path)?;
     let schedule =
         camp_proto::schedule::parse(&text, spec.epochs).map_err(|err| UsageError(format!("{flag} {}: {err}", path.display())))?;
     schedule.apply(spec);
-    Ok(())
+    Ok(schedule)
 }
 
 /// Reads an energy table: YAML with every one of name, fp32_pj, int8_mult_pj, int8_add_pj.
@@ -696,6 +731,7 @@ pub fn spec_error_with_flag(err: SpecError) -> UsageError {
         "bits_overrides" => "--bits-override",
         "energy_table" => "--energy-table",
         "rl_weight" => "--rl-weight",
+        "rl_task_reward" => "--rl-task-reward",
         "init_from" => "--init-from",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
@@ -960,7 +996,7 @@ mod tests {
     }
 
     /// A schedule with the keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
-    const FP4: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
+    const FP4: &str = include_str!("../../testdata/distiller/preact_resnet20_cifar_pact_fp4.yaml");
 
     const R20: [&str; 2] = ["-a", "preact_resnet20_cifar"];
 
@@ -1013,6 +1049,9 @@ mod tests {
 
         let rl = spec_of("rl", &["--init-from", "4", "--alpha", "0.5", "--gamma", "0.9", "--rl-weight", "0.02", "--seed", "3"]);
         assert_eq!((rl.alpha, rl.gamma, rl.rl_weight, rl.init_from, rl.seed), (0.5, 0.9, 0.02, 4, 3));
+        assert_eq!(rl.rl_task_reward, camp_proto::spec::RlTaskReward::PerImage, "camp's default");
+        let reference = spec_of("rl", &["--init-from", "4", "--rl-task-reward", "batch_mean"]);
+        assert_eq!(reference.rl_task_reward, camp_proto::spec::RlTaskReward::BatchMean);
 
         let with_overrides = spec_of("qat", &["--bits-override", "layer3.*=8/4", "--bits-override", "fc=fp"]);
         assert_eq!(
@@ -1050,14 +1089,17 @@ mod tests {
         let patterns: Vec<&str> = spec.bits_overrides.iter().map(|o| o.pattern.as_str()).collect();
         assert_eq!(patterns, ["conv1", "layer1.0.pre_relu", "final_relu", "fc"]);
         assert!(spec.bits_overrides.iter().all(|o| o.wts.is_none() && o.acts.is_none()));
+        // The file's list is the whole list (distiller's reading): camp's defaults are not appended.
+        assert!(!spec.default_overrides);
         assert_eq!(spec.lr_schedule, camp_proto::spec::reference_lr_schedule());
 
-        // Flags still win over the file; command-line overrides come first.
+        // Flags still win over the file; command-line overrides come first, then the file's list.
         let spec = spec_of("qat", &["--compress", file, "--bits", "2", "--lr-schedule", "100:0.1", "--bits-override", "layer3.*=8"]);
         assert_eq!((spec.bits_weights, spec.bits_activations), (Some(2), Some(2)));
         assert_eq!(spec.lr_schedule, vec![LrStep { epoch: 100, gamma: 0.1 }]);
         assert_eq!(spec.bits_overrides.len(), 5);
         assert_eq!(spec.bits_overrides[0].pattern, "layer3.*");
+        assert!(!spec.default_overrides);
 
         // What cannot be honoured is named, exit 2.
         std::fs::write(&fp4, FP4.replace("class: DorefaQuantizer", "class: WRPNQuantizer")).unwrap();
@@ -1069,6 +1111,29 @@ mod tests {
         assert!(err.contains("policies[0].ending_epoch"), "{err}");
         let err = invalid("qat", &["--compress", "/nonexistent/fp4.yaml"]);
         assert!(err.contains("--compress /nonexistent/fp4.yaml"), "{err}");
+    }
+
+    #[test]
+    fn compress_entries_without_wts_or_acts_take_the_jobs_bits_flags_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fp4.yaml");
+        // conv1 gives no wts and fc no acts: distiller gives them the quantizer's bits.
+        let yaml =
+            FP4.replace("conv1: {wts: null, acts: null}", "conv1: {acts: null}").replace("fc: {wts: null, acts: null}", "fc: {wts: null}");
+        std::fs::write(&path, yaml).unwrap();
+        let file = path.to_str().unwrap();
+        let bits_of = |spec: &JobSpec, pattern: &str| {
+            let o = spec.bits_overrides.iter().find(|o| o.pattern == pattern).unwrap();
+            (o.wts, o.acts)
+        };
+        let spec = spec_of("qat", &["--compress", file]);
+        assert_eq!((bits_of(&spec, "conv1"), bits_of(&spec, "fc")), ((Some(4), None), (None, Some(4))));
+        // `--bits` sets the quantizer's bits, so the entries follow it.
+        let spec = spec_of("qat", &["--compress", file, "--bits-weights", "2"]);
+        assert_eq!((bits_of(&spec, "conv1"), bits_of(&spec, "fc")), ((Some(2), None), (None, Some(4))));
+        assert_eq!(bits_of(&spec, "final_relu"), (None, None), "an explicit null stays full precision");
+        let report = camp_proto::energy::report(&spec).unwrap();
+        assert_eq!((report.layers[0].path.as_str(), report.layers[0].bits), ("conv1", Some(2)));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub fn spec(spec: &v1::JobSpec) -> Value {
         "alpha": json_opt_f64(spec.alpha),
         "gamma": json_opt_f64(spec.gamma),
         "rl_weight": json_opt_f64(spec.rl_weight),
+        "rl_task_reward": if spec.rl_task_reward.is_empty() { "per_image" } else { spec.rl_task_reward.as_str() },
+        "default_overrides": spec.default_overrides.unwrap_or(true),
         "pact_weight_decay": json_opt_f64(spec.pact_weight_decay),
         "init_from": spec.init_from,
     })

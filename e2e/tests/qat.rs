@@ -7,7 +7,7 @@ use camp_e2e::Cluster;
 use sqlx::PgPool;
 
 /// A schedule with the keys of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml.
-const FP4_SCHEDULE: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
+const FP4_SCHEDULE: &str = include_str!("../../testdata/distiller/preact_resnet20_cifar_pact_fp4.yaml");
 
 const SMALL: &[&str] = &[
     "-a",

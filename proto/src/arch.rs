@@ -1,4 +1,4 @@
-//! The layer shapes of the pre-activation ResNets (ALGORITHMS 2 and 5), walked
+//! The layer shapes of the pre-activation ResNets (docs/method.md, "Network" and "Stage sp"), walked
 //! from the architecture's definition: the module paths the worker's model uses,
 //! and the MACs each convolution and linear layer costs per image.
 
@@ -27,7 +27,7 @@ pub enum LayerKind {
     Linear,
 }
 
-/// Where a layer sits: the stem and head are full precision in every variant.
+/// Where a layer sits: the stem and head are full precision unless a job's overrides quantise them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -1,6 +1,6 @@
-//! The energy model (ALGORITHMS 7): MACs from the architecture's layer shapes,
+//! The energy model (docs/method.md, "Energy"): MACs from the architecture's layer shapes,
 //! charged at each layer's weight bits from a table that a job may override.
-//! Stem and head are full precision in every variant and reported apart; the
+//! Stem and head (full precision unless a job's overrides quantise them) are reported apart; the
 //! normalised figure divides the blocks' energy by the same architecture's
 //! blocks all at 4 bits.
 
@@ -85,7 +85,7 @@ pub struct EnergyReport {
     pub table: String,
     pub layers: Vec<LayerEnergy>,
     pub macs: u64,
-    /// Stem and head: full precision, the same in every variant.
+    /// Stem and head, at their planned bits (full precision under the stage's defaults).
     pub stem_head_pj: f64,
     /// Blocks (and gates) that always run: every block of a plain network; the
     /// basic path and the gates of a dual-path one.

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod quant;
 pub mod schedule;
 pub mod spec;
+pub mod spec_file;
 
 /// Generated from `proto/camp/v1/*.proto`.
 #[allow(clippy::large_enum_variant)] // prost's oneof enums, as generated

@@ -1,6 +1,12 @@
 //! The reference's distiller schedule files (`--compress FILE.yaml`): one
 //! quantizer with its bits and `bits_overrides`, one LR scheduler, and the
 //! policies that apply them. Whatever camp cannot honour is an error naming the key.
+//!
+//! The quantizer is read as distiller 0.3.1 reads it: its `bits_overrides` are
+//! the whole list, in file order, first match wins (a layer no entry matches is
+//! quantised at the quantizer's bits, `conv1` and `fc` included); an entry
+//! without `wts` or `acts` takes the quantizer's bits for it, and `null` (or 32)
+//! keeps it in full precision.
 
 use serde_yaml::{Mapping, Value};
 
@@ -29,24 +35,69 @@ pub struct QuantizerSettings {
     pub act_quant: ActQuant,
     pub bits_weights: Option<u32>,
     pub bits_activations: Option<u32>,
-    pub bits_overrides: Vec<BitsOverride>,
+    /// The file's entries, in file order.
+    pub bits_overrides: Vec<OverrideEntry>,
     pub pact_weight_decay: Option<f64>,
 }
 
+/// One `bits_overrides` entry as the file gives it. For `wts` and `acts`:
+/// `None`, the key is absent (the quantizer's bits, as distiller's
+/// `v.get('wts', default)`); `Some(None)`, `null` or 32 (full precision);
+/// `Some(Some(b))`, b bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideEntry {
+    pub pattern: String,
+    pub wts: Option<Option<u32>>,
+    pub acts: Option<Option<u32>>,
+}
+
+fn full_precision_as_none(bits: u32) -> Option<u32> {
+    Some(bits).filter(|&b| b != 32)
+}
+
+impl QuantizerSettings {
+    /// The file's list as the spec's overrides, entries without `wts` or
+    /// `acts` at `weights` and `activations` bits (the job's own).
+    pub fn resolved_overrides(&self, weights: u32, activations: u32) -> Vec<BitsOverride> {
+        self.bits_overrides
+            .iter()
+            .map(|o| BitsOverride {
+                pattern: o.pattern.clone(),
+                wts: o.wts.unwrap_or(full_precision_as_none(weights)),
+                acts: o.acts.unwrap_or(full_precision_as_none(activations)),
+            })
+            .collect()
+    }
+}
+
 impl CompressSchedule {
-    /// Sets the spec's quantisation and LR schedule from this file.
+    /// Sets the spec's quantisation and LR schedule from this file. A file with
+    /// a quantizer replaces the spec's whole list of overrides with its own (an
+    /// empty one if it gives none) and turns the stage's defaults off; a file
+    /// without one leaves the spec's quantisation alone.
     pub fn apply(&self, spec: &mut JobSpec) {
         if let Some(q) = &self.quantizer {
             spec.act_quant = q.act_quant;
             spec.bits_weights = q.bits_weights;
             spec.bits_activations = q.bits_activations;
-            spec.bits_overrides = q.bits_overrides.clone();
             if q.pact_weight_decay.is_some() {
                 spec.pact_weight_decay = q.pact_weight_decay;
             }
         }
+        self.apply_bits_overrides(spec);
         if let Some(lr) = &self.lr_schedule {
             spec.lr_schedule = lr.clone();
+        }
+    }
+
+    /// Sets the spec's overrides to the file's list (nothing without a
+    /// quantizer), its entries without `wts` or `acts` at the spec's bits as
+    /// they are now: call it again after changing the spec's bits (a `--bits`
+    /// flag), so that they follow.
+    pub fn apply_bits_overrides(&self, spec: &mut JobSpec) {
+        if let Some(q) = &self.quantizer {
+            spec.bits_overrides = q.resolved_overrides(spec.weight_bits(), spec.activation_bits());
+            spec.default_overrides = false;
         }
     }
 }
@@ -201,6 +252,8 @@ fn parse_quantizer(q: &Value, at: &str) -> Result<QuantizerSettings, ScheduleErr
                     _ => return Err(err(here, "expected a weight decay >= 0 or null")),
                 },
             },
+            // `bits_overrides:` left empty is an empty list, as distiller takes it.
+            "bits_overrides" if v.is_null() => {}
             "bits_overrides" => {
                 for (pattern, o) in as_map(v, &here)? {
                     let pattern = key_str(pattern, &here)?;
@@ -212,11 +265,9 @@ fn parse_quantizer(q: &Value, at: &str) -> Result<QuantizerSettings, ScheduleErr
                             return Err(err(format!("{at_pattern}.{k}"), "only wts and acts"));
                         }
                     }
-                    settings.bits_overrides.push(BitsOverride {
-                        pattern: pattern.clone(),
-                        wts: bits(o.get("wts"), &format!("{at_pattern}.wts"))?,
-                        acts: bits(o.get("acts"), &format!("{at_pattern}.acts"))?,
-                    });
+                    // An absent key is the quantizer's bits; `null` is full precision.
+                    let entry = |key: &str| o.get(key).map(|v| bits(Some(v), &format!("{at_pattern}.{key}"))).transpose();
+                    settings.bits_overrides.push(OverrideEntry { pattern: pattern.clone(), wts: entry("wts")?, acts: entry("acts")? });
                 }
             }
             _ => return Err(err(here, "camp cannot honour this quantizer setting")),
@@ -278,8 +329,11 @@ mod tests {
     use super::*;
     use crate::spec::Stage;
 
-    /// A schedule with the keys of the reference's preact_resnet20_cifar_pact_fp4.yaml.
-    const FP4: &str = include_str!("../../testdata/preact_resnet20_cifar_pact_fp4.yaml");
+    /// The keys and values of the reference's configs/preact_resnet20_cifar_pact_fp4.yaml
+    /// and configs/preact_resnet20_cifar_pact_bool.yaml (proto/tests/distiller.rs
+    /// checks every layer's bits under all five of its files).
+    const FP4: &str = include_str!("../../testdata/distiller/preact_resnet20_cifar_pact_fp4.yaml");
+    const BOOL: &str = include_str!("../../testdata/distiller/preact_resnet20_cifar_pact_bool.yaml");
 
     #[test]
     fn the_reference_fp4_schedule_sets_bits_overrides_and_lr() {
@@ -290,7 +344,49 @@ mod tests {
         assert_eq!((spec.bits_weights, spec.bits_activations, spec.act_quant), (Some(4), Some(4), ActQuant::Dorefa));
         assert_eq!(spec.bits_overrides.len(), 4);
         assert_eq!(spec.bits_overrides[1], BitsOverride { pattern: "layer1.0.pre_relu".into(), wts: None, acts: None });
+        assert!(!spec.default_overrides, "the file's list is the whole list");
         assert_eq!(spec.lr_schedule, crate::spec::reference_lr_schedule());
+    }
+
+    #[test]
+    fn entries_keep_the_files_order_and_an_absent_key_is_the_quantizers_bits() {
+        let yaml = FP4.replace("bits_weights: 4", "bits_weights: 3").replace("bits_activations: 4", "bits_activations: 2").replace(
+            "      conv1: {wts: null, acts: null}\n",
+            "      layer3.*: {wts: 8}\n      layer2.*: {acts: 32}\n      layer1.*: {}\n      conv1: {wts: null, acts: null}\n",
+        );
+        let q = parse(&yaml, 200).unwrap().quantizer.unwrap();
+        let patterns: Vec<&str> = q.bits_overrides.iter().map(|o| o.pattern.as_str()).collect();
+        assert_eq!(patterns, ["layer3.*", "layer2.*", "layer1.*", "conv1", "layer1.0.pre_relu", "final_relu", "fc"]);
+        assert_eq!(q.bits_overrides[0], OverrideEntry { pattern: "layer3.*".into(), wts: Some(Some(8)), acts: None });
+        assert_eq!(q.bits_overrides[1].acts, Some(None), "32 is full precision");
+        assert_eq!((q.bits_overrides[2].wts, q.bits_overrides[2].acts), (None, None));
+        assert_eq!(q.bits_overrides[3].wts, Some(None), "null is full precision");
+
+        let mut spec = JobSpec { stage: Stage::Qat, ..JobSpec::default() };
+        parse(&yaml, 200).unwrap().apply(&mut spec);
+        let bits: Vec<(Option<u32>, Option<u32>)> = spec.bits_overrides.iter().map(|o| (o.wts, o.acts)).collect();
+        assert_eq!(bits[..4], [(Some(8), Some(2)), (Some(3), None), (Some(3), Some(2)), (None, None)]);
+    }
+
+    #[test]
+    fn a_file_without_a_quantizer_leaves_the_quantisation_alone() {
+        let lr_only = "lr_schedulers:\n  lr: {class: MultiStepLR, milestones: [5]}\npolicies:\n  - lr_scheduler: {instance_name: lr}\n";
+        let own = vec![BitsOverride { pattern: "layer3.*".into(), wts: Some(8), acts: None }];
+        let mut spec = JobSpec { stage: Stage::Qat, bits_weights: Some(2), bits_overrides: own.clone(), ..JobSpec::default() };
+        parse(lr_only, 200).unwrap().apply(&mut spec);
+        assert_eq!((spec.bits_weights, spec.bits_overrides, spec.default_overrides), (Some(2), own, true));
+        assert_eq!(spec.lr_schedule, vec![LrStep { epoch: 5, gamma: 0.1 }]);
+    }
+
+    #[test]
+    fn a_quantizer_without_bits_overrides_gives_an_empty_whole_list() {
+        let start = FP4.find("    bits_overrides:").unwrap();
+        let end = FP4.find("lr_schedulers:").unwrap();
+        for yaml in [format!("{}{}", &FP4[..start], &FP4[end..]), format!("{}    bits_overrides:\n{}", &FP4[..start], &FP4[end..])] {
+            let mut spec = JobSpec { stage: Stage::Qat, ..JobSpec::default() };
+            parse(&yaml, 200).unwrap().apply(&mut spec);
+            assert_eq!((spec.bits_overrides.len(), spec.default_overrides), (0, false), "{yaml}");
+        }
     }
 
     #[test]
@@ -321,7 +417,8 @@ mod tests {
 
     #[test]
     fn milestones_past_the_scheduler_end_never_fire() {
-        let s = parse(&FP4.replace("ending_epoch: 191", "ending_epoch: 100"), 200).unwrap();
+        assert_eq!(parse(BOOL, 200).unwrap().lr_schedule.unwrap(), crate::spec::reference_lr_schedule());
+        let s = parse(&BOOL.replace("ending_epoch: 191", "ending_epoch: 100"), 200).unwrap();
         assert_eq!(s.lr_schedule.unwrap(), vec![LrStep { epoch: 80, gamma: 0.1 }]);
     }
 }

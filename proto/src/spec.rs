@@ -27,7 +27,7 @@ pub const DEVICES: &[&str] = &["any", "cpu", "cuda"];
 /// Suffix naming the dual-path variant of an architecture (stages sp and rl).
 pub const DUAL_PATH_SUFFIX: &str = "_dualpath";
 
-/// The stages of the method (ALGORITHMS 4-6).
+/// The stages of the method (docs/method.md, "Stage baseline and stage qat" to "Stage rl").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
@@ -283,7 +283,7 @@ fn valid_bits(bits: u32) -> bool {
 }
 
 impl JobSpec {
-    /// The reference's defaults for `stage` (ALGORITHMS 4-6): sp starts at lr 0.01
+    /// The reference's defaults for `stage` (docs/method.md, "Stage baseline and stage qat" to "Stage rl"): sp starts at lr 0.01
     /// with a x10 warm-up after 3 epochs; rl at lr 0.01.
     pub fn defaults_for(stage: Stage) -> JobSpec {
         let base = JobSpec { stage, ..JobSpec::default() };

@@ -21,7 +21,7 @@ pub struct DatasetInfo {
     pub height: i64,
     pub width: i64,
     pub classes: i64,
-    /// Zero padding on each side before the random crop (ALGORITHMS 1).
+    /// Zero padding on each side before the random crop (docs/method.md, "Data").
     pub crop_padding: i64,
 }
 
@@ -180,7 +180,7 @@ impl Dataset {
     }
 }
 
-/// u8 pixels to floats: x/255 in [0,1], then (x - 0.5) / 0.5 (ALGORITHMS 1).
+/// u8 pixels to floats: x/255 in [0,1], then (x - 0.5) / 0.5 (docs/method.md, "Data").
 pub fn normalize(images: &Tensor) -> Result<Tensor> {
     Ok(images.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?.f_sub_scalar(0.5)?.f_div_scalar(0.5)?)
 }

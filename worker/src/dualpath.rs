@@ -1,4 +1,4 @@
-//! `preact_resnetN_cifar_dualpath` (ALGORITHMS 5, 6): every block of the base
+//! `preact_resnetN_cifar_dualpath` (docs/method.md, "Stage sp" and "Stage rl"): every block of the base
 //! network becomes a 1-bit `basic_block` and a 4-bit `fullbit_block` that
 //! compute with the same float conv weights (one parameter, two
 //! quantisations; the BNs are each path's own), and a gate (FFGate-II) on the
@@ -32,6 +32,9 @@ pub enum GateTraining {
 pub struct GateDecision {
     /// 1 = the image takes the 4-bit path; shape (N,), fp32.
     pub mask: Tensor,
+    /// The gate's probability of the 4-bit path, `softmax(logits)[1]`, that
+    /// the mask thresholds or samples; shape (N,), fp32, no gradient.
+    pub p: Tensor,
     /// log pi(a) of the sampled actions (stage rl, training only); shape (N,).
     pub log_prob: Option<Tensor>,
 }
@@ -70,12 +73,19 @@ fn decide_without_gradient(logits: &Tensor, sample: bool) -> Result<GateDecision
     if sample {
         // a ~ Categorical(softmax) over two actions is a ~ Bernoulli(p).
         let log_probs = logits.f_log_softmax(1, Kind::Float)?;
-        let action = tch::no_grad(|| log_probs.f_select(1, 1)?.f_exp()?.f_bernoulli())?;
+        let p = tch::no_grad(|| log_probs.f_select(1, 1)?.f_exp())?;
+        let action = tch::no_grad(|| p.f_bernoulli())?;
         let log_prob = log_probs.f_gather(1, &action.f_to_kind(Kind::Int64)?.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-        return Ok(GateDecision { mask: action, log_prob: Some(log_prob) });
+        return Ok(GateDecision { mask: action, p, log_prob: Some(log_prob) });
     }
-    let mask = tch::no_grad(|| logits.f_softmax(1, Kind::Float)?.f_select(1, 1)?.f_gt(0.5)?.f_to_kind(Kind::Float))?;
-    Ok(GateDecision { mask, log_prob: None })
+    let p = gate_p(logits)?;
+    let mask = tch::no_grad(|| p.f_gt(0.5)?.f_to_kind(Kind::Float))?;
+    Ok(GateDecision { mask, p, log_prob: None })
+}
+
+/// `softmax(logits)[1]` per image, without gradient (the straight-through mix computes it alike).
+fn gate_p(logits: &Tensor) -> Result<Tensor> {
+    Ok(tch::no_grad(|| logits.f_softmax(1, Kind::Float)?.f_select(1, 1))?)
 }
 
 struct DualPathBlock {
@@ -99,7 +109,7 @@ impl DualPathBlock {
         if train && training == GateTraining::StraightThrough {
             let fullbit = self.fullbit.forward(x, weights, train, opts)?;
             let (out, mask) = fused::straight_through_gate_mix(&logits, &basic, &fullbit)?;
-            return Ok((out, GateDecision { mask, log_prob: None }));
+            return Ok((out, GateDecision { mask, p: gate_p(&logits)?, log_prob: None }));
         }
         let decision = decide_without_gradient(&logits, train && training == GateTraining::Sampled)?;
         let fullbit = self.fullbit.forward(x, weights, train, opts)?;

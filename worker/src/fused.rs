@@ -29,7 +29,7 @@ extern "C" {
 }
 
 /// DoReFa's activation `round_k(clamp(x, 0, 1))` with `levels` = 2^k - 1
-/// steps, the gradient passed where `0 <= x <= 1` (ALGORITHMS 3): one kernel
+/// steps, the gradient passed where `0 <= x <= 1` (docs/method.md, "Quantisation"): one kernel
 /// forward (fake quantisation), one backward.
 pub fn dorefa_activation(x: &Tensor, levels: i64) -> Result<Tensor> {
     let mut error: *mut c_char = std::ptr::null_mut();
@@ -44,7 +44,7 @@ pub fn dorefa_activation(x: &Tensor, levels: i64) -> Result<Tensor> {
     }
 }
 
-/// DoReFa's weight quantisation with `levels` = 2^k - 1 steps (ALGORITHMS 3)
+/// DoReFa's weight quantisation with `levels` = 2^k - 1 steps (docs/method.md, "Quantisation")
 /// of the weights laid end to end in `flat`, segment by segment (`lengths`,
 /// int64; `ids`: each element's segment), the max |tanh w| taken per weight:
 /// one autograd op with a backward of parallel kernels only.
@@ -61,7 +61,7 @@ pub fn dorefa_weights(flat: &Tensor, lengths: &Tensor, ids: &Tensor, levels: i64
     }
 }
 
-/// A dual-path block's output under its gate in stage sp (ALGORITHMS 5): per
+/// A dual-path block's output under its gate in stage sp (docs/method.md, "Stage sp"): per
 /// image, the 4-bit path's output where `softmax(logits)[1] > 0.5`, the 1-bit
 /// path's elsewhere, with the gradient of `(1 - m) * basic + m * fullbit` for
 /// the straight-through mask `m = hard - p.detach() + p`. Returns the output

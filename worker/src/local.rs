@@ -14,14 +14,12 @@ pub const LATEST_FILE: &str = "latest.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
 pub const SUMMARY_FILE: &str = "summary.json";
 
-/// Reads a job spec from YAML (unknown keys refused, defaults filled in) and validates it.
+/// Reads a job spec from YAML: the stage's defaults under the keys given
+/// (unknown keys refused), validated.
 pub fn read_spec(path: &Path) -> Result<JobSpec> {
-    let text = camp_proto::limits::read_config_file(path)
-        .map_err(|e| EngineError::SpecFile { path: path.to_path_buf(), reason: e.to_string() })?;
-    let spec: JobSpec =
-        serde_yaml::from_str(&text).map_err(|e| EngineError::SpecFile { path: path.to_path_buf(), reason: e.to_string() })?;
-    spec.validate()?;
-    Ok(spec)
+    let fail = |reason: String| EngineError::SpecFile { path: path.to_path_buf(), reason };
+    let text = camp_proto::limits::read_config_file(path).map_err(|e| fail(e.to_string()))?;
+    JobSpec::from_yaml_text(&text).map_err(|e| fail(e.to_string()))
 }
 
 /// Trains the spec at `spec_path` on `device`, writing `latest.safetensors`,

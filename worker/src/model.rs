@@ -1,5 +1,5 @@
-//! Pre-activation ResNets for CIFAR-sized images (ALGORITHMS 2), quantised
-//! per module as a `Precision` table says (ALGORITHMS 3). Module paths are
+//! Pre-activation ResNets for CIFAR-sized images (docs/method.md, "Network"), quantised
+//! per module as a `Precision` table says (docs/method.md, "Quantisation"). Module paths are
 //! `camp_proto::arch`'s: `conv1`, `layer{1,2,3}.{i}.{pre_bn,pre_relu,conv1,bn,relu,conv2}`,
 //! `final_bn`, `final_relu`, `fc`; PACT's learned clip of a ReLU is `<relu>.clip_val`.
 //!
@@ -407,7 +407,7 @@ mod tests {
         out
     }
 
-    /// DoReFa at `bits` (ALGORITHMS 3): tanh, scaled to [0, 1] by the tensor's max, rounded, back to [-1, 1].
+    /// DoReFa at `bits` (docs/method.md, "Quantisation"): tanh, scaled to [0, 1] by the tensor's max, rounded, back to [-1, 1].
     fn dorefa_weights(w: &[f32], bits: u32) -> Vec<f32> {
         let levels = ((1u32 << bits) - 1) as f32;
         let max = w.iter().map(|v| v.tanh().abs()).fold(0.0f32, f32::max);
@@ -423,8 +423,17 @@ mod tests {
         x.iter().map(|v| (v.clamp(0.0, 1.0) * levels).round_ties_even() / levels).collect()
     }
 
-    /// The block of ALGORITHMS 2 with BNs that are the identity.
-    fn by_hand(x: &[f32], c_in: usize, hw: usize, c_out: usize, stride: usize, bits: u32, w1: &[f32], w2: &[f32]) -> Vec<f32> {
+    /// The block of docs/method.md ("Network") with BNs that are the identity.
+    /// A block's channels in and out, its input's side and its stride.
+    struct Shape {
+        c_in: usize,
+        c_out: usize,
+        hw: usize,
+        stride: usize,
+    }
+
+    fn by_hand(x: &[f32], shape: Shape, bits: u32, w1: &[f32], w2: &[f32]) -> Vec<f32> {
+        let Shape { c_in, c_out, hw, stride } = shape;
         let q = |w: &[f32]| if bits == 32 { w.to_vec() } else { dorefa_weights(w, bits) };
         let pre = act(x, bits);
         let hidden = act(&conv(&pre, c_in, hw, hw, &q(w1), c_out, stride), bits);
@@ -492,7 +501,7 @@ mod tests {
         for bits in [32, 4] {
             let (_vs, b, bank) = block(2, 4, 2, bits, &w1, &w2);
             let got = forward(&b, &bank, &X, [1, 2, 4, 4]);
-            assert_close(&got, &by_hand(&X, 2, 4, 4, 2, bits, &w1, &w2));
+            assert_close(&got, &by_hand(&X, Shape { c_in: 2, c_out: 4, hw: 4, stride: 2 }, bits, &w1, &w2));
         }
     }
 
@@ -502,7 +511,7 @@ mod tests {
         for bits in [32, 4] {
             let (_vs, b, bank) = block(2, 2, 1, bits, &w1, &w2);
             let got = forward(&b, &bank, &X, [1, 2, 4, 4]);
-            assert_close(&got, &by_hand(&X, 2, 4, 2, 1, bits, &w1, &w2));
+            assert_close(&got, &by_hand(&X, Shape { c_in: 2, c_out: 2, hw: 4, stride: 1 }, bits, &w1, &w2));
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The resolved bit widths of one network: every conv/linear weight and every
-//! ReLU by module path, as the job's bits plan (ALGORITHMS 3) assigns them.
+//! ReLU by module path, as the job's bits plan (docs/method.md, "Quantisation") assigns them.
 //! Checkpoints store this table, so a loaded checkpoint rebuilds exactly the
 //! quantised network that was trained, whatever later defaults say.
 

@@ -1,4 +1,4 @@
-//! Quantisers of weights and activations (ALGORITHMS 3), computing the values
+//! Quantisers of weights and activations (docs/method.md, "Quantisation"), computing the values
 //! of the reference's DoReFa / PACT formulas with as few kernels as the maths
 //! allows: quantised training on a GPU is bound by small ops (GPU.md), so
 //! rounding, clamping and the straight-through gradient go through libtorch's

@@ -98,7 +98,7 @@ mod tests {
         let task = [-ce0, -ce1];
         let rewards = [[0.2, 0.0], [0.0, 0.2]]; // per gate (forward order), per image
         let log_probs = [[-0.5, -1.0], [-2.0, -0.25]];
-        let mut cum = vec![[[0.0f64; 2]; 2]; 2]; // gate, row i, column j
+        let mut cum = [[[0.0f64; 2]; 2]; 2]; // gate, row i, column j
         let mut r_next: [[f64; 2]; 2] = [[task[0], task[0]], [task[1], task[1]]];
         for g in (0..2).rev() {
             for i in 0..2 {

@@ -1,10 +1,10 @@
-//! The training stages (ALGORITHMS 4-6), one loop: SGD with the job's
+//! The training stages (docs/method.md, "Stage baseline and stage qat" to "Stage rl"), one loop: SGD with the job's
 //! multi-step learning-rate schedule. `baseline` (full precision) and `qat`
 //! (bits per layer from the job's bits plan) train the plain network with
 //! cross-entropy; `sp` trains the dual-path network with cross-entropy
 //! through the gates' straight-through masks; `rl` adds the REINFORCE loss
 //! of the gates' sampled actions. Every evaluation reports the energy per
-//! image (ALGORITHMS 7) and, for dual-path networks, the share of test
+//! image (docs/method.md, "Energy") and, for dual-path networks, the share of test
 //! images each block routes to its 4-bit path.
 //!
 //! Accuracies are fractions in [0, 1]. A run is a pure function of its spec
@@ -427,8 +427,7 @@ impl Run<'_> {
                     .map(|g| g.log_prob.as_ref().map(Tensor::shallow_clone))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
-                let knobs =
-                    Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
+                let knobs = Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
                 task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, knobs)?)?
             } else {
                 task_loss.shallow_clone()

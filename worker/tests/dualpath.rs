@@ -7,13 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 
 use camp_proto::arch::{self, PathKind, Role};
+use camp_proto::spec::RlTaskReward;
 use camp_proto::spec::{JobSpec, Stage};
 use camp_worker::checkpoint;
 use camp_worker::model::ComputeOptions;
 use camp_worker::network::Network;
 use camp_worker::optim::Sgd;
 use camp_worker::precision::Precision;
-use camp_proto::spec::RlTaskReward;
 use camp_worker::reinforce::{rl_loss, Reinforce};
 use camp_worker::stage::{run_stage, Control, StageOutcome};
 use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
@@ -78,24 +78,125 @@ fn sp_gates_are_hard_and_get_gradient_through_the_straight_through_estimator() {
 }
 
 #[test]
-fn rl_gates_sample_actions_in_training_and_decide_by_p_in_evaluation() {
+fn an_rl_gates_log_prob_is_the_log_of_the_probability_of_its_sampled_action() {
     let _serial = serial(); // the global generator: model init, sampling
     tch::manual_seed(8);
     let (_vs, net) = build(&stage_spec(Stage::Rl, 1));
     let x = Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu));
     let out = net.forward(&x, true).unwrap();
-    for gate in &out.gates {
-        assert!(values(&gate.mask).iter().all(|m| *m == 0.0 || *m == 1.0));
+    assert_eq!(out.gates.len(), 9);
+    let (mut actions, mut widest) = (Vec::new(), 0.0f64);
+    for (i, gate) in out.gates.iter().enumerate() {
         let log_prob = gate.log_prob.as_ref().expect("sampled actions carry log pi(a)");
-        assert!(values(log_prob).iter().all(|l| *l <= 0.0));
-        assert!(!gate.mask.requires_grad());
+        assert!(log_prob.requires_grad(), "REINFORCE reaches gate {i} through log pi(a)");
+        assert!(!gate.mask.requires_grad() && !gate.p.requires_grad());
+        // pi(a) from the gate's p alone: p where a = 1, 1 - p where a = 0.
+        for (n, ((a, p), got)) in values(&gate.mask).into_iter().zip(values(&gate.p)).zip(values(log_prob)).enumerate() {
+            assert!(a == 0.0 || a == 1.0, "gate {i} image {n}: action {a}");
+            assert!(p > 0.0 && p < 1.0, "gate {i} image {n}: p {p}");
+            let pi = if a == 1.0 { p } else { 1.0 - p };
+            // To 1e-6, or 1e-6 of pi(a) for a rare action: an fp32 p near 1 leaves 1 - p few digits.
+            let tolerance = 1e-6 * pi.recip().max(1.0);
+            let want = pi.ln();
+            assert!((got - want).abs() < tolerance, "gate {i} image {n}: log pi(a = {a}) is {got}, ln of its probability {want} (p {p})");
+            actions.push(a);
+            widest = widest.max((p.ln() - (1.0 - p).ln()).abs());
+        }
     }
+    assert!(actions.contains(&0.0) && actions.contains(&1.0), "both actions were drawn");
+    assert!(widest > 0.01, "some p far enough from 1/2 for the two actions' log-probabilities to differ");
     let eval = tch::no_grad(|| net.forward(&x, false).unwrap());
     assert!(eval.gates.iter().all(|g| g.log_prob.is_none()));
-    // Deterministic in evaluation.
-    let again = tch::no_grad(|| net.forward(&x, false).unwrap());
-    for (a, b) in eval.gates.iter().zip(&again.gates) {
-        assert!(a.mask.equal(&b.mask));
+}
+
+/// ResNet-20's blocks in forward order.
+fn blocks() -> Vec<String> {
+    (1..=3).flat_map(|stage| (0..3).map(move |block| format!("layer{stage}.{block}"))).collect()
+}
+
+/// Fixes each gate's probability of the 4-bit path, for every image, at `ps`
+/// (forward order): the gate's BN gives 0 (weight and bias 0), so its 1x1
+/// conv gives its bias, the logits (0, ln(p / (1 - p))).
+fn fix_gates(vs: &VarStore, ps: &[f64]) {
+    let variables = vs.variables();
+    let blocks = blocks();
+    assert_eq!(blocks.len(), ps.len());
+    tch::no_grad(|| {
+        for (block, p) in blocks.iter().zip(ps) {
+            for name in ["weight", "bias"] {
+                let _ = variables[&format!("{block}.gate.bn.{name}")].shallow_clone().zero_();
+            }
+            let logits = Tensor::from_slice(&[0.0f32, (p / (1.0 - p)).ln() as f32]);
+            variables[&format!("{block}.gate.conv2.bias")].shallow_clone().copy_(&logits);
+        }
+    });
+}
+
+/// Gate probabilities on both sides of 1/2, most of them near it.
+const FIXED_PS: [f64; 9] = [0.55, 0.6, 0.7, 0.9, 0.45, 0.4, 0.3, 0.1, 0.52];
+
+#[test]
+fn in_rl_training_the_gates_sample_their_actions_so_the_share_of_ones_approaches_p_and_a_seed_repeats_the_draws() {
+    let _serial = serial(); // the global generator: model init, sampling
+    tch::manual_seed(9);
+    let (vs, net) = build(&stage_spec(Stage::Rl, 1));
+    fix_gates(&vs, &FIXED_PS);
+    let n = 2048;
+    let x = Tensor::randn([n, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let draw = |seed: i64| {
+        tch::manual_seed(seed);
+        net.forward(&x, true).unwrap().gates
+    };
+    let gates = draw(21);
+    for (i, (gate, p)) in gates.iter().zip(FIXED_PS).enumerate() {
+        assert!(values(&gate.p).iter().all(|q| (q - p).abs() < 1e-6), "gate {i}: p is the fixed {p}");
+        let actions = values(&gate.mask);
+        assert!(actions.iter().all(|a| *a == 0.0 || *a == 1.0));
+        let against = actions.iter().filter(|a| (**a == 1.0) != (p > 0.5)).count();
+        assert!(against > 0, "gate {i} (p {p}): every action is p > 1/2: thresholded, not sampled");
+        // Within 4 standard deviations of the share of n draws of Bernoulli(p).
+        let share = actions.iter().sum::<f64>() / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        println!("gate {i}: p {p}, share of ones {share:.4} (sd {sd:.4}), {against} actions against p > 1/2");
+        assert!((share - p).abs() < 4.0 * sd, "gate {i}: share of ones {share} for p {p}");
+    }
+    // The same seed draws the same actions; another seed others.
+    let again = draw(21);
+    assert!(gates.iter().zip(&again).all(|(a, b)| a.mask.equal(&b.mask)));
+    let other = draw(22);
+    assert!(gates.iter().zip(&other).any(|(a, b)| !a.mask.equal(&b.mask)));
+}
+
+#[test]
+fn in_evaluation_and_in_sp_training_a_gates_mask_is_exactly_p_above_one_half() {
+    let _serial = serial(); // the global generator: model init, sampling
+    tch::manual_seed(10);
+    let x = Tensor::randn([64, 1, 8, 8], (Kind::Float, Device::Cpu));
+    for (stage, train) in [(Stage::Rl, false), (Stage::Sp, true), (Stage::Sp, false)] {
+        let (vs, net) = build(&stage_spec(stage, 1));
+        let forward = |seed: i64| {
+            tch::manual_seed(seed);
+            tch::no_grad(|| net.forward(&x, train).unwrap().gates)
+        };
+        // Freshly initialised gates: p differs per image.
+        let gates = forward(1);
+        let mut sides = [0, 0];
+        for (i, gate) in gates.iter().enumerate() {
+            assert!(gate.log_prob.is_none());
+            for (n, (m, p)) in values(&gate.mask).into_iter().zip(values(&gate.p)).enumerate() {
+                assert_eq!(m, if p > 0.5 { 1.0 } else { 0.0 }, "{stage:?} train {train}: gate {i} image {n}, p {p}");
+                sides[(p > 0.5) as usize] += 1;
+            }
+        }
+        assert!(sides[0] > 0 && sides[1] > 0, "{stage:?} train {train}: p on both sides of 1/2: {sides:?}");
+        // Fixed near 1/2: every image takes the side of p, whatever the seed.
+        fix_gates(&vs, &FIXED_PS);
+        for seed in [2, 3] {
+            for (i, (gate, p)) in forward(seed).iter().zip(FIXED_PS).enumerate() {
+                let want = if p > 0.5 { 1.0 } else { 0.0 };
+                assert!(values(&gate.mask).iter().all(|m| *m == want), "{stage:?} train {train}: gate {i} (p {p}), seed {seed}");
+            }
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Architecture shapes and the optimiser's arithmetic.
 
+use std::time::Instant;
+
 use camp_proto::spec::JobSpec;
 use camp_worker::model::{blocks_per_stage, ComputeOptions, PreActResNet};
 use camp_worker::optim::Sgd;
@@ -195,11 +197,28 @@ fn tiny_bench(batch: i64, steps: usize, bits: Option<u32>, profile_steps: usize)
 }
 
 #[test]
-fn bench_reports_positive_throughput() {
-    let report = tiny_bench(4, 2, None, 0);
-    assert!(report.train_images_per_s > 0.0 && report.eval_images_per_s > 0.0);
-    assert!(report.to_string().contains("train"));
+fn bench_times_its_train_and_eval_steps_and_reports_the_images_per_second_of_those_steps() {
+    let (batch, steps) = (4, 12);
+    let started = Instant::now();
+    let report = tiny_bench(batch, steps, None, 0);
+    let wall = started.elapsed().as_secs_f64();
+    println!("{report}\n(the call took {wall:.3} s)");
+    // Training: images / s times s / step is the images of one step, the batch.
+    let images_per_step = report.train_images_per_s * report.train_ms_per_step / 1000.0;
+    assert!((images_per_step - batch as f64).abs() < 1e-9 * batch as f64, "{images_per_step} images per step, batch {batch}");
+    // The seconds each phase's `steps` steps of `batch` images took.
+    let train_s = steps as f64 * report.train_ms_per_step / 1000.0;
+    let eval_s = (batch * steps as i64) as f64 / report.eval_images_per_s;
+    assert!(train_s > 0.0 && eval_s > 0.0, "both phases timed: train {train_s} s, eval {eval_s} s");
+    // Both timings lie within the call, and they cover most of it: the rest is
+    // building the network and one untimed warm-up step of each phase.
+    assert!(train_s + eval_s <= wall, "train {train_s} s + eval {eval_s} s within the call's {wall} s");
+    assert!(train_s + eval_s >= 0.5 * wall, "train {train_s} s + eval {eval_s} s cover the timed steps of the call's {wall} s");
+    // An evaluation step (forward only) is faster than a training step (forward, backward, SGD).
+    assert!(report.eval_images_per_s > report.train_images_per_s, "{report}");
     assert!(report.train_profile.is_none());
+    let text = report.to_string();
+    assert!(text.contains(&format!("{:.2}", report.train_ms_per_step)) && text.contains("eval"), "{text}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The quantisers against hand-computed values (ALGORITHMS 3), and the fused
+//! The quantisers against hand-computed values (docs/method.md, "Quantisation"), and the fused
 //! implementations against a plain elementwise transcription of the spec's
 //! formulas (clamp, round, detach identity) in values and gradients; the
 //! weight bank's batched quantisation against the per-weight one.

@@ -1,4 +1,4 @@
-//! `camp energy`: the energy model (ALGORITHMS 7) for one network and bits plan,
+//! `camp energy`: the energy model (docs/method.md, "Energy") for one network and bits plan,
 //! computed here from the architecture's layer shapes; no coordinator, no training.
 
 use camp_proto::energy::{self, EnergyReport};

@@ -155,6 +155,8 @@ fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
         fields.push(("alpha", or(spec.alpha, 0.1)));
         fields.push(("gamma", or(spec.gamma, 1.0)));
         fields.push(("rl_weight", or(spec.rl_weight, 0.01)));
+        let reward = if spec.rl_task_reward.is_empty() { "per_image" } else { spec.rl_task_reward.as_str() };
+        fields.push(("rl_task_reward", reward.to_owned()));
     }
     if spec.init_from > 0 {
         fields.push(("init_from", format!("job {}", spec.init_from)));

@@ -98,9 +98,18 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
         }
         spec
     };
-    let compress = |spec: &mut JobSpec, path: &Option<std::path::PathBuf>, flag: &str| match path {
-        Some(path) => apply_compress_file(path, spec, flag),
-        None => Ok(()),
+    // `bits`: the node's own bits (qat4, qat1), set over the file's; the file's
+    // entries without wts or acts then take them.
+    let compress = |spec: &mut JobSpec, path: &Option<std::path::PathBuf>, flag: &str, bits: Option<u32>| {
+        let schedule = path.as_ref().map(|path| apply_compress_file(path, spec, flag)).transpose()?;
+        if let Some(bits) = bits {
+            spec.bits_weights = Some(bits);
+            spec.bits_activations = Some(bits);
+        }
+        if let Some(schedule) = schedule {
+            schedule.apply_bits_overrides(spec);
+        }
+        Ok::<(), UsageError>(())
     };
     let node = |key: &str, spec: JobSpec, init_from: &str| Node {
         key: key.to_owned(),
@@ -113,17 +122,13 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
 
     let baseline = stage_spec(Stage::Baseline, args.baseline_epochs);
     let mut qat4 = stage_spec(Stage::Qat, args.qat_epochs);
-    compress(&mut qat4, &args.compress_qat4, "--compress-qat4")?;
-    qat4.bits_weights = Some(4);
-    qat4.bits_activations = Some(4);
+    compress(&mut qat4, &args.compress_qat4, "--compress-qat4", Some(4))?;
     let mut qat1 = stage_spec(Stage::Qat, args.qat_epochs);
-    compress(&mut qat1, &args.compress_qat1, "--compress-qat1")?;
-    qat1.bits_weights = Some(1);
-    qat1.bits_activations = Some(1);
+    compress(&mut qat1, &args.compress_qat1, "--compress-qat1", Some(1))?;
     let mut sp = stage_spec(Stage::Sp, args.sp_epochs);
-    compress(&mut sp, &args.compress_sp, "--compress-sp")?;
+    compress(&mut sp, &args.compress_sp, "--compress-sp", None)?;
     let mut rl = stage_spec(Stage::Rl, args.rl_epochs);
-    compress(&mut rl, &args.compress_rl, "--compress-rl")?;
+    compress(&mut rl, &args.compress_rl, "--compress-rl", None)?;
 
     let mut nodes = vec![node("baseline", baseline, ""), node("qat4", qat4, ""), node("qat1", qat1, ""), node("sp", sp, "qat4")];
     let mut seen = HashSet::new();
@@ -171,42 +176,14 @@ struct NodeFile {
 /// serde: unknown keys refused), validated. Errors name the node and the key.
 fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError> {
     let fail = |what: String| UsageError(format!("node '{key}': {what}"));
-    let given = match value {
-        serde_yaml::Value::Mapping(map) => map.clone(),
-        serde_yaml::Value::Null => return Err(fail("spec: missing (it needs at least stage, arch and dataset)".into())),
-        _ => return Err(fail("spec: expected a mapping of JobSpec keys".into())),
-    };
-    let stage = match given.get("stage") {
-        Some(serde_yaml::Value::String(stage)) => Stage::parse(stage).map_err(|err| fail(format!("spec.stage: {}", err.reason)))?,
-        Some(_) => return Err(fail("spec.stage: expected one of baseline, qat, sp, rl".into())),
-        None => return Err(fail("spec.stage: missing (baseline, qat, sp or rl)".into())),
-    };
-    let defaults = serde_yaml::to_value(JobSpec::defaults_for(stage)).map_err(|err| fail(format!("spec: {err}")))?;
-    let serde_yaml::Value::Mapping(mut merged) = defaults else {
-        return Err(fail("spec: the defaults are not a mapping".into()));
-    };
-    let base = merged.clone();
-    for (k, v) in given.clone() {
-        merged.insert(k, v);
+    // A node names its stage (a spec file on its own may leave it out for the baseline).
+    if value.as_mapping().is_some_and(|map| !map.contains_key("stage")) {
+        return Err(fail("spec.stage: missing (baseline, qat, sp or rl)".into()));
     }
-    let spec: JobSpec = match serde_yaml::from_value(serde_yaml::Value::Mapping(merged)) {
-        Ok(spec) => spec,
-        Err(err) => {
-            // Name the key: the first one that fails on the stage's defaults alone.
-            for (k, v) in given {
-                let mut one = base.clone();
-                one.insert(k.clone(), v);
-                if let Err(err) = serde_yaml::from_value::<JobSpec>(serde_yaml::Value::Mapping(one)) {
-                    let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
-                    return Err(fail(format!("spec.{key}: {err}")));
-                }
-            }
-            return Err(fail(format!("spec: {err}")));
-        }
-    };
-    spec.validate().map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
-    camp_proto::energy::report(&spec).map_err(|err| fail(format!("spec.{}: {}", err.field, err.reason)))?;
-    Ok(spec)
+    JobSpec::from_yaml(value).map_err(|err| match err.key.as_str() {
+        "spec" => fail(format!("spec: {}", err.reason)),
+        key => fail(format!("spec.{key}: {}", err.reason)),
+    })
 }
 
 /// Reads a pipeline file: `{name, max_attempts?, nodes: [{key, name?, after?, init_from?, priority?, spec}]}`.
@@ -692,9 +669,10 @@ mod tests {
 quantizers:
   q:
     class: PACTQuantizer
-    bits_weights: 1
-    bits_activations: 1
+    bits_weights: 2
+    bits_activations: 2
     bits_overrides:
+      layer3.*: {acts: null}
       fc: {wts: null, acts: null}
 lr_schedulers:
   lr:
@@ -719,8 +697,22 @@ policies:
         let qat1 = &node(&pipeline, "qat1").spec;
         assert_eq!(qat1.act_quant, camp_proto::spec::ActQuant::Pact);
         assert_eq!(qat1.lr_schedule, vec![camp_proto::spec::LrStep { epoch: 2, gamma: 0.5 }]);
-        assert_eq!(qat1.bits_overrides.len(), 1);
+        // qat1 is 1-bit whatever the file says; layer3's entry gives no wts, so it takes those bits.
+        assert_eq!((qat1.bits_weights, qat1.bits_activations), (Some(1), Some(1)));
+        assert_eq!(
+            qat1.bits_overrides,
+            vec![
+                camp_proto::spec::BitsOverride { pattern: "layer3.*".into(), wts: Some(1), acts: None },
+                camp_proto::spec::BitsOverride { pattern: "fc".into(), wts: None, acts: None },
+            ]
+        );
+        // The file's list is the whole list, as distiller reads it: conv1, which it
+        // does not list, is quantised (camp's defaults used to keep it full precision).
+        assert!(!qat1.default_overrides);
+        let report = camp_proto::energy::report(qat1).unwrap();
+        assert_eq!((report.layers[0].path.as_str(), report.layers[0].bits), ("conv1", Some(1)));
         assert_eq!(node(&pipeline, "qat4").spec.act_quant, camp_proto::spec::ActQuant::Dorefa);
+        assert!(node(&pipeline, "qat4").spec.default_overrides, "no file, camp's defaults");
     }
 
     const PIPELINE: &str = "
