@@ -69,10 +69,11 @@ fn real_fashion_mnist_subset_is_learned_in_full_precision_and_quantised() {
     let one = train(&real_spec(Stage::Qat, Some(1)));
     println!("test top-1: fp32 {:.4}, 4-bit {:.4}, 1-bit {:.4} (chance 0.1)", fp32.final_top1, four.final_top1, one.final_top1);
     assert!(fp32.final_top1 > 0.65, "fp32 test top-1 {} is too low", fp32.final_top1);
-    // The figures are exact for a given CPU but not across CPUs (libtorch's kernels
-    // sum in other orders): 4-bit was 4.6 points below fp32 on one machine and 7.8
-    // on another (74.6/70.0 and 75.7/67.9), with the same code. Short QAT runs dip
-    // before they recover (issue 9 looks into why), so the bound is ten points.
-    assert!(four.final_top1 > fp32.final_top1 - 0.10, "4-bit {} is more than ten points below fp32 {}", four.final_top1, fp32.final_top1);
-    assert!(one.final_top1 > 0.4, "1-bit test top-1 {} is not well above chance", one.final_top1);
+    // The figures are exact for a given CPU, not across CPUs (libtorch's kernels sum
+    // in other orders). On an AMD EPYC: fp32 / 4-bit / 1-bit 75.7 / 67.9 / 60.0% while
+    // the stage-transition shortcut pooled the quantised pre-activation (model
+    // version 1), 74.3 / 70.5 / 63.2% now that it pools the block's input. The bounds
+    // sit between: a regression of that size fails them.
+    assert!(four.final_top1 > fp32.final_top1 - 0.06, "4-bit {} is more than six points below fp32 {}", four.final_top1, fp32.final_top1);
+    assert!(one.final_top1 > 0.61, "1-bit test top-1 {} is below 61%", one.final_top1);
 }
