@@ -35,6 +35,12 @@ pub fn best_top1(result: &Value) -> Option<f64> {
     result.get("best_top1")?.as_f64()
 }
 
+/// The final model's test top-1 (a fraction): from the same evaluation as the
+/// result's energy and routing shares.
+pub fn final_top1(result: &Value) -> Option<f64> {
+    result.get("final_top1")?.as_f64()
+}
+
 pub fn spec(spec: &v1::JobSpec) -> Value {
     let lr_schedule: Vec<Value> =
         spec.lr_schedule.iter().map(|step| json!({ "epoch": step.epoch, "gamma": json_f64(step.gamma) })).collect();
