@@ -7,7 +7,7 @@
 #
 #   scripts/reproduce.sh [cpu|gpu]
 #
-#   cpu  a schedule that finishes in about 80 minutes on a 2-core machine
+#   cpu  a schedule that finishes in about 90 minutes on a 2-core machine
 #        (a 20k-image training subset, the whole 10k test set, a few epochs a stage)
 #   gpu  ResNet-20 on all 60k images, tens of epochs a stage (CAMP_REPRO_DEVICE=cuda)
 #
@@ -33,9 +33,12 @@ if [ "$schedule" = cpu ]; then
   # QAT starts from the fp32 weights (init_from: baseline), at a fine-tuning lr.
   qat="$common, epochs: 4, lr: 0.02, lr_schedule: [{epoch: 3, gamma: 0.1}]"
   sp="{stage: sp, $common, epochs: 3, lr: 0.01, lr_schedule: [{epoch: 2, gamma: 0.1}]}"
-  # A short rl run needs a stronger REINFORCE weight than the reference's 0.01.
-  rl="stage: rl, $common, epochs: 2, lr: 0.005, rl_weight: 1.0, lr_schedule: []"
-  alphas="0.5 1 2 4"
+  # A short rl run needs a stronger REINFORCE weight than the reference's 0.01,
+  # and epochs enough for the shared weights to adapt to the 1-bit routing.
+  rl="stage: rl, $common, epochs: 5, lr: 0.01, rl_weight: 1.0, lr_schedule: [{epoch: 4, gamma: 0.1}]"
+  alphas="0.5 1 2"
+  # The reference's task reward beside camp's, at one alpha.
+  extra="  - {key: rl-1-batch_mean, init_from: sp, spec: {$rl, alpha: 1, rl_task_reward: batch_mean}}"
 else
   device="${CAMP_REPRO_DEVICE:-cuda}" threads=""
   common='arch: preact_resnet20_cifar, dataset: fashion-mnist, device: cuda, batch_size: 128, print_freq: 100'
@@ -44,6 +47,7 @@ else
   sp="{stage: sp, $common, epochs: 20, lr: 0.01, lr_schedule: [{epoch: 3, gamma: 10.0}, {epoch: 12, gamma: 0.1}, {epoch: 16, gamma: 0.1}]}"
   rl="stage: rl, $common, epochs: 15, lr: 0.01, rl_weight: 0.1, lr_schedule: [{epoch: 10, gamma: 0.1}]"
   alphas="0.05 0.1 0.2 0.5 1 2"
+  extra="  - {key: rl-0.2-batch_mean, init_from: sp, spec: {$rl, alpha: 0.2, rl_task_reward: batch_mean}}"
 fi
 
 pipeline="$work/pipeline.yaml"
@@ -57,6 +61,7 @@ pipeline="$work/pipeline.yaml"
   for alpha in $alphas; do
     echo "  - {key: rl-$alpha, init_from: sp, spec: {$rl, alpha: $alpha}}"
   done
+  echo "$extra"
 } >"$pipeline"
 
 db="camp_reproduce_$schedule"
@@ -136,7 +141,8 @@ above = []
 for r in rows:
     j = jobs[r["node"]]
     top1, energy, share = num(r.get("top1")), num(r.get("normalized_energy")), num(r.get("fullbit_share"))
-    variant = f'alpha {r["alpha"]}' if r["stage"] == "rl" else ("fp32" if r["stage"] == "baseline" else ("dual path" if r["stage"] == "sp" else f'{r["bits_weights"]}-bit'))
+    reward = j["spec"].get("rl_task_reward", "per_image")
+    variant = f'alpha {r["alpha"]}' + (f", {reward}" if reward != "per_image" else "") if r["stage"] == "rl" else ("fp32" if r["stage"] == "baseline" else ("dual path" if r["stage"] == "sp" else f'{r["bits_weights"]}-bit'))
     minutes = (j["finished_at_ms"] - j["started_at_ms"]) / 60000 if j.get("finished_at_ms") and j.get("started_at_ms") else None
     verdict = ""
     if r["stage"] in ("sp", "rl") and top1 is not None and energy is not None and one and four:
