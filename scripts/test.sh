@@ -9,6 +9,9 @@ echo "database: $DATABASE_URL" >&2
 # Tests run two at a time on two cores, each libtorch with one thread (the tests
 # set it): OpenMP threads must not spin-wait for cores that other tests hold.
 export OMP_WAIT_POLICY=PASSIVE
+# One style, enforced: the formatting (rustfmt.toml) and clippy's lints, as errors.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The system tests start the binaries as processes: build them first.
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then

@@ -178,7 +178,7 @@ impl Cluster {
             .args(extra_args)
             .current_dir(self.dir.path());
         // The test's own environment must not slip a credential in.
-        for var in ["CAMP_TOKEN", "CAMP_CA", "CAMP_TLS_CERT", "CAMP_TLS_KEY", "CAMP_COORDINATOR"] {
+        for var in ["CAMP_TOKEN", "CAMP_CA", "CAMP_TLS_CERT", "CAMP_TLS_KEY", "CAMP_ADDR", "CAMP_COORDINATOR"] {
             cmd.env_remove(var);
         }
         Proc::spawn(name, cmd, self.dir.path())

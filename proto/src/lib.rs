@@ -9,6 +9,8 @@ pub mod endpoint;
 pub mod energy;
 pub mod limits;
 pub mod metadata;
+pub mod metric;
+pub mod pipeline;
 pub mod quant;
 pub mod schedule;
 pub mod spec;

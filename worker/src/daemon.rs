@@ -13,6 +13,7 @@ use std::time::Duration;
 use camp_proto::endpoint::{self, ClientTls};
 use camp_proto::limits::{self, CHECKPOINT_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use camp_proto::metadata::{self, CallHeaders};
+use camp_proto::metric::{EpochMetrics, MetricName, StepMetrics};
 use camp_proto::v1;
 use camp_proto::v1::worker_service_client::WorkerServiceClient;
 use camp_proto::JobSpec;
@@ -168,7 +169,8 @@ struct Stops {
 
 enum Event {
     Started(RunInfo),
-    Metrics { step: i64, epoch: u32, values: Vec<(String, f64)> },
+    Step(StepMetrics),
+    Epoch(EpochMetrics),
     Log(String),
     Checkpoint(CheckpointBlob, oneshot::Sender<Result<(), String>>),
 }
@@ -184,9 +186,11 @@ impl Observer for ChannelObserver {
     fn started(&mut self, info: &RunInfo) {
         let _ = self.events.send(Event::Started(info.clone()));
     }
-    fn metrics(&mut self, step: i64, epoch: u32, values: &[(&str, f64)]) {
-        let values = values.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let _ = self.events.send(Event::Metrics { step, epoch, values });
+    fn step(&mut self, metrics: &StepMetrics) {
+        let _ = self.events.send(Event::Step(*metrics));
+    }
+    fn epoch(&mut self, metrics: &EpochMetrics) {
+        let _ = self.events.send(Event::Epoch(metrics.clone()));
     }
     fn log(&mut self, line: String) {
         let _ = self.events.send(Event::Log(line));
@@ -344,7 +348,8 @@ async fn report_loop(client: Client, job_id: i64, attempt: u32, mut events: mpsc
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Started(info)) => reporter.progress = Some(Progress::new(info)),
-                Some(Event::Metrics { step, epoch, values }) => reporter.add_metrics(step, epoch, values),
+                Some(Event::Step(metrics)) => reporter.add_step(&metrics),
+                Some(Event::Epoch(metrics)) => reporter.add_epoch(&metrics),
                 Some(Event::Log(line)) => {
                     tracing::info!("{line}");
                     reporter.current().log_lines.push(limits::truncate_text(&line, limits::MAX_LOG_LINE_BYTES));
@@ -413,19 +418,29 @@ impl Reporter {
         self.pending.last_mut().expect("just pushed")
     }
 
-    fn add_metrics(&mut self, step: i64, epoch: u32, values: Vec<(String, f64)>) {
-        let get = |name: &str| values.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-        if let (Some(loss), Some(top1)) = (get("loss"), get("top1")) {
-            let eta = self.progress.as_ref().and_then(|p| p.eta(step)).map(|d| format!("{:.0}s", d.as_secs_f64())).unwrap_or_default();
-            tracing::info!(epoch, step, loss, top1, images_per_s = get("images_per_s").unwrap_or(f64::NAN), eta = %eta, "progress");
-        }
-        if get("test_top1").is_some() {
-            self.epoch = self.epoch.max(epoch);
-        }
+    fn add_step(&mut self, m: &StepMetrics) {
+        let eta = self.progress.as_ref().and_then(|p| p.eta(m.step)).map(|d| format!("{:.0}s", d.as_secs_f64())).unwrap_or_default();
+        tracing::info!(epoch = m.epoch, step = m.step, loss = m.loss, top1 = m.top1, images_per_s = m.images_per_s, eta = %eta, "progress");
+        self.add_points(m.step, m.epoch, m.points());
+    }
+
+    /// An epoch's summary also marks the epoch finished (the job's `epoch`).
+    fn add_epoch(&mut self, m: &EpochMetrics) {
+        self.epoch = self.epoch.max(m.epoch);
+        self.add_points(m.step, m.epoch, m.points());
+    }
+
+    fn add_points(&mut self, step: i64, epoch: u32, points: Vec<(MetricName, f64)>) {
         let epoch_done = self.epoch;
         let batch = self.current();
         batch.epoch = epoch_done;
-        batch.metrics.extend(values.into_iter().map(|(name, value)| v1::Metric { name, value, step, epoch, ..Default::default() }));
+        batch.metrics.extend(points.into_iter().map(|(name, value)| v1::Metric {
+            name: name.to_string(),
+            value,
+            step,
+            epoch,
+            ..Default::default()
+        }));
     }
 
     /// Sends the pending batches; retries a failed send with the same sequence

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use camp_proto::metric::{EpochMetrics, StepMetrics};
 use camp_proto::spec::JobSpec;
 use tch::Device;
 
@@ -119,12 +120,20 @@ impl Observer for PrintingObserver {
         );
     }
 
-    fn metrics(&mut self, step: i64, epoch: u32, values: &[(&str, f64)]) {
-        let get = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        if let (Some(loss), Some(top1), Some(rate)) = (get("loss"), get("top1"), get("images_per_s")) {
-            println!("epoch {epoch} step {step}: loss {loss:.4} top-1 {:.2}% {rate:.0} images/s ETA {}", 100.0 * top1, self.eta(step));
-        }
+    fn step(&mut self, m: &StepMetrics) {
+        println!(
+            "epoch {} step {}: loss {:.4} top-1 {:.2}% {:.0} images/s ETA {}",
+            m.epoch,
+            m.step,
+            m.loss,
+            100.0 * m.top1,
+            m.images_per_s,
+            self.eta(m.step)
+        );
     }
+
+    /// The epoch's summary is printed by the run's own log line.
+    fn epoch(&mut self, _metrics: &EpochMetrics) {}
 
     fn log(&mut self, line: String) {
         println!("{line}");

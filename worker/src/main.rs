@@ -17,9 +17,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "camp-worker", version, about = "camp's worker: claims training jobs from a coordinator and runs them with libtorch")]
 struct Cli {
-    /// Coordinator address.
-    #[arg(long, env = "CAMP_COORDINATOR", default_value = "http://127.0.0.1:50051")]
-    coordinator: String,
+    /// Coordinator address (the CLI's CAMP_ADDR; CAMP_COORDINATOR is still read, deprecated).
+    #[arg(long, env = "CAMP_ADDR")]
+    coordinator: Option<String>,
     /// Folder holding data sets as cifar10/, cifar100/, fashion-mnist/ (official file formats).
     #[arg(long, env = "CAMP_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
@@ -148,8 +148,15 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
     });
     let tls = ClientTls { ca: cli.ca, cert: cli.tls_cert, key: cli.tls_key };
-    let config =
-        DaemonConfig { coordinator: cli.coordinator, data_dir: cli.data_dir, device, name, labels: cli.labels, token: cli.token, tls };
+    let config = DaemonConfig {
+        coordinator: coordinator_address(cli.coordinator),
+        data_dir: cli.data_dir,
+        device,
+        name,
+        labels: cli.labels,
+        token: cli.token,
+        tls,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -171,4 +178,16 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
         daemon::run(config, shutdown, signal).await?;
         Ok(())
     })
+}
+
+/// `--coordinator`, else `CAMP_ADDR` (clap reads both), else the deprecated
+/// `CAMP_COORDINATOR`, else the local default.
+fn coordinator_address(given: Option<String>) -> String {
+    given
+        .or_else(|| {
+            let old = std::env::var("CAMP_COORDINATOR").ok().filter(|a| !a.is_empty())?;
+            eprintln!("warning: CAMP_COORDINATOR is deprecated: set CAMP_ADDR (as for the camp CLI)");
+            Some(old)
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned())
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use camp_proto::energy::{self, EnergyReport};
+use camp_proto::metric::{EpochMetrics, StepMetrics};
 use camp_proto::spec::{JobSpec, Stage};
 use serde::Serialize;
 use tch::nn::VarStore;
@@ -72,7 +73,10 @@ pub struct RunInfo {
 pub trait Observer {
     /// Called once before training starts (or resumes).
     fn started(&mut self, _info: &RunInfo) {}
-    fn metrics(&mut self, step: i64, epoch: u32, values: &[(&str, f64)]);
+    /// A step's progress, every `print_freq` steps.
+    fn step(&mut self, metrics: &StepMetrics);
+    /// An epoch's summary, after its evaluation and before its checkpoint.
+    fn epoch(&mut self, metrics: &EpochMetrics);
     fn log(&mut self, line: String);
     /// Blocks until the checkpoint is safely stored; Err aborts the run.
     fn checkpoint(&mut self, blob: CheckpointBlob) -> Result<(), String>;
@@ -447,11 +451,7 @@ impl Run<'_> {
             if self.global_step % spec.print_freq as i64 == 0 {
                 let sums = totals.read()?;
                 let images_per_s = window_images as f64 / window_start.elapsed().as_secs_f64();
-                observer.metrics(
-                    self.global_step,
-                    epoch,
-                    &[("loss", sums.mean_loss()), ("top1", sums.top1()), ("lr", lr), ("images_per_s", images_per_s)],
-                );
+                observer.step(&StepMetrics { step: self.global_step, epoch, loss: sums.mean_loss(), top1: sums.top1(), lr, images_per_s });
                 window_start = Instant::now();
                 window_images = 0;
             }
@@ -486,32 +486,24 @@ impl Run<'_> {
             self.best_epoch = epoch;
         }
         let lr = self.spec.lr_at_epoch(epoch);
-        let mut routing: Vec<(String, f64)> = Vec::new();
-        if let Some(share) = eval.fullbit_share() {
-            routing.push(("fullbit_share".into(), share));
-            routing.extend(eval.block_shares.iter().enumerate().map(|(b, s)| (format!("block{b}_fullbit_share"), *s)));
-        }
         // The epoch's last step may have reported the lr already: one row per (name, step).
         let lr_reported = self.global_step % self.spec.print_freq as i64 == 0;
-        observer.metrics(
-            self.global_step,
+        observer.epoch(&EpochMetrics {
+            step: self.global_step,
             epoch,
-            &[
-                ("train_loss", train.mean_loss()),
-                ("train_top1", train.top1()),
-                ("test_loss", eval.loss),
-                ("test_top1", eval.top1),
-                ("test_top5", eval.top5),
-                ("best_top1", self.best_top1),
-                ("epoch_images_per_s", epoch_images_per_s),
-                ("energy_pj", eval.energy_pj),
-                ("normalized_energy", eval.normalized_energy),
-            ]
-            .into_iter()
-            .chain((!lr_reported).then_some(("lr", lr)))
-            .chain(routing.iter().map(|(name, v)| (name.as_str(), *v)))
-            .collect::<Vec<_>>(),
-        );
+            train_loss: train.mean_loss(),
+            train_top1: train.top1(),
+            test_loss: eval.loss,
+            test_top1: eval.top1,
+            test_top5: eval.top5,
+            best_top1: self.best_top1,
+            epoch_images_per_s,
+            energy_pj: eval.energy_pj,
+            normalized_energy: eval.normalized_energy,
+            lr: (!lr_reported).then_some(lr),
+            fullbit_share: eval.fullbit_share(),
+            block_fullbit_shares: eval.block_shares.clone(),
+        });
         observer.log(format!(
             "epoch {epoch}/{} lr {}: train loss {:.4} top-1 {:.2}% | test loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% (epoch {}) | energy {:.4}{} | {:.0} images/s",
             self.spec.epochs,

@@ -3,6 +3,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use camp_proto::metric::{EpochMetrics, StepMetrics};
 use camp_proto::spec::{JobSpec, LrStep};
 use camp_worker::data;
 use camp_worker::stage::{CheckpointBlob, Control, Observer, StageOutcome, Summary};
@@ -54,10 +55,11 @@ impl Recorder {
 }
 
 impl Observer for Recorder {
-    fn metrics(&mut self, step: i64, epoch: u32, values: &[(&str, f64)]) {
-        for (name, value) in values {
-            self.metrics.push((step, epoch, name.to_string(), *value));
-        }
+    fn step(&mut self, m: &StepMetrics) {
+        self.metrics.extend(m.points().into_iter().map(|(name, value)| (m.step, m.epoch, name.to_string(), value)));
+    }
+    fn epoch(&mut self, m: &EpochMetrics) {
+        self.metrics.extend(m.points().into_iter().map(|(name, value)| (m.step, m.epoch, name.to_string(), value)));
     }
     fn log(&mut self, line: String) {
         self.logs.push(line);

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use camp_proto::pipeline::{topological_order, DagNode};
 use camp_proto::spec::Stage;
 use camp_proto::v1::{self, CancelExperimentRequest, GetExperimentRequest, SubmitPipelineRequest};
 use camp_proto::JobSpec;
@@ -189,15 +190,9 @@ fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError
 /// Reads a pipeline file: `{name, max_attempts?, nodes: [{key, name?, after?, init_from?, priority?, spec}]}`.
 pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageError> {
     let file: PipelineFile = serde_yaml::from_str(text).map_err(|err| UsageError(err.to_string()))?;
-    if file.nodes.is_empty() {
-        return Err(UsageError("nodes: the pipeline has no node".into()));
-    }
     let name = file.name.unwrap_or_else(|| default_name.to_owned());
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for node in file.nodes {
-        if node.key.trim().is_empty() || node.key.contains(char::is_whitespace) {
-            return Err(UsageError(format!("node '{}': key: must be non-empty, without spaces", node.key)));
-        }
         let spec = node_spec(&node.key, &node.spec)?;
         nodes.push(Node {
             name: node.name.unwrap_or_else(|| format!("{name}/{}", node.key)),
@@ -212,97 +207,26 @@ pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageE
     Ok(Pipeline { name, max_attempts: file.max_attempts, nodes })
 }
 
-/// Checks the keys and edges: unique keys, parents that exist, no cycle, sp
-/// from a qat node and rl from an sp node of the same network. Returns the
-/// nodes in topological order (the file's order where it is free).
-pub fn check_dag(nodes: &[Node]) -> Result<Vec<Node>, UsageError> {
-    let mut by_key: HashMap<&str, &Node> = HashMap::new();
-    for node in nodes {
-        if by_key.insert(node.key.as_str(), node).is_some() {
-            return Err(UsageError(format!("node '{}': key: used twice", node.key)));
-        }
+impl DagNode for Node {
+    fn key(&self) -> &str {
+        &self.key
     }
-    for node in nodes {
-        let fail = |what: String| UsageError(format!("node '{}': {what}", node.key));
-        for parent in &node.after {
-            if parent == &node.key {
-                return Err(fail("after: a node cannot wait for itself".into()));
-            }
-            if !by_key.contains_key(parent.as_str()) {
-                return Err(fail(format!("after: no node '{parent}'")));
-            }
-        }
-        if !node.init_from.is_empty() {
-            if node.init_from == node.key {
-                return Err(fail("init_from: a node cannot start from itself".into()));
-            }
-            let Some(parent) = by_key.get(node.init_from.as_str()) else {
-                return Err(fail(format!("init_from: no node '{}'", node.init_from)));
-            };
-            if node.spec.init_from != 0 {
-                return Err(fail("init_from: given both as a node key and as spec.init_from".into()));
-            }
-            if let Some(want) = required_parent(node.spec.stage) {
-                if parent.spec.stage != want {
-                    return Err(fail(format!(
-                        "init_from: stage {} starts from a {} node, not '{}' ({})",
-                        node.spec.stage.as_str(),
-                        want.as_str(),
-                        parent.key,
-                        parent.spec.stage.as_str()
-                    )));
-                }
-            }
-            if parent.spec.arch != node.spec.arch || parent.spec.dataset != node.spec.dataset {
-                return Err(fail(format!(
-                    "init_from: '{}' trains {} on {}, this node {} on {}",
-                    parent.key, parent.spec.arch, parent.spec.dataset, node.spec.arch, node.spec.dataset
-                )));
-            }
-        } else if node.spec.init_from == 0 {
-            if let Some(want) = required_parent(node.spec.stage) {
-                return Err(fail(format!(
-                    "init_from: stage {} starts from a {} job: name its node (init_from) or its job id (spec.init_from)",
-                    node.spec.stage.as_str(),
-                    want.as_str()
-                )));
-            }
-        }
+    fn after(&self) -> &[String] {
+        &self.after
     }
-    // Kahn's algorithm, taking the earliest ready node in file order each time.
-    let parents = |node: &Node| -> Vec<String> {
-        let mut all = node.after.clone();
-        if !node.init_from.is_empty() && !all.contains(&node.init_from) {
-            all.push(node.init_from.clone());
-        }
-        all
-    };
-    let mut placed: HashSet<String> = HashSet::new();
-    let mut order = Vec::with_capacity(nodes.len());
-    while order.len() < nodes.len() {
-        let next = nodes.iter().find(|node| !placed.contains(&node.key) && parents(node).iter().all(|p| placed.contains(p)));
-        match next {
-            Some(node) => {
-                placed.insert(node.key.clone());
-                order.push(node.clone());
-            }
-            None => {
-                let stuck: Vec<String> =
-                    nodes.iter().filter(|node| !placed.contains(&node.key)).map(|node| format!("'{}'", node.key)).collect();
-                return Err(UsageError(format!("nodes: a cycle among {} (after / init_from)", stuck.join(", "))));
-            }
-        }
+    fn init_from(&self) -> Option<&str> {
+        (!self.init_from.is_empty()).then_some(self.init_from.as_str())
     }
-    Ok(order)
+    fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
 }
 
-/// The stage a job of this stage starts from: sp from qat, rl from sp.
-fn required_parent(stage: Stage) -> Option<Stage> {
-    match stage {
-        Stage::Sp => Some(Stage::Qat),
-        Stage::Rl => Some(Stage::Sp),
-        Stage::Baseline | Stage::Qat => None,
-    }
+/// Checks the DAG by the contract's rules (`camp_proto::pipeline`, which the
+/// coordinator applies again) and returns the nodes parents first.
+pub fn check_dag(nodes: &[Node]) -> Result<Vec<Node>, UsageError> {
+    let order = topological_order(nodes).map_err(|err| UsageError(err.to_string()))?;
+    Ok(order.into_iter().map(|i| nodes[i].clone()).collect())
 }
 
 pub async fn camp(opts: &GlobalOpts, args: &PipelineCampArgs) -> anyhow::Result<()> {
@@ -800,14 +724,14 @@ nodes:
         let e = err("name: x\nnodes:\n  - {key: s, spec: {stage: sp}}\n");
         assert!(e.contains("node 's': init_from") && e.contains("qat"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: b, spec: {stage: baseline}}\n  - {key: s, init_from: b, spec: {stage: sp}}\n");
-        assert!(e.contains("node 's': init_from: stage sp starts from a qat node"), "{e}");
+        assert!(e.contains("node 's': init_from: 'b': stage sp starts from a qat job, not a baseline job"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: q, spec: {stage: qat, arch: preact_resnet32_cifar}}\n  - {key: s, init_from: q, spec: {stage: sp}}\n");
         assert!(e.contains("node 's': init_from") && e.contains("preact_resnet32_cifar"), "{e}");
         let e = err("name: x\nnodes:\n  - {key: a, after: [b], spec: {stage: qat}}\n  - {key: b, after: [a], spec: {stage: qat}}\n");
         assert!(e.contains("cycle") && e.contains("'a'") && e.contains("'b'"), "{e}");
-        // A job id instead of a node key is fine for sp/rl.
-        let ok = parse_pipeline("name: x\nnodes:\n  - {key: s, spec: {stage: sp, init_from: 42}}\n", "f").unwrap();
-        assert_eq!(ok.nodes[0].spec.init_from, 42);
+        // A job id instead of a node key is for stand-alone jobs (the coordinator refuses it in a pipeline).
+        let e = err("name: x\nnodes:\n  - {key: s, spec: {stage: sp, init_from: 42}}\n");
+        assert!(e.contains("node 's': init_from: a node starts from another node (init_from: KEY), not from job 42"), "{e}");
     }
 
     #[test]

@@ -247,7 +247,11 @@ pub mod tests {
         assert_eq!(rows[2].variant(), "1/1");
         assert_eq!((rows[2].top1, rows[2].state.as_str()), (None, "failed"));
         assert_eq!(rows[3].fullbit_share, Some(0.48));
-        assert_eq!(rows[3].top1, Some(0.905), "the final model's top-1, from the evaluation its energy and share come from, not the best epoch's");
+        assert_eq!(
+            rows[3].top1,
+            Some(0.905),
+            "the final model's top-1, from the evaluation its energy and share come from, not the best epoch's"
+        );
         assert_eq!(rows[3].alpha, None);
         assert_eq!(rows[4].alpha, Some(0.1));
         assert_eq!(rows[4].variant(), "α=0.1");

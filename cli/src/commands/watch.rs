@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
+use camp_proto::metric::MetricName;
 use camp_proto::v1::{self, job_event::Event, GetJobRequest, WatchJobRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -97,43 +98,19 @@ impl WatchDisplay for JsonLines {
     fn finish(&mut self, _job: &v1::Job) {}
 }
 
-/// The metrics `watch` shows, by the names the worker reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tracked {
-    StepLoss,
-    StepTop1,
-    TrainLoss,
-    TrainTop1,
-    TestLoss,
-    TestTop1,
-    TestTop5,
-    Lr,
-    ImagesPerSec,
-    EpochImagesPerSec,
-}
-
-impl Tracked {
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "loss" => Tracked::StepLoss,
-            "top1" => Tracked::StepTop1,
-            "train_loss" => Tracked::TrainLoss,
-            "train_top1" => Tracked::TrainTop1,
-            "test_loss" => Tracked::TestLoss,
-            "test_top1" => Tracked::TestTop1,
-            "test_top5" => Tracked::TestTop5,
-            "lr" => Tracked::Lr,
-            "images_per_s" => Tracked::ImagesPerSec,
-            "epoch_images_per_s" => Tracked::EpochImagesPerSec,
-            _ => return None,
-        })
-    }
-
-    /// Reported only once per epoch, so its `step` is the global step at the epoch's end.
-    fn is_epoch_summary(self) -> bool {
-        !matches!(self, Tracked::StepLoss | Tracked::StepTop1 | Tracked::Lr | Tracked::ImagesPerSec)
-    }
-}
+/// The series `watch` shows; the others (energy, shares, best top-1) are left to `camp show`.
+const TRACKED: [MetricName; 10] = [
+    MetricName::Loss,
+    MetricName::Top1,
+    MetricName::TrainLoss,
+    MetricName::TrainTop1,
+    MetricName::TestLoss,
+    MetricName::TestTop1,
+    MetricName::TestTop5,
+    MetricName::Lr,
+    MetricName::ImagesPerS,
+    MetricName::EpochImagesPerS,
+];
 
 /// One epoch's summary metrics as they arrive.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -148,16 +125,16 @@ struct EpochSummary {
 }
 
 impl EpochSummary {
-    fn set(&mut self, metric: Tracked, value: f64) {
+    fn set(&mut self, metric: MetricName, value: f64) {
         let slot = match metric {
-            Tracked::TrainLoss => &mut self.train_loss,
-            Tracked::TrainTop1 => &mut self.train_top1,
-            Tracked::TestLoss => &mut self.test_loss,
-            Tracked::TestTop1 => &mut self.test_top1,
-            Tracked::TestTop5 => &mut self.test_top5,
-            Tracked::Lr => &mut self.lr,
-            Tracked::EpochImagesPerSec => &mut self.images_per_s,
-            Tracked::StepLoss | Tracked::StepTop1 | Tracked::ImagesPerSec => return,
+            MetricName::TrainLoss => &mut self.train_loss,
+            MetricName::TrainTop1 => &mut self.train_top1,
+            MetricName::TestLoss => &mut self.test_loss,
+            MetricName::TestTop1 => &mut self.test_top1,
+            MetricName::TestTop5 => &mut self.test_top5,
+            MetricName::Lr => &mut self.lr,
+            MetricName::EpochImagesPerS => &mut self.images_per_s,
+            _ => return,
         };
         *slot = Some(value);
     }
@@ -306,19 +283,19 @@ impl Live {
     }
 
     fn on_metric(&mut self, metric: &v1::Metric) {
-        let Some(tracked) = Tracked::from_name(&metric.name) else {
+        let Some(tracked) = MetricName::parse(&metric.name).filter(|name| TRACKED.contains(name)) else {
             return;
         };
         self.flush_epochs(|epoch| epoch < metric.epoch);
         self.epoch = metric.epoch;
         self.step = metric.step;
         match tracked {
-            Tracked::StepLoss | Tracked::TrainLoss => self.loss = Some(metric.value),
-            Tracked::StepTop1 | Tracked::TrainTop1 => self.top1 = Some(metric.value),
-            Tracked::ImagesPerSec | Tracked::EpochImagesPerSec => self.images_per_s = Some(metric.value),
+            MetricName::Loss | MetricName::TrainLoss => self.loss = Some(metric.value),
+            MetricName::Top1 | MetricName::TrainTop1 => self.top1 = Some(metric.value),
+            MetricName::ImagesPerS | MetricName::EpochImagesPerS => self.images_per_s = Some(metric.value),
             _ => {}
         }
-        if tracked == Tracked::TestTop1 && self.best.is_none_or(|best| metric.value > best.top1) {
+        if tracked == MetricName::TestTop1 && self.best.is_none_or(|best| metric.value > best.top1) {
             self.best = Some(Best { top1: metric.value, epoch: metric.epoch });
         }
         if tracked.is_epoch_summary() && metric.epoch > 0 && metric.step > 0 {
@@ -469,12 +446,12 @@ mod tests {
         for (name, value) in
             [("train_loss", 1.2345), ("train_top1", 0.551), ("test_loss", 1.1), ("test_top1", 0.602), ("test_top5", 0.95), ("lr", 0.1)]
         {
-            summary.set(Tracked::from_name(name).unwrap(), value);
+            summary.set(MetricName::parse(name).unwrap(), value);
         }
         assert!(!summary.is_complete());
-        summary.set(Tracked::ImagesPerSec, 1.0);
+        summary.set(MetricName::ImagesPerS, 1.0);
         assert!(!summary.is_complete(), "step throughput is not the epoch's");
-        summary.set(Tracked::EpochImagesPerSec, 8900.4);
+        summary.set(MetricName::EpochImagesPerS, 8900.4);
         assert!(summary.is_complete());
         assert_eq!(
             summary.line(3, 200, Some(Best { top1: 0.602, epoch: 3 })),

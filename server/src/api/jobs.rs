@@ -330,11 +330,6 @@ impl JobService for JobApi {
             validate::name(&format!("{at}.init_from"), &n.init_from)?;
             self.access.check_priority(&user, n.priority, &format!("{at}.priority"))?;
             let spec = validate::spec(&format!("{at}.spec"), n.spec.as_ref())?;
-            if spec.init_from != 0 {
-                return Err(
-                    ApiError::invalid(format!("{at}.spec.init_from"), "inside a pipeline, name the node (init_from) instead").into()
-                );
-            }
             let name = if n.name.trim().is_empty() { format!("{}-{}", r.name.trim(), n.key) } else { job_name(&n.name, &spec) };
             let init_from = (!n.init_from.is_empty()).then_some(n.init_from);
             nodes.push(NewNode { key: n.key, name, spec, after: n.after, init_from, priority: n.priority });

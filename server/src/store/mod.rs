@@ -183,6 +183,21 @@ pub struct NewNode {
     pub priority: i32,
 }
 
+impl camp_proto::pipeline::DagNode for NewNode {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn after(&self) -> &[String] {
+        &self.after
+    }
+    fn init_from(&self) -> Option<&str> {
+        self.init_from.as_deref()
+    }
+    fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewPipeline {
     pub name: String,

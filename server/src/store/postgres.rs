@@ -305,45 +305,16 @@ async fn insert_job(
     Ok(id)
 }
 
-/// The nodes in an order where every node comes after the nodes it names.
+/// The nodes in an order where every node comes after the nodes it names,
+/// by the contract's rules (`camp_proto::pipeline`, which the CLI applies too).
 fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
-    let invalid = |field: String, reason: String| StoreError::Invalid { field, reason };
-    if nodes.is_empty() {
-        return Err(invalid("nodes".into(), "a pipeline needs at least one job".into()));
-    }
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        if n.key.trim().is_empty() {
-            return Err(invalid(format!("nodes[{i}].key"), "must not be empty".into()));
-        }
-        if index.insert(n.key.as_str(), i).is_some() {
-            return Err(invalid(format!("nodes[{i}].key"), format!("'{}' is used twice", n.key)));
-        }
-    }
-    let mut parents: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
-    for (i, n) in nodes.iter().enumerate() {
-        let mut ps = Vec::new();
-        for (field, key) in n.after.iter().map(|k| ("after", k)).chain(n.init_from.iter().map(|k| ("init_from", k))) {
-            let p =
-                *index.get(key.as_str()).ok_or_else(|| invalid(format!("nodes[{i}] ({}).{field}", n.key), format!("no node '{key}'")))?;
-            ps.push(p);
-        }
-        parents.push(ps);
-    }
-    let mut order = Vec::with_capacity(nodes.len());
-    let mut placed = vec![false; nodes.len()];
-    while order.len() < nodes.len() {
-        let ready: Vec<usize> = (0..nodes.len()).filter(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p])).collect();
-        if ready.is_empty() {
-            let stuck = (0..nodes.len()).find(|&i| !placed[i]).expect("some node is unplaced");
-            return Err(invalid("nodes".into(), format!("the dependencies form a cycle through '{}'", nodes[stuck].key)));
-        }
-        for i in ready {
-            placed[i] = true;
-            order.push(i);
-        }
-    }
-    Ok(order)
+    camp_proto::pipeline::topological_order(nodes).map_err(|e| StoreError::Invalid {
+        field: match &e.node {
+            Some((i, key)) => format!("nodes[{i}] ({key}).{}", e.field),
+            None => e.field.to_string(),
+        },
+        reason: e.reason,
+    })
 }
 
 /// What a submission makes, which its request key stands for.
@@ -473,16 +444,15 @@ impl Store for PgStore {
             .bind(&p.owner)
             .fetch_one(&mut *tx)
             .await?;
-        let mut ids: HashMap<&str, (i64, &JobSpec)> = HashMap::new();
+        let mut ids: HashMap<&str, i64> = HashMap::new();
         for i in order {
             let node = &p.nodes[i];
             let mut spec = node.spec.clone();
+            // The parent's stage and network were checked with the order.
             let init = node.init_from.as_deref().map(|k| ids[k]);
-            spec.init_from = init.map_or(0, |(id, _)| id);
-            spec.check_init_parent(init.map(|(_, s)| s))
-                .map_err(|e| StoreError::Invalid { field: format!("nodes[{i}] ({}).spec.{}", node.key, e.field), reason: e.reason })?;
-            let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()].0).collect();
-            parents.extend(init.map(|(id, _)| id));
+            spec.init_from = init.unwrap_or(0);
+            let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()]).collect();
+            parents.extend(init);
             parents.sort_unstable();
             parents.dedup();
             let job = NewJob {
@@ -494,7 +464,7 @@ impl Store for PgStore {
                 request: None,
             };
             let id = insert_job(&mut tx, &job, Some(experiment_id), &node.key, &parents).await?;
-            ids.insert(node.key.as_str(), (id, &node.spec));
+            ids.insert(node.key.as_str(), id);
         }
         if let Some(key) = &p.request {
             record_request_key(&mut tx, &p.owner, key, None, Some(experiment_id)).await?;
