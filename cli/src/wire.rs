@@ -3,7 +3,7 @@
 use camp_proto::v1;
 use serde_json::{json, Value};
 
-use crate::output::{json_f64, json_opt_f64};
+use crate::output::json_f64;
 
 /// Lowercase state name: queued, running, succeeded, failed, cancelled.
 pub fn state_name(state: i32) -> &'static str {
@@ -41,42 +41,15 @@ pub fn final_top1(result: &Value) -> Option<f64> {
     result.get("final_top1")?.as_f64()
 }
 
+/// The spec as the contract reads it (`camp_proto::JobSpec`: every field, the
+/// stage's defaults where the wire left a knob unset), so a field added to the
+/// contract is shown without a line here. A spec the contract refuses (a newer
+/// or broken coordinator) is shown as the reason, not half.
 pub fn spec(spec: &v1::JobSpec) -> Value {
-    let lr_schedule: Vec<Value> =
-        spec.lr_schedule.iter().map(|step| json!({ "epoch": step.epoch, "gamma": json_f64(step.gamma) })).collect();
-    json!({
-        "stage": spec.stage,
-        "arch": spec.arch,
-        "dataset": spec.dataset,
-        "lr": json_f64(spec.lr),
-        "batch_size": spec.batch_size,
-        "epochs": spec.epochs,
-        "weight_decay": json_f64(spec.weight_decay),
-        "momentum": json_f64(spec.momentum),
-        "print_freq": spec.print_freq,
-        "seed": spec.seed,
-        "device": spec.device,
-        "lr_schedule": lr_schedule,
-        "bf16": spec.bf16,
-        "channels_last": spec.channels_last,
-        "train_limit": spec.train_limit,
-        "test_limit": spec.test_limit,
-        "bits_weights": spec.bits_weights,
-        "bits_activations": spec.bits_activations,
-        "act_quant": spec.act_quant,
-        "bits_overrides": spec.bits_overrides.iter().map(|o| json!({ "pattern": o.pattern, "wts": o.wts, "acts": o.acts })).collect::<Vec<_>>(),
-        "energy_table": spec.energy_table.as_ref().map(|t| json!({
-            "name": t.name, "fp32_pj": json_f64(t.fp32_pj), "int8_mult_pj": json_f64(t.int8_mult_pj),
-            "int8_add_pj": json_f64(t.int8_add_pj),
-        })),
-        "alpha": json_opt_f64(spec.alpha),
-        "gamma": json_opt_f64(spec.gamma),
-        "rl_weight": json_opt_f64(spec.rl_weight),
-        "rl_task_reward": if spec.rl_task_reward.is_empty() { "per_image" } else { spec.rl_task_reward.as_str() },
-        "default_overrides": spec.default_overrides.unwrap_or(true),
-        "pact_weight_decay": json_opt_f64(spec.pact_weight_decay),
-        "init_from": spec.init_from,
-    })
+    match camp_proto::JobSpec::from_proto(spec) {
+        Ok(spec) => serde_json::to_value(&spec).unwrap_or(Value::Null),
+        Err(err) => json!({ "invalid": err.to_string() }),
+    }
 }
 
 pub fn job(job: &v1::Job) -> Value {
@@ -219,17 +192,86 @@ mod tests {
         let inf = |value| metric(4, &v1::Metric { value, ..Default::default() })["value"].clone();
         assert_eq!((inf(f64::INFINITY), inf(f64::NEG_INFINITY)), (json!("inf"), json!("-inf")));
         assert_eq!(inf(1e308).to_string(), "1e+308");
-        let spec = v1::JobSpec {
-            lr: f64::INFINITY,
-            alpha: Some(f64::NAN),
-            energy_table: Some(v1::EnergyTable { fp32_pj: f64::NEG_INFINITY, ..Default::default() }),
-            ..Default::default()
+        let broken = super::spec(&v1::JobSpec { lr: f64::INFINITY, ..camp_proto::JobSpec::default().to_proto() });
+        assert!(broken["invalid"].as_str().unwrap().contains("lr: must be"), "{broken}");
+    }
+
+    /// A new field of the wire spec fails this test (the literal below stops
+    /// compiling) until it is named here and `camp show --json` shows it.
+    #[test]
+    fn show_json_carries_every_field_of_the_wire_spec() {
+        let wire = v1::JobSpec {
+            stage: "rl".into(),
+            arch: "preact_resnet32_cifar".into(),
+            dataset: "fashion-mnist".into(),
+            lr: 0.05,
+            batch_size: 64,
+            epochs: 7,
+            weight_decay: 1e-4,
+            momentum: 0.8,
+            print_freq: 20,
+            seed: 3,
+            device: "cuda".into(),
+            lr_schedule: vec![v1::LrStep { epoch: 5, gamma: 0.1 }],
+            bf16: true,
+            channels_last: true,
+            train_limit: 1000,
+            test_limit: 500,
+            bits_weights: Some(2),
+            bits_activations: Some(2),
+            act_quant: "pact".into(),
+            bits_overrides: vec![v1::BitsOverride { pattern: "fc".into(), wts: None, acts: None }],
+            default_overrides: Some(false),
+            energy_table: Some(v1::EnergyTable { name: "t".into(), fp32_pj: 4.0, int8_mult_pj: 0.2, int8_add_pj: 0.03 }),
+            alpha: Some(0.3),
+            gamma: Some(0.9),
+            rl_weight: Some(0.5),
+            rl_task_reward: "batch_mean".into(),
+            init_from: 9,
+            pact_weight_decay: Some(0.001),
         };
-        let value = super::spec(&spec);
+        let names = [
+            "stage",
+            "arch",
+            "dataset",
+            "lr",
+            "batch_size",
+            "epochs",
+            "weight_decay",
+            "momentum",
+            "print_freq",
+            "seed",
+            "device",
+            "lr_schedule",
+            "bf16",
+            "channels_last",
+            "train_limit",
+            "test_limit",
+            "bits_weights",
+            "bits_activations",
+            "act_quant",
+            "bits_overrides",
+            "default_overrides",
+            "energy_table",
+            "alpha",
+            "gamma",
+            "rl_weight",
+            "rl_task_reward",
+            "init_from",
+            "pact_weight_decay",
+        ];
+        let shown = spec(&wire);
+        let keys: Vec<&str> = shown.as_object().unwrap_or_else(|| panic!("{shown}")).keys().map(String::as_str).collect();
+        for name in names {
+            assert!(keys.contains(&name), "camp show --json leaves out spec.{name}: {shown}");
+        }
+        assert_eq!(keys.len(), names.len(), "{keys:?}");
         assert_eq!(
-            (&value["lr"], &value["alpha"], &value["energy_table"]["fp32_pj"], &value["gamma"]),
-            (&json!("inf"), &json!("NaN"), &json!("-inf"), &Value::Null)
+            (&shown["pact_weight_decay"], &shown["rl_task_reward"], &shown["alpha"]),
+            (&json!(0.001), &json!("batch_mean"), &json!(0.3))
         );
+        let unset = spec(&camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).to_proto());
+        assert_eq!(unset["rl_weight"], json!(camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).rl_weight));
     }
 
     #[test]

@@ -151,10 +151,12 @@ fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
         ));
     }
     if stage == Some(camp_proto::spec::Stage::Rl) {
+        // An unset knob takes the contract's default.
+        let defaults = camp_proto::JobSpec::default();
         let or = |v: Option<f64>, d: f64| exact(v.unwrap_or(d));
-        fields.push(("alpha", or(spec.alpha, 0.1)));
-        fields.push(("gamma", or(spec.gamma, 1.0)));
-        fields.push(("rl_weight", or(spec.rl_weight, 0.01)));
+        fields.push(("alpha", or(spec.alpha, defaults.alpha)));
+        fields.push(("gamma", or(spec.gamma, defaults.gamma)));
+        fields.push(("rl_weight", or(spec.rl_weight, defaults.rl_weight)));
         let reward = if spec.rl_task_reward.is_empty() { "per_image" } else { spec.rl_task_reward.as_str() };
         fields.push(("rl_task_reward", reward.to_owned()));
     }

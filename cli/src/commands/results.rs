@@ -55,7 +55,7 @@ impl ResultRow {
             stage: spec.stage.clone(),
             bits_weights: as_u32(result.get("bits_weights")).or(spec_bits(spec.bits_weights)),
             bits_activations: as_u32(result.get("bits_activations")).or(spec_bits(spec.bits_activations)),
-            alpha: (stage == Some(Stage::Rl)).then(|| spec.alpha.unwrap_or(0.1)),
+            alpha: (stage == Some(Stage::Rl)).then(|| spec.alpha.unwrap_or(camp_proto::JobSpec::default().alpha)),
             top1: wire::final_top1(&result),
             normalized_energy: number("normalized_energy"),
             fullbit_share: number("fullbit_share"),
@@ -69,8 +69,8 @@ impl ResultRow {
             return format!("α={}", exact(alpha));
         }
         match (self.bits_weights, self.bits_activations) {
-            (Some(32) | None, Some(32) | None) if self.stage == "baseline" => "fp32".into(),
-            (Some(w), Some(a)) if self.stage == "sp" => format!("{w}/{a} & 4/4"),
+            (Some(32) | None, Some(32) | None) if self.stage == Stage::Baseline.as_str() => "fp32".into(),
+            (Some(w), Some(a)) if self.stage == Stage::Sp.as_str() => format!("{w}/{a} & 4/4"),
             (Some(w), Some(a)) => format!("{w}/{a}"),
             _ => String::new(),
         }
