@@ -7,14 +7,18 @@
 
 use crate::spec::JobSpec;
 
-/// What the rules read of a node, whichever side holds it.
-pub trait DagNode {
-    fn key(&self) -> &str;
+/// One node of a pipeline, as the CLI builds it and the coordinator stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub key: String,
+    /// The job's name.
+    pub name: String,
+    pub spec: JobSpec,
     /// The keys of the nodes this one waits for.
-    fn after(&self) -> &[String];
-    /// The key of the node whose weights this one starts from.
-    fn init_from(&self) -> Option<&str>;
-    fn spec(&self) -> &JobSpec;
+    pub after: Vec<String>,
+    /// The key of the node whose best checkpoint this one starts from.
+    pub init_from: Option<String>,
+    pub priority: i32,
 }
 
 /// What is wrong with a pipeline: the node (its index and key) when one is to
@@ -35,30 +39,30 @@ pub struct DagError {
 ///
 /// Returns the indices of the nodes in an order where each comes after every
 /// node it names, the given order where that leaves a choice.
-pub fn topological_order<N: DagNode>(nodes: &[N]) -> Result<Vec<usize>, DagError> {
+pub fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, DagError> {
     if nodes.is_empty() {
         return Err(DagError { node: None, field: "nodes", reason: "the pipeline has no node".into() });
     }
-    let fail = |i: usize, field: &'static str, reason: String| DagError { node: Some((i, nodes[i].key().to_owned())), field, reason };
+    let fail = |i: usize, field: &'static str, reason: String| DagError { node: Some((i, nodes[i].key.clone())), field, reason };
     let mut index = std::collections::HashMap::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
-        if node.key().is_empty() || node.key().contains(char::is_whitespace) {
+        if node.key.is_empty() || node.key.contains(char::is_whitespace) {
             return Err(fail(i, "key", "must be non-empty, without spaces".into()));
         }
-        if index.insert(node.key(), i).is_some() {
+        if index.insert(node.key.as_str(), i).is_some() {
             return Err(fail(i, "key", "used twice".into()));
         }
     }
     let mut parents: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let mut mine = Vec::new();
-        for key in node.after() {
-            if key == node.key() {
+        for key in &node.after {
+            if *key == node.key {
                 return Err(fail(i, "after", "a node cannot wait for itself".into()));
             }
             mine.push(*index.get(key.as_str()).ok_or_else(|| fail(i, "after", format!("no node '{key}'")))?);
         }
-        let spec = node.spec();
+        let spec = &node.spec;
         if spec.init_from != 0 {
             return Err(fail(
                 i,
@@ -66,13 +70,13 @@ pub fn topological_order<N: DagNode>(nodes: &[N]) -> Result<Vec<usize>, DagError
                 format!("a node starts from another node (init_from: KEY), not from job {} (spec.init_from)", spec.init_from),
             ));
         }
-        match node.init_from() {
+        match node.init_from.as_deref() {
             Some(key) => {
-                if key == node.key() {
+                if key == node.key {
                     return Err(fail(i, "init_from", "a node cannot start from itself".into()));
                 }
                 let p = *index.get(key).ok_or_else(|| fail(i, "init_from", format!("no node '{key}'")))?;
-                spec.check_init_parent(Some(nodes[p].spec())).map_err(|e| fail(i, "init_from", format!("'{key}': {}", e.reason)))?;
+                spec.check_init_parent(Some(&nodes[p].spec)).map_err(|e| fail(i, "init_from", format!("'{key}': {}", e.reason)))?;
                 mine.push(p);
             }
             None => spec.check_init_parent(None).map_err(|e| fail(i, "init_from", e.reason))?,
@@ -84,7 +88,7 @@ pub fn topological_order<N: DagNode>(nodes: &[N]) -> Result<Vec<usize>, DagError
     let mut order = Vec::with_capacity(nodes.len());
     while order.len() < nodes.len() {
         let Some(next) = (0..nodes.len()).find(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p])) else {
-            let stuck: Vec<String> = (0..nodes.len()).filter(|&i| !placed[i]).map(|i| format!("'{}'", nodes[i].key())).collect();
+            let stuck: Vec<String> = (0..nodes.len()).filter(|&i| !placed[i]).map(|i| format!("'{}'", nodes[i].key)).collect();
             return Err(DagError { node: None, field: "nodes", reason: format!("a cycle among {} (after / init_from)", stuck.join(", ")) });
         };
         placed[next] = true;
@@ -98,34 +102,14 @@ mod tests {
     use super::*;
     use crate::spec::Stage;
 
-    struct Node {
-        key: String,
-        after: Vec<String>,
-        init_from: Option<String>,
-        spec: JobSpec,
-    }
-
-    impl DagNode for Node {
-        fn key(&self) -> &str {
-            &self.key
-        }
-        fn after(&self) -> &[String] {
-            &self.after
-        }
-        fn init_from(&self) -> Option<&str> {
-            self.init_from.as_deref()
-        }
-        fn spec(&self) -> &JobSpec {
-            &self.spec
-        }
-    }
-
     fn node(key: &str, stage: Stage, after: &[&str], init_from: &str) -> Node {
         Node {
             key: key.into(),
+            name: key.into(),
+            spec: JobSpec::defaults_for(stage),
             after: after.iter().map(|k| k.to_string()).collect(),
             init_from: (!init_from.is_empty()).then(|| init_from.into()),
-            spec: JobSpec::defaults_for(stage),
+            priority: 0,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use camp_proto::pipeline::{topological_order, DagNode};
+use camp_proto::pipeline::{topological_order, Node};
 use camp_proto::spec::Stage;
 use camp_proto::v1::{self, CancelExperimentRequest, GetExperimentRequest, SubmitPipelineRequest};
 use camp_proto::JobSpec;
@@ -18,18 +18,6 @@ use crate::exit::UsageError;
 use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
 use crate::pages;
 use crate::wire;
-
-/// One node of a pipeline as the CLI builds it, before it goes on the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Node {
-    pub key: String,
-    pub name: String,
-    pub spec: JobSpec,
-    pub after: Vec<String>,
-    /// Key of the node whose best checkpoint it starts from ("" = none).
-    pub init_from: String,
-    pub priority: i32,
-}
 
 /// A whole pipeline: what SubmitPipeline takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +41,7 @@ impl Pipeline {
                     name: node.name.clone(),
                     spec: Some(node.spec.to_proto()),
                     after: node.after.clone(),
-                    init_from: node.init_from.clone(),
+                    init_from: node.init_from.clone().unwrap_or_default(),
                     priority: node.priority,
                 })
                 .collect(),
@@ -117,7 +105,7 @@ pub fn camp_pipeline(args: &PipelineCampArgs) -> Result<Pipeline, UsageError> {
         name: format!("{name}/{key}"),
         spec,
         after: Vec::new(),
-        init_from: init_from.to_owned(),
+        init_from: (!init_from.is_empty()).then(|| init_from.to_owned()),
         priority: args.priority,
     };
 
@@ -199,27 +187,12 @@ pub fn parse_pipeline(text: &str, default_name: &str) -> Result<Pipeline, UsageE
             key: node.key,
             spec,
             after: node.after,
-            init_from: node.init_from.unwrap_or_default(),
+            init_from: node.init_from,
             priority: node.priority,
         });
     }
     let nodes = check_dag(&nodes)?;
     Ok(Pipeline { name, max_attempts: file.max_attempts, nodes })
-}
-
-impl DagNode for Node {
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn after(&self) -> &[String] {
-        &self.after
-    }
-    fn init_from(&self) -> Option<&str> {
-        (!self.init_from.is_empty()).then_some(self.init_from.as_str())
-    }
-    fn spec(&self) -> &JobSpec {
-        &self.spec
-    }
 }
 
 /// Checks the DAG by the contract's rules (`camp_proto::pipeline`, which the
@@ -505,8 +478,7 @@ mod tests {
         assert_eq!(pipeline.name, "camp-preact_resnet44_cifar-cifar100");
         let keys: Vec<&str> = pipeline.nodes.iter().map(|n| n.key.as_str()).collect();
         assert_eq!(keys, ["baseline", "qat4", "qat1", "sp", "rl-0.01", "rl-0.05", "rl-0.1", "rl-0.2", "rl-0.5"]);
-        let edges: Vec<(&str, &str)> =
-            pipeline.nodes.iter().filter(|n| !n.init_from.is_empty()).map(|n| (n.init_from.as_str(), n.key.as_str())).collect();
+        let edges: Vec<(&str, &str)> = pipeline.nodes.iter().filter_map(|n| Some((n.init_from.as_deref()?, n.key.as_str()))).collect();
         assert_eq!(edges, [("qat4", "sp"), ("sp", "rl-0.01"), ("sp", "rl-0.05"), ("sp", "rl-0.1"), ("sp", "rl-0.2"), ("sp", "rl-0.5")]);
         assert!(pipeline.nodes.iter().all(|n| n.after.is_empty()));
 
@@ -673,7 +645,10 @@ nodes:
         assert_eq!(q4.name, "sweep/q4");
         assert_eq!((pipeline.nodes[1].priority, pipeline.nodes[1].spec.epochs), (5, 2));
         let dual = &pipeline.nodes[2];
-        assert_eq!((dual.name.as_str(), dual.init_from.as_str(), dual.after.clone()), ("the sp job", "q4", vec!["base".to_string()]));
+        assert_eq!(
+            (dual.name.as_str(), dual.init_from.as_deref(), dual.after.clone()),
+            ("the sp job", Some("q4"), vec!["base".to_string()])
+        );
         assert_eq!((dual.spec.lr, dual.spec.epochs), (0.01, 2));
         assert_eq!(
             (dual.spec.energy_table.name.as_str(), dual.spec.energy_table.fp32_pj, dual.spec.energy_table.int8_mult_pj),

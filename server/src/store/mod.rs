@@ -172,31 +172,8 @@ pub struct Job {
     pub parents: Vec<i64>,
 }
 
-/// One job of a new pipeline; `after` and `init_from` name other nodes' keys.
-#[derive(Debug, Clone)]
-pub struct NewNode {
-    pub key: String,
-    pub name: String,
-    pub spec: JobSpec,
-    pub after: Vec<String>,
-    pub init_from: Option<String>,
-    pub priority: i32,
-}
-
-impl camp_proto::pipeline::DagNode for NewNode {
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn after(&self) -> &[String] {
-        &self.after
-    }
-    fn init_from(&self) -> Option<&str> {
-        self.init_from.as_deref()
-    }
-    fn spec(&self) -> &JobSpec {
-        &self.spec
-    }
-}
+/// One job of a new pipeline (the contract's node); `after` and `init_from` name other nodes' keys.
+pub use camp_proto::pipeline::Node as NewNode;
 
 #[derive(Debug, Clone)]
 pub struct NewPipeline {
