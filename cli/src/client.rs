@@ -13,8 +13,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::args::GlobalOpts;
 use crate::exit::{UnreachableError, UsageError};
+use crate::global_opts::GlobalOpts;
 
 pub type JobClient = JobServiceClient<InterceptedService<Channel, CallHeaders>>;
 

@@ -4,9 +4,13 @@ mod args;
 mod client;
 mod commands;
 mod exit;
+mod global_opts;
+mod input_files;
 mod output;
 mod pages;
 mod plot;
+mod spec_flags;
+mod values;
 mod wire;
 
 use std::process::ExitCode;

@@ -22,8 +22,10 @@ impl Table {
     }
 }
 
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Table {
+    /// The lines as printed, without their line breaks: the headers in capitals,
+    /// then the rows; each column as wide as its widest cell, two spaces apart.
+    pub fn lines(&self) -> Vec<String> {
         let header: Vec<String> = self.headers.iter().map(|h| h.to_uppercase()).collect();
         let lines: Vec<&[String]> = std::iter::once(header.as_slice()).chain(self.rows.iter().map(Vec::as_slice)).collect();
         let mut widths = vec![0; self.headers.len()];
@@ -32,9 +34,20 @@ impl fmt::Display for Table {
                 *width = (*width).max(cell.chars().count());
             }
         }
-        for line in lines {
-            let cells: Vec<String> = line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-            writeln!(f, "{}", cells.join("  ").trim_end())?;
+        lines
+            .into_iter()
+            .map(|line| {
+                let cells: Vec<String> = line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+                cells.join("  ").trim_end().to_owned()
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in self.lines() {
+            writeln!(f, "{line}")?;
         }
         Ok(())
     }

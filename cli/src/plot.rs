@@ -3,6 +3,9 @@
 //! (1-bit, 4-bit, fp32) joined by a line, the co-adaptive ones (sp, rl) as
 //! markers labelled with their alpha. Drawn with plotters, text in DejaVu Sans
 //! (shipped by the `dejavu` crate, so no system font is needed).
+//!
+//! It draws the points it is handed (`Point`); `commands::plot` makes them from
+//! an experiment's results.
 
 use std::path::Path;
 use std::sync::Once;
@@ -12,8 +15,6 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
-
-use crate::commands::results::ResultRow;
 
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 650;
@@ -53,34 +54,6 @@ pub struct Point {
     pub energy: f64,
     /// Top-1 in percent.
     pub top1: f64,
-}
-
-/// The plottable rows: succeeded jobs with a top-1 and a positive energy.
-pub fn points(rows: &[ResultRow]) -> Vec<Point> {
-    rows.iter()
-        .filter(|row| row.state == "succeeded")
-        .filter_map(|row| {
-            let (top1, energy) = (row.top1?, row.normalized_energy?);
-            if !(top1.is_finite() && energy.is_finite() && energy > 0.0) {
-                return None;
-            }
-            let (series, label) = match row.stage.as_str() {
-                "baseline" => (Series::Fixed, "fp32".to_owned()),
-                "qat" => (
-                    Series::Fixed,
-                    match (row.bits_weights, row.bits_activations) {
-                        (Some(w), Some(a)) if w == a => format!("{w}-bit"),
-                        (Some(w), Some(a)) => format!("w{w}/a{a}"),
-                        _ => "qat".to_owned(),
-                    },
-                ),
-                "sp" => (Series::CoAdaptive, "sp".to_owned()),
-                "rl" => (Series::CoAdaptive, row.alpha.map_or("rl".to_owned(), |a| format!("α={a}"))),
-                _ => return None,
-            };
-            Some(Point { label, series, energy, top1: 100.0 * top1 })
-        })
-        .collect()
 }
 
 /// Room a point label takes, in pixels, when labels are kept apart.
@@ -229,58 +202,25 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    fn row(node: &str, stage: &str, bits: u32, alpha: Option<f64>, top1: f64, energy: f64) -> ResultRow {
-        ResultRow {
-            node: node.into(),
-            job_id: 1,
-            stage: stage.into(),
-            bits_weights: Some(bits),
-            bits_activations: Some(bits),
-            alpha,
-            top1: Some(top1),
-            normalized_energy: Some(energy),
-            fullbit_share: None,
-            state: "succeeded".into(),
-        }
-    }
-
-    fn sample_rows() -> Vec<ResultRow> {
-        let mut failed = row("rl-0.5", "rl", 1, Some(0.5), 0.5, 0.2);
-        failed.state = "failed".into();
+    /// The points of a camp run: fixed precision (fp32, 4-bit, 1-bit) and co-adaptive (sp, rl by alpha).
+    pub fn sample_points() -> Vec<Point> {
+        let point = |label: &str, series, energy, top1: f64| Point { label: label.into(), series, energy, top1: 100.0 * top1 };
         vec![
-            row("baseline", "baseline", 32, None, 0.9186, 70.77),
-            row("qat4", "qat", 4, None, 0.912, 1.0),
-            row("qat1", "qat", 1, None, 0.85, 0.106),
-            row("sp", "sp", 1, None, 0.905, 0.62),
-            row("rl-0.01", "rl", 1, Some(0.01), 0.909, 0.71),
-            row("rl-0.1", "rl", 1, Some(0.1), 0.899, 0.41),
-            row("rl-0.2", "rl", 1, Some(0.2), 0.89, 0.3),
-            failed,
+            point("fp32", Series::Fixed, 70.77, 0.9186),
+            point("4-bit", Series::Fixed, 1.0, 0.912),
+            point("1-bit", Series::Fixed, 0.106, 0.85),
+            point("sp", Series::CoAdaptive, 0.62, 0.905),
+            point("α=0.01", Series::CoAdaptive, 0.71, 0.909),
+            point("α=0.1", Series::CoAdaptive, 0.41, 0.899),
+            point("α=0.2", Series::CoAdaptive, 0.3, 0.89),
         ]
     }
-
-    #[test]
-    fn only_succeeded_jobs_with_results_are_points() {
-        let points = points(&sample_rows());
-        assert_eq!(points.len(), 7);
-        let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
-        assert_eq!(labels, ["fp32", "4-bit", "1-bit", "sp", "α=0.01", "α=0.1", "α=0.2"]);
-        assert_eq!(points[0].series, Series::Fixed);
-        assert_eq!(points[5].series, Series::CoAdaptive);
-        assert!((points[0].top1 - 91.86).abs() < 1e-9);
-        let mut no_energy = row("x", "qat", 4, None, 0.9, 1.0);
-        no_energy.normalized_energy = None;
-        assert!(super::points(&[no_energy]).is_empty());
-        assert_eq!(Format::from_path(Path::new("a/curve.PNG")), Some(Format::Png));
-        assert_eq!(Format::from_path(Path::new("curve.pdf")), None);
-    }
-
     #[test]
     fn writes_an_svg_with_the_labels_and_a_png_that_is_not_blank() {
-        let points = points(&sample_rows());
+        let points = sample_points();
         let dir = tempfile::tempdir().unwrap();
 
         let svg = dir.path().join("curve.svg");

@@ -5,16 +5,42 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use camp_proto::v1::{self, DownloadCheckpointRequest, ListCheckpointsRequest};
+use clap::{ArgGroup, Args, Subcommand};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::Status;
 
-use crate::args::{DownloadArgs, GlobalOpts};
 use crate::client;
+use crate::global_opts::GlobalOpts;
 use crate::output::{age, now_ms, percent, print_json, size, Table};
 use crate::wire;
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointAction {
+    /// Download a job's checkpoint (the latest unless told otherwise), verifying size and sha256.
+    #[command(group(ArgGroup::new("which").args(["best", "latest", "checkpoint"])))]
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The job id.
+    pub id: i64,
+    /// File to write (via FILE.tmp, renamed once verified).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The checkpoint with the best top-1.
+    #[arg(long)]
+    pub best: bool,
+    /// The most recent checkpoint (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// This checkpoint id.
+    #[arg(long, value_name = "CKPT_ID")]
+    pub checkpoint: Option<i64>,
+}
 
 pub async fn list(opts: &GlobalOpts, job_id: i64) -> anyhow::Result<()> {
     let checkpoints = client::connect(opts).await?.list_checkpoints(ListCheckpointsRequest { job_id }).await?.into_inner().checkpoints;
@@ -193,7 +219,7 @@ mod tests {
         use clap::Parser;
         let cli = crate::args::Cli::try_parse_from(["camp", "checkpoint", "download"].iter().chain(line)).unwrap();
         match cli.command {
-            crate::args::Command::Checkpoint { action: crate::args::CheckpointAction::Download(args) } => args,
+            crate::args::Command::Checkpoint { action: CheckpointAction::Download(args) } => args,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -223,5 +249,18 @@ mod tests {
         let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(cells[..7], ["2", "3", "1170", "48.50%", "*", "2.0", "KiB"]);
         assert_eq!(cells[7].len(), 12);
+    }
+
+    #[test]
+    fn download_takes_one_selector() {
+        assert!(crate::args::tests::parse(&["checkpoint", "download", "3", "-o", "f", "--best", "--latest"]).is_err());
+        assert!(crate::args::tests::parse(&["checkpoint", "download", "3", "--best"]).is_err());
+        let cli = crate::args::tests::parse(&["checkpoint", "download", "3", "-o", "f", "--checkpoint", "9"]).unwrap();
+        match cli.command {
+            crate::args::Command::Checkpoint { action: CheckpointAction::Download(args) } => {
+                assert_eq!((args.id, args.checkpoint, args.best), (3, Some(9), false))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 }

@@ -1,17 +1,63 @@
 //! `camp energy`: the energy model (docs/method.md, "Energy") for one network and bits plan,
 //! computed here from the architecture's layer shapes; no coordinator, no training.
 
+use std::path::PathBuf;
+
 use camp_proto::energy::{self, EnergyReport};
 use camp_proto::spec::Stage;
 use camp_proto::JobSpec;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::args::{check_spec, read_energy_table, EnergyArgs, GlobalOpts};
+use crate::global_opts::GlobalOpts;
+use crate::input_files::read_energy_table;
 use crate::output::{exact, json_f64, number, print_json, thousands, Table};
+use crate::spec_flags::{check_spec, spec_error_with_flag, BitsArgs};
+use crate::values::BitsOverrideArg;
+
+#[derive(Debug, Args)]
+pub struct EnergyArgs {
+    /// Architecture: preact_resnet{20,32,44,56,110}_cifar.
+    #[arg(short, long)]
+    pub arch: String,
+    /// Data set: cifar10, cifar100 or fashion-mnist.
+    #[arg(long, default_value_t = JobSpec::default().dataset)]
+    pub dataset: String,
+    /// The stage's network and bits: sp and rl are dual path [default: qat when bits are given, else baseline].
+    #[arg(long, value_enum)]
+    pub stage: Option<StageArg>,
+    #[command(flatten)]
+    pub bits: BitsArgs,
+    /// Bits of the modules whose path matches PATTERN (as for submit); repeatable.
+    #[arg(long = "bits-override", value_name = "PATTERN=W[/A]")]
+    pub bits_overrides: Vec<BitsOverrideArg>,
+    /// Energy table (YAML with keys name, fp32_pj, int8_mult_pj, int8_add_pj) [default: horowitz-45nm].
+    #[arg(long, value_name = "FILE.yaml")]
+    pub energy_table: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    Baseline,
+    Qat,
+    Sp,
+    Rl,
+}
+
+impl From<StageArg> for Stage {
+    fn from(stage: StageArg) -> Self {
+        match stage {
+            StageArg::Baseline => Stage::Baseline,
+            StageArg::Qat => Stage::Qat,
+            StageArg::Sp => Stage::Sp,
+            StageArg::Rl => Stage::Rl,
+        }
+    }
+}
 
 pub fn run(opts: &GlobalOpts, args: &EnergyArgs) -> anyhow::Result<()> {
     let spec = spec_for(args)?;
-    let report = energy::report(&spec).map_err(crate::args::spec_error_with_flag)?;
+    let report = energy::report(&spec).map_err(spec_error_with_flag)?;
     if opts.json {
         return print_json(&report_json(&spec, &report));
     }
@@ -221,7 +267,7 @@ mod tests {
         assert!(eight["normalized_energy"].as_f64().unwrap() > 1.5);
 
         std::fs::write(&table, "fp32_pj: 2.3\nint8_mult_pj: 0.1\nint8_add_pj: 0.015\n").unwrap();
-        let err = crate::args::read_energy_table(&table).unwrap_err().to_string();
+        let err = read_energy_table(&table).unwrap_err().to_string();
         assert!(err.contains("--energy-table") && err.contains("name"), "{err}");
     }
 }

@@ -1,13 +1,52 @@
 //! `camp jobs`, `show`, `cancel`, `priority` and `logs`: one job or many, as the coordinator has them.
 
 use camp_proto::v1::{self, CancelJobRequest, GetJobRequest, ListJobsRequest, SetJobPriorityRequest};
+use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::args::{GlobalOpts, JobsArgs, LrSchedule};
 use crate::client;
+use crate::global_opts::GlobalOpts;
 use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
 use crate::pages;
+use crate::values::LrSchedule;
 use crate::wire;
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<JobStateArg>,
+    /// Only jobs of this stage (e.g. baseline).
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Only jobs of this owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// At most this many jobs, fetched a page at a time [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobStateArg {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl From<JobStateArg> for v1::JobState {
+    fn from(state: JobStateArg) -> Self {
+        match state {
+            JobStateArg::Queued => v1::JobState::Queued,
+            JobStateArg::Running => v1::JobState::Running,
+            JobStateArg::Succeeded => v1::JobState::Succeeded,
+            JobStateArg::Failed => v1::JobState::Failed,
+            JobStateArg::Cancelled => v1::JobState::Cancelled,
+        }
+    }
+}
 
 /// `camp jobs` without `--limit`.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -355,5 +394,14 @@ mod tests {
         assert!(line("alpha").ends_with("0.2"), "{text}");
         assert!(line("init_from").ends_with("job 13"), "{text}");
         assert!(line("energy_table").contains("horowitz-45nm (fp32 4.6 pJ"), "{text}");
+    }
+
+    #[test]
+    fn jobs_limit_is_a_positive_count() {
+        match crate::args::tests::parse(&["jobs", "--limit", "2500"]).unwrap().command {
+            crate::args::Command::Jobs(args) => assert_eq!(args.limit, Some(2500)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(crate::args::tests::parse(&["jobs", "--limit", "0"]).unwrap_err().exit_code(), 2);
     }
 }

@@ -1,13 +1,28 @@
 //! `camp metrics`: a job's stored metrics as a table, CSV or JSON.
 
 use camp_proto::v1::{self, QueryMetricsRequest};
+use clap::Args;
 use serde_json::Value;
 
-use crate::args::{GlobalOpts, MetricsArgs};
 use crate::client;
+use crate::global_opts::GlobalOpts;
 use crate::output::{age, csv_field, exact, now_ms, number, print_json, Table};
 use crate::pages;
 use crate::wire;
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    pub id: i64,
+    /// Only metrics with this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only metrics of this attempt.
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Print CSV (job_id,attempt,epoch,step,name,value); takes precedence over --json.
+    #[arg(long)]
+    pub csv: bool,
+}
 
 pub const CSV_HEADER: &str = "job_id,attempt,epoch,step,name,value";
 

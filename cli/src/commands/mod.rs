@@ -1,16 +1,20 @@
-//! One module per command group; `run` dispatches a parsed command line.
+//! One module per command group, each with its command's flags (`...Args`)
+//! beside its handler; `run` dispatches a parsed command line.
 
-mod checkpoints;
-mod energy;
-mod jobs;
-mod metrics;
-mod pipeline;
+pub mod checkpoints;
+pub mod energy;
+pub mod jobs;
+pub mod metrics;
+pub mod pipeline;
+pub mod plot;
 pub mod results;
 mod submit;
 mod watch;
 mod workers;
 
-use crate::args::{CheckpointAction, Cli, Command, PipelineAction};
+use self::checkpoints::CheckpointAction;
+use self::pipeline::PipelineAction;
+use crate::args::{Cli, Command};
 use crate::exit;
 
 /// Runs the command; the exit code is SUCCESS except where `watch` reports how the job ended.
@@ -37,7 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             PipelineAction::Cancel { id } => pipeline::cancel(opts, *id).await?,
         },
         Command::Results(args) => results::results(opts, args).await?,
-        Command::Plot(args) => results::plot(opts, args).await?,
+        Command::Plot(args) => plot::run(opts, args).await?,
     }
     Ok(exit::SUCCESS)
 }

@@ -1,17 +1,25 @@
-//! `camp results` and `camp plot`: an experiment's jobs as rows of results, and
-//! its accuracy/energy curve.
+//! `camp results`: an experiment's jobs as rows of results (a table, CSV or
+//! JSON); `camp plot` draws the same rows.
 
 use camp_proto::spec::Stage;
 use camp_proto::v1::{self, GetExperimentRequest};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::args::{read_input_file, GlobalOpts, PlotArgs, ResultsArgs};
 use crate::client;
-use crate::exit::{PreconditionError, UsageError};
+use crate::global_opts::GlobalOpts;
 use crate::output::{csv_field, exact, number, percent, print_json, Table};
-use crate::plot;
 use crate::wire;
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The experiment id.
+    pub id: i64,
+    /// Print CSV (node,job_id,stage,bits_weights,bits_activations,alpha,top1,normalized_energy,fullbit_share,state); takes precedence over --json.
+    #[arg(long)]
+    pub csv: bool,
+}
 
 /// One job's result, as `camp results --json` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,7 +130,7 @@ pub fn rows_csv(rows: &[ResultRow]) -> String {
     out
 }
 
-async fn experiment(opts: &GlobalOpts, id: i64) -> anyhow::Result<v1::Experiment> {
+pub async fn experiment(opts: &GlobalOpts, id: i64) -> anyhow::Result<v1::Experiment> {
     Ok(client::connect(opts).await?.get_experiment(GetExperimentRequest { id }).await?.into_inner())
 }
 
@@ -135,45 +143,6 @@ pub async fn results(opts: &GlobalOpts, args: &ResultsArgs) -> anyhow::Result<()
     } else {
         print!("{}", rows_table(&rows));
     }
-    Ok(())
-}
-
-pub async fn plot(opts: &GlobalOpts, args: &PlotArgs) -> anyhow::Result<()> {
-    let format = plot::Format::from_path(&args.output)
-        .ok_or_else(|| UsageError(format!("-o {}: the file must end in .svg or .png", args.output.display())))?;
-    let (name, rows, title) = match (&args.rows, args.id) {
-        (Some(path), _) => {
-            let text = read_input_file("--rows", path)?;
-            let rows: Vec<ResultRow> = serde_json::from_str(&text)
-                .map_err(|e| UsageError(format!("--rows {}: not `camp results --json` rows: {e}", path.display())))?;
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            (stem.clone(), rows, stem)
-        }
-        (None, Some(id)) => {
-            let experiment = experiment(opts, id).await?;
-            let network = experiment
-                .jobs
-                .iter()
-                .find_map(|job| job.spec.as_ref())
-                .map(|spec| format!(": {} on {}", spec.arch, spec.dataset))
-                .unwrap_or_default();
-            (format!("experiment {}", experiment.id), rows(&experiment), format!("{}{network}", experiment.name))
-        }
-        (None, None) => return Err(UsageError("give an experiment id or --rows FILE".into()).into()),
-    };
-    let points = plot::points(&rows);
-    if points.is_empty() {
-        return Err(PreconditionError(format!("{name} has no succeeded job with a top-1 and an energy to plot")).into());
-    }
-    plot::draw(&points, &title, &args.output, format)?;
-    if opts.json {
-        return print_json(&serde_json::json!({
-            "experiment_id": args.id,
-            "output": args.output.display().to_string(),
-            "points": points.len(),
-        }));
-    }
-    println!("wrote {} ({} points)", args.output.display(), points.len());
     Ok(())
 }
 
@@ -303,15 +272,5 @@ pub mod tests {
         assert!(err.to_string().contains("NaN"), "{err}");
         let csv = rows_csv(&[row]);
         assert!(csv.lines().nth(1).unwrap().contains(",NaN,inf,,"), "{csv}");
-    }
-
-    #[tokio::test]
-    async fn rows_files_are_capped_and_named() {
-        let cli = <crate::args::Cli as clap::Parser>::try_parse_from(["camp", "plot", "--rows", "/dev/zero", "-o", "x.svg"]).unwrap();
-        let crate::args::Command::Plot(args) = &cli.command else { panic!("not plot") };
-        let err = plot(&cli.global, args).await.unwrap_err();
-        assert_eq!(crate::exit::code_for_error(&err), crate::exit::USAGE);
-        let message = err.to_string();
-        assert!(message.starts_with("--rows /dev/zero: larger than"), "{message}");
     }
 }

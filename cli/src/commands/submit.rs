@@ -2,9 +2,10 @@
 
 use camp_proto::v1::SubmitJobRequest;
 
-use crate::args::{GlobalOpts, SubmitStage};
 use crate::client;
+use crate::global_opts::GlobalOpts;
 use crate::output::print_json;
+use crate::spec_flags::SubmitStage;
 use crate::wire;
 
 /// Validates the spec locally (exit 2 naming the flag), then submits it under

@@ -16,9 +16,9 @@ use camp_proto::v1::{self, job_event::Event, GetJobRequest, WatchJobRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::args::GlobalOpts;
 use crate::client;
 use crate::exit;
+use crate::global_opts::GlobalOpts;
 use crate::output::{duration_precise, number, percent, whole};
 use crate::wire;
 

@@ -3,8 +3,8 @@
 use camp_proto::v1::{self, ListWorkersRequest};
 use serde_json::Value;
 
-use crate::args::GlobalOpts;
 use crate::client;
+use crate::global_opts::GlobalOpts;
 use crate::output::{age, now_ms, print_json, Table};
 use crate::wire;
 
