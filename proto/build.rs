@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().codec_path("crate::codec::Codec").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        // The result is stored by the coordinator as JSON and printed by `--json`: one shape, the proto's.
+        .type_attribute(".camp.v1.JobResult", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -12,6 +12,8 @@ export OMP_WAIT_POLICY=PASSIVE
 # One style, enforced: the formatting (rustfmt.toml) and clippy's lints, as errors.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Each crate's modules import one another without circles.
+python3 scripts/import-cycles.py
 # The system tests start the binaries as processes: build them first.
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use camp_proto::limits;
 use camp_proto::spec::{BitsOverride, DeviceRequest, SpecError, Stage};
-use camp_proto::JobSpec;
+use camp_proto::{JobSpec, ValidSpec};
 use clap::{Args, Subcommand};
 
 use crate::exit::UsageError;
@@ -294,11 +294,11 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// Validates a spec as the coordinator will, plus what only the architecture
-/// can tell (an override pattern that matches no module).
+/// Checks a spec as the coordinator will (`ValidSpec`: every field, the
+/// quantisation plan, an override pattern that matches no module), so that a
+/// mistake is named by its flag before anything is sent.
 pub fn check_spec(spec: &JobSpec) -> Result<(), UsageError> {
-    spec.validate().map_err(spec_error_with_flag)?;
-    camp_proto::energy::report(spec).map_err(spec_error_with_flag)?;
+    ValidSpec::new(spec.clone()).map_err(spec_error_with_flag)?;
     Ok(())
 }
 

@@ -21,8 +21,8 @@ pub fn is_terminal(state: i32) -> bool {
     matches!(v1::JobState::try_from(state), Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled))
 }
 
-/// Embedded JSON text (result_json, metadata_json): parsed, `null` when empty,
-/// kept as a string when it does not parse.
+/// A checkpoint's metadata (an opaque JSON object of strings, shown as it is):
+/// parsed, `null` when empty, kept as a string when it does not parse.
 pub fn embedded_json(text: &str) -> Value {
     if text.trim().is_empty() {
         return Value::Null;
@@ -30,23 +30,12 @@ pub fn embedded_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-/// The best top-1 (a fraction) in a job's result summary.
-pub fn best_top1(result: &Value) -> Option<f64> {
-    result.get("best_top1")?.as_f64()
-}
-
-/// The final model's test top-1 (a fraction): from the same evaluation as the
-/// result's energy and routing shares.
-pub fn final_top1(result: &Value) -> Option<f64> {
-    result.get("final_top1")?.as_f64()
-}
-
 /// The spec as the contract reads it (`camp_proto::JobSpec`: every field, the
 /// stage's defaults where the wire left a knob unset), so a field added to the
 /// contract is shown without a line here. A spec the contract refuses (a newer
 /// or broken coordinator) is shown as the reason, not half.
 pub fn spec(spec: &v1::JobSpec) -> Value {
-    match camp_proto::JobSpec::from_proto(spec) {
+    match camp_proto::ValidSpec::from_proto(spec) {
         Ok(spec) => serde_json::to_value(&spec).unwrap_or(Value::Null),
         Err(err) => json!({ "invalid": err.to_string() }),
     }
@@ -68,7 +57,7 @@ pub fn job(job: &v1::Job) -> Value {
         "message": job.message,
         "epoch": job.epoch,
         "spec": job.spec.as_ref().map_or(Value::Null, spec),
-        "result": embedded_json(&job.result_json),
+        "result": job.result.as_ref().map_or(Value::Null, |result| serde_json::to_value(result).unwrap_or(Value::Null)),
         "created_at_ms": job.created_at_ms,
         "started_at_ms": job.started_at_ms,
         "finished_at_ms": job.finished_at_ms,
@@ -147,7 +136,7 @@ mod tests {
             id: 12,
             state: v1::JobState::Running as i32,
             spec: Some(camp_proto::JobSpec::default().to_proto()),
-            result_json: r#"{"best_top1": 91.5, "best_epoch": 180}"#.into(),
+            result: Some(v1::JobResult { best_top1: 0.915, best_epoch: 180, ..Default::default() }),
             attempt: 1,
             max_attempts: 3,
             ..Default::default()
@@ -159,7 +148,8 @@ mod tests {
         assert_eq!((value["attempt"].as_u64(), value["max_attempts"].as_u64()), (Some(1), Some(3)));
         assert_eq!(value["spec"]["arch"], "preact_resnet20_cifar");
         assert_eq!(value["spec"]["lr_schedule"][0], json!({ "epoch": 80, "gamma": 0.1 }));
-        assert_eq!(value["result"]["best_top1"], 91.5);
+        assert_eq!((value["result"]["best_top1"].as_f64(), value["result"]["best_epoch"].as_u64()), (Some(0.915), Some(180)));
+        assert_eq!(value["result"]["images_per_s"], Value::Null, "an unset figure is null");
         for key in ["message", "worker", "created_at_ms", "started_at_ms", "finished_at_ms"] {
             assert!(value.get(key).is_some(), "{key}");
         }
@@ -172,8 +162,6 @@ mod tests {
         assert_eq!(embedded_json(""), Value::Null);
         assert_eq!(embedded_json(r#"{"a":1}"#), json!({ "a": 1 }));
         assert_eq!(embedded_json("not json"), json!("not json"));
-        assert_eq!(best_top1(&json!({ "best_top1": 90.0 })), Some(90.0));
-        assert_eq!(best_top1(&Value::Null), None);
     }
 
     #[test]

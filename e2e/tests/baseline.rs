@@ -59,7 +59,7 @@ fn download(c: &Cluster, id: i64, which: &str) -> Vec<u8> {
 #[sqlx::test(migrations = false)]
 async fn a_baseline_job_runs_end_to_end(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let _worker = c.worker("w1");
     let started = std::time::Instant::now();
     let id = c.submit(&args(&small_run(2)));
@@ -103,7 +103,7 @@ async fn a_baseline_job_runs_end_to_end(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_killed_worker_is_replaced_and_the_job_resumes_exactly(pool: PgPool) {
     let c = Cluster::start(&pool, 2.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let run = small_run(4);
 
     // The reference: the same spec trained without interruption.
@@ -149,7 +149,7 @@ async fn a_killed_worker_is_replaced_and_the_job_resumes_exactly(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn cancel_reaches_a_running_job(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let _worker = c.worker("w1");
     let id = c.submit(&args(&small_run(50)));
     c.wait_for(id, MINUTE, "training to start", |j| j["state"] == "running" && j["attempt"] == 1);
@@ -169,7 +169,7 @@ async fn cancel_reaches_a_running_job(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn sigterm_checkpoints_and_hands_the_job_back(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let mut first = c.worker("w1");
     let id = c.submit(&args(&small_run(3)));
     c.wait_for(id, MINUTE, "a few steps", |j| {

@@ -51,7 +51,7 @@ const TINY: &[&str] = &[
 #[sqlx::test(migrations = false)]
 async fn the_camp_pipeline_runs_end_to_end_and_plots(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 128, 64, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 128, 64, 1).unwrap();
     let _w1 = c.worker("w1");
     let _w2 = c.worker("w2");
     let mut args = vec!["pipeline", "camp", "--alphas", "0.1,0.5", "--name", "tiny-camp"];
@@ -106,7 +106,7 @@ async fn the_camp_pipeline_runs_end_to_end_and_plots(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_failed_parent_cancels_its_descendants_in_pipeline_show(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 128, 64, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 128, 64, 1).unwrap();
     // A damaged test file: every job on this worker fails while loading its data.
     let test_file = c.data_dir().join("cifar10").join("test_batch.bin");
     let bytes = std::fs::read(&test_file).unwrap();

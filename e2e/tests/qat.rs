@@ -35,7 +35,7 @@ const SMALL: &[&str] = &[
 #[sqlx::test(migrations = false)]
 async fn a_reference_schedule_drives_a_qat_job_end_to_end(pool: PgPool) {
     let c = Cluster::start(&pool, 10.0);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let schedule = c.dir.path().join("preact_resnet20_cifar_pact_fp4.yaml");
     std::fs::write(&schedule, FP4_SCHEDULE).unwrap();
     let _worker = c.worker("w1");

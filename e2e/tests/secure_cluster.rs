@@ -128,7 +128,7 @@ async fn a_job_runs_end_to_end_on_a_cluster_with_tokens_and_mutual_tls(pool: PgP
     let (c, pki) = secure_cluster(&pool);
     let alice = c.token(&["--user", "alice"]);
     let worker_token = c.token(&["--worker", "--name", "rack1"]);
-    camp_worker::data::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
+    camp_worker::fixtures::write_cifar10_like(&c.data_dir(), 256, 128, 1).unwrap();
     let _worker = c.worker_with(
         "rack1-w",
         &https(&c),
@@ -151,8 +151,8 @@ async fn a_job_runs_end_to_end_on_a_cluster_with_tokens_and_mutual_tls(pool: PgP
     println!("secure cluster: a 2-epoch job succeeded in {:.1} s (TLS, tokens, mutual TLS)", started.elapsed().as_secs_f64());
     assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}\n{}", _worker.log_text());
     assert_eq!(done.worker, "", "no worker holds a finished job");
-    let result: Value = serde_json::from_str(&done.result_json).expect("a result summary");
-    assert!(result["best_top1"].as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)), "{result}");
+    let result = done.result.as_ref().expect("a result summary");
+    assert!((0.0..=1.0).contains(&result.best_top1) && result.epochs == 2, "{result:?}");
 
     let workers = jobs.list_workers(v1::ListWorkersRequest {}).await.expect("ListWorkers").into_inner().workers;
     assert_eq!(workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["rack1-w"]);

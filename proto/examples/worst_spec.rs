@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use camp_proto::limits::{MAX_OVERRIDES, MAX_PATTERN_BYTES};
 use camp_proto::spec::{BitsOverride, JobSpec, Stage};
+use camp_proto::ValidSpec;
 
 fn time(what: &str, runs: usize, mut f: impl FnMut()) {
     let mut times: Vec<Duration> = (0..runs)
@@ -38,17 +39,15 @@ fn main() {
     let worst = format!("*{}conv1", "{*,?*,[a-z]*}".repeat((MAX_PATTERN_BYTES - 6) / 13));
     assert!(worst.len() <= MAX_PATTERN_BYTES);
     let full = spec(vec![worst; MAX_OVERRIDES]);
-    time("64 worst patterns of 256 bytes, validate + energy report (preact_resnet110 dual path)", 20, || {
-        full.validate().unwrap();
-        camp_proto::energy::report(&full).unwrap();
+    time("64 worst patterns of 256 bytes, ValidSpec::new (fields, plan, energy report) (preact_resnet110 dual path)", 20, || {
+        ValidSpec::new(full.clone()).unwrap();
     });
     let thirty = spec(vec![format!("{}conv1", "*".repeat(30))]);
-    time("thirty '*' then 'conv1', validate + energy report", 20, || {
-        thirty.validate().unwrap();
-        camp_proto::energy::report(&thirty).unwrap();
+    time("thirty '*' then 'conv1', ValidSpec::new (fields, plan, energy report)", 20, || {
+        ValidSpec::new(thirty.clone()).unwrap();
     });
     let huge = spec(vec!["*".repeat(100_000)]);
     time("100,000 '*' (refused by length)", 20, || {
-        assert_eq!(huge.validate().unwrap_err().field, "bits_overrides");
+        assert_eq!(ValidSpec::new(huge.clone()).unwrap_err().field, "bits_overrides");
     });
 }

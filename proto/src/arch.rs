@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::spec::{invalid, SpecError};
+use crate::spec_error::{invalid, SpecError};
 
 /// Blocks per stage of `preact_resnet{6n+2}_cifar`.
 pub fn blocks_per_stage(arch: &str) -> Option<usize> {

@@ -7,14 +7,18 @@ pub mod arch;
 pub mod codec;
 pub mod endpoint;
 pub mod energy;
+pub mod energy_table;
 pub mod limits;
 pub mod metadata;
 pub mod metric;
 pub mod pipeline;
 pub mod quant;
+pub mod result;
 pub mod schedule;
 pub mod spec;
+pub mod spec_error;
 pub mod spec_file;
+pub mod valid;
 
 /// Generated from `proto/camp/v1/*.proto`.
 #[allow(clippy::large_enum_variant)] // prost's oneof enums, as generated
@@ -22,4 +26,7 @@ pub mod v1 {
     tonic::include_proto!("camp.v1");
 }
 
-pub use spec::{JobSpec, SpecError};
+pub use result::JobResult;
+pub use spec::JobSpec;
+pub use spec_error::SpecError;
+pub use valid::ValidSpec;

@@ -34,9 +34,10 @@ pub const MAX_METRIC_NAME_BYTES: usize = 64;
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
 /// A job's message: why it failed, was cancelled or re-queued (the worker cuts longer ones).
 pub const MAX_MESSAGE_TEXT_BYTES: usize = 4096;
-/// A job's result summary and a checkpoint's metadata, as JSON.
-pub const MAX_RESULT_JSON_BYTES: usize = 64 << 10;
+/// A checkpoint's metadata, as JSON.
 pub const MAX_METADATA_JSON_BYTES: usize = 64 << 10;
+/// Per-block shares in a job's result (the deepest architecture has 54 blocks).
+pub const MAX_RESULT_BLOCKS: usize = 1_024;
 /// One report batch.
 pub const MAX_METRICS_PER_BATCH: usize = 10_000;
 pub const MAX_LOG_LINES_PER_BATCH: usize = 1_000;

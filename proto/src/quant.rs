@@ -11,7 +11,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::limits::{excerpt, MAX_OVERRIDES, MAX_PATTERN_BYTES};
-use crate::spec::{invalid, BitsOverride, JobSpec, SpecError};
+use crate::spec::{BitsOverride, JobSpec};
+use crate::spec_error::{invalid, SpecError};
 
 /// Override patterns compiled into one matcher; the first pattern that matches a path wins.
 ///

@@ -340,7 +340,7 @@ mod tests {
         let s = parse(FP4, 200).unwrap();
         let mut spec = JobSpec { stage: Stage::Qat, ..JobSpec::default() };
         s.apply(&mut spec);
-        spec.validate().unwrap();
+        crate::valid::ValidSpec::new(spec.clone()).unwrap();
         assert_eq!((spec.bits_weights, spec.bits_activations, spec.act_quant), (Some(4), Some(4), ActQuant::Dorefa));
         assert_eq!(spec.bits_overrides.len(), 4);
         assert_eq!(spec.bits_overrides[1], BitsOverride { pattern: "layer1.0.pre_relu".into(), wts: None, acts: None });

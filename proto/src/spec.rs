@@ -3,21 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::energy::EnergyTable;
+use crate::energy_table::EnergyTable;
 use crate::limits::*;
 use crate::v1;
 
+use crate::spec_error::invalid;
 /// A spec field that is wrong, and why. `field` is the spec's key (`lr`, `batch_size`, ...).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid spec: {field}: {reason}")]
-pub struct SpecError {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
-    SpecError { field, reason: reason.into() }
-}
+pub use crate::spec_error::SpecError;
 
 pub const ARCHITECTURES: &[&str] =
     &["preact_resnet20_cifar", "preact_resnet32_cifar", "preact_resnet44_cifar", "preact_resnet56_cifar", "preact_resnet110_cifar"];
@@ -315,10 +307,10 @@ impl JobSpec {
         self.bits_activations.unwrap_or(self.stage.default_bits())
     }
 
-    /// Checks every field; the first wrong one is named in the error. Every
-    /// number has a range and every list a length (`limits`), so a spec that
-    /// passes costs a bounded amount to store, plan and train.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    /// Checks every field on its own; the first wrong one is named in the
+    /// error. Every number has a range and every list a length (`limits`).
+    /// `ValidSpec::new` adds what needs the quantisation plan.
+    pub(crate) fn check_fields(&self) -> Result<(), SpecError> {
         if !ARCHITECTURES.contains(&self.arch.as_str()) {
             return Err(invalid("arch", format!("unknown architecture '{}' (known: {})", excerpt(&self.arch), ARCHITECTURES.join(", "))));
         }
@@ -381,8 +373,6 @@ impl JobSpec {
                 }
             }
         }
-        // Compiles every pattern: length, syntax and control characters are checked here.
-        crate::quant::BitsPlan::for_spec(self)?;
         self.energy_table.validate()?;
         if !(self.alpha.is_finite() && (0.0..=MAX_ALPHA).contains(&self.alpha)) {
             return Err(invalid("alpha", format!("must be in [0, {MAX_ALPHA}], got {}", self.alpha)));
@@ -439,8 +429,9 @@ impl JobSpec {
         self.lr_schedule.iter().filter(|s| s.epoch < epoch).fold(self.lr, |lr, s| lr * s.gamma)
     }
 
-    /// Reads and validates a wire spec.
-    pub fn from_proto(p: &v1::JobSpec) -> Result<Self, SpecError> {
+    /// Reads a wire spec: the stage's defaults for unset knobs, names parsed;
+    /// `ValidSpec::from_proto` also checks it.
+    pub(crate) fn read_proto(p: &v1::JobSpec) -> Result<Self, SpecError> {
         let defaults = JobSpec::default();
         let spec = JobSpec {
             stage: Stage::parse(&p.stage)?,
@@ -476,7 +467,6 @@ impl JobSpec {
             init_from: p.init_from,
             pact_weight_decay: p.pact_weight_decay,
         };
-        spec.validate()?;
         Ok(spec)
     }
 
@@ -521,22 +511,23 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::valid::ValidSpec;
 
     fn field_of(mutate: impl FnOnce(&mut v1::JobSpec)) -> &'static str {
         let mut p = JobSpec::default().to_proto();
         mutate(&mut p);
-        JobSpec::from_proto(&p).unwrap_err().field
+        ValidSpec::from_proto(&p).unwrap_err().field
     }
 
     #[test]
     fn defaults_are_the_reference_run_and_valid() {
         let spec = JobSpec::default();
-        spec.validate().unwrap();
+        ValidSpec::new(spec.clone()).unwrap();
         assert_eq!((spec.lr, spec.batch_size, spec.epochs, spec.momentum, spec.weight_decay), (0.1, 128, 200, 0.9, 2e-4));
-        assert_eq!(JobSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+        assert_eq!(*ValidSpec::from_proto(&spec.to_proto()).unwrap(), spec);
         for stage in [Stage::Qat, Stage::Sp, Stage::Rl] {
             let s = JobSpec::defaults_for(stage);
-            assert_eq!(JobSpec::from_proto(&s.to_proto()).unwrap(), s);
+            assert_eq!(*ValidSpec::from_proto(&s.to_proto()).unwrap(), s);
         }
         let sp = JobSpec::defaults_for(Stage::Sp);
         assert_eq!((sp.lr, sp.lr_at_epoch(3), sp.lr_at_epoch(4)), (0.01, 0.01, 0.1));
@@ -546,7 +537,7 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         assert_eq!(field_of(|p| p.arch = "resnet9000".into()), "arch");
-        let long = JobSpec::from_proto(&JobSpec { arch: "x".repeat(9 << 20), ..JobSpec::default() }.to_proto()).unwrap_err();
+        let long = ValidSpec::from_proto(&JobSpec { arch: "x".repeat(9 << 20), ..JobSpec::default() }.to_proto()).unwrap_err();
         assert!(long.reason.len() < 300, "the error quotes an excerpt, not 9 MB: {} bytes", long.reason.len());
         assert_eq!(field_of(|p| p.dataset = "imagenet".into()), "dataset");
         assert_eq!(field_of(|p| p.stage = "pretrain".into()), "stage");

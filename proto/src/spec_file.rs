@@ -7,6 +7,7 @@
 use serde_yaml::{Mapping, Value};
 
 use crate::spec::{JobSpec, Stage};
+use crate::valid::ValidSpec;
 
 /// A spec key that is wrong, and why (`key` is "spec" for the mapping as a whole).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,7 +24,7 @@ fn fail(key: impl Into<String>, reason: impl std::fmt::Display) -> SpecFileError
 impl JobSpec {
     /// The spec a YAML mapping describes: its stage's defaults under the keys
     /// given, validated (energy plan included: every override pattern must match a module).
-    pub fn from_yaml(value: &Value) -> Result<JobSpec, SpecFileError> {
+    pub fn from_yaml(value: &Value) -> Result<ValidSpec, SpecFileError> {
         let given = match value {
             Value::Mapping(map) => map.clone(),
             Value::Null => return Err(fail("spec", "missing (it needs at least stage, arch and dataset)")),
@@ -55,13 +56,11 @@ impl JobSpec {
                 })
                 .unwrap_or_else(|| fail("spec", err))
         })?;
-        spec.validate().map_err(|e| fail(e.field, e.reason))?;
-        crate::energy::report(&spec).map_err(|e| fail(e.field, e.reason))?;
-        Ok(spec)
+        ValidSpec::new(spec).map_err(|e| fail(e.field, e.reason))
     }
 
     /// `from_yaml` of YAML text.
-    pub fn from_yaml_text(text: &str) -> Result<JobSpec, SpecFileError> {
+    pub fn from_yaml_text(text: &str) -> Result<ValidSpec, SpecFileError> {
         let value: Value = serde_yaml::from_str(text).map_err(|e| fail("spec", e))?;
         JobSpec::from_yaml(&value)
     }
@@ -75,11 +74,11 @@ mod tests {
     fn a_file_takes_its_stages_defaults_under_the_keys_given() {
         let sp = JobSpec::from_yaml_text("stage: sp\narch: preact_resnet20_cifar\ndataset: fashion-mnist\ninit_from: 3\n").unwrap();
         let want = JobSpec { dataset: "fashion-mnist".into(), init_from: 3, ..JobSpec::defaults_for(Stage::Sp) };
-        assert_eq!(sp, want, "sp's lr 0.01 and its x10 warm-up, not the baseline's 0.1");
+        assert_eq!(*sp, want, "sp's lr 0.01 and its x10 warm-up, not the baseline's 0.1");
         let rl = JobSpec::from_yaml_text("stage: rl\ndataset: cifar10\nalpha: 0.5\ninit_from: 4\n").unwrap();
         assert_eq!((rl.lr, rl.alpha, rl.lr_schedule.len()), (0.01, 0.5, 3));
         let base = JobSpec::from_yaml_text("stage: baseline\nepochs: 3\n").unwrap();
-        assert_eq!(base, JobSpec { epochs: 3, ..JobSpec::default() });
+        assert_eq!(*base, JobSpec { epochs: 3, ..JobSpec::default() });
         assert_eq!(JobSpec::from_yaml_text("epochs: 3\n").unwrap(), base, "no stage: the baseline");
     }
 

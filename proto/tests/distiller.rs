@@ -22,8 +22,7 @@ const STEM_HEAD_MACS: f64 = 442_368.0 + 640.0;
 fn with_file(yaml: &str, stage: Stage) -> JobSpec {
     let mut spec = JobSpec::defaults_for(stage);
     schedule::parse(yaml, spec.epochs).unwrap().apply(&mut spec);
-    spec.validate().unwrap();
-    spec
+    camp_proto::ValidSpec::new(spec).unwrap().into_inner()
 }
 
 type Bits = Vec<(String, Option<u32>)>;

@@ -50,13 +50,7 @@ async fn upload(w: &mut Worker, a: &v1::Assignment, epoch: u32, top1: f64, bytes
 
 async fn finish(w: &mut Worker, a: &v1::Assignment, outcome: v1::Outcome, message: &str) {
     w.client
-        .finish(v1::FinishRequest {
-            job_id: a.job_id,
-            attempt: a.attempt,
-            outcome: outcome as i32,
-            message: message.into(),
-            result_json: String::new(),
-        })
+        .finish(v1::FinishRequest { job_id: a.job_id, attempt: a.attempt, outcome: outcome as i32, message: message.into(), result: None })
         .await
         .unwrap();
 }

@@ -180,7 +180,7 @@ async fn worker_writes(client: &mut Workers, r: Running) -> Attempts {
                 attempt: r.attempt,
                 outcome: outcome as i32,
                 message: "mine now".into(),
-                result_json: r#"{"best_top1":0.99}"#.into(),
+                result: Some(v1::JobResult { best_top1: 0.99, ..Default::default() }),
             })
             .await;
         others.push(("Finish", ok_text(finish)));
@@ -221,7 +221,7 @@ async fn owner_still_writes(a: &mut Worker, jobs: &mut Jobs, r: Running) {
     a.finish(r.job, r.attempt, v1::Outcome::Succeeded).await.unwrap();
     let job = get(jobs, r.job).await;
     assert_eq!(job.state, JobState::Succeeded as i32);
-    assert_eq!(job.result_json, r#"{"best_top1":0.5}"#, "A's result, not a foreign one");
+    assert_eq!(job.result.map(|r| r.best_top1), Some(0.5), "A's result, not a foreign one");
 }
 
 /// Ids a call of every RPC names (all of them real, so that a call that got
@@ -993,7 +993,7 @@ async fn a_nul_in_a_finish_message_is_refused_and_the_job_keeps_running(pool: Pg
             attempt: r.attempt,
             outcome: v1::Outcome::Failed as i32,
             message: "oom\0".into(),
-            result_json: String::new(),
+            result: None,
         })
         .await;
     invalid(finish, "message");
@@ -1002,43 +1002,31 @@ async fn a_nul_in_a_finish_message_is_refused_and_the_job_keeps_running(pool: Pg
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_nul_escaped_inside_a_finish_result_or_checkpoint_metadata_is_refused_and_nothing_is_stored(pool: PgPool) {
+async fn a_nul_inside_a_finish_result_or_checkpoint_metadata_is_refused_and_nothing_is_stored(pool: PgPool) {
     let c = Coordinator::start(pool, Settings::default()).await;
     let mut jobs = c.jobs_as("alice");
     let mut w = c.register("w", "cpu", &["cifar10"], None).await;
     let r = running(&mut jobs, &mut w, spec()).await;
     let before = db_state(&c.pool).await;
-    // Valid JSON whose text holds no NUL byte, but whose value does: PostgreSQL's jsonb cannot store it.
+    let finish_with_table = |table: &str| v1::FinishRequest {
+        job_id: r.job,
+        attempt: r.attempt,
+        outcome: v1::Outcome::Succeeded as i32,
+        message: String::new(),
+        result: Some(v1::JobResult { best_top1: 0.5, energy_table: table.into(), ..Default::default() }),
+    };
+    // A NUL in the result's text: PostgreSQL's jsonb cannot store it.
+    invalid(w.client.finish(finish_with_table("a\0b")).await, "result.energy_table");
+    // Valid JSON whose text holds no NUL byte, but whose value does.
     for json in [r#"{"note":"a\u0000b"}"#, r#"{"\u0000":1}"#, r#"{"deep":[{"x":"\u0000"}]}"#] {
-        let finish = w
-            .client
-            .finish(v1::FinishRequest {
-                job_id: r.job,
-                attempt: r.attempt,
-                outcome: v1::Outcome::Succeeded as i32,
-                message: String::new(),
-                result_json: json.into(),
-            })
-            .await;
-        invalid(finish, "result_json");
         let bytes = b"weights";
         let header = v1::CheckpointHeader { metadata_json: json.into(), ..header(r.job, r.attempt, 2, 0.5, bytes) };
         invalid(w.upload_with(header, bytes).await, "metadata_json");
     }
     assert_eq!(db_state(&c.pool).await, before);
     // A backslash followed by u0000 as text is not a NUL: it is stored.
-    let finish = w
-        .client
-        .finish(v1::FinishRequest {
-            job_id: r.job,
-            attempt: r.attempt,
-            outcome: v1::Outcome::Succeeded as i32,
-            message: String::new(),
-            result_json: r#"{"path":"C:\\u0000"}"#.into(),
-        })
-        .await;
-    finish.unwrap();
-    assert_eq!(get(&mut jobs, r.job).await.result_json, r#"{"path":"C:\\u0000"}"#);
+    w.client.finish(finish_with_table(r"C:\u0000")).await.unwrap();
+    assert_eq!(get(&mut jobs, r.job).await.result.unwrap().energy_table, r"C:\u0000");
 }
 
 #[sqlx::test(migrations = false)]

@@ -11,8 +11,8 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::compute::ComputeOptions;
 use crate::error::Result;
-use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;

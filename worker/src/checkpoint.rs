@@ -13,8 +13,8 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use crate::compute::ComputeOptions;
 use crate::error::{EngineError, Result};
-use crate::model::ComputeOptions;
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;

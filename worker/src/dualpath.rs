@@ -11,9 +11,11 @@
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
+use crate::compute::ComputeOptions;
 use crate::error::Result;
 use crate::fused;
-use crate::model::{block_layout, sub_path, BatchNorm, ComputeOptions, Conv, ConvShape, PreActBlock, StemAndHead};
+use crate::model::{block_layout, BatchNorm, Conv, ConvShape, PreActBlock, StemAndHead};
+use crate::module_path::sub_path;
 use crate::precision::Precision;
 use crate::quant::Activation;
 use crate::weights::{WeightBank, WeightBankBuilder};

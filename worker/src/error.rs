@@ -22,8 +22,8 @@ pub enum EngineError {
     Checkpoint(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("observer: {0}")]
-    Observer(String),
+    #[error(transparent)]
+    NotStored(#[from] crate::observer::CheckpointError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -3,17 +3,23 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod compute;
 mod csrc;
 pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod dualpath;
 pub mod error;
-pub mod flat;
+mod evaluation;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod fixtures;
+pub(crate) mod flat;
 mod fused;
 pub mod local;
 pub mod model;
+mod module_path;
 pub mod network;
+pub mod observer;
 pub mod optim;
 pub mod precision;
 pub mod profile;

@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use camp_proto::metric::{EpochMetrics, StepMetrics};
 use camp_proto::spec::JobSpec;
+use camp_proto::ValidSpec;
 use tch::Device;
 
 use crate::error::{EngineError, Result};
-use crate::stage::{self, CheckpointBlob, Control, Observer, RunInfo, StageOutcome};
+use crate::observer::{CheckpointBlob, CheckpointError, Control, Observer, RunInfo, StageOutcome};
+use crate::stage;
 
 pub const LATEST_FILE: &str = "latest.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
@@ -17,7 +19,7 @@ pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Reads a job spec from YAML: the stage's defaults under the keys given
 /// (unknown keys refused), validated.
-pub fn read_spec(path: &Path) -> Result<JobSpec> {
+pub fn read_spec(path: &Path) -> Result<ValidSpec> {
     let fail = |reason: String| EngineError::SpecFile { path: path.to_path_buf(), reason };
     let text = camp_proto::limits::read_config_file(path).map_err(|e| fail(e.to_string()))?;
     JobSpec::from_yaml_text(&text).map_err(|e| fail(e.to_string()))
@@ -67,8 +69,8 @@ pub fn run_local(
     };
     let outcome = stage::run_stage(&spec, data_dir, device, resume_bytes.as_deref(), init_bytes.as_deref(), &mut observer)?;
     if let StageOutcome::Completed(summary) = &outcome {
-        let json = serde_json::to_string_pretty(summary).map_err(|e| EngineError::Observer(e.to_string()))?;
         let path = out_dir.join(SUMMARY_FILE);
+        let json = serde_json::to_string_pretty(summary).map_err(|e| EngineError::Io { path: path.clone(), source: e.into() })?;
         std::fs::write(&path, json.as_bytes()).map_err(|source| EngineError::Io { path, source })?;
         println!("{json}");
     }
@@ -101,10 +103,12 @@ impl PrintingObserver {
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
     }
 
-    fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::result::Result<(), CheckpointError> {
         let path = self.out_dir.join(name);
         let partial = self.out_dir.join(format!("{name}.partial"));
-        std::fs::write(&partial, bytes).and_then(|_| std::fs::rename(&partial, &path)).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(&partial, bytes)
+            .and_then(|_| std::fs::rename(&partial, &path))
+            .map_err(|source| CheckpointError::Io { path, source })
     }
 }
 
@@ -139,7 +143,7 @@ impl Observer for PrintingObserver {
         println!("{line}");
     }
 
-    fn checkpoint(&mut self, blob: CheckpointBlob) -> std::result::Result<(), String> {
+    fn checkpoint(&mut self, blob: CheckpointBlob) -> std::result::Result<(), CheckpointError> {
         self.write_atomically(LATEST_FILE, &blob.bytes)?;
         if !blob.top1.is_nan() && (self.best_top1.is_nan() || blob.top1 > self.best_top1) {
             self.best_top1 = blob.top1;

@@ -11,7 +11,7 @@ use camp_worker::bench::{run_bench, BenchConfig};
 use camp_worker::daemon::{self, DaemonConfig};
 use camp_worker::device::parse_device;
 use camp_worker::local::run_local;
-use camp_worker::stage::StageOutcome;
+use camp_worker::observer::StageOutcome;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

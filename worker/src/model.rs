@@ -9,7 +9,9 @@
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
+use crate::compute::{to_channels_last, ComputeOptions};
 use crate::error::{EngineError, Result};
+use crate::module_path::{path_of, sub_path};
 use crate::precision::Precision;
 use crate::quant::{Activation, WeightQuantizer};
 use crate::weights::{WeightBank, WeightBankBuilder};
@@ -21,28 +23,6 @@ const BN_EPS: f64 = 1e-5;
 /// Blocks per stage of `preact_resnetN_cifar` (depth N = 6n + 2).
 pub fn blocks_per_stage(arch: &str) -> Option<i64> {
     camp_proto::arch::blocks_per_stage(arch).map(|n| n as i64)
-}
-
-/// How the forward pass computes; the parameters stay fp32 either way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ComputeOptions {
-    /// Convolutions and the linear layer in bfloat16 (what CUDA autocast does,
-    /// done by hand because tch's autocast only offers fp16).
-    pub bf16: bool,
-    /// Channels-last memory format for activations and conv weights (faster on tensor cores).
-    pub channels_last: bool,
-}
-
-impl ComputeOptions {
-    /// The input batch laid out and typed for the convolutions.
-    pub(crate) fn prepare_input(self, x: &Tensor) -> Result<Tensor> {
-        let x = if self.channels_last { to_channels_last(x)? } else { x.shallow_clone() };
-        Ok(if self.bf16 { x.f_to_kind(Kind::BFloat16)? } else { x })
-    }
-
-    pub(crate) fn compute_weight(self, w: Tensor) -> Result<Tensor> {
-        Ok(if self.bf16 { w.f_to_kind(Kind::BFloat16)? } else { w })
-    }
 }
 
 /// A convolution's shape (padding `kernel / 2`).
@@ -324,23 +304,6 @@ impl PreActResNet {
         }
         self.stem_head.head(&x, train, self.opts)
     }
-}
-
-/// Same logical NCHW tensor, laid out in memory as NHWC.
-fn to_channels_last(x: &Tensor) -> Result<Tensor> {
-    Ok(x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
-}
-
-/// The path `p` / `dotted` for a dotted module path (`layer1.0`).
-pub(crate) fn sub_path<'a>(p: &Path<'a>, dotted: &str) -> Path<'a> {
-    let mut parts = dotted.split('.');
-    let first = p.sub(parts.next().unwrap_or_default());
-    parts.fold(first, |p, part| p.sub(part))
-}
-
-/// The module path of `p` (`layer1.0.conv1`).
-pub(crate) fn path_of(p: &Path) -> String {
-    p.components().collect::<Vec<_>>().join(".")
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@ use camp_proto::spec::{JobSpec, Stage};
 use tch::nn::Path;
 use tch::Tensor;
 
+use crate::compute::ComputeOptions;
 use crate::dualpath::{DualPathResNet, GateDecision, GateTraining};
 use crate::error::Result;
-use crate::model::{ComputeOptions, PreActResNet};
+use crate::model::PreActResNet;
 use crate::precision::Precision;
 
 pub enum Network {

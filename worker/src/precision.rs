@@ -53,7 +53,7 @@ impl Precision {
 
     /// The activation of the ReLU at `p` (its module path is `p`'s).
     pub fn activation(&self, p: Path) -> Result<Activation> {
-        let path = crate::model::path_of(&p);
+        let path = crate::module_path::path_of(&p);
         let bits = self.activations.get(&path).ok_or_else(|| unknown("ReLU", &path))?;
         Activation::new(p, Some(*bits), self.act_quant)
     }

@@ -18,135 +18,24 @@ use std::time::Instant;
 
 use camp_proto::energy::{self, EnergyReport};
 use camp_proto::metric::{EpochMetrics, StepMetrics};
+use camp_proto::result::{finite, JobResult};
 use camp_proto::spec::{JobSpec, Stage};
-use serde::Serialize;
+use camp_proto::ValidSpec;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, CheckpointMeta, EpochTotals};
+use crate::compute::ComputeOptions;
 use crate::data::{Dataset, EpochPlan};
 use crate::error::{EngineError, Result};
-use crate::model::ComputeOptions;
+use crate::evaluation::{evaluate, Evaluation};
 use crate::network::Network;
+use crate::observer::{CheckpointBlob, Control, Observer, RunInfo, StageOutcome};
 use crate::optim::Sgd;
 use crate::precision::Precision;
 use crate::quant::PACT_CLIP_SUFFIX;
 use crate::reinforce::{rl_loss, Reinforce};
 use crate::rng::SplitMix64;
-
-/// What the caller wants after each training step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Continue,
-    /// Stop without writing anything more.
-    Cancel,
-    /// Checkpoint where the run stands, then stop (it will be resumed).
-    Interrupt,
-    /// The lease is lost: stop at once, write nothing.
-    Abandon,
-}
-
-/// A checkpoint to store. `epoch` counts completed epochs (a mid-epoch
-/// checkpoint carries the last completed one).
-pub struct CheckpointBlob {
-    pub bytes: Vec<u8>,
-    pub epoch: u32,
-    pub step: i64,
-    /// Test top-1 of the epoch just finished; NaN for a mid-epoch checkpoint.
-    pub top1: f64,
-    /// The checkpoint's `__metadata__` as a JSON object of strings.
-    pub metadata_json: String,
-}
-
-/// The shape of a run, announced once before its first step.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunInfo {
-    pub train_images: i64,
-    pub test_images: i64,
-    pub steps_per_epoch: i64,
-    pub epochs: u32,
-    /// Where this attempt starts: 1-based epoch and steps already done in it.
-    pub start_epoch: u32,
-    pub start_step_in_epoch: i64,
-}
-
-pub trait Observer {
-    /// Called once before training starts (or resumes).
-    fn started(&mut self, _info: &RunInfo) {}
-    /// A step's progress, every `print_freq` steps.
-    fn step(&mut self, metrics: &StepMetrics);
-    /// An epoch's summary, after its evaluation and before its checkpoint.
-    fn epoch(&mut self, metrics: &EpochMetrics);
-    fn log(&mut self, line: String);
-    /// Blocks until the checkpoint is safely stored; Err aborts the run.
-    fn checkpoint(&mut self, blob: CheckpointBlob) -> Result<(), String>;
-    /// Polled once per training step.
-    fn control(&mut self) -> Control;
-}
-
-pub enum StageOutcome {
-    Completed(Summary),
-    Cancelled,
-    Interrupted,
-    Abandoned,
-}
-
-/// A finished run's result (the job's result JSON).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    pub best_top1: f64,
-    pub best_epoch: u32,
-    pub final_top1: f64,
-    pub final_top5: f64,
-    pub final_test_loss: f64,
-    /// Train loss / top-1 of the last epoch (NaN where this attempt trained none).
-    pub final_train_loss: f64,
-    pub final_train_top1: f64,
-    pub epochs: u32,
-    pub steps: i64,
-    /// Training throughput of this attempt (NaN where it trained no step).
-    pub images_per_s: f64,
-    /// Energy per test image of the blocks (stem and head excluded), in pJ, at
-    /// each layer's weight bits; for a dual-path network with the final
-    /// evaluation's routing.
-    pub energy_pj: f64,
-    /// `energy_pj` over the same architecture's blocks all at 4 bits.
-    pub normalized_energy: f64,
-    /// Energy per image of the full-precision stem and head, in pJ.
-    pub stem_head_pj: f64,
-    /// Name of the energy table used.
-    pub energy_table: String,
-    /// The stage's weight / activation bits of the quantised layers (32 = full
-    /// precision; the basic path's for a dual-path network).
-    pub bits_weights: u32,
-    pub bits_activations: u32,
-    /// Dual path: share of (test image, block) decisions that took the 4-bit path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fullbit_share: Option<f64>,
-    /// Dual path: per block in forward order, the share of test images routed to 4 bits.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub block_fullbit_shares: Vec<f64>,
-}
-
-/// Test-set results of one evaluation.
-#[derive(Debug, Clone)]
-struct Evaluation {
-    loss: f64,
-    top1: f64,
-    top5: f64,
-    /// Blocks' energy per image (pJ) and normalised.
-    energy_pj: f64,
-    normalized_energy: f64,
-    /// Dual path: per block, the share of test images routed to 4 bits (empty otherwise).
-    block_shares: Vec<f64>,
-}
-
-impl Evaluation {
-    /// Dual path: share of all (image, block) decisions that took 4 bits.
-    fn fullbit_share(&self) -> Option<f64> {
-        (!self.block_shares.is_empty()).then(|| self.block_shares.iter().sum::<f64>() / self.block_shares.len() as f64)
-    }
-}
 
 /// Trains `spec` on `device`, from scratch, from the checkpoint bytes
 /// `resume` (an interrupted attempt of the same job), or starting from the
@@ -154,14 +43,14 @@ impl Evaluation {
 /// networks share by name, with a fresh optimiser), reporting to `observer`.
 /// `init` is not read when resuming: the checkpoint has it all.
 pub fn run_stage(
-    spec: &JobSpec,
+    spec: &ValidSpec,
     data_dir: &Path,
     device: Device,
     resume: Option<&[u8]>,
     init: Option<&[u8]>,
     observer: &mut dyn Observer,
 ) -> Result<StageOutcome> {
-    spec.validate()?;
+    let spec: &JobSpec = spec;
     let resume = resume.map(checkpoint::load).transpose()?;
     if let Some(state) = &resume {
         check_same_run(spec, &state.meta.spec)?;
@@ -362,18 +251,17 @@ impl Run<'_> {
             Some(eval) => eval,
             None => self.evaluate()?,
         };
-        let (final_train_loss, final_train_top1) = self.last_train.unwrap_or((f64::NAN, f64::NAN));
-        let summary = Summary {
+        let summary = JobResult {
             best_top1: self.best_top1,
             best_epoch: self.best_epoch,
             final_top1: eval.top1,
             final_top5: eval.top5,
-            final_test_loss: eval.loss,
-            final_train_loss,
-            final_train_top1,
+            final_test_loss: finite(eval.loss),
+            final_train_loss: self.last_train.and_then(|(loss, _)| finite(loss)),
+            final_train_top1: self.last_train.and_then(|(_, top1)| finite(top1)),
             epochs: self.completed_epochs,
             steps: self.global_step,
-            images_per_s: if self.train_images > 0 { self.train_images as f64 / self.train_seconds } else { f64::NAN },
+            images_per_s: (self.train_images > 0).then(|| self.train_images as f64 / self.train_seconds).and_then(finite),
             energy_pj: eval.energy_pj,
             normalized_energy: eval.normalized_energy,
             stem_head_pj: self.energy.stem_head_pj,
@@ -533,52 +421,7 @@ impl Run<'_> {
     }
 
     fn evaluate(&self) -> Result<Evaluation> {
-        let _no_grad = tch::no_grad_guard();
-        let n = self.data.test_len();
-        let batch = self.spec.batch_size as i64;
-        let device = self.data.device();
-        let mut loss_sum = Tensor::f_zeros([1], (Kind::Double, device))?;
-        let mut top1 = Tensor::f_zeros([1], (Kind::Int64, device))?;
-        let mut top5 = Tensor::f_zeros([1], (Kind::Int64, device))?;
-        let k = 5.min(self.data.info.classes);
-        // Images routed to 4 bits, per block (dual path).
-        let mut routed: Option<Tensor> = None;
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
-            let (images, labels) = self.data.test_batch(start, len)?;
-            let forward = self.network.forward(&images, false)?;
-            if !forward.gates.is_empty() {
-                let masks: Vec<&Tensor> = forward.gates.iter().map(|g| &g.mask).collect();
-                let per_block = Tensor::f_stack(&masks, 0)?.f_sum_dim_intlist(1, false, Kind::Double)?;
-                routed = Some(match routed {
-                    Some(sum) => sum.f_add(&per_block)?,
-                    None => per_block,
-                });
-            }
-            let logits = forward.logits;
-            let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
-            let _ = loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
-            let (_, top_k) = logits.f_topk(k, 1, true, true)?;
-            let hits = top_k.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
-            let _ = top1.f_add_(&hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?)?;
-            let _ = top5.f_add_(&hits.f_sum(Kind::Int64)?)?;
-            start += len;
-        }
-        let n = n as f64;
-        let block_shares: Vec<f64> = match routed {
-            Some(sum) => Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?.f_div_scalar(n)?)?,
-            None => Vec::new(),
-        };
-        let energy_pj = self.energy.blocks_pj(&block_shares);
-        Ok(Evaluation {
-            loss: loss_sum.f_double_value(&[0])? / n,
-            top1: top1.f_int64_value(&[0])? as f64 / n,
-            top5: top5.f_int64_value(&[0])? as f64 / n,
-            energy_pj,
-            normalized_energy: self.energy.normalized(energy_pj),
-            block_shares,
-        })
+        evaluate(&self.network, &self.data, &self.energy, self.spec.batch_size as i64)
     }
 
     fn store_checkpoint(&self, sgd: &Sgd, top1: f64, observer: &mut dyn Observer) -> Result<()> {
@@ -600,6 +443,6 @@ impl Run<'_> {
             top1,
             metadata_json: meta.to_json()?,
         };
-        observer.checkpoint(blob).map_err(EngineError::Observer)
+        Ok(observer.checkpoint(blob)?)
     }
 }

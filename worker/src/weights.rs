@@ -7,9 +7,9 @@
 
 use tch::Tensor;
 
+use crate::compute::ComputeOptions;
 use crate::error::Result;
 use crate::flat::{self, MemoryOrder};
-use crate::model::ComputeOptions;
 use crate::quant::{Segments, WeightQuantizer};
 
 /// A conv weight and its shape and layout.

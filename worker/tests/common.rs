@@ -5,8 +5,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use camp_proto::metric::{EpochMetrics, StepMetrics};
 use camp_proto::spec::{JobSpec, LrStep};
-use camp_worker::data;
-use camp_worker::stage::{CheckpointBlob, Control, Observer, StageOutcome, Summary};
+use camp_proto::{JobResult, ValidSpec};
+use camp_worker::fixtures;
+use camp_worker::observer::{CheckpointBlob, Control, Observer, StageOutcome};
 
 /// Model initialisation draws from libtorch's global generator: tests that
 /// seed it and build models must not interleave.
@@ -64,7 +65,7 @@ impl Observer for Recorder {
     fn log(&mut self, line: String) {
         self.logs.push(line);
     }
-    fn checkpoint(&mut self, blob: CheckpointBlob) -> Result<(), String> {
+    fn checkpoint(&mut self, blob: CheckpointBlob) -> Result<(), camp_worker::observer::CheckpointError> {
         self.checkpoints.push(blob);
         Ok(())
     }
@@ -80,14 +81,19 @@ impl Observer for Recorder {
 /// A temporary data folder with a small generated Fashion-MNIST (gzip IDX files).
 pub fn fashion_dir(n_train: usize, n_test: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    data::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
+    fixtures::write_fashion_mnist_like(dir.path(), n_train, n_test, 21, true).unwrap();
     dir
 }
 
 /// The summary of a run that must have completed.
-pub fn completed(outcome: StageOutcome) -> Summary {
+pub fn completed(outcome: StageOutcome) -> JobResult {
     match outcome {
         StageOutcome::Completed(summary) => summary,
         _ => panic!("the run did not complete"),
     }
+}
+
+/// The spec, checked as the daemon checks a claimed one (the engine takes only checked specs).
+pub fn valid(spec: &JobSpec) -> ValidSpec {
+    ValidSpec::new(spec.clone()).expect("a valid spec")
 }

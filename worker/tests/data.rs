@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use camp_worker::data::{self, Dataset};
+use camp_worker::fixtures;
 use flate2::read::GzDecoder;
 use std::io::Read;
 use tch::{Device, Kind, Tensor};
@@ -20,7 +21,7 @@ fn assert_close(a: &Tensor, b: &Tensor) {
 #[test]
 fn cifar10_reads_all_batches_in_order_with_labels_and_normalisation() {
     let dir = tempfile::tempdir().unwrap();
-    data::write_cifar10_like(dir.path(), 23, 7, 5).unwrap();
+    fixtures::write_cifar10_like(dir.path(), 23, 7, 5).unwrap();
     let set = Dataset::load("cifar10", dir.path(), Device::Cpu, 0, 0).unwrap();
     assert_eq!((set.train_len(), set.test_len()), (23, 7));
 
@@ -40,7 +41,7 @@ fn cifar10_reads_all_batches_in_order_with_labels_and_normalisation() {
 #[test]
 fn cifar100_uses_the_fine_label() {
     let dir = tempfile::tempdir().unwrap();
-    data::write_cifar100_like(dir.path(), 40, 30, 9).unwrap();
+    fixtures::write_cifar100_like(dir.path(), 40, 30, 9).unwrap();
     let set = Dataset::load("cifar100", dir.path(), Device::Cpu, 0, 0).unwrap();
     assert_eq!((set.train_len(), set.test_len(), set.info.classes), (40, 30, 100));
     let file = std::fs::read(dir.path().join("cifar100/test.bin")).unwrap();
@@ -65,8 +66,8 @@ fn gunzip(path: &Path) -> Vec<u8> {
 fn fashion_mnist_reads_gzip_and_plain_idx() {
     let gz = tempfile::tempdir().unwrap();
     let plain = tempfile::tempdir().unwrap();
-    data::write_fashion_mnist_like(gz.path(), 12, 8, 4, true).unwrap();
-    data::write_fashion_mnist_like(plain.path(), 12, 8, 4, false).unwrap();
+    fixtures::write_fashion_mnist_like(gz.path(), 12, 8, 4, true).unwrap();
+    fixtures::write_fashion_mnist_like(plain.path(), 12, 8, 4, false).unwrap();
     let a = Dataset::load("fashion-mnist", gz.path(), Device::Cpu, 0, 0).unwrap();
     let b = Dataset::load("fashion-mnist", plain.path(), Device::Cpu, 0, 0).unwrap();
     assert_eq!((a.train_len(), a.test_len()), (12, 8));
@@ -88,7 +89,7 @@ fn fashion_mnist_reads_gzip_and_plain_idx() {
 #[test]
 fn training_batches_are_augmented_but_keep_shape_range_and_labels() {
     let dir = tempfile::tempdir().unwrap();
-    data::write_cifar10_like(dir.path(), 30, 5, 2).unwrap();
+    fixtures::write_cifar10_like(dir.path(), 30, 5, 2).unwrap();
     let set = Dataset::load("cifar10", dir.path(), Device::Cpu, 0, 0).unwrap();
     let plan = set.epoch_plan(1, 1).unwrap();
     let mut labels = Vec::new();
@@ -113,8 +114,8 @@ fn training_batches_are_augmented_but_keep_shape_range_and_labels() {
 fn available_datasets_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     assert!(data::available_datasets(dir.path()).is_empty());
-    data::write_cifar100_like(dir.path(), 2, 2, 1).unwrap();
-    data::write_fashion_mnist_like(dir.path(), 2, 2, 1, true).unwrap();
+    fixtures::write_cifar100_like(dir.path(), 2, 2, 1).unwrap();
+    fixtures::write_fashion_mnist_like(dir.path(), 2, 2, 1, true).unwrap();
     assert_eq!(data::available_datasets(dir.path()), ["cifar100", "fashion-mnist"]);
 
     let err = Dataset::load("cifar10", dir.path(), Device::Cpu, 0, 0).err().unwrap().to_string();

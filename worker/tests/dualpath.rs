@@ -10,13 +10,14 @@ use camp_proto::arch::{self, PathKind, Role};
 use camp_proto::spec::RlTaskReward;
 use camp_proto::spec::{JobSpec, Stage};
 use camp_worker::checkpoint;
-use camp_worker::model::ComputeOptions;
+use camp_worker::compute::ComputeOptions;
 use camp_worker::network::Network;
+use camp_worker::observer::{Control, StageOutcome};
 use camp_worker::optim::Sgd;
 use camp_worker::precision::Precision;
 use camp_worker::reinforce::{rl_loss, Reinforce};
-use camp_worker::stage::{run_stage, Control, StageOutcome};
-use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
+use camp_worker::stage::run_stage;
+use common::{completed, fashion_dir, serial, tiny_spec, valid, Recorder};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -253,7 +254,7 @@ fn energy_counts_the_1_bit_path_and_gates_always_and_the_4_bit_path_where_chosen
     let dir = fashion_dir(32, 24);
     let spec = stage_spec(Stage::Sp, 1);
     let mut rec = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
     let trained = &rec.checkpoints[0].bytes;
     // The shared weights are stored once.
     let stored = checkpoint::load(trained).unwrap().model;
@@ -280,7 +281,7 @@ fn energy_counts_the_1_bit_path_and_gates_always_and_the_4_bit_path_where_chosen
         let mut forced = spec.clone();
         forced.lr = 1e-30;
         let mut rec = Recorder::default();
-        let summary = completed(run_stage(&forced, dir.path(), Device::Cpu, None, Some(&init), &mut rec).unwrap());
+        let summary = completed(run_stage(&valid(&forced), dir.path(), Device::Cpu, None, Some(&init), &mut rec).unwrap());
         println!(
             "gates {}: share {:?}, energy {} pJ (by hand {want_pj}), normalised {}",
             if open { "open" } else { "shut" },
@@ -303,13 +304,13 @@ fn sp_starts_from_a_qat_checkpoint_and_rl_from_an_sp_checkpoint() {
     let dir = fashion_dir(32, 16);
     let mut qat_rec = Recorder::default();
     let qat = JobSpec { bits_weights: Some(4), bits_activations: Some(4), ..stage_spec(Stage::Qat, 1) };
-    completed(run_stage(&qat, dir.path(), Device::Cpu, None, None, &mut qat_rec).unwrap());
+    completed(run_stage(&valid(&qat), dir.path(), Device::Cpu, None, None, &mut qat_rec).unwrap());
     let qat_state = checkpoint::load(&qat_rec.checkpoints[0].bytes).unwrap();
 
     let mut sp = stage_spec(Stage::Sp, 1);
     sp.lr = 1e-30;
     let mut sp_rec = Recorder::default();
-    completed(run_stage(&sp, dir.path(), Device::Cpu, None, Some(&qat_rec.checkpoints[0].bytes), &mut sp_rec).unwrap());
+    completed(run_stage(&valid(&sp), dir.path(), Device::Cpu, None, Some(&qat_rec.checkpoints[0].bytes), &mut sp_rec).unwrap());
     let sp_state = checkpoint::load(&sp_rec.checkpoints[0].bytes).unwrap();
     let same = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) < 1e-12;
     // Stem, basic blocks (convs and BNs), final BN and head come from the qat network.
@@ -329,7 +330,8 @@ fn sp_starts_from_a_qat_checkpoint_and_rl_from_an_sp_checkpoint() {
     let mut rl = stage_spec(Stage::Rl, 1);
     rl.lr = 1e-30;
     let mut rl_rec = Recorder::default();
-    let summary = completed(run_stage(&rl, dir.path(), Device::Cpu, None, Some(&sp_rec.checkpoints[0].bytes), &mut rl_rec).unwrap());
+    let summary =
+        completed(run_stage(&valid(&rl), dir.path(), Device::Cpu, None, Some(&sp_rec.checkpoints[0].bytes), &mut rl_rec).unwrap());
     let rl_state = checkpoint::load(&rl_rec.checkpoints[0].bytes).unwrap();
     for (name, t) in &sp_state.model {
         if !name.contains("running_") {
@@ -345,11 +347,11 @@ fn an_interrupted_rl_run_resumes_to_the_same_end() {
     let dir = fashion_dir(40, 16); // 3 steps per epoch
     let spec = stage_spec(Stage::Rl, 2);
     let mut whole = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut whole).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut whole).unwrap());
     let mut first = Recorder::with_control(4, Control::Interrupt);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
+    assert!(matches!(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
     let mut rest = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&first.checkpoints.last().unwrap().bytes), None, &mut rest).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, Some(&first.checkpoints.last().unwrap().bytes), None, &mut rest).unwrap());
     let (a, b) = (
         checkpoint::load(&whole.checkpoints.last().unwrap().bytes).unwrap(),
         checkpoint::load(&rest.checkpoints.last().unwrap().bytes).unwrap(),

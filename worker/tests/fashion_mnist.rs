@@ -8,9 +8,11 @@ mod common;
 use std::path::Path;
 
 use camp_proto::spec::{JobSpec, LrStep, Stage};
+use camp_proto::JobResult;
 use camp_worker::data;
-use camp_worker::stage::{run_stage, StageOutcome, Summary};
-use common::{serial, tiny_spec, Recorder};
+use camp_worker::observer::StageOutcome;
+use camp_worker::stage::run_stage;
+use common::{serial, tiny_spec, valid, Recorder};
 use tch::Device;
 
 const DEBIAN_DATA_DIR: &str = "/usr/share/datasets";
@@ -31,7 +33,7 @@ fn real_spec(stage: Stage, bits: Option<u32>) -> JobSpec {
     }
 }
 
-fn train(spec: &JobSpec) -> Summary {
+fn train(spec: &JobSpec) -> JobResult {
     let data_dir = Path::new(DEBIAN_DATA_DIR);
     assert!(
         data::available_datasets(data_dir).contains(&"fashion-mnist".to_string()),
@@ -39,7 +41,7 @@ fn train(spec: &JobSpec) -> Summary {
     );
     let mut rec = Recorder::default();
     let started = std::time::Instant::now();
-    let summary = match run_stage(spec, data_dir, Device::Cpu, None, None, &mut rec).unwrap() {
+    let summary = match run_stage(&valid(spec), data_dir, Device::Cpu, None, None, &mut rec).unwrap() {
         StageOutcome::Completed(summary) => summary,
         _ => panic!("the run did not complete"),
     };
@@ -55,7 +57,7 @@ fn train(spec: &JobSpec) -> Summary {
         summary.final_top5,
         summary.best_top1,
         summary.normalized_energy,
-        summary.images_per_s,
+        summary.images_per_s.unwrap_or(f64::NAN),
         started.elapsed().as_secs_f64()
     );
     summary

@@ -8,9 +8,11 @@ mod common;
 use std::path::Path;
 
 use camp_proto::spec::{JobSpec, LrStep, Stage};
+use camp_proto::JobResult;
 use camp_worker::data;
-use camp_worker::stage::{run_stage, StageOutcome, Summary};
-use common::{serial, tiny_spec, Recorder};
+use camp_worker::observer::StageOutcome;
+use camp_worker::stage::run_stage;
+use common::{serial, tiny_spec, valid, Recorder};
 use tch::Device;
 
 const DEBIAN_DATA_DIR: &str = "/usr/share/datasets";
@@ -29,10 +31,10 @@ fn spec(stage: Stage, epochs: u32, lr: f64) -> JobSpec {
 }
 
 /// Trains `spec` from `init`; returns the summary and the last checkpoint.
-fn train(spec: &JobSpec, init: Option<&[u8]>) -> (Summary, Vec<u8>) {
+fn train(spec: &JobSpec, init: Option<&[u8]>) -> (JobResult, Vec<u8>) {
     let mut rec = Recorder::default();
     let started = std::time::Instant::now();
-    let summary = match run_stage(spec, Path::new(DEBIAN_DATA_DIR), Device::Cpu, None, init, &mut rec).unwrap() {
+    let summary = match run_stage(&valid(spec), Path::new(DEBIAN_DATA_DIR), Device::Cpu, None, init, &mut rec).unwrap() {
         StageOutcome::Completed(summary) => summary,
         _ => panic!("the run did not complete"),
     };

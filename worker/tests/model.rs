@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use camp_proto::spec::JobSpec;
-use camp_worker::model::{blocks_per_stage, ComputeOptions, PreActResNet};
+use camp_worker::compute::ComputeOptions;
+use camp_worker::model::{blocks_per_stage, PreActResNet};
 use camp_worker::optim::Sgd;
 use camp_worker::precision::Precision;
 use tch::nn::{Init, VarStore};

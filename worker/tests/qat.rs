@@ -7,12 +7,13 @@ mod common;
 use camp_proto::arch;
 use camp_proto::spec::{ActQuant, JobSpec, Stage};
 use camp_worker::checkpoint;
-use camp_worker::data::{self, Dataset};
-use camp_worker::model::ComputeOptions;
+use camp_worker::compute::ComputeOptions;
+use camp_worker::data::Dataset;
+use camp_worker::fixtures;
 use camp_worker::network::Network;
 use camp_worker::precision::Precision;
 use camp_worker::stage::run_stage;
-use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
+use common::{completed, fashion_dir, serial, tiny_spec, valid, Recorder};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -77,7 +78,7 @@ fn a_qat_checkpoint_rebuilds_the_same_quantised_network() {
     let mut spec = qat_spec(4, 1);
     spec.act_quant = ActQuant::Pact;
     let mut rec = Recorder::default();
-    let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
+    let summary = completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
     assert_eq!((summary.bits_weights, summary.bits_activations), (4, 4));
     let bytes = &rec.checkpoints.last().unwrap().bytes;
     let meta = checkpoint::verify(bytes).unwrap();
@@ -113,14 +114,14 @@ fn init_from_a_finished_job_loads_its_weights_with_a_fresh_optimiser() {
     let _serial = serial();
     let dir = fashion_dir(48, 16);
     let mut base_rec = Recorder::default();
-    completed(run_stage(&tiny_spec(1), dir.path(), Device::Cpu, None, None, &mut base_rec).unwrap());
+    completed(run_stage(&valid(&tiny_spec(1)), dir.path(), Device::Cpu, None, None, &mut base_rec).unwrap());
     let baseline = checkpoint::load(&base_rec.checkpoints[0].bytes).unwrap();
 
     // A negligible lr: after one epoch the qat weights are still the baseline's.
     let mut spec = qat_spec(4, 1);
     spec.lr = 1e-30;
     let mut rec = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, None, Some(&base_rec.checkpoints[0].bytes), &mut rec).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, Some(&base_rec.checkpoints[0].bytes), &mut rec).unwrap());
     assert!(rec.logs.iter().any(|l| l.starts_with("initialised")), "{:?}", rec.logs);
     let qat = checkpoint::load(&rec.checkpoints[0].bytes).unwrap();
     for (name, t) in &baseline.model {
@@ -130,9 +131,10 @@ fn init_from_a_finished_job_loads_its_weights_with_a_fresh_optimiser() {
     }
     // Not loaded: a checkpoint of another data set's network.
     let cifar_dir = tempfile::tempdir().unwrap();
-    data::write_cifar10_like(cifar_dir.path(), 16, 8, 3).unwrap();
+    fixtures::write_cifar10_like(cifar_dir.path(), 16, 8, 3).unwrap();
     let cifar_spec = JobSpec { dataset: "cifar10".into(), ..spec.clone() };
-    let err = run_stage(&cifar_spec, cifar_dir.path(), Device::Cpu, None, Some(&base_rec.checkpoints[0].bytes), &mut Recorder::default());
+    let err =
+        run_stage(&valid(&cifar_spec), cifar_dir.path(), Device::Cpu, None, Some(&base_rec.checkpoints[0].bytes), &mut Recorder::default());
     assert!(err.err().unwrap().to_string().contains("shape"));
 }
 
@@ -148,7 +150,7 @@ fn every_evaluation_reports_energy_normalised_to_4_bits() {
         (qat_spec(1, 1), table.pj_per_mac(Some(1)) / table.pj_per_mac(Some(4))),
     ] {
         let mut rec = Recorder::default();
-        let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
+        let summary = completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
         println!(
             "{:?} {}-bit: normalised energy {} ({} pJ, stem and head {} pJ)",
             spec.stage,

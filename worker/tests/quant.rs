@@ -6,7 +6,7 @@
 mod common;
 
 use camp_proto::spec::ActQuant;
-use camp_worker::model::ComputeOptions;
+use camp_worker::compute::ComputeOptions;
 use camp_worker::quant::{Activation, WeightQuantizer};
 use camp_worker::weights::WeightBankBuilder;
 use common::serial;

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use camp_proto::spec::LrStep;
 use camp_worker::checkpoint::{self, MOMENTUM_PREFIX};
-use camp_worker::stage::{run_stage, Control, StageOutcome};
-use common::{completed, fashion_dir, serial, tiny_spec, Recorder};
+use camp_worker::observer::{Control, StageOutcome};
+use camp_worker::stage::run_stage;
+use common::{completed, fashion_dir, serial, tiny_spec, valid, Recorder};
 use tch::{Device, Tensor};
 
 /// Every tensor of a checkpoint, as raw bytes, by name.
@@ -34,7 +35,7 @@ fn loss_goes_down_on_a_tiny_generated_set() {
     let mut spec = tiny_spec(4);
     spec.lr_schedule.clear();
     let mut rec = Recorder::default();
-    let summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
+    let summary = completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
     let losses = rec.series("train_loss");
     println!("train loss per epoch: {losses:?}; test top-1 {}", summary.final_top1);
     assert_eq!(losses.len(), 4);
@@ -53,7 +54,7 @@ fn the_optimizer_follows_the_lr_schedule_per_epoch() {
     // Milestones count completed epochs (distiller's MultiStepMultiGammaLR).
     spec.lr_schedule = vec![LrStep { epoch: 1, gamma: 1e-20 }, LrStep { epoch: 2, gamma: 1e19 }];
     let mut rec = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).unwrap());
 
     // By hand from lr 0.05: epoch 1 has completed no milestone; epoch 2 has completed
     // milestone 1 (x 1e-20); epoch 3 milestones 1 and 2 (x 1e-20 x 1e19).
@@ -92,12 +93,12 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
     let spec = tiny_spec(3);
 
     let mut whole = Recorder::default();
-    let whole_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut whole).unwrap());
+    let whole_summary = completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut whole).unwrap());
     let whole_final = &whole.checkpoints.last().unwrap().bytes;
 
     // Interrupt in epoch 2 after its second step (global step 6).
     let mut first = Recorder::with_control(6, Control::Interrupt);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
+    assert!(matches!(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut first).unwrap(), StageOutcome::Interrupted));
     assert_eq!(first.checkpoints.len(), 2, "epoch 1 and the interruption");
     let cut = &first.checkpoints[1];
     assert!(cut.top1.is_nan());
@@ -110,7 +111,7 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
     assert!(cut.metadata_json.contains("\"step_in_epoch\":\"2\""));
 
     let mut rest = Recorder::default();
-    let resumed_summary = completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&cut.bytes), None, &mut rest).unwrap());
+    let resumed_summary = completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, Some(&cut.bytes), None, &mut rest).unwrap());
     assert_bitwise_equal(whole_final, &rest.checkpoints.last().unwrap().bytes);
     // Exact epoch metrics too, across the cut.
     assert_eq!(rest.series("train_loss"), whole.series("train_loss")[1..]);
@@ -119,7 +120,7 @@ fn an_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
 
     // Resuming from an epoch boundary (a kill after epoch 1) ends the same way.
     let mut from_epoch_1 = Recorder::default();
-    completed(run_stage(&spec, dir.path(), Device::Cpu, Some(&whole.checkpoints[0].bytes), None, &mut from_epoch_1).unwrap());
+    completed(run_stage(&valid(&spec), dir.path(), Device::Cpu, Some(&whole.checkpoints[0].bytes), None, &mut from_epoch_1).unwrap());
     assert_bitwise_equal(whole_final, &from_epoch_1.checkpoints.last().unwrap().bytes);
 
     // The checkpoint is loadable on its own.
@@ -132,15 +133,15 @@ fn cancel_and_abandon_stop_without_writing_and_a_foreign_spec_is_refused() {
     let dir = fashion_dir(48, 16);
     let spec = tiny_spec(2);
     let mut cancel = Recorder::with_control(2, Control::Cancel);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut cancel).unwrap(), StageOutcome::Cancelled));
+    assert!(matches!(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut cancel).unwrap(), StageOutcome::Cancelled));
     assert!(cancel.checkpoints.is_empty());
     let mut abandon = Recorder::with_control(4, Control::Abandon);
-    assert!(matches!(run_stage(&spec, dir.path(), Device::Cpu, None, None, &mut abandon).unwrap(), StageOutcome::Abandoned));
+    assert!(matches!(run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut abandon).unwrap(), StageOutcome::Abandoned));
     assert_eq!(abandon.checkpoints.len(), 1, "only epoch 1's");
 
     let mut other = spec.clone();
     other.lr = 0.2;
-    let err = run_stage(&other, dir.path(), Device::Cpu, Some(&abandon.checkpoints[0].bytes), None, &mut Recorder::default());
+    let err = run_stage(&valid(&other), dir.path(), Device::Cpu, Some(&abandon.checkpoints[0].bytes), None, &mut Recorder::default());
     assert!(err.err().unwrap().to_string().contains("different spec"));
 }
 

@@ -1,6 +1,7 @@
 //! `camp jobs`, `show`, `cancel`, `priority` and `logs`: one job or many, as the coordinator has them.
 
 use camp_proto::v1::{self, CancelJobRequest, GetJobRequest, ListJobsRequest, SetJobPriorityRequest};
+use camp_proto::JobResult;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
@@ -72,7 +73,7 @@ fn jobs_table(jobs: &[v1::Job], now_ms: i64) -> Table {
     let mut table = Table::new(&["id", "name", "stage", "arch", "dataset", "state", "attempt", "epoch", "best top-1", "owner", "age"]);
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
-        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).map(percent).unwrap_or_default();
+        let best = job.result.as_ref().map(|result| percent(result.best_top1)).unwrap_or_default();
         table.push(vec![
             job.id.to_string(),
             job.name.clone(),
@@ -120,7 +121,6 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         ("created", when(job.created_at_ms)),
         ("started", when(job.started_at_ms)),
         ("finished", when(job.finished_at_ms)),
-        ("result", job.result_json.clone()),
     ];
     if job.experiment_id > 0 {
         let node = if job.node.is_empty() { String::new() } else { format!(", node {}", job.node) };
@@ -130,7 +130,9 @@ fn job_details(job: &v1::Job, now_ms: i64) -> String {
         let parents: Vec<String> = job.parents.iter().map(|p| format!("#{p}")).collect();
         fields.insert(2, ("parents", parents.join(", ")));
     }
-    fields.extend(result_fields(&wire::embedded_json(&job.result_json)));
+    if let Some(result) = &job.result {
+        fields.extend(result_fields(result));
+    }
     if let Some(spec) = &job.spec {
         fields.insert(4, ("epoch", format!("{}/{}", job.epoch, spec.epochs)));
         let schedule =
@@ -205,39 +207,26 @@ fn quant_fields(spec: &v1::JobSpec) -> Vec<(&'static str, String)> {
     fields
 }
 
-/// The result's energy and bits, as the worker reports them: `energy_pj`,
-/// `normalized_energy`, `stem_head_pj`, `energy_table`, `bits_weights`,
-/// `bits_activations`, and for sp/rl `fullbit_share`.
-fn result_fields(result: &Value) -> Vec<(&'static str, String)> {
-    let f = |key: &str| result.get(key).and_then(Value::as_f64);
-    let mut fields = Vec::new();
-    if let Some(top1) = wire::best_top1(result) {
-        let epoch = result.get("best_epoch").and_then(Value::as_u64).map_or(String::new(), |e| format!(" (epoch {e})"));
-        fields.push(("best top-1", format!("{}{epoch}", percent(top1))));
-    }
-    if let Some(normalized) = f("normalized_energy") {
-        let mut text = format!("{} of the 4-bit blocks", number(normalized));
-        if let Some(pj) = f("energy_pj") {
-            text.push_str(&format!("; {} pJ/image in the blocks", number(pj)));
-        }
-        if let Some(pj) = f("stem_head_pj") {
-            text.push_str(&format!(" + {} pJ stem and head", number(pj)));
-        }
-        let table = match result.get("energy_table") {
-            Some(Value::String(name)) => Some(name.clone()),
-            Some(Value::Object(table)) => table.get("name").and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        };
-        if let Some(table) = table {
-            text.push_str(&format!(" (table {table})"));
-        }
-        fields.push(("energy", text));
-    }
-    if let (Some(w), Some(a)) = (result.get("bits_weights").and_then(Value::as_u64), result.get("bits_activations").and_then(Value::as_u64))
-    {
-        fields.push(("result bits", format!("weights {w}, activations {a}")));
-    }
-    if let Some(share) = f("fullbit_share") {
+/// The result as people read it: best and final accuracy, the energy (of the
+/// blocks, normalised to 4 bits; stem and head apart; the table), the bits,
+/// and for sp/rl the share of images through the 4-bit path.
+fn result_fields(result: &JobResult) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("best top-1", format!("{} (epoch {})", percent(result.best_top1), result.best_epoch)),
+        ("final top-1", format!("{} (top-5 {})", percent(result.final_top1), percent(result.final_top5))),
+        (
+            "energy",
+            format!(
+                "{} of the 4-bit blocks; {} pJ/image in the blocks + {} pJ stem and head (table {})",
+                number(result.normalized_energy),
+                number(result.energy_pj),
+                number(result.stem_head_pj),
+                result.energy_table
+            ),
+        ),
+        ("result bits", format!("weights {}, activations {}", result.bits_weights, result.bits_activations)),
+    ];
+    if let Some(share) = result.fullbit_share {
         fields.push(("4-bit share", format!("{} of test images through the 4-bit path", percent(share))));
     }
     fields
@@ -308,7 +297,7 @@ mod tests {
             max_attempts: 3,
             epoch: 4,
             created_at_ms: 1_000,
-            result_json: r#"{"best_top1": 0.6125}"#.into(),
+            result: Some(JobResult { best_top1: 0.6125, ..Default::default() }),
             ..Default::default()
         }
     }
@@ -327,7 +316,7 @@ mod tests {
 
     #[test]
     fn details_name_state_and_spec() {
-        let job = v1::Job { cancel_requested: true, ..sample_job() };
+        let job = v1::Job { cancel_requested: true, result: None, ..sample_job() };
         let text = job_details(&job, 181_000);
         assert!(text.contains("running (cancel requested)"), "{text}");
         assert!(text.contains("lr_schedule") && text.contains("80:0.1,120:0.1,160:0.2"), "{text}");
@@ -373,10 +362,20 @@ mod tests {
             parents: vec![13],
             spec: Some(spec.to_proto()),
             state: v1::JobState::Succeeded as i32,
-            result_json: r#"{"best_top1": 0.899, "best_epoch": 7, "energy_pj": 1234567.0, "normalized_energy": 0.41,
-                "stem_head_pj": 2037862.4, "energy_table": "horowitz-45nm", "bits_weights": 1, "bits_activations": 1,
-                "fullbit_share": 0.29}"#
-                .into(),
+            result: Some(JobResult {
+                best_top1: 0.899,
+                best_epoch: 7,
+                final_top1: 0.89,
+                final_top5: 0.995,
+                energy_pj: 1234567.0,
+                normalized_energy: 0.41,
+                stem_head_pj: 2037862.4,
+                energy_table: "horowitz-45nm".into(),
+                bits_weights: 1,
+                bits_activations: 1,
+                fullbit_share: Some(0.29),
+                ..Default::default()
+            }),
             ..sample_job()
         };
         let text = job_details(&job, 181_000);
@@ -385,6 +384,7 @@ mod tests {
         assert!(line("experiment").ends_with("3, node rl-0.2"), "{text}");
         assert!(line("parents").ends_with("#13"), "{text}");
         assert!(line("best top-1").ends_with("89.90% (epoch 7)"), "{text}");
+        assert!(line("final top-1").ends_with("89.00% (top-5 99.50%)"), "{text}");
         let energy = line("energy");
         assert!(energy.contains("0.4100 of the 4-bit blocks") && energy.contains("1234567 pJ/image"), "{energy}");
         assert!(energy.contains("2037862 pJ stem and head") && energy.contains("(table horowitz-45nm)"), "{energy}");

@@ -5,7 +5,6 @@ use camp_proto::spec::Stage;
 use camp_proto::v1::{self, GetExperimentRequest};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::client;
 use crate::global_opts::GlobalOpts;
@@ -45,28 +44,23 @@ pub struct ResultRow {
     pub state: String,
 }
 
-fn as_u32(value: Option<&Value>) -> Option<u32> {
-    value.and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok())
-}
-
 impl ResultRow {
     /// From a job: the worker's result keys where it has them, else the spec's bits.
     pub fn from_job(job: &v1::Job) -> ResultRow {
         let spec = job.spec.clone().unwrap_or_default();
-        let result = wire::embedded_json(&job.result_json);
+        let result = job.result.as_ref();
         let stage = Stage::parse(&spec.stage).ok();
         let spec_bits = |bits: Option<u32>| bits.or(stage.map(Stage::default_bits));
-        let number = |key: &str| result.get(key).and_then(Value::as_f64);
         ResultRow {
             node: job.node.clone(),
             job_id: job.id,
             stage: spec.stage.clone(),
-            bits_weights: as_u32(result.get("bits_weights")).or(spec_bits(spec.bits_weights)),
-            bits_activations: as_u32(result.get("bits_activations")).or(spec_bits(spec.bits_activations)),
+            bits_weights: result.map(|r| r.bits_weights).filter(|&bits| bits > 0).or(spec_bits(spec.bits_weights)),
+            bits_activations: result.map(|r| r.bits_activations).filter(|&bits| bits > 0).or(spec_bits(spec.bits_activations)),
             alpha: (stage == Some(Stage::Rl)).then(|| spec.alpha.unwrap_or(camp_proto::JobSpec::default().alpha)),
-            top1: wire::final_top1(&result),
-            normalized_energy: number("normalized_energy"),
-            fullbit_share: number("fullbit_share"),
+            top1: result.map(|r| r.final_top1),
+            normalized_energy: result.map(|r| r.normalized_energy),
+            fullbit_share: result.and_then(|r| r.fullbit_share),
             state: wire::state_name(job.state).to_owned(),
         }
     }
@@ -151,6 +145,7 @@ pub mod tests {
     use super::*;
     use camp_proto::JobSpec;
 
+    /// A job whose result has the figures of `result`, a JSON object in the result's shape ("" = no result).
     pub fn job(id: i64, node: &str, spec: JobSpec, state: v1::JobState, result: &str) -> v1::Job {
         v1::Job {
             id,
@@ -158,7 +153,7 @@ pub mod tests {
             experiment_id: 3,
             spec: Some(spec.to_proto()),
             state: state as i32,
-            result_json: result.into(),
+            result: (!result.is_empty()).then(|| serde_json::from_str(result).expect("a result in the result's shape")),
             ..Default::default()
         }
     }
@@ -254,7 +249,7 @@ pub mod tests {
         let json = serde_json::to_value(&row).unwrap();
         assert_eq!(
             (&json["top1"], &json["normalized_energy"], &json["fullbit_share"]),
-            (&serde_json::json!("NaN"), &serde_json::json!("inf"), &Value::Null)
+            (&serde_json::json!("NaN"), &serde_json::json!("inf"), &serde_json::Value::Null)
         );
         let back: ResultRow = serde_json::from_value(json).unwrap();
         assert!(back.top1.unwrap().is_nan());

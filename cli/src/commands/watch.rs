@@ -378,7 +378,7 @@ impl WatchDisplay for Live {
             String::new()
         };
         let mut line = format!("job {} {}{took}", self.job_id, wire::state_name(job.state));
-        let best = wire::best_top1(&wire::embedded_json(&job.result_json)).or(self.best.map(|best| best.top1));
+        let best = job.result.as_ref().map(|result| result.best_top1).or(self.best.map(|best| best.top1));
         if let Some(best) = best {
             line += &format!(", best top-1 {}", percent(best));
         }

@@ -108,7 +108,10 @@ impl JobService for JobApi {
         self.check_init_from(&user, &spec, "spec.init_from").await?;
         let request = validate::request_key(&r.request_id, &r, |m| m.request_id.clear())?;
         let name = job_name(&r.name, &spec);
-        let job = self.store.submit_job(NewJob { name, owner: user.name, spec, priority: r.priority, max_attempts, request }).await?;
+        let job = self
+            .store
+            .submit_job(NewJob { name, owner: user.name, spec: spec.into_inner(), priority: r.priority, max_attempts, request })
+            .await?;
         tracing::info!(job = job.id, owner = %job.owner, "submitted");
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -332,7 +335,7 @@ impl JobService for JobApi {
             let spec = validate::spec(&format!("{at}.spec"), n.spec.as_ref())?;
             let name = if n.name.trim().is_empty() { format!("{}-{}", r.name.trim(), n.key) } else { job_name(&n.name, &spec) };
             let init_from = (!n.init_from.is_empty()).then_some(n.init_from);
-            nodes.push(NewNode { key: n.key, name, spec, after: n.after, init_from, priority: n.priority });
+            nodes.push(NewNode { key: n.key, name, spec: spec.into_inner(), after: n.after, init_from, priority: n.priority });
         }
         let pipeline = NewPipeline { name: r.name.trim().to_string(), owner: user.name, nodes, max_attempts, request };
         let experiment = self.store.submit_pipeline(pipeline).await?;

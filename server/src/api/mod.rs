@@ -60,7 +60,7 @@ pub fn job_to_proto(j: &Job) -> v1::Job {
         created_at_ms: ms(j.created_at),
         started_at_ms: opt_ms(j.started_at),
         finished_at_ms: opt_ms(j.finished_at),
-        result_json: j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+        result: j.result.clone(),
         epoch: j.epoch,
         experiment_id: j.experiment_id.unwrap_or(0),
         node: j.node.clone(),

@@ -4,7 +4,7 @@
 
 use camp_proto::limits::{self, TextError};
 use camp_proto::v1;
-use camp_proto::JobSpec;
+use camp_proto::{JobResult, ValidSpec};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -50,16 +50,14 @@ pub fn page(name: &str, limit: u32, default: u32, max: u32) -> ApiResult<u32> {
     }
 }
 
-/// A wire spec, validated, whose bits overrides each match a module of its network.
-pub fn spec(name: &str, wire: Option<&v1::JobSpec>) -> ApiResult<JobSpec> {
+/// A wire spec, validated (its bits overrides each match a module of its network).
+pub fn spec(name: &str, wire: Option<&v1::JobSpec>) -> ApiResult<ValidSpec> {
     let wire = wire.ok_or_else(|| ApiError::invalid(name, "missing"))?;
     let prefixed = |e: camp_proto::SpecError| {
         let field = if name == "spec" { e.field.to_string() } else { format!("{name}.{}", e.field) };
         ApiError::Invalid { field, reason: e.reason }
     };
-    let spec = JobSpec::from_proto(wire).map_err(prefixed)?;
-    camp_proto::energy::report(&spec).map_err(prefixed)?;
-    Ok(spec)
+    ValidSpec::from_proto(wire).map_err(prefixed)
 }
 
 pub fn max_attempts(requested: u32) -> ApiResult<u32> {
@@ -210,7 +208,7 @@ pub fn checkpoint_header(h: &v1::CheckpointHeader, max_bytes: u64) -> ApiResult<
     Ok(CheckedHeader { metadata, top1 })
 }
 
-pub fn finish(r: &v1::FinishRequest) -> ApiResult<(Outcome, Option<serde_json::Value>)> {
+pub fn finish(r: &v1::FinishRequest) -> ApiResult<(Outcome, Option<&JobResult>)> {
     let outcome = match v1::Outcome::try_from(r.outcome) {
         Ok(v1::Outcome::Succeeded) => Outcome::Succeeded,
         Ok(v1::Outcome::Failed) => Outcome::Failed,
@@ -219,8 +217,10 @@ pub fn finish(r: &v1::FinishRequest) -> ApiResult<(Outcome, Option<serde_json::V
         _ => return Err(ApiError::invalid("outcome", "must be succeeded, failed, cancelled or released")),
     };
     text("message", &r.message, limits::MAX_MESSAGE_TEXT_BYTES)?;
-    let result = json_object("result_json", &r.result_json, limits::MAX_RESULT_JSON_BYTES)?;
-    Ok((outcome, result))
+    if let Some(result) = &r.result {
+        result.check().map_err(|e| ApiError::invalid(format!("result.{}", e.field), e.reason))?;
+    }
+    Ok((outcome, r.result.as_ref()))
 }
 
 #[cfg(test)]
@@ -275,13 +275,14 @@ mod tests {
 
     #[test]
     fn finishing_messages_and_results_are_bounded() {
-        let ok =
-            v1::FinishRequest { outcome: v1::Outcome::Succeeded as i32, result_json: r#"{"best_top1":0.5}"#.into(), ..Default::default() };
+        let result = v1::JobResult { best_top1: 0.5, energy_table: "t".into(), ..Default::default() };
+        let ok = v1::FinishRequest { outcome: v1::Outcome::Succeeded as i32, result: Some(result.clone()), ..Default::default() };
         finish(&ok).unwrap();
         assert_eq!(field_of(finish(&v1::FinishRequest { outcome: 99, ..ok.clone() })), "outcome");
         assert_eq!(field_of(finish(&v1::FinishRequest { message: "a\0".into(), ..ok.clone() })), "message");
-        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(70_000));
-        assert_eq!(field_of(finish(&v1::FinishRequest { result_json: big, ..ok.clone() })), "result_json");
+        let bad = |result| field_of(finish(&v1::FinishRequest { result: Some(result), ..ok.clone() }));
+        assert_eq!(bad(v1::JobResult { best_top1: f64::NAN, ..result.clone() }), "result.best_top1");
+        assert_eq!(bad(v1::JobResult { block_fullbit_shares: vec![0.5; 70_000], ..result.clone() }), "result.block_fullbit_shares");
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl Worker {
                 attempt,
                 outcome: outcome as i32,
                 message: String::new(),
-                result_json: r#"{"best_top1":0.5}"#.into(),
+                result: Some(v1::JobResult { best_top1: 0.5, energy_table: "t".into(), ..Default::default() }),
             })
             .await
             .map(|_| ())

@@ -3,7 +3,7 @@
 //! `Pipeline`, each node's spec from its stage's defaults.
 
 use camp_proto::pipeline::Node;
-use camp_proto::JobSpec;
+use camp_proto::{JobSpec, ValidSpec};
 use serde::Deserialize;
 
 use super::build::{check_dag, Pipeline};
@@ -42,7 +42,7 @@ fn node_spec(key: &str, value: &serde_yaml::Value) -> Result<JobSpec, UsageError
     if value.as_mapping().is_some_and(|map| !map.contains_key("stage")) {
         return Err(fail("spec.stage: missing (baseline, qat, sp or rl)".into()));
     }
-    JobSpec::from_yaml(value).map_err(|err| match err.key.as_str() {
+    JobSpec::from_yaml(value).map(ValidSpec::into_inner).map_err(|err| match err.key.as_str() {
         "spec" => fail(format!("spec: {}", err.reason)),
         key => fail(format!("spec.{key}: {}", err.reason)),
     })

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use camp_proto::v1;
-use serde_json::Value;
 
 use crate::output::{age, number, percent, Table};
 use crate::wire;
@@ -81,7 +80,7 @@ impl<'a> Tree<'a> {
         self.visited[i] = true;
         let job = &self.jobs[i];
         let spec = job.spec.clone().unwrap_or_default();
-        let result = wire::embedded_json(&job.result_json);
+        let result = job.result.as_ref();
         let name_of = |j: usize| {
             if self.jobs[j].node.is_empty() {
                 format!("#{}", self.jobs[j].id)
@@ -102,7 +101,6 @@ impl<'a> Tree<'a> {
         if !others.is_empty() {
             label.push_str(&format!(" (also after {})", others.join(", ")));
         }
-        let f = |key: &str| result.get(key).and_then(Value::as_f64);
         let kids = self.children[i].clone();
         let message = job.message.split_whitespace().collect::<Vec<_>>().join(" ");
         self.rows.push(TreeRow {
@@ -113,9 +111,9 @@ impl<'a> Tree<'a> {
                 wire::state_name(job.state).to_owned(),
                 format!("{}/{}", job.attempt, job.max_attempts),
                 format!("{}/{}", job.epoch, spec.epochs),
-                wire::best_top1(&result).map(percent).unwrap_or_default(),
-                f("normalized_energy").map(number).unwrap_or_default(),
-                f("fullbit_share").map(percent).unwrap_or_default(),
+                result.map(|r| percent(r.best_top1)).unwrap_or_default(),
+                result.map(|r| number(r.normalized_energy)).unwrap_or_default(),
+                result.and_then(|r| r.fullbit_share).map(percent).unwrap_or_default(),
             ],
             message: (!message.is_empty()).then(|| {
                 let below = if kids.is_empty() { "   " } else { "│  " };

@@ -1,0 +1,109 @@
+//! Workers and the leases they hold: who runs what, under which fencing token, until when.
+
+use async_trait::async_trait;
+use camp_proto::JobResult;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Checkpoint, Job, JobState, StoreResult};
+
+#[derive(Debug, Clone)]
+pub struct NewWorker {
+    pub name: String,
+    pub hostname: String,
+    pub device_kind: String,
+    pub gpus: Vec<String>,
+    pub datasets: Vec<String>,
+    pub labels: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub id: Uuid,
+    pub new: NewWorker,
+    pub last_heartbeat: DateTime<Utc>,
+    pub running_jobs: Vec<i64>,
+}
+
+/// A registered worker as its session names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSession {
+    pub worker: Uuid,
+    /// The credential it registered with (None on a coordinator without auth).
+    pub credential_id: Option<i64>,
+}
+
+/// A job handed to a worker, with the checkpoint to resume from and, for a job
+/// that starts from another's weights, that job's best checkpoint.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub resume_from: Option<Checkpoint>,
+    pub init_from: Option<Checkpoint>,
+}
+
+/// Identifies one attempt of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptRef {
+    pub job_id: i64,
+    pub attempt: u32,
+}
+
+/// The fencing token every worker write carries: the worker that holds the
+/// job's lease, at the job's current attempt. A write whose token is not the
+/// job's current one changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub worker: Uuid,
+    pub job_id: i64,
+    pub attempt: u32,
+}
+
+/// How claims share the queue out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimPolicy {
+    /// At most this many running jobs per owner (None = no cap).
+    pub max_running_per_user: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatReply {
+    pub cancel: Vec<i64>,
+    pub lost: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The worker gave the job back (shutting down): queued again, not a lost attempt.
+    Released,
+}
+
+/// What the lease reaper did to one job.
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    pub job_id: i64,
+    pub attempt: u32,
+    pub new_state: JobState,
+}
+
+#[async_trait]
+pub trait LeaseStore {
+    /// Registers a worker under a session secret (its sha256) and the credential it came with.
+    async fn register_worker(&self, worker: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid>;
+    async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>>;
+    /// The 1,000 workers heard from most recently.
+    async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
+    /// Takes the next job this worker can run, if any, with a lease of `lease`:
+    /// highest priority first, then the owner with the fewest running jobs, then the oldest.
+    async fn claim(&self, worker: Uuid, lease: std::time::Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>>;
+    async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: std::time::Duration) -> StoreResult<HeartbeatReply>;
+    async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()>;
+    /// Returns running jobs whose lease expired to the queue, or fails them after
+    /// max attempts; drops uploads that were abandoned and workers silent for a week.
+    async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>>;
+    /// Whether `worker` holds the lease of job `job_id` or of a job that starts from it.
+    async fn worker_may_read(&self, worker: Uuid, job_id: i64) -> StoreResult<bool>;
+}

@@ -1,0 +1,357 @@
+//! Jobs and experiments: submission (idempotent by request key, a pipeline
+//! as one transaction in topological order), reading, cancelling (with the
+//! jobs that wait on it) and the facts of why a queued job waits.
+
+use super::rows::*;
+use super::*;
+
+fn spec_invalid(e: camp_proto::SpecError) -> StoreError {
+    StoreError::Invalid { field: e.field.to_string(), reason: e.reason }
+}
+
+/// The job a new one starts from: it must exist and not have failed.
+async fn init_parent(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
+    let parent = match job_in(tx, id).await {
+        Err(StoreError::NotFound(_)) => {
+            return Err(StoreError::Invalid { field: "init_from".into(), reason: format!("job {id} does not exist") })
+        }
+        other => other?,
+    };
+    if matches!(parent.state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Invalid {
+            field: "init_from".into(),
+            reason: format!("job {id} {}: there is nothing to start from", parent.state.as_str()),
+        });
+    }
+    Ok(parent)
+}
+
+async fn insert_job(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &NewJob,
+    experiment_id: Option<i64>,
+    node: &str,
+    parents: &[i64],
+) -> StoreResult<i64> {
+    let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(&job.name)
+    .bind(&job.owner)
+    .bind(job.spec.stage.as_str())
+    .bind(&job.spec.dataset)
+    .bind(job.spec.device.as_str())
+    .bind(spec)
+    .bind(job.priority)
+    .bind(job.max_attempts as i32)
+    .bind(experiment_id)
+    .bind(node)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO job_dependencies (child_id, parent_id) SELECT $1, unnest($2::bigint[])")
+        .bind(id)
+        .bind(parents)
+        .execute(&mut **tx)
+        .await?;
+    notify(tx, Change::Job(id)).await?;
+    Ok(id)
+}
+
+/// The nodes in an order where every node comes after the nodes it names,
+/// by the contract's rules (`camp_proto::pipeline`, which the CLI applies too).
+fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
+    camp_proto::pipeline::topological_order(nodes).map_err(|e| StoreError::Invalid {
+        field: match &e.node {
+            Some((i, key)) => format!("nodes[{i}] ({key}).{}", e.field),
+            None => e.field.to_string(),
+        },
+        reason: e.reason,
+    })
+}
+
+/// What a submission makes, which its request key stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Job,
+    Experiment,
+}
+
+/// Claims `key` for `owner` inside the transaction, or finds what the first
+/// request with it made (`Some(id)`). A concurrent request with the same key
+/// waits here for the first one's transaction to end (the primary key's
+/// insertion lock).
+async fn claim_request_key(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    key: Option<&RequestKey>,
+    made: Made,
+) -> StoreResult<Option<i64>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let inserted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO submissions (owner, request_id, request_sha256) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING RETURNING request_id",
+    )
+    .bind(owner)
+    .bind(&key.id)
+    .bind(&key.sha256)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_some() {
+        return Ok(None);
+    }
+    let (sha, job, experiment): (String, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT request_sha256, job_id, experiment_id FROM submissions WHERE owner = $1 AND request_id = $2")
+            .bind(owner)
+            .bind(&key.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let used =
+        |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", camp_proto::limits::excerpt(&key.id)));
+    if sha != key.sha256 {
+        return Err(used("for a different request"));
+    }
+    match (made, job, experiment) {
+        (Made::Job, Some(id), _) | (Made::Experiment, _, Some(id)) => Ok(Some(id)),
+        (Made::Job, None, Some(_)) => Err(used("for a pipeline")),
+        (Made::Experiment, Some(_), None) => Err(used("for a single job")),
+        // What it made was deleted: nothing to return, and a new one would break the promise.
+        (_, None, None) => Err(used("(what it made no longer exists)")),
+    }
+}
+
+async fn record_request_key(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    key: &RequestKey,
+    job: Option<i64>,
+    experiment: Option<i64>,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE submissions SET job_id = $3, experiment_id = $4 WHERE owner = $1 AND request_id = $2")
+        .bind(owner)
+        .bind(&key.id)
+        .bind(job)
+        .bind(experiment)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn submit_job(&self, job: NewJob) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(id) = claim_request_key(&mut tx, &job.owner, job.request.as_ref(), Made::Job).await? {
+            tx.rollback().await?;
+            return self.get_job(id).await;
+        }
+        let parent = match job.spec.init_from {
+            0 => None,
+            id => Some(init_parent(&mut tx, id).await?),
+        };
+        job.spec.check_init_parent(parent.as_ref().map(|p| &p.spec)).map_err(spec_invalid)?;
+        let id = insert_job(&mut tx, &job, None, "", parent.as_ref().map(|p| p.id).as_slice()).await?;
+        if let Some(key) = &job.request {
+            record_request_key(&mut tx, &job.owner, key, Some(id), None).await?;
+        }
+        notify(&mut tx, Change::Queue).await?;
+        let stored = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn submit_pipeline(&self, p: NewPipeline) -> StoreResult<Experiment> {
+        let order = topological_order(&p.nodes)?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(id) = claim_request_key(&mut tx, &p.owner, p.request.as_ref(), Made::Experiment).await? {
+            tx.rollback().await?;
+            return self.get_experiment(id).await;
+        }
+        let (experiment_id,): (i64,) = sqlx::query_as("INSERT INTO experiments (name, owner) VALUES ($1, $2) RETURNING id")
+            .bind(&p.name)
+            .bind(&p.owner)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut ids: HashMap<&str, i64> = HashMap::new();
+        for i in order {
+            let node = &p.nodes[i];
+            let mut spec = node.spec.clone();
+            // The parent's stage and network were checked with the order.
+            let init = node.init_from.as_deref().map(|k| ids[k]);
+            spec.init_from = init.unwrap_or(0);
+            let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()]).collect();
+            parents.extend(init);
+            parents.sort_unstable();
+            parents.dedup();
+            let job = NewJob {
+                name: node.name.clone(),
+                owner: p.owner.clone(),
+                spec,
+                priority: node.priority,
+                max_attempts: p.max_attempts,
+                request: None,
+            };
+            let id = insert_job(&mut tx, &job, Some(experiment_id), &node.key, &parents).await?;
+            ids.insert(node.key.as_str(), id);
+        }
+        if let Some(key) = &p.request {
+            record_request_key(&mut tx, &p.owner, key, None, Some(experiment_id)).await?;
+        }
+        notify(&mut tx, Change::Queue).await?;
+        tx.commit().await?;
+        self.get_experiment(experiment_id).await
+    }
+
+    async fn get_experiment(&self, id: i64) -> StoreResult<Experiment> {
+        let row: Option<(i64, String, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT id, name, owner, created_at FROM experiments WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let (id, name, owner, created_at) = row.ok_or_else(|| StoreError::NotFound(format!("experiment {id}")))?;
+        let recs: Vec<JobRecord> =
+            sqlx::query_as(&format!("{JOB_SELECT} WHERE j.experiment_id = $1 ORDER BY j.id")).bind(id).fetch_all(&self.pool).await?;
+        let jobs = recs.into_iter().map(Job::try_from).collect::<StoreResult<_>>()?;
+        Ok(Experiment { id, name, owner, created_at, jobs })
+    }
+
+    async fn list_experiments(&self, limit: u32, before_id: i64, owner: Option<&str>) -> StoreResult<Vec<Experiment>> {
+        let limit = if limit == 0 { 100 } else { limit } as i64;
+        let before = if before_id <= 0 { i64::MAX } else { before_id };
+        let rows: Vec<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, name, owner, created_at FROM experiments WHERE ($2::text IS NULL OR owner = $2) AND id < $3 \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .bind(owner)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, name, owner, created_at)| Experiment { id, name, owner, created_at, jobs: Vec::new() }).collect())
+    }
+
+    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment> {
+        let experiment = self.get_experiment(id).await?;
+        for job in experiment.jobs.iter().filter(|j| !j.state.is_terminal() && !j.cancel_requested) {
+            match self.cancel_job(job.id, by).await {
+                // Finished meanwhile, or cancelled with its parent: nothing left to do.
+                Ok(_) | Err(StoreError::FailedPrecondition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.get_experiment(id).await
+    }
+
+    async fn get_job(&self, id: i64) -> StoreResult<Job> {
+        let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+        let before = if filter.before_id <= 0 { i64::MAX } else { filter.before_id };
+        let recs: Vec<JobRecord> = sqlx::query_as(&format!(
+            "{JOB_SELECT} WHERE ($1::text IS NULL OR j.state = $1) AND ($2::text IS NULL OR j.stage = $2) \
+             AND ($3::text IS NULL OR j.owner = $3) AND j.id < $5 ORDER BY j.id DESC LIMIT $4"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.stage.as_deref())
+        .bind(filter.owner.as_deref())
+        .bind(limit)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        recs.into_iter().map(Job::try_from).collect()
+    }
+
+    async fn cancel_job(&self, id: i64, by: &str) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        // Lock first, then read: the state decided on is the state written over.
+        let locked: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *tx).await?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound(format!("job {id}")));
+        }
+        let job = job_in(&mut tx, id).await?;
+        match job.state {
+            JobState::Queued => {
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(format!("cancelled by {by} while queued"))
+                    .execute(&mut *tx)
+                    .await?;
+                cancel_descendants(&mut tx, id, "was cancelled").await?;
+            }
+            JobState::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = true, message = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(format!("cancel requested by {by}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            done => {
+                return Err(StoreError::FailedPrecondition(format!("job {id} already {}", done.as_str())));
+            }
+        }
+        notify(&mut tx, Change::Job(id)).await?;
+        let job = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn set_priority(&self, id: i64, priority: i32) -> StoreResult<Job> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *tx).await?;
+        let (state,) = row.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+        if !matches!(JobState::parse(&state), Some(JobState::Queued | JobState::Running)) {
+            return Err(StoreError::FailedPrecondition(format!("job {id} already {state}: its priority no longer matters")));
+        }
+        sqlx::query("UPDATE jobs SET priority = $2 WHERE id = $1").bind(id).bind(priority).execute(&mut *tx).await?;
+        notify(&mut tx, Change::Job(id)).await?;
+        notify(&mut tx, Change::Queue).await?;
+        let job = job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn queue_facts(&self, id: i64, live_within: Duration) -> StoreResult<QueueFacts> {
+        let job = self.get_job(id).await?;
+        let parents: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT p.id, p.state FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+             WHERE d.child_id = $1 AND p.state <> 'succeeded' ORDER BY p.id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let (owner_running,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = $1 AND state = 'running'")
+            .bind(&job.owner)
+            .fetch_one(&self.pool)
+            .await?;
+        let (live_matching_workers,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM workers w WHERE w.last_heartbeat > now() - make_interval(secs => $1) \
+             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets)",
+        )
+        .bind(lease_secs(live_within))
+        .bind(job.spec.device.as_str())
+        .bind(&job.spec.dataset)
+        .fetch_one(&self.pool)
+        .await?;
+        let (ahead,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.id <> $1 \
+             AND (j.priority > $2 OR (j.priority = $2 AND j.id < $1)) \
+             AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+                             WHERE d.child_id = j.id AND p.state <> 'succeeded')",
+        )
+        .bind(id)
+        .bind(job.priority)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueFacts {
+            unfinished_parents: parents.into_iter().map(|(id, state)| (id, JobState::parse(&state).unwrap_or(JobState::Failed))).collect(),
+            owner_running: owner_running as u32,
+            live_matching_workers: live_matching_workers as u32,
+            ahead: ahead as u32,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! The PostgreSQL store. Claims use `FOR UPDATE SKIP LOCKED` so that many
+//! coordinators and workers claim without blocking each other; changes are
+//! announced with NOTIFY on channel `camp` so that every coordinator can wake
+//! its long-polls and watchers.
+//!
+//! Here: the connection, the change feed and the checks every write shares
+//! (the fencing token, the worker's liveness); `rows` maps table rows to the
+//! store's records; one module per part of the store's contract implements it.
+
+mod checkpoints;
+mod credentials;
+mod jobs;
+mod leases;
+mod rows;
+mod telemetry;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use camp_proto::{JobResult, JobSpec};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::*;
+use rows::{JobRecord, JOB_SELECT};
+
+const CHANNEL: &str = "camp";
+const QUEUE_PAYLOAD: &str = "queue";
+
+pub struct PgStore {
+    pool: PgPool,
+    changes: broadcast::Sender<Change>,
+}
+
+impl PgStore {
+    /// Connects, applies the migrations and starts listening for changes.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(16).connect(url).await?;
+        Self::from_pool(pool).await
+    }
+
+    pub async fn from_pool(pool: PgPool) -> StoreResult<Self> {
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        let (changes, _) = broadcast::channel(1024);
+        tokio::spawn(listen(pool.clone(), changes.clone()));
+        Ok(PgStore { pool, changes })
+    }
+}
+
+/// Forwards NOTIFYs to local subscribers; reconnects on failure and then wakes
+/// everyone, since notifications may have been missed meanwhile.
+async fn listen(pool: PgPool, changes: broadcast::Sender<Change>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("change listener: connect failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!("change listener: LISTEN failed: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let _ = changes.send(Change::Queue);
+        loop {
+            match listener.recv().await {
+                Ok(n) => {
+                    let change = match n.payload() {
+                        QUEUE_PAYLOAD => Change::Queue,
+                        id => match id.parse() {
+                            Ok(id) => Change::Job(id),
+                            Err(_) => continue,
+                        },
+                    };
+                    let _ = changes.send(change);
+                }
+                Err(e) => {
+                    tracing::warn!("change listener: {e}; reconnecting");
+                    break;
+                }
+            }
+        }
+        if changes.receiver_count() == 0 && pool.is_closed() {
+            return;
+        }
+    }
+}
+
+pub(super) async fn notify(tx: &mut Transaction<'_, Postgres>, change: Change) -> StoreResult<()> {
+    let payload = match change {
+        Change::Queue => QUEUE_PAYLOAD.to_string(),
+        Change::Job(id) => id.to_string(),
+    };
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&mut **tx).await?;
+    Ok(())
+}
+
+pub(super) fn lease_secs(lease: Duration) -> f64 {
+    lease.as_secs_f64()
+}
+
+/// Checks that `at` is the job's fencing token: running, at this attempt, leased
+/// to this worker. With `lock`, the job row stays locked until the transaction ends,
+/// so the write that follows happens under the token it checked.
+pub(super) async fn fence(tx: &mut Transaction<'_, Postgres>, at: LeaseRef, lock: bool) -> StoreResult<()> {
+    let sql = if lock {
+        "SELECT state, attempt, lease_worker FROM jobs WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT state, attempt, lease_worker FROM jobs WHERE id = $1"
+    };
+    let row: Option<(String, i32, Option<Uuid>)> = sqlx::query_as(sql).bind(at.job_id).fetch_optional(&mut **tx).await?;
+    let (state, attempt, holder) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
+    if state != "running" || attempt as u32 != at.attempt {
+        return Err(StoreError::Stale(format!(
+            "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
+            at.job_id, at.attempt
+        )));
+    }
+    if holder != Some(at.worker) {
+        return Err(StoreError::Stale(format!("job {} attempt {} is leased to another worker", at.job_id, at.attempt)));
+    }
+    Ok(())
+}
+
+pub(super) async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
+    let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = $1")).bind(id).fetch_optional(&mut **tx).await?;
+    rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
+}
+
+/// Records that `worker` was heard from; an unknown worker is NotFound.
+pub(super) async fn touch_worker(tx: &mut Transaction<'_, Postgres>, worker: Uuid) -> StoreResult<()> {
+    let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
+        .bind(worker)
+        .fetch_optional(&mut **tx)
+        .await?;
+    known.map(|_| ()).ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))
+}
+
+/// Cancels the jobs waiting on a job that failed or was cancelled, however deep.
+pub(super) async fn cancel_descendants(tx: &mut Transaction<'_, Postgres>, job_id: i64, why: &str) -> StoreResult<()> {
+    let cancelled: Vec<(i64,)> = sqlx::query_as(
+        "WITH RECURSIVE below(id) AS ( \
+           SELECT child_id FROM job_dependencies WHERE parent_id = $1 \
+           UNION SELECT d.child_id FROM job_dependencies d JOIN below b ON d.parent_id = b.id) \
+         UPDATE jobs SET state = 'cancelled', finished_at = now(), message = $2 \
+         WHERE id IN (SELECT id FROM below) AND state = 'queued' RETURNING id",
+    )
+    .bind(job_id)
+    .bind(format!("cancelled: parent job {job_id} {why}"))
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id,) in cancelled {
+        notify(tx, Change::Job(id)).await?;
+    }
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
