@@ -9,20 +9,26 @@ use anyhow::Context;
 use camp_server::api::transfer::TransferLimits;
 use camp_server::auth::{self, Access};
 use camp_server::net::{self, ConnectionLimits};
-use camp_server::store::{ClaimPolicy, Credential, NewCredential, PgStore, Retention, Role, Store};
+use camp_server::store::{ClaimPolicy, Credential, Location, NewCredential, Retention, Role, Store};
 use camp_server::tls::TlsFiles;
 use camp_server::{serve, Settings};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "camp-server", version, about = "camp's coordinator: jobs, metrics and checkpoints in PostgreSQL, served over gRPC")]
+#[command(
+    name = "camp-server",
+    version,
+    about = "camp's coordinator: jobs, metrics and checkpoints in SQLite or PostgreSQL, served over gRPC"
+)]
 struct Cli {
     /// Address to serve gRPC on. Without --require-auth it must be a loopback address (or --insecure-listen).
     #[arg(long, env = "CAMP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
-    /// PostgreSQL URL; migrations are applied at start.
+    /// Where jobs, metrics and checkpoints are kept: postgres://… (a lab cluster, several
+    /// coordinators) or sqlite://PATH (one machine). Unset: sqlite://$XDG_DATA_HOME/camp/camp.db.
+    /// Migrations are applied at start.
     #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
     /// Seconds a claim or heartbeat keeps a job leased to a worker.
     #[arg(long, env = "CAMP_LEASE_SECS", default_value_t = 30.0)]
     lease_secs: f64,
@@ -160,10 +166,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cli.database_url).await.context("connecting to PostgreSQL (--database-url)")?);
+    let location = match &cli.database_url {
+        Some(url) => Location::parse(url).context("--database-url")?,
+        None => Location::default_sqlite(),
+    };
     if let Some(Command::Token(args)) = &cli.command {
+        let store = location.open_for_admin().await.with_context(|| format!("opening {location}"))?;
         return token(store.as_ref(), args).await;
     }
+    let store: Arc<dyn Store> = location.open().await.with_context(|| format!("opening {location}"))?;
+    tracing::info!(store = %location, "state kept in");
     let settings = settings(&cli)?;
     let listener = tokio::net::TcpListener::bind(&cli.listen).await.with_context(|| format!("binding --listen {}", cli.listen))?;
     let addr = listener.local_addr()?;

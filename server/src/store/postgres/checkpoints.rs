@@ -3,6 +3,7 @@
 
 use super::rows::*;
 use super::*;
+use crate::store::policy;
 
 #[async_trait]
 impl CheckpointStore for PgStore {
@@ -53,17 +54,12 @@ impl CheckpointStore for PgStore {
         if done.rows_affected() != 1 {
             return Err(StoreError::NotFound(format!("upload {upload}")));
         }
-        sqlx::query(
-            "DELETE FROM checkpoints WHERE job_id = $1 AND complete \
-             AND id NOT IN (SELECT id FROM checkpoints WHERE job_id = $1 AND complete ORDER BY id DESC LIMIT $2) \
-             AND (NOT $3 OR id <> COALESCE((SELECT id FROM checkpoints WHERE job_id = $1 AND complete AND top1 IS NOT NULL \
-                                            ORDER BY top1 DESC, id LIMIT 1), -1))",
-        )
-        .bind(at.job_id)
-        .bind(retention.keep_latest.max(1) as i64)
-        .bind(retention.keep_best)
-        .execute(&mut *tx)
-        .await?;
+        let kept: Vec<(i64, Option<f64>)> = sqlx::query_as("SELECT id, top1 FROM checkpoints WHERE job_id = $1 AND complete ORDER BY id")
+            .bind(at.job_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let victims = policy::retention_victims(&kept, retention);
+        sqlx::query("DELETE FROM checkpoints WHERE id = ANY($1)").bind(&victims).execute(&mut *tx).await?;
         notify(&mut tx, Change::Job(at.job_id)).await?;
         let rec: CheckpointRecord = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.id = $1")).bind(upload).fetch_one(&mut *tx).await?;
         tx.commit().await?;

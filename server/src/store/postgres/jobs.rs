@@ -4,26 +4,16 @@
 
 use super::rows::*;
 use super::*;
-
-fn spec_invalid(e: camp_proto::SpecError) -> StoreError {
-    StoreError::Invalid { field: e.field.to_string(), reason: e.reason }
-}
+use crate::store::policy::{self, Made};
 
 /// The job a new one starts from: it must exist and not have failed.
 async fn init_parent(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {
     let parent = match job_in(tx, id).await {
-        Err(StoreError::NotFound(_)) => {
-            return Err(StoreError::Invalid { field: "init_from".into(), reason: format!("job {id} does not exist") })
-        }
-        other => other?,
+        Err(StoreError::NotFound(_)) => None,
+        other => Some(other?),
     };
-    if matches!(parent.state, JobState::Failed | JobState::Cancelled) {
-        return Err(StoreError::Invalid {
-            field: "init_from".into(),
-            reason: format!("job {id} {}: there is nothing to start from", parent.state.as_str()),
-        });
-    }
-    Ok(parent)
+    policy::check_init_parent(id, parent.as_ref().map(|p| p.state))?;
+    Ok(parent.expect("checked: it exists"))
 }
 
 async fn insert_job(
@@ -59,25 +49,6 @@ async fn insert_job(
     Ok(id)
 }
 
-/// The nodes in an order where every node comes after the nodes it names,
-/// by the contract's rules (`camp_proto::pipeline`, which the CLI applies too).
-fn topological_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
-    camp_proto::pipeline::topological_order(nodes).map_err(|e| StoreError::Invalid {
-        field: match &e.node {
-            Some((i, key)) => format!("nodes[{i}] ({key}).{}", e.field),
-            None => e.field.to_string(),
-        },
-        reason: e.reason,
-    })
-}
-
-/// What a submission makes, which its request key stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Made {
-    Job,
-    Experiment,
-}
-
 /// Claims `key` for `owner` inside the transaction, or finds what the first
 /// request with it made (`Some(id)`). A concurrent request with the same key
 /// waits here for the first one's transaction to end (the primary key's
@@ -109,18 +80,7 @@ async fn claim_request_key(
             .bind(&key.id)
             .fetch_one(&mut **tx)
             .await?;
-    let used =
-        |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", camp_proto::limits::excerpt(&key.id)));
-    if sha != key.sha256 {
-        return Err(used("for a different request"));
-    }
-    match (made, job, experiment) {
-        (Made::Job, Some(id), _) | (Made::Experiment, _, Some(id)) => Ok(Some(id)),
-        (Made::Job, None, Some(_)) => Err(used("for a pipeline")),
-        (Made::Experiment, Some(_), None) => Err(used("for a single job")),
-        // What it made was deleted: nothing to return, and a new one would break the promise.
-        (_, None, None) => Err(used("(what it made no longer exists)")),
-    }
+    policy::earlier_submission(key, made, &sha, job, experiment).map(Some)
 }
 
 async fn record_request_key(
@@ -152,7 +112,7 @@ impl JobStore for PgStore {
             0 => None,
             id => Some(init_parent(&mut tx, id).await?),
         };
-        job.spec.check_init_parent(parent.as_ref().map(|p| &p.spec)).map_err(spec_invalid)?;
+        job.spec.check_init_parent(parent.as_ref().map(|p| &p.spec)).map_err(policy::spec_invalid)?;
         let id = insert_job(&mut tx, &job, None, "", parent.as_ref().map(|p| p.id).as_slice()).await?;
         if let Some(key) = &job.request {
             record_request_key(&mut tx, &job.owner, key, Some(id), None).await?;
@@ -164,7 +124,7 @@ impl JobStore for PgStore {
     }
 
     async fn submit_pipeline(&self, p: NewPipeline) -> StoreResult<Experiment> {
-        let order = topological_order(&p.nodes)?;
+        let order = policy::pipeline_order(&p.nodes)?;
         let mut tx = self.pool.begin().await?;
         if let Some(id) = claim_request_key(&mut tx, &p.owner, p.request.as_ref(), Made::Experiment).await? {
             tx.rollback().await?;

@@ -4,6 +4,7 @@
 
 use super::rows::*;
 use super::*;
+use crate::store::policy;
 
 #[async_trait]
 impl LeaseStore for PgStore {
@@ -227,26 +228,32 @@ impl LeaseStore for PgStore {
 
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i32, String)> = sqlx::query_as(
-            "UPDATE jobs SET \
-               state = CASE WHEN cancel_requested THEN 'cancelled' \
-                            WHEN lease_losses + 1 >= max_attempts THEN 'failed' ELSE 'queued' END, \
-               message = CASE WHEN cancel_requested THEN 'cancelled: the worker stopped heartbeating' \
-                              WHEN lease_losses + 1 >= max_attempts THEN \
-                                format('failed: lease expired on attempt %s (worker %s stopped heartbeating); %s of %s attempts lost', \
-                                       attempt, (SELECT name FROM workers WHERE id = lease_worker), lease_losses + 1, max_attempts) \
-                              ELSE format('re-queued: lease expired on attempt %s (worker %s stopped heartbeating)', \
-                                          attempt, (SELECT name FROM workers WHERE id = lease_worker)) END, \
-               finished_at = CASE WHEN cancel_requested OR lease_losses + 1 >= max_attempts THEN now() END, \
-               lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL \
-             WHERE state = 'running' AND lease_expires_at < now() \
-             RETURNING id, attempt, state",
+        let expired: Vec<(i64, i32, i32, i32, bool, Option<String>)> = sqlx::query_as(
+            "SELECT j.id, j.attempt, j.max_attempts, j.lease_losses, j.cancel_requested, w.name \
+             FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker \
+             WHERE j.state = 'running' AND j.lease_expires_at < now() ORDER BY j.id FOR UPDATE OF j SKIP LOCKED",
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut reaped = Vec::with_capacity(rows.len());
-        for (job_id, attempt, state) in rows {
-            let new_state = JobState::parse(&state).unwrap_or(JobState::Failed);
+        let mut reaped = Vec::with_capacity(expired.len());
+        for (job_id, attempt, max_attempts, lease_losses, cancel_requested, worker) in expired {
+            let lease = policy::ExpiredLease {
+                attempt: attempt as u32,
+                max_attempts: max_attempts as u32,
+                lease_losses: lease_losses as u32,
+                cancel_requested,
+                worker,
+            };
+            let (new_state, message) = policy::reap(&lease);
+            sqlx::query(
+                "UPDATE jobs SET state = $2, message = $3, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
+                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(new_state.as_str())
+            .bind(&message)
+            .execute(&mut *tx)
+            .await?;
             match new_state {
                 JobState::Queued => notify(&mut tx, Change::Queue).await?,
                 JobState::Failed => cancel_descendants(&mut tx, job_id, "failed: its worker stopped heartbeating").await?,

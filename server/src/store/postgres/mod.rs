@@ -44,7 +44,7 @@ impl PgStore {
     }
 
     pub async fn from_pool(pool: PgPool) -> StoreResult<Self> {
-        sqlx::migrate!("../migrations").run(&pool).await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let (changes, _) = broadcast::channel(1024);
         tokio::spawn(listen(pool.clone(), changes.clone()));
         Ok(PgStore { pool, changes })

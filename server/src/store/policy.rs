@@ -1,0 +1,164 @@
+//! The store's rules that are not a query's business, decided here once for
+//! every backend: what an expired lease does to its job, which checkpoints
+//! retention keeps, the order a pipeline is stored in, what a repeated request
+//! key returns, and which jobs may be started from. A backend reads the facts,
+//! asks here, and writes the verdict in the same transaction.
+
+use camp_proto::limits::excerpt;
+use camp_proto::SpecError;
+
+use super::{JobState, NewNode, RequestKey, Retention, StoreError, StoreResult};
+
+/// A spec rule broken by a submission (the store checks what needs other jobs).
+pub(crate) fn spec_invalid(e: SpecError) -> StoreError {
+    StoreError::Invalid { field: e.field.to_string(), reason: e.reason }
+}
+
+/// The nodes in an order where every node comes after the nodes it names, by
+/// the contract's rules (`camp_proto::pipeline`, which the CLI applies too).
+pub(crate) fn pipeline_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
+    camp_proto::pipeline::topological_order(nodes).map_err(|e| StoreError::Invalid {
+        field: match &e.node {
+            Some((i, key)) => format!("nodes[{i}] ({key}).{}", e.field),
+            None => e.field.to_string(),
+        },
+        reason: e.reason,
+    })
+}
+
+/// A job named by `init_from`: it must exist and not have failed or been
+/// cancelled (a queued or running one is waited for).
+pub(crate) fn check_init_parent(id: i64, state: Option<JobState>) -> StoreResult<()> {
+    match state {
+        None => Err(StoreError::Invalid { field: "init_from".into(), reason: format!("job {id} does not exist") }),
+        Some(state @ (JobState::Failed | JobState::Cancelled)) => Err(StoreError::Invalid {
+            field: "init_from".into(),
+            reason: format!("job {id} {}: there is nothing to start from", state.as_str()),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// What a submission makes, which its request key stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Made {
+    Job,
+    Experiment,
+}
+
+/// A request key seen before (same owner): the job or experiment the first
+/// request made, if this request is the same request for the same kind of
+/// thing; otherwise why not.
+pub(crate) fn earlier_submission(
+    key: &RequestKey,
+    made: Made,
+    stored_sha256: &str,
+    job: Option<i64>,
+    experiment: Option<i64>,
+) -> StoreResult<i64> {
+    let used = |how: &str| StoreError::FailedPrecondition(format!("request_id '{}' was used before {how}", excerpt(&key.id)));
+    if stored_sha256 != key.sha256 {
+        return Err(used("for a different request"));
+    }
+    match (made, job, experiment) {
+        (Made::Job, Some(id), _) | (Made::Experiment, _, Some(id)) => Ok(id),
+        (Made::Job, None, Some(_)) => Err(used("for a pipeline")),
+        (Made::Experiment, Some(_), None) => Err(used("for a single job")),
+        // What it made was deleted: nothing to return, and a new one would break the promise.
+        (_, None, None) => Err(used("(what it made no longer exists)")),
+    }
+}
+
+/// A running job whose lease expired, as the reaper finds it.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpiredLease {
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Attempts lost to expired leases before this one.
+    pub lease_losses: u32,
+    pub cancel_requested: bool,
+    /// The worker that held it (its name), if it is still registered.
+    pub worker: Option<String>,
+}
+
+/// The reaper's verdict on an expired lease: the job's new state and message.
+/// A job whose cancel was asked is cancelled; one that lost `max_attempts`
+/// leases fails; any other goes back to the queue (the next claim starts
+/// attempt + 1 from its latest checkpoint).
+pub(crate) fn reap(lease: &ExpiredLease) -> (JobState, String) {
+    let worker = lease.worker.as_deref().unwrap_or("?");
+    let lost = lease.lease_losses + 1;
+    if lease.cancel_requested {
+        (JobState::Cancelled, "cancelled: the worker stopped heartbeating".into())
+    } else if lost >= lease.max_attempts {
+        (
+            JobState::Failed,
+            format!(
+                "failed: lease expired on attempt {} (worker {worker} stopped heartbeating); {lost} of {} attempts lost",
+                lease.attempt, lease.max_attempts
+            ),
+        )
+    } else {
+        (JobState::Queued, format!("re-queued: lease expired on attempt {} (worker {worker} stopped heartbeating)", lease.attempt))
+    }
+}
+
+/// The checkpoints a new one makes redundant, from a job's complete
+/// checkpoints as (id, top-1) in upload order: all but the `keep_latest`
+/// newest (at least one) and, with `keep_best`, the best evaluated one (the
+/// highest top-1; the oldest among equals).
+pub(crate) fn retention_victims(checkpoints: &[(i64, Option<f64>)], retention: Retention) -> Vec<i64> {
+    let keep_latest = retention.keep_latest.max(1) as usize;
+    let best = if retention.keep_best {
+        checkpoints
+            .iter()
+            .filter_map(|&(id, top1)| top1.filter(|t| !t.is_nan()).map(|t| (id, t)))
+            .fold(None, |best: Option<(i64, f64)>, (id, t)| match best {
+                Some((_, b)) if b >= t => best,
+                _ => Some((id, t)),
+            })
+            .map(|(id, _)| id)
+    } else {
+        None
+    };
+    let mut newest_first: Vec<i64> = checkpoints.iter().map(|&(id, _)| id).collect();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    newest_first.into_iter().skip(keep_latest).filter(|&id| Some(id) != best).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(losses: u32, cancel: bool) -> ExpiredLease {
+        ExpiredLease { attempt: losses + 1, max_attempts: 3, lease_losses: losses, cancel_requested: cancel, worker: Some("w1".into()) }
+    }
+
+    #[test]
+    fn an_expired_lease_requeues_until_the_last_attempt_fails_and_a_cancel_wins() {
+        assert_eq!(reap(&lease(0, false)).0, JobState::Queued);
+        assert_eq!(reap(&lease(1, false)).0, JobState::Queued);
+        let (state, message) = reap(&lease(2, false));
+        assert_eq!(state, JobState::Failed);
+        assert!(message.contains("3 of 3 attempts lost") && message.contains("worker w1"), "{message}");
+        assert_eq!(reap(&lease(0, true)).0, JobState::Cancelled);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_best() {
+        let ckpts = [(1, Some(0.5)), (2, Some(0.9)), (3, Some(0.7)), (4, None), (5, Some(0.6))];
+        assert_eq!(retention_victims(&ckpts, Retention { keep_latest: 2, keep_best: true }), vec![3, 1]);
+        assert_eq!(retention_victims(&ckpts, Retention { keep_latest: 2, keep_best: false }), vec![3, 2, 1]);
+        assert_eq!(retention_victims(&ckpts, Retention { keep_latest: 0, keep_best: false }), vec![4, 3, 2, 1], "at least one is kept");
+        // Equal top-1: the oldest is the best.
+        assert_eq!(retention_victims(&[(1, Some(0.9)), (2, Some(0.9)), (3, None)], Retention { keep_latest: 1, keep_best: true }), vec![2]);
+    }
+
+    #[test]
+    fn a_repeated_request_key_returns_what_the_first_request_made_of_the_same_kind() {
+        let key = RequestKey { id: "k".into(), sha256: "s".into() };
+        assert_eq!(earlier_submission(&key, Made::Job, "s", Some(4), None).unwrap(), 4);
+        assert!(matches!(earlier_submission(&key, Made::Job, "t", Some(4), None), Err(StoreError::FailedPrecondition(_))));
+        assert!(matches!(earlier_submission(&key, Made::Experiment, "s", Some(4), None), Err(StoreError::FailedPrecondition(_))));
+    }
+}
