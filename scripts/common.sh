@@ -1,5 +1,6 @@
-# Shared by scripts/demo.sh and scripts/test.sh (sourced): libtorch, PostgreSQL
-# and the Fashion-MNIST files, each fetched or started once, loudly on failure.
+# Shared by scripts/demo.sh and scripts/test.sh (sourced): libtorch, the
+# Fashion-MNIST files and (for the tests) PostgreSQL, each fetched or started
+# once, loudly on failure.
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -61,11 +62,11 @@ ensure_rust() {
   command -v cc >/dev/null || apt_install build-essential
 }
 
-# Everything the demo and the tests need, in order, from the checkout's root.
+# What the demo needs, in order, from the checkout's root: no database server
+# (camp runs on its embedded store); the tests add ensure_postgres.
 prepare_checkout() {
   cd "$repo"
   ensure_rust
   ensure_libtorch
-  ensure_postgres
   ensure_fashion_mnist
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up (libtorch, PostgreSQL, Fashion-MNIST, a release build) and
-# runs the main job: a coordinator and a worker on loopback train a short
+# Sets everything up (libtorch, Fashion-MNIST, a release build) and runs the
+# main job: `camp up` starts a coordinator on its embedded store (SQLite, no
+# database server) and a worker on loopback, which train a short
 # pre-activation ResNet-20 baseline on real Fashion-MNIST, watched live.
 #   CAMP_DEMO_EPOCHS / CAMP_DEMO_TRAIN / CAMP_DEMO_TEST / CAMP_DEMO_DEVICE tune the run.
 set -euo pipefail
@@ -10,23 +11,19 @@ prepare_checkout
 demo="$repo/.demo"
 mkdir -p "$demo/data"
 ln -sfn "$FASHION_MNIST_DIR" "$demo/data/fashion-mnist"
-psql "$DATABASE_URL" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'camp_demo'" | grep -q 1 \
-  || psql "$DATABASE_URL" -qc "CREATE DATABASE camp_demo"
-db_url="${DATABASE_URL%/*}/camp_demo"
 
 cargo build --release --bins
 bin="$repo/target/release"
 port="${CAMP_DEMO_PORT:-50151}"
 export CAMP_ADDR="http://127.0.0.1:$port"
+cpu=--cpu
+[ "${CAMP_DEMO_DEVICE:-cpu}" = cpu ] || cpu=
 
-"$bin/camp-server" --listen "127.0.0.1:$port" --database-url "$db_url" >"$demo/server.log" 2>&1 &
-server=$!
-trap 'kill $worker $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-"$bin/camp-worker" --coordinator "$CAMP_ADDR" --data-dir "$demo/data" --device "${CAMP_DEMO_DEVICE:-cpu}" --name demo-worker \
-  >"$demo/worker.log" 2>&1 &
-worker=$!
-echo "coordinator on $CAMP_ADDR (log: $demo/server.log), worker log: $demo/worker.log"
+"$bin/camp" up --database-url "sqlite://$demo/camp.db" --data-dir "$demo/data" --log-dir "$demo" --workers 1 $cpu 2>"$demo/up.log" &
+up=$!
+trap 'kill $up 2>/dev/null || true; wait $up 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+cat "$demo/up.log"
 
 id=$("$bin/camp" submit baseline -a preact_resnet20_cifar --dataset fashion-mnist \
   --epochs "${CAMP_DEMO_EPOCHS:-3}" --train-limit "${CAMP_DEMO_TRAIN:-10000}" --test-limit "${CAMP_DEMO_TEST:-2000}" \

@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 prepare_checkout
+ensure_postgres
 echo "libtorch: $LIBTORCH" >&2
 echo "database: $DATABASE_URL" >&2
 # Tests run two at a time on two cores, each libtorch with one thread (the tests

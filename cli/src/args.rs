@@ -13,6 +13,7 @@ use crate::commands::metrics::MetricsArgs;
 use crate::commands::pipeline::PipelineAction;
 use crate::commands::plot::PlotArgs;
 use crate::commands::results::ResultsArgs;
+use crate::commands::up::UpArgs;
 use crate::global_opts::GlobalOpts;
 use crate::spec_flags::SubmitStage;
 
@@ -88,6 +89,9 @@ pub enum Command {
     /// Plot an experiment's accuracy against energy (SVG or PNG by the file's extension).
     #[command(after_help = "Exit code 5 when the experiment has no succeeded job with top-1 and energy.")]
     Plot(PlotArgs),
+    /// Run the service on this machine: a coordinator on the embedded store and one worker per GPU
+    /// (or one CPU worker), serving --addr on loopback, until Ctrl-C.
+    Up(UpArgs),
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A harness for system tests: the three binaries as real processes, talking
-//! gRPC over loopback, the coordinator on a fresh PostgreSQL database.
+//! gRPC over loopback, the coordinator on a fresh PostgreSQL database (or, for
+//! the embedded store's tests, on an SQLite file in the test's folder).
 //!
 //! The binaries are looked for next to this test's executable (target/<profile>/),
 //! so build them first: `cargo build --bins` (the README's test command does).
@@ -33,7 +34,7 @@ pub fn database_url(pool: &PgPool) -> String {
     format!("{root}/{db}")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -116,24 +117,38 @@ impl Cluster {
 
     /// As `start_with`, in a folder the test has already filled (certificates, say).
     pub fn start_in(dir: tempfile::TempDir, pool: &PgPool, lease_secs: f64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(dir, database_url(pool), lease_secs, extra_args)
+    }
+
+    /// A coordinator on the embedded store: `camp.db` in a fresh folder.
+    pub fn start_sqlite(lease_secs: f64, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("camp.db").display());
+        Cluster::start_on(dir, url, lease_secs, extra_args)
+    }
+
+    /// Starts `camp-server` on `database_url` in `dir`.
+    pub fn start_on(dir: tempfile::TempDir, database_url: String, lease_secs: f64, extra_args: &[&str]) -> Cluster {
         let port = free_port();
-        let database_url = database_url(pool);
         let mut cmd = Command::new(bin("camp-server"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--lease-secs", &lease_secs.to_string(), "--reap-every-secs", "0.2"])
             .args(extra_args)
             .current_dir(dir.path())
             .env("DATABASE_URL", &database_url);
         let mut server = Proc::spawn("camp-server", cmd, dir.path());
-        let addr = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("camp-server exited ({status}) instead of listening:\n{}", server.log_text());
-            }
-            assert!(Instant::now() < deadline, "camp-server did not start:\n{}", server.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Cluster { addr, port, server, dir, database_url }
+        wait_listening(&mut server, port);
+        Cluster { addr: format!("http://127.0.0.1:{port}"), port, server, dir, database_url }
+    }
+
+    /// Starts the coordinator again on the same port, database and folder (after it died).
+    pub fn restart_server(&mut self, extra_args: &[&str]) {
+        let mut cmd = Command::new(bin("camp-server"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port), "--reap-every-secs", "0.2"])
+            .args(extra_args)
+            .current_dir(self.dir.path())
+            .env("DATABASE_URL", &self.database_url);
+        self.server = Proc::spawn("camp-server-again", cmd, self.dir.path());
+        wait_listening(&mut self.server, self.port);
     }
 
     /// Runs `camp-server --database-url URL ARGS` (the admin commands: `token ...`).
@@ -225,6 +240,18 @@ impl Cluster {
         all.extend_from_slice(args);
         let job = self.camp_json(&all);
         job["id"].as_i64().unwrap_or_else(|| panic!("submit --json gave no id: {job}"))
+    }
+}
+
+/// Waits until `server` accepts connections on `port`.
+fn wait_listening(server: &mut Proc, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!("camp-server exited ({status}) instead of listening:\n{}", server.log_text());
+        }
+        assert!(Instant::now() < deadline, "camp-server did not start:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod results;
 mod submit;
+pub mod up;
 mod watch;
 mod workers;
 
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             PipelineAction::Cancel { id } => pipeline::cancel(opts, *id).await?,
         },
         Command::Results(args) => results::results(opts, args).await?,
+        Command::Up(args) => up::run(opts, args).await?,
         Command::Plot(args) => plot::run(opts, args).await?,
     }
     Ok(exit::SUCCESS)
