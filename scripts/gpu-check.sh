@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a GPU machine with PyTorch 2.11 (cu130) but no
 # Rust, no database and no network: the benchmarks of the three networks, then the
-# CAMP pipeline on the full Fashion-MNIST with `camp-worker run` chained stage by
-# stage (each stage starting from its parent's best checkpoint file).
+# CAMP pipeline on the full Fashion-MNIST through the real system — `camp up`
+# (a coordinator on its embedded SQLite store, one worker per GPU) runs the
+# pipeline file that `camp pipeline submit` sends, and `camp results` and
+# `camp plot` write the table and the curve.
 #   usage: scripts/gpu-check.sh BIN_DIR DATA_DIR OUT_DIR
-# BIN_DIR holds a release camp-worker built here; DATA_DIR/fashion-mnist the IDX files.
+# BIN_DIR holds release camp, camp-server and camp-worker built here; DATA_DIR/fashion-mnist the IDX files.
 # Everything but the checkpoints ends up in OUT_DIR/gpu-results.tgz.
 set -uo pipefail
 bin=$1 data=$2 results=$3
@@ -39,51 +41,38 @@ profile -b 512 --dualpath --bf16 --channels-last
 # 2. The pipeline: baseline, qat 4-bit, qat 1-bit, sp from qat-4, rl per alpha from sp.
 # A short schedule (minutes, not the reference's 200 epochs per stage); rl gets one
 # epoch, so its REINFORCE weight is raised from 0.01 to 0.1 for the gates to move.
-common="arch: preact_resnet20_cifar
-dataset: fashion-mnist
-batch_size: 256
-channels_last: true
-print_freq: 100
-${EXTRA_SPEC:-}"
-stage() { # name, init (or ""), yaml body
-  local name=$1 init=$2 body=$3
-  printf '%s\n%s\n' "$common" "$body" >"$out/$name.yaml"
-  echo "== $name"
-  local args=(run --spec "$out/$name.yaml" --out "$out/$name")
-  [ -n "$init" ] && args+=(--init "$out/$init/best.safetensors")
-  timeout "${STAGE_TIMEOUT:-150}" "${worker[@]}" "${args[@]}" >"$out/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$out/$name.log"; }
-  tail -2 "$out/$name.log"
-  cp "$out/$name/summary.json" "$out/$name.summary.json" 2>/dev/null
-  rm -f "$out/$name"/latest.safetensors
-}
-stage baseline "" "stage: baseline
-epochs: 3
-lr: 0.1
-lr_schedule: [{epoch: 2, gamma: 0.1}]"
-stage qat4 "" "stage: qat
-bits_weights: 4
-bits_activations: 4
-epochs: 3
-lr: 0.1
-lr_schedule: [{epoch: 2, gamma: 0.1}]"
-stage qat1 "" "stage: qat
-bits_weights: 1
-bits_activations: 1
-epochs: 3
-lr: 0.1
-lr_schedule: [{epoch: 2, gamma: 0.1}]"
-stage sp qat4 "stage: sp
-epochs: 2
-lr: 0.01
-lr_schedule: []"
-for alpha in ${ALPHAS:-0.01 0.05 0.1 0.2 0.5}; do
-  stage "rl-$alpha" sp "stage: rl
-epochs: 1
-lr: 0.01
-alpha: $alpha
-rl_weight: ${RL_WEIGHT:-0.1}
-lr_schedule: []"
+common="arch: preact_resnet20_cifar, dataset: fashion-mnist, batch_size: 256, channels_last: true, print_freq: 100${EXTRA_SPEC:+, $EXTRA_SPEC}"
+short="lr: 0.1, lr_schedule: [{epoch: 2, gamma: 0.1}]"
+{
+  echo "name: gpu-check"
+  echo "nodes:"
+  echo "  - {key: baseline, spec: {stage: baseline, epochs: 3, $short, $common}}"
+  echo "  - {key: qat4, spec: {stage: qat, bits_weights: 4, bits_activations: 4, epochs: 3, $short, $common}}"
+  echo "  - {key: qat1, spec: {stage: qat, bits_weights: 1, bits_activations: 1, epochs: 3, $short, $common}}"
+  echo "  - {key: sp, init_from: qat4, spec: {stage: sp, epochs: 2, lr: 0.01, lr_schedule: [], $common}}"
+  for alpha in ${ALPHAS:-0.01 0.05 0.1 0.2 0.5}; do
+    echo "  - {key: rl-$alpha, init_from: sp, spec: {stage: rl, epochs: 1, lr: 0.01, alpha: $alpha, rl_weight: ${RL_WEIGHT:-0.1}, lr_schedule: [], $common}}"
+  done
+} >"$out/pipeline.yaml"
+port=${CAMP_PORT:-50171}
+export CAMP_ADDR="http://127.0.0.1:$port" CAMP_USER=gpu-check XDG_DATA_HOME="$out/xdg"
+echo "== camp up"
+"$bin/camp" up --database-url "sqlite://$out/camp.db" --data-dir "$data" --log-dir "$out" 2>"$out/up.log" &
+up=$!
+trap 'kill $up 2>/dev/null; wait $up 2>/dev/null' EXIT
+for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+cat "$out/up.log"
+id=$("$bin/camp" pipeline submit "$out/pipeline.yaml" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+deadline=$(( $(date +%s) + ${PIPELINE_TIMEOUT:-900} ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+  "$bin/camp" pipeline show "$id" --json >"$out/experiment.json"
+  python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))["jobs"]; sys.exit(0 if all(x["state"] in ("succeeded", "failed", "cancelled") for x in j) else 1)' "$out/experiment.json" && break
+  sleep 5
 done
+"$bin/camp" pipeline show "$id" | tee "$out/pipeline.txt"
+"$bin/camp" results "$id" | tee "$out/results.txt"
+"$bin/camp" results "$id" --json >"$out/results.json"
+"$bin/camp" plot "$id" -o "$out/curve.svg" || true
+kill $up; wait $up 2>/dev/null
 mkdir -p "$results"
-tar -czf "$results/gpu-results.tgz" -C "$out" --exclude='*.safetensors' .
-for f in "$out"/*.summary.json; do echo "$(basename "$f" .summary.json) $(cat "$f")"; done
+tar -czf "$results/gpu-results.tgz" -C "$out" --exclude='*.safetensors' --exclude='camp.db*' --exclude=xdg .

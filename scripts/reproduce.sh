@@ -69,30 +69,27 @@ pipeline="$work/pipeline.yaml"
   [ -z "$extra" ] || echo "$extra"
 } >"$pipeline"
 
-db="camp_reproduce_$schedule"
-psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -qc "CREATE DATABASE $db"
-db_url="${DATABASE_URL%/*}/$db"
-
 cargo build --release --bins
 bin="$repo/target/release"
 port="${CAMP_REPRO_PORT:-50161}"
 export CAMP_ADDR="http://127.0.0.1:$port" CAMP_USER=reproduce
-"$bin/camp-server" --listen "127.0.0.1:$port" --database-url "$db_url" --lease-secs 120 >"$work/server.log" 2>&1 &
-server=$!
-worker_pids=()
-trap 'kill "${worker_pids[@]}" $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for w in $(seq 1 "$workers"); do
-  # Each worker owns its cores: its OpenMP threads may spin between parallel
-  # regions (the tests' PASSIVE policy costs a third of the speed here).
-  OMP_WAIT_POLICY=ACTIVE "$bin/camp-worker" --coordinator "$CAMP_ADDR" --data-dir "$work/data" --device "$device" \
-    ${threads:+--threads $threads} --name "reproduce-$schedule-$w" >"$work/worker-$w.log" 2>&1 &
-  worker_pids+=($!)
-done
+# The whole service on this machine (`camp up`): a coordinator on a fresh
+# embedded store and the workers. Each worker owns its cores: its OpenMP threads
+# may spin between parallel regions (the tests' PASSIVE policy costs a third of
+# the speed here); CAMP_THREADS and the lease reach the children by environment.
+rm -f "$work/camp.db" "$work/camp.db-wal" "$work/camp.db-shm"
+cpu=--cpu
+[ "$device" = cpu ] || cpu=
+OMP_WAIT_POLICY=ACTIVE CAMP_LEASE_SECS=120 ${threads:+CAMP_THREADS=$threads} \
+  "$bin/camp" up --database-url "sqlite://$work/camp.db" --data-dir "$work/data" --log-dir "$work" --workers "$workers" $cpu \
+  2>"$work/up.log" &
+up=$!
+trap 'kill $up 2>/dev/null || true; wait $up 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 started=$(date +%s)
 id=$("$bin/camp" pipeline submit "$pipeline" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
-echo "experiment $id: $(grep -c 'key:' "$pipeline") jobs ($schedule schedule); coordinator log $work/server.log, worker logs $work/worker-*.log"
+echo "experiment $id: $(grep -c 'key:' "$pipeline") jobs ($schedule schedule); logs in $work (server.log, worker-*.log)"
 while :; do
   "$bin/camp" pipeline show "$id" --json >"$work/experiment.json"
   line=$(python3 - "$work/experiment.json" <<'PY'
