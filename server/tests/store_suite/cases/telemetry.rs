@@ -1,0 +1,108 @@
+//! Telemetry: report batches stored once, pages of metrics and logs, and what
+//! a new attempt keeps of an earlier attempt's metrics.
+
+use std::sync::Arc;
+
+use camp_server::store::*;
+
+use crate::fixtures::*;
+
+pub async fn a_re_sent_report_batch_is_stored_once(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "chatty", 0).await;
+    let at = lease_of(&claim(s, w).await.unwrap(), w);
+
+    assert!(s.report(ReportBatch { epoch: 3, ..batch(at, 1, vec![metric("loss", 1, 0.9)], &["one"]) }).await.unwrap());
+    let resent = ReportBatch { epoch: 9, ..batch(at, 1, vec![metric("loss", 2, 0.8)], &["one again"]) };
+    assert!(!s.report(resent).await.unwrap(), "sequence 1 again: a duplicate, whatever it carries");
+    assert!(s.report(ReportBatch { epoch: 2, ..batch(at, 2, vec![metric("loss", 2, 0.7)], &["two"]) }).await.unwrap());
+    assert!(!s.report(batch(at, 2, vec![], &[])).await.unwrap());
+
+    let stored = s.metrics(job, None, None, 0, 100).await.unwrap();
+    let points: Vec<(i64, f64, u32)> = stored.iter().map(|m| (m.point.step, m.point.value, m.attempt)).collect();
+    assert_eq!(points, vec![(1, 0.9, 1), (2, 0.7, 1)]);
+    assert_eq!(log_lines(s, job).await, vec!["one", "two"]);
+    assert_eq!(s.get_job(job).await.unwrap().epoch, 3, "the highest epoch reported by a stored batch (not the duplicate's 9)");
+}
+
+pub async fn metrics_and_logs_are_read_in_pages_in_the_order_they_were_stored(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "paged", 0).await;
+    let quiet = submit_as(s, "ada", "quiet", 0).await;
+    let at = lease_of(&claim(s, w).await.unwrap(), w);
+    assert_eq!(s.last_row_ids(job).await.unwrap(), (0, 0));
+    assert!(s.metrics(job, None, None, 0, 10).await.unwrap().is_empty() && s.logs(job, 0, 10).await.unwrap().is_empty());
+
+    let first = vec![metric("loss", 1, 2.0), metric("top1", 1, 0.1), metric("loss", 2, 1.5)];
+    assert!(s.report(batch(at, 1, first, &["l1", "l2"])).await.unwrap());
+    let other = lease_of(&claim(s, w).await.unwrap(), w);
+    assert_eq!(other.job_id, quiet);
+    assert!(s.report(batch(other, 1, vec![metric("loss", 1, 9.0)], &["elsewhere"])).await.unwrap());
+    assert!(s.report(batch(at, 2, vec![metric("loss", 3, 1.0), metric("top1", 3, 0.4)], &["l3"])).await.unwrap());
+
+    let all = s.metrics(job, None, None, 0, 100).await.unwrap();
+    let names: Vec<(&str, i64)> = all.iter().map(|m| (m.point.name.as_str(), m.point.step)).collect();
+    assert_eq!(names, vec![("loss", 1), ("top1", 1), ("loss", 2), ("loss", 3), ("top1", 3)], "in stored order, this job's only");
+    assert!(all.windows(2).all(|p| p[0].id < p[1].id) && all.iter().all(|m| m.attempt == 1 && m.point.epoch == 1));
+    let ids = |page: &[StoredMetric]| page.iter().map(|m| m.id).collect::<Vec<_>>();
+    let page1 = s.metrics(job, None, None, 0, 2).await.unwrap();
+    let page2 = s.metrics(job, None, None, page1[1].id, 2).await.unwrap();
+    let page3 = s.metrics(job, None, None, page2[1].id, 2).await.unwrap();
+    assert_eq!((ids(&page1), ids(&page2), ids(&page3)), (ids(&all[..2]), ids(&all[2..4]), ids(&all[4..])));
+    assert!(s.metrics(job, None, None, all[4].id, 2).await.unwrap().is_empty());
+
+    let loss = s.metrics(job, Some("loss"), None, 0, 100).await.unwrap();
+    assert_eq!(loss.iter().map(|m| m.point.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(s.metrics(job, Some("loss"), Some(1), all[0].id, 100).await.unwrap().len(), 2, "after the first row");
+    assert!(s.metrics(job, Some("loss"), Some(2), 0, 100).await.unwrap().is_empty(), "no attempt 2");
+
+    let logs = s.logs(job, 0, 100).await.unwrap();
+    assert_eq!(logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), vec!["l1", "l2", "l3"]);
+    assert!(logs.iter().all(|l| l.attempt == 1));
+    let after_first = s.logs(job, logs[0].id, 1).await.unwrap();
+    assert_eq!(after_first.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), vec!["l2"]);
+    assert_eq!(s.last_row_ids(job).await.unwrap(), (all[4].id, logs[2].id));
+    let (quiet_metric, quiet_log) = s.last_row_ids(quiet).await.unwrap();
+    assert!(quiet_metric > 0 && quiet_log > 0 && quiet_metric != all[4].id);
+}
+
+pub async fn a_new_attempt_resumes_from_the_latest_checkpoint_and_drops_earlier_metrics_past_it(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "resumable", 0).await;
+    let at1 = lease_of(&claim_with(s, w, SHORT).await.unwrap(), w);
+    assert!(s.report(batch(at1, 1, losses(1..=5), &["attempt 1"])).await.unwrap());
+    let best = upload(s, at1, 2, Some(0.9), b"step two", Retention::default()).await;
+    let latest = upload(s, at1, 4, Some(0.1), b"step four", Retention::default()).await;
+    lose_lease(s).await;
+
+    let c2 = claim(s, w).await.unwrap();
+    assert_eq!(c2.job.attempt, 2);
+    let resume = c2.resume_from.clone().expect("attempt 2 resumes");
+    assert_eq!((resume.id, resume.step), (latest.id, 4), "from the latest checkpoint, not the best ({})", best.id);
+    assert!(c2.init_from.is_none());
+    let kept: Vec<(u32, String, i64)> = (1..=4).map(|step| (1, "loss".to_string(), step)).collect();
+    assert_eq!(metric_rows(s, job).await, kept, "attempt 1's step 5 is past the checkpoint and will be redone");
+    assert_eq!(log_lines(s, job).await, vec!["attempt 1"], "logs are kept");
+
+    let at2 = lease_of(&c2, w);
+    assert!(s.report(batch(at2, 1, losses(5..=5), &["attempt 2"])).await.unwrap(), "sequence numbers are per attempt");
+    let mut all = kept;
+    all.push((2, "loss".into(), 5));
+    assert_eq!(metric_rows(s, job).await, all);
+}
+
+pub async fn without_a_checkpoint_a_new_attempt_drops_earlier_metrics_except_those_at_step_zero(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "from scratch", 0).await;
+    let c1 = claim(s, w).await.unwrap();
+    assert!(s.report(batch(lease_of(&c1, w), 1, losses(0..=2), &[])).await.unwrap());
+    finish(s, lease_of(&c1, w), Outcome::Released, "").await;
+    let c2 = claim(s, w).await.unwrap();
+    assert!(c2.resume_from.is_none());
+    // Current behaviour: "past the checkpoint" is step > 0 when there is none, so step 0 stays.
+    assert_eq!(metric_rows(s, job).await, vec![(1, "loss".to_string(), 0)]);
+}
