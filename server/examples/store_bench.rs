@@ -125,7 +125,13 @@ async fn run(store: Arc<dyn Store>, jobs: usize, claimers: usize, batches: usize
     let points_per_s = (batches * POINTS_PER_BATCH) as f64 / started.elapsed().as_secs_f64();
     let refs: Vec<AttemptRef> = running.iter().map(|r| AttemptRef { job_id: r.job_id, attempt: r.attempt }).collect();
     assert!(store.heartbeat(id, &refs, LEASE).await.unwrap().lost.is_empty(), "the reporters' leases held");
-    Figures { submit_per_s, claim_per_s, claim_p50_ms: percentile(&latencies, 0.5), claim_p99_ms: percentile(&latencies, 0.99), points_per_s }
+    Figures {
+        submit_per_s,
+        claim_per_s,
+        claim_p50_ms: percentile(&latencies, 0.5),
+        claim_p99_ms: percentile(&latencies, 0.99),
+        points_per_s,
+    }
 }
 
 #[tokio::main]

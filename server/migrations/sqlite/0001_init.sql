@@ -1,5 +1,5 @@
 -- camp's whole state on one machine (the embedded store): the PostgreSQL
--- schema in SQLite's types. Times are milliseconds since the Unix epoch
+-- schema in SQLite's types. Times are microseconds since the Unix epoch
 -- (UTC), lists and objects JSON text, worker ids 16-byte UUID blobs.
 
 CREATE TABLE credentials (

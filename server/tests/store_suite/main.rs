@@ -4,27 +4,19 @@
 //! `store_suite!` at the end of this file, which gives every case a fresh,
 //! empty store of its own.
 //!
-//! PostgreSQL is the reference: the cases assert what `PgStore` does today.
-//!
-//! Adding a backend whose store lives in a temporary directory:
-//!
-//! ```ignore
-//! async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-//!     let dir = tempfile::tempdir().unwrap();
-//!     let store = SqliteStore::open(dir.path()).await.unwrap();
-//!     (Arc::new(store), dir)
-//! }
-//! store_suite!(sqlite: sqlite_store);
-//! ```
-//!
-//! The constructor may return any guard (kept alive until the case ends).
+//! Both backends run every case: PostgreSQL on a fresh database per case
+//! (`#[sqlx::test]`), SQLite on a file in a fresh temporary folder (a file,
+//! not `:memory:`, so that the WAL and the file lock are exercised). A
+//! backend whose store lives in a temporary directory is one constructor and
+//! one line, `store_suite!(NAME: CONSTRUCTOR)`; the constructor may return
+//! any guard (kept alive until the case ends).
 //! A case written in `cases` but not named in `for_each_case!` is dead code,
 //! which the build's `-D warnings` refuses; a name without a case does not compile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use camp_server::store::{Change, PgStore, Store};
+use camp_server::store::{Change, PgStore, SqliteStore, Store};
 use sqlx::PgPool;
 
 /// Asserts that a store call failed with the given `StoreError` pattern.
@@ -125,8 +117,6 @@ macro_rules! postgres_case {
     };
 }
 
-// Used by `store_suite!(NAME: CONSTRUCTOR)`, which only the next backend's line calls.
-#[allow(unused_macros)]
 macro_rules! constructed_case {
     ($constructor:path, $case:ident) => {
         #[tokio::test]
@@ -174,3 +164,12 @@ async fn close_for_good(pool: PgPool) {
 }
 
 store_suite!(postgres);
+
+/// An `SqliteStore` on `camp.db` in a fresh folder (removed when the case ends).
+async fn sqlite_file_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("camp.db")).await.unwrap();
+    (Arc::new(store), dir)
+}
+
+store_suite!(sqlite: sqlite_file_store);

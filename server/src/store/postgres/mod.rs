@@ -43,17 +43,24 @@ impl PgStore {
         Self::from_pool(pool).await
     }
 
+    /// Applies the migrations and returns once the change feed listens, so
+    /// that no change made through the store goes unannounced.
     pub async fn from_pool(pool: PgPool) -> StoreResult<Self> {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let (changes, _) = broadcast::channel(1024);
-        tokio::spawn(listen(pool.clone(), changes.clone()));
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        tokio::spawn(listen(pool.clone(), changes.clone(), ready));
+        if tokio::time::timeout(Duration::from_secs(10), listening).await.is_err() {
+            tracing::warn!("change listener: not listening after 10 s; carrying on (it keeps trying)");
+        }
         Ok(PgStore { pool, changes })
     }
 }
 
 /// Forwards NOTIFYs to local subscribers; reconnects on failure and then wakes
 /// everyone, since notifications may have been missed meanwhile.
-async fn listen(pool: PgPool, changes: broadcast::Sender<Change>) {
+async fn listen(pool: PgPool, changes: broadcast::Sender<Change>, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -67,6 +74,9 @@ async fn listen(pool: PgPool, changes: broadcast::Sender<Change>) {
             tracing::warn!("change listener: LISTEN failed: {e}");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
+        }
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
         }
         let _ = changes.send(Change::Queue);
         loop {

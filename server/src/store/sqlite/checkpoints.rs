@@ -23,7 +23,7 @@ impl CheckpointStore for SqliteStore {
         .bind(c.size as i64)
         .bind(c.top1)
         .bind(Json(&c.metadata))
-        .bind(now_ms())
+        .bind(now_us())
         .fetch_one(tx.conn())
         .await?;
         tx.commit().await?;
@@ -51,7 +51,7 @@ impl CheckpointStore for SqliteStore {
         .bind(upload)
         .bind(at.job_id)
         .bind(at.attempt as i64)
-        .bind(now_ms())
+        .bind(now_us())
         .execute(tx.conn())
         .await?;
         if done.rows_affected() != 1 {

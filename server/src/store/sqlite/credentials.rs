@@ -14,8 +14,8 @@ impl CredentialStore for SqliteStore {
         .bind(&c.token_sha256)
         .bind(c.role.as_str())
         .bind(&c.name)
-        .bind(c.expires_at.map(|t| t.timestamp_millis()))
-        .bind(now_ms())
+        .bind(c.expires_at.map(|t| t.timestamp_micros()))
+        .bind(now_us())
         .fetch_one(tx.conn())
         .await?;
         tx.commit().await?;
@@ -43,7 +43,7 @@ impl CredentialStore for SqliteStore {
             "UPDATE credentials SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1 RETURNING {CREDENTIAL_COLUMNS}"
         ))
         .bind(id)
-        .bind(now_ms())
+        .bind(now_us())
         .fetch_optional(tx.conn())
         .await?;
         tx.commit().await?;

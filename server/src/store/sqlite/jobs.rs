@@ -33,7 +33,7 @@ async fn insert_job(tx: &mut Tx, job: &NewJob, experiment_id: Option<i64>, node:
     .bind(job.max_attempts as i64)
     .bind(experiment_id)
     .bind(node)
-    .bind(now_ms())
+    .bind(now_us())
     .fetch_one(tx.conn())
     .await?;
     for parent in parents {
@@ -55,7 +55,7 @@ async fn claim_request_key(tx: &mut Tx, owner: &str, key: Option<&RequestKey>, m
     .bind(owner)
     .bind(&key.id)
     .bind(&key.sha256)
-    .bind(now_ms())
+    .bind(now_us())
     .execute(tx.conn())
     .await?;
     if inserted.rows_affected() == 1 {
@@ -113,7 +113,7 @@ impl JobStore for SqliteStore {
         let (experiment_id,): (i64,) = sqlx::query_as("INSERT INTO experiments (name, owner, created_at) VALUES (?1, ?2, ?3) RETURNING id")
             .bind(&p.name)
             .bind(&p.owner)
-            .bind(now_ms())
+            .bind(now_us())
             .fetch_one(tx.conn())
             .await?;
         let mut ids: HashMap<&str, i64> = HashMap::new();
@@ -219,7 +219,7 @@ impl JobStore for SqliteStore {
                 sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = ?3, message = ?2 WHERE id = ?1")
                     .bind(id)
                     .bind(format!("cancelled by {by} while queued"))
-                    .bind(now_ms())
+                    .bind(now_us())
                     .execute(tx.conn())
                     .await?;
                 cancel_descendants(&mut tx, id, "was cancelled").await?;
@@ -273,7 +273,7 @@ impl JobStore for SqliteStore {
             "SELECT count(*) FROM workers w WHERE w.last_heartbeat > ?1 \
              AND (?2 = 'any' OR w.device_kind = ?2) AND EXISTS (SELECT 1 FROM json_each(w.datasets) WHERE value = ?3)",
         )
-        .bind(now_ms() - lease_ms(live_within))
+        .bind(now_us() - lease_us(live_within))
         .bind(job.spec.device.as_str())
         .bind(&job.spec.dataset)
         .fetch_one(&self.reader)

@@ -7,9 +7,9 @@ use super::*;
 use crate::store::policy;
 
 /// A registration silent this long that holds no job is deleted.
-const FORGET_WORKERS_MS: i64 = 7 * 24 * 3600 * 1000;
+const FORGET_WORKERS_US: i64 = 7 * 24 * 3600 * 1_000_000;
 /// An upload going on this long will never be committed.
-const ABANDON_UPLOADS_MS: i64 = 6 * 3600 * 1000;
+const ABANDON_UPLOADS_US: i64 = 6 * 3600 * 1_000_000;
 
 #[async_trait]
 impl LeaseStore for SqliteStore {
@@ -29,7 +29,7 @@ impl LeaseStore for SqliteStore {
         .bind(Json(&w.labels))
         .bind(session_sha256)
         .bind(credential_id)
-        .bind(now_ms())
+        .bind(now_us())
         .execute(tx.conn())
         .await?;
         tx.commit().await?;
@@ -108,14 +108,14 @@ impl LeaseStore for SqliteStore {
             tx.commit().await?;
             return Ok(None);
         };
-        let now = now_ms();
+        let now = now_us();
         sqlx::query(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_worker = ?2, \
                lease_expires_at = ?3, started_at = COALESCE(started_at, ?4) WHERE id = ?1",
         )
         .bind(job_id)
         .bind(worker)
-        .bind(now.saturating_add(lease_ms(lease)))
+        .bind(now.saturating_add(lease_us(lease)))
         .bind(now)
         .execute(tx.conn())
         .await?;
@@ -152,7 +152,7 @@ impl LeaseStore for SqliteStore {
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
         let mut tx = self.begin().await?;
         touch_worker(tx.conn(), worker).await?;
-        let expires = now_ms().saturating_add(lease_ms(lease));
+        let expires = now_us().saturating_add(lease_us(lease));
         let mut reply = HeartbeatReply::default();
         for r in running {
             let renewed: Option<(bool,)> = sqlx::query_as(
@@ -193,7 +193,7 @@ impl LeaseStore for SqliteStore {
         .bind(state)
         .bind(message)
         .bind(result.map(Json))
-        .bind(now_ms())
+        .bind(now_us())
         .execute(tx.conn())
         .await?;
         match outcome {
@@ -209,7 +209,7 @@ impl LeaseStore for SqliteStore {
 
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>> {
         let mut tx = self.begin().await?;
-        let now = now_ms();
+        let now = now_us();
         let expired: Vec<(i64, i64, i64, i64, bool, Option<String>)> = sqlx::query_as(
             "SELECT j.id, j.attempt, j.max_attempts, j.lease_losses, j.cancel_requested, w.name \
              FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker \
@@ -251,7 +251,7 @@ impl LeaseStore for SqliteStore {
             "DELETE FROM workers WHERE last_heartbeat < ?1 \
              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lease_worker = workers.id)",
         )
-        .bind(now - FORGET_WORKERS_MS)
+        .bind(now - FORGET_WORKERS_US)
         .execute(tx.conn())
         .await?;
         // Uploads whose attempt is over, or that have been going for hours, will never be committed.
@@ -259,7 +259,7 @@ impl LeaseStore for SqliteStore {
             "DELETE FROM checkpoints WHERE NOT complete AND (created_at < ?1 \
              OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = checkpoints.job_id AND j.state = 'running' AND j.attempt = checkpoints.attempt))",
         )
-        .bind(now - ABANDON_UPLOADS_MS)
+        .bind(now - ABANDON_UPLOADS_US)
         .execute(tx.conn())
         .await?;
         tx.commit().await?;

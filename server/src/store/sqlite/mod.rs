@@ -14,7 +14,7 @@
 //!   acknowledged, so a crash of the coordinator loses nothing acknowledged
 //!   (a power cut may lose the last few); foreign keys on; a busy timeout.
 //!
-//! Times are stored as milliseconds since the epoch, lists and objects as
+//! Times are stored as microseconds since the epoch (as precise as PostgreSQL's), lists and objects as
 //! JSON text, checkpoints as blobs in the file (see the migration).
 
 mod checkpoints;
@@ -143,16 +143,16 @@ impl Tx {
     }
 }
 
-pub(super) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+pub(super) fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
 }
 
-pub(super) fn time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+pub(super) fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-pub(super) fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+pub(super) fn lease_us(lease: Duration) -> i64 {
+    i64::try_from(lease.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Checks that `at` is the job's fencing token: running, at this attempt,
@@ -181,7 +181,7 @@ pub(super) async fn job_in(conn: &mut SqliteConnection, id: i64) -> StoreResult<
 
 /// Records that `worker` was heard from; an unknown worker is NotFound.
 pub(super) async fn touch_worker(conn: &mut SqliteConnection, worker: Uuid) -> StoreResult<()> {
-    let known = sqlx::query("UPDATE workers SET last_heartbeat = ?2 WHERE id = ?1").bind(worker).bind(now_ms()).execute(&mut *conn).await?;
+    let known = sqlx::query("UPDATE workers SET last_heartbeat = ?2 WHERE id = ?1").bind(worker).bind(now_us()).execute(&mut *conn).await?;
     if known.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("worker {worker}")));
     }
@@ -199,7 +199,7 @@ pub(super) async fn cancel_descendants(tx: &mut Tx, job_id: i64, why: &str) -> S
     )
     .bind(job_id)
     .bind(format!("cancelled: parent job {job_id} {why}"))
-    .bind(now_ms())
+    .bind(now_us())
     .fetch_all(tx.conn())
     .await?;
     for (id,) in cancelled {

@@ -18,7 +18,7 @@ impl TelemetryStore for SqliteStore {
             tx.commit().await?;
             return Ok(false);
         }
-        let now = now_ms();
+        let now = now_us();
         if !batch.metrics.is_empty() {
             // One statement per batch: the points travel as one JSON array.
             let points: Vec<(i64, u32, &str, f64)> = batch.metrics.iter().map(|m| (m.step, m.epoch, m.name.as_str(), m.value)).collect();
