@@ -51,7 +51,8 @@ pub trait CheckpointStore {
     /// Starts an upload (fenced); its chunks follow, and it is invisible until committed.
     async fn begin_checkpoint(&self, ckpt: NewCheckpoint) -> StoreResult<i64>;
     async fn put_checkpoint_chunk(&self, upload: i64, idx: u32, data: &[u8]) -> StoreResult<()>;
-    /// Makes the upload a checkpoint of the job (fenced again) and applies retention.
+    /// Makes the upload a checkpoint of the job (fenced again) and deletes what
+    /// `policy::retention_victims` names under `retention`.
     async fn commit_checkpoint(&self, at: LeaseRef, upload: i64, retention: Retention) -> StoreResult<Checkpoint>;
     /// Drops an upload that will not be committed.
     async fn abort_checkpoint(&self, upload: i64) -> StoreResult<()>;

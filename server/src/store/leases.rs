@@ -97,12 +97,19 @@ pub trait LeaseStore {
     /// The 1,000 workers heard from most recently.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
     /// Takes the next job this worker can run, if any, with a lease of `lease`:
-    /// highest priority first, then the owner with the fewest running jobs, then the oldest.
+    /// highest priority first, then the owner with the fewest running jobs, then the oldest;
+    /// only a queued job whose parents all succeeded, on the worker's device kind (or `any`)
+    /// and one of its data sets, and not an owner's beyond `policy`'s cap. The attempt
+    /// counter goes up by one (the new fencing token); the claim carries the job's latest
+    /// checkpoint to resume from and, for `init_from`, the parent's best one; metrics that
+    /// earlier attempts reported past the resumed step are dropped (they will be redone).
     async fn claim(&self, worker: Uuid, lease: std::time::Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>>;
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: std::time::Duration) -> StoreResult<HeartbeatReply>;
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()>;
-    /// Returns running jobs whose lease expired to the queue, or fails them after
-    /// max attempts; drops uploads that were abandoned and workers silent for a week.
+    /// Gives each running job whose lease expired `policy::reap`'s verdict (back to the
+    /// queue, failed after `max_attempts` lost leases, or cancelled if asked) and cascades
+    /// a failure or cancel to the jobs waiting on it; drops uploads that were abandoned and
+    /// workers silent for a week.
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>>;
     /// Whether `worker` holds the lease of job `job_id` or of a job that starts from it.
     async fn worker_may_read(&self, worker: Uuid, job_id: i64) -> StoreResult<bool>;
