@@ -5,8 +5,8 @@
 //! are the backends', not gRPC's. Bounded in count; PostgreSQL gets a fresh
 //! database (dropped at the end) on the server in `DATABASE_URL`.
 //!
-//!   cargo run --release -p camp-server --example store_bench -- [JOBS] [CLAIMERS] [BATCHES]
-//!   (defaults: 5000 jobs, 50 claimers, 100 batches of 1,000 points)
+//!   cargo run --release -p camp-server --example store_bench -- [JOBS] [CLAIMERS] [BATCHES] [sqlite|postgres|both]
+//!   (defaults: 5000 jobs, 50 claimers, 100 batches of 1,000 points, both)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,9 +140,16 @@ async fn main() -> anyhow::Result<()> {
     println!("store_bench: {jobs} jobs submitted by {SUBMITTERS}, {} claimed+finished by {claimers} workers, {batches} batches of {POINTS_PER_BATCH} points", jobs / 2);
     let mut rows = Vec::new();
 
+    let backends = std::env::args().nth(4).unwrap_or_else(|| "both".into());
     let dir = tempfile::tempdir()?;
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("camp.db")).await?);
-    rows.push(("sqlite (temp file)", run(sqlite, jobs, claimers, batches).await));
+    if backends != "postgres" {
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("camp.db")).await?);
+        rows.push(("sqlite (temp file)", run(sqlite, jobs, claimers, batches).await));
+    }
+    if backends == "sqlite" {
+        print_rows(rows);
+        return Ok(());
+    }
 
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let db = format!("camp_bench_{}", std::process::id());
@@ -155,6 +162,11 @@ async fn main() -> anyhow::Result<()> {
     pool.close().await;
     sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&mut admin).await?;
 
+    print_rows(rows);
+    Ok(())
+}
+
+fn print_rows(rows: Vec<(&str, Figures)>) {
     println!("{:<20} {:>12} {:>12} {:>12} {:>12} {:>14}", "backend", "submit/s", "claim/s", "claim p50", "claim p99", "points/s");
     for (name, f) in rows {
         println!(
@@ -162,5 +174,4 @@ async fn main() -> anyhow::Result<()> {
             f.submit_per_s, f.claim_per_s, f.claim_p50_ms, f.claim_p99_ms, f.points_per_s
         );
     }
-    Ok(())
 }

@@ -59,6 +59,8 @@ CREATE TABLE jobs (
     node             TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX jobs_claimable ON jobs (priority DESC, id) WHERE state = 'queued';
+-- A claim walks each owner's queue in claim order (fair share is per owner).
+CREATE INDEX jobs_queued_by_owner ON jobs (owner, priority DESC, id) WHERE state = 'queued';
 CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_running_by_owner ON jobs (owner) WHERE state = 'running';
 CREATE INDEX jobs_by_experiment ON jobs (experiment_id, id);

@@ -87,20 +87,31 @@ impl LeaseStore for SqliteStore {
         touch_worker(tx.conn(), worker).await?;
         // Priority first; among equals the owner with the fewest running jobs
         // (fair share), then the oldest job. The one writer reads and takes it.
+        // Within one owner the fair-share term is constant, so the winner is
+        // some owner's own first claimable job (by priority, then age): each
+        // owner's is found by walking `jobs_queued_by_owner` until a job fits,
+        // and only those few are ordered. The worker's device and data sets
+        // are bound once as constants.
+        let (device_kind, datasets): (String, String) =
+            sqlx::query_as("SELECT device_kind, datasets FROM workers WHERE id = ?1").bind(worker).fetch_one(tx.conn()).await?;
         let next: Option<(i64,)> = sqlx::query_as(
-            "WITH running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner) \
-             SELECT j.id FROM jobs j JOIN workers w ON w.id = ?1 \
-             LEFT JOIN running r ON r.owner = j.owner \
-             WHERE j.state = 'queued' \
-               AND (j.device = 'any' OR j.device = w.device_kind) \
-               AND EXISTS (SELECT 1 FROM json_each(w.datasets) WHERE value = j.dataset) \
-               AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
-                               WHERE d.child_id = j.id AND p.state <> 'succeeded') \
-               AND (?2 IS NULL OR COALESCE(r.n, 0) < ?2) \
+            "WITH running AS MATERIALIZED (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
+             owners AS (SELECT DISTINCT owner FROM jobs WHERE state = 'queued'), \
+             firsts AS (SELECT o.owner, \
+                 (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.owner = o.owner \
+                    AND (j.device = 'any' OR j.device = ?1) \
+                    AND j.dataset IN (SELECT value FROM json_each(?2)) \
+                    AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
+                                    WHERE d.child_id = j.id AND p.state <> 'succeeded') \
+                  ORDER BY j.priority DESC, j.id LIMIT 1) AS id \
+               FROM owners o) \
+             SELECT f.id FROM firsts f JOIN jobs j ON j.id = f.id LEFT JOIN running r ON r.owner = f.owner \
+             WHERE (?3 IS NULL OR COALESCE(r.n, 0) < ?3) \
              ORDER BY j.priority DESC, COALESCE(r.n, 0), j.id \
              LIMIT 1",
         )
-        .bind(worker)
+        .bind(&device_kind)
+        .bind(&datasets)
         .bind(policy.max_running_per_user.map(i64::from))
         .fetch_optional(tx.conn())
         .await?;
