@@ -22,7 +22,8 @@ cpu=--cpu
 "$bin/camp" up --database-url "sqlite://$demo/camp.db" --data-dir "$demo/data" --log-dir "$demo" --workers 1 $cpu 2>"$demo/up.log" &
 up=$!
 trap 'kill $up 2>/dev/null || true; wait $up 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# Up once it says so (coordinator listening, workers started), or gone with its reason.
+for _ in $(seq 1 600); do grep -q "camp is up" "$demo/up.log" && break; kill -0 $up 2>/dev/null || { cat "$demo/up.log" >&2; exit 1; }; sleep 0.1; done
 cat "$demo/up.log"
 
 id=$("$bin/camp" submit baseline -a preact_resnet20_cifar --dataset fashion-mnist \

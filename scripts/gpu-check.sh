@@ -60,7 +60,8 @@ echo "== camp up"
 "$bin/camp" up --database-url "sqlite://$out/camp.db" --data-dir "$data" --log-dir "$out" 2>"$out/up.log" &
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null' EXIT
-for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# Up once it says so (coordinator listening, workers started), or gone with its reason.
+for _ in $(seq 1 600); do grep -q "camp is up" "$out/up.log" && break; kill -0 $up 2>/dev/null || { cat "$out/up.log" >&2; exit 1; }; sleep 0.1; done
 cat "$out/up.log"
 id=$("$bin/camp" pipeline submit "$out/pipeline.yaml" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 deadline=$(( $(date +%s) + ${PIPELINE_TIMEOUT:-900} ))

@@ -85,7 +85,8 @@ OMP_WAIT_POLICY=ACTIVE CAMP_LEASE_SECS=120 ${threads:+CAMP_THREADS=$threads} \
   2>"$work/up.log" &
 up=$!
 trap 'kill $up 2>/dev/null || true; wait $up 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# Up once it says so (coordinator listening, workers started), or gone with its reason.
+for _ in $(seq 1 600); do grep -q "camp is up" "$work/up.log" && break; kill -0 $up 2>/dev/null || { cat "$work/up.log" >&2; exit 1; }; sleep 0.1; done
 
 started=$(date +%s)
 id=$("$bin/camp" pipeline submit "$pipeline" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
