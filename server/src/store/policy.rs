@@ -7,7 +7,11 @@
 use camp_proto::limits::excerpt;
 use camp_proto::SpecError;
 
-use super::{JobState, NewNode, RequestKey, Retention, StoreError, StoreResult};
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::{JobState, LeaseRef, NewJob, NewNode, NewPipeline, RequestKey, Retention, StoreError, StoreResult};
 
 /// A spec rule broken by a submission (the store checks what needs other jobs).
 pub(crate) fn spec_invalid(e: SpecError) -> StoreError {
@@ -24,6 +28,46 @@ pub(crate) fn pipeline_order(nodes: &[NewNode]) -> StoreResult<Vec<usize>> {
         },
         reason: e.reason,
     })
+}
+
+/// A pipeline node as the job it becomes, and the jobs it waits for, once
+/// the nodes before it (in `pipeline_order`) have their ids in `ids`: its
+/// `init_from` node's id goes into the spec and, with its `after` nodes, into
+/// its parents.
+pub(crate) fn pipeline_job(p: &NewPipeline, node: &NewNode, ids: &HashMap<&str, i64>) -> (NewJob, Vec<i64>) {
+    let mut spec = node.spec.clone();
+    let init = node.init_from.as_deref().map(|k| ids[k]);
+    spec.init_from = init.unwrap_or(0);
+    let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()]).collect();
+    parents.extend(init);
+    parents.sort_unstable();
+    parents.dedup();
+    let job = NewJob {
+        name: node.name.clone(),
+        owner: p.owner.clone(),
+        spec,
+        priority: node.priority,
+        max_attempts: p.max_attempts,
+        request: None,
+    };
+    (job, parents)
+}
+
+/// The fencing rule: a worker write goes through only if `at` is the job's
+/// current token — the job (its state, attempt and lease holder as read in the
+/// write's transaction) is running, at this attempt, leased to this worker.
+pub(crate) fn check_fence(at: LeaseRef, job: Option<(String, u32, Option<Uuid>)>) -> StoreResult<()> {
+    let (state, attempt, holder) = job.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
+    if state != "running" || attempt != at.attempt {
+        return Err(StoreError::Stale(format!(
+            "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
+            at.job_id, at.attempt
+        )));
+    }
+    if holder != Some(at.worker) {
+        return Err(StoreError::Stale(format!("job {} attempt {} is leased to another worker", at.job_id, at.attempt)));
+    }
+    Ok(())
 }
 
 /// A job named by `init_from`: it must exist and not have failed or been

@@ -126,17 +126,7 @@ pub(super) async fn fence(tx: &mut Transaction<'_, Postgres>, at: LeaseRef, lock
         "SELECT state, attempt, lease_worker FROM jobs WHERE id = $1"
     };
     let row: Option<(String, i32, Option<Uuid>)> = sqlx::query_as(sql).bind(at.job_id).fetch_optional(&mut **tx).await?;
-    let (state, attempt, holder) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
-    if state != "running" || attempt as u32 != at.attempt {
-        return Err(StoreError::Stale(format!(
-            "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
-            at.job_id, at.attempt
-        )));
-    }
-    if holder != Some(at.worker) {
-        return Err(StoreError::Stale(format!("job {} attempt {} is leased to another worker", at.job_id, at.attempt)));
-    }
-    Ok(())
+    crate::store::policy::check_fence(at, row.map(|(state, attempt, holder)| (state, attempt as u32, holder)))
 }
 
 pub(super) async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> StoreResult<Job> {

@@ -118,23 +118,9 @@ impl JobStore for SqliteStore {
             .await?;
         let mut ids: HashMap<&str, i64> = HashMap::new();
         for i in order {
-            let node = &p.nodes[i];
-            let mut spec = node.spec.clone();
             // The parent's stage and network were checked with the order.
-            let init = node.init_from.as_deref().map(|k| ids[k]);
-            spec.init_from = init.unwrap_or(0);
-            let mut parents: Vec<i64> = node.after.iter().map(|k| ids[k.as_str()]).collect();
-            parents.extend(init);
-            parents.sort_unstable();
-            parents.dedup();
-            let job = NewJob {
-                name: node.name.clone(),
-                owner: p.owner.clone(),
-                spec,
-                priority: node.priority,
-                max_attempts: p.max_attempts,
-                request: None,
-            };
+            let node = &p.nodes[i];
+            let (job, parents) = policy::pipeline_job(&p, node, &ids);
             let id = insert_job(&mut tx, &job, Some(experiment_id), &node.key, &parents).await?;
             ids.insert(node.key.as_str(), id);
         }

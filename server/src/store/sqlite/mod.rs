@@ -161,17 +161,7 @@ pub(super) fn lease_us(lease: Duration) -> i64 {
 pub(super) async fn fence(conn: &mut SqliteConnection, at: LeaseRef) -> StoreResult<()> {
     let row: Option<(String, i64, Option<Uuid>)> =
         sqlx::query_as("SELECT state, attempt, lease_worker FROM jobs WHERE id = ?1").bind(at.job_id).fetch_optional(&mut *conn).await?;
-    let (state, attempt, holder) = row.ok_or_else(|| StoreError::NotFound(format!("job {}", at.job_id)))?;
-    if state != "running" || attempt as u32 != at.attempt {
-        return Err(StoreError::Stale(format!(
-            "job {} attempt {} is not the running attempt (job is {state}, attempt {attempt})",
-            at.job_id, at.attempt
-        )));
-    }
-    if holder != Some(at.worker) {
-        return Err(StoreError::Stale(format!("job {} attempt {} is leased to another worker", at.job_id, at.attempt)));
-    }
-    Ok(())
+    crate::store::policy::check_fence(at, row.map(|(state, attempt, holder)| (state, attempt as u32, holder)))
 }
 
 pub(super) async fn job_in(conn: &mut SqliteConnection, id: i64) -> StoreResult<Job> {
