@@ -4,7 +4,7 @@
 //! (`postgres`) for a lab cluster of coordinators, SQLite (`sqlite`) embedded
 //! for one machine. Rules that are not a query's business (the reaper's
 //! verdict, retention, the DAG order, request keys) are decided once in
-//! `policy`; the conformance suite (`server/tests/store_suite.rs`) holds both
+//! `policy`; the conformance suite (`server/tests/store_suite/`) holds both
 //! backends to the same behaviour.
 //!
 //! Who may do what is decided above the store (the API layer); the store
