@@ -148,6 +148,17 @@ pub trait JobStore {
     async fn get_experiment(&self, id: i64) -> StoreResult<Experiment>;
     /// Newest first, with ids below `before_id` (0: from the newest); only `owner`'s when given.
     async fn list_experiments(&self, limit: u32, before_id: i64, owner: Option<&str>) -> StoreResult<Vec<Experiment>>;
-    /// Cancels every job of the experiment that has not finished.
-    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment>;
+    /// Cancels every job of the experiment that has not finished (composed of
+    /// the calls above, once for every backend).
+    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment> {
+        let experiment = self.get_experiment(id).await?;
+        for job in experiment.jobs.iter().filter(|j| !j.state.is_terminal() && !j.cancel_requested) {
+            match self.cancel_job(job.id, by).await {
+                // Finished meanwhile, or cancelled with its parent: nothing left to do.
+                Ok(_) | Err(super::StoreError::FailedPrecondition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.get_experiment(id).await
+    }
 }

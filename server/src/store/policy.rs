@@ -70,6 +70,13 @@ pub(crate) fn check_fence(at: LeaseRef, job: Option<(String, u32, Option<Uuid>)>
     Ok(())
 }
 
+/// A listing's page as the query takes it: at most `limit` rows (0: 100),
+/// ids below `before_id` (0 or less: from the newest).
+pub(crate) fn page(limit: u32, before_id: i64) -> (i64, i64) {
+    let limit = if limit == 0 { 100 } else { limit };
+    (i64::from(limit), if before_id <= 0 { i64::MAX } else { before_id })
+}
+
 /// A job named by `init_from`: it must exist and not have failed or been
 /// cancelled (a queued or running one is waited for).
 pub(crate) fn check_init_parent(id: i64, state: Option<JobState>) -> StoreResult<()> {

@@ -145,8 +145,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_experiments(&self, limit: u32, before_id: i64, owner: Option<&str>) -> StoreResult<Vec<Experiment>> {
-        let limit = if limit == 0 { 100 } else { limit } as i64;
-        let before = if before_id <= 0 { i64::MAX } else { before_id };
+        let (limit, before) = policy::page(limit, before_id);
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "SELECT id, name, owner, created_at FROM experiments WHERE (?2 IS NULL OR owner = ?2) AND id < ?3 \
              ORDER BY id DESC LIMIT ?1",
@@ -162,26 +161,13 @@ impl JobStore for SqliteStore {
             .collect())
     }
 
-    async fn cancel_experiment(&self, id: i64, by: &str) -> StoreResult<Experiment> {
-        let experiment = self.get_experiment(id).await?;
-        for job in experiment.jobs.iter().filter(|j| !j.state.is_terminal() && !j.cancel_requested) {
-            match self.cancel_job(job.id, by).await {
-                // Finished meanwhile, or cancelled with its parent: nothing left to do.
-                Ok(_) | Err(StoreError::FailedPrecondition(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.get_experiment(id).await
-    }
-
     async fn get_job(&self, id: i64) -> StoreResult<Job> {
         let rec: Option<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = ?1")).bind(id).fetch_optional(&self.reader).await?;
         rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-        let before = if filter.before_id <= 0 { i64::MAX } else { filter.before_id };
+        let (limit, before) = policy::page(filter.limit, filter.before_id);
         let recs: Vec<JobRecord> = sqlx::query_as(&format!(
             "{JOB_SELECT} WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.stage = ?2) \
              AND (?3 IS NULL OR j.owner = ?3) AND j.id < ?5 ORDER BY j.id DESC LIMIT ?4"
