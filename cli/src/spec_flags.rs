@@ -112,6 +112,9 @@ pub struct CommonArgs {
     /// [default: horowitz-45nm].
     #[arg(long, value_name = "FILE.yaml")]
     pub energy_table: Option<PathBuf>,
+    /// Run only on a worker started with this label (`camp-worker --label KEY=VALUE`). Repeatable: the worker needs all of them.
+    #[arg(long = "require-label", value_name = "KEY=VALUE", value_parser = camp_proto::limits::parse_label)]
+    pub require_labels: Vec<(String, String)>,
 }
 
 /// Weight and activation bits of the quantised layers.
@@ -283,6 +286,7 @@ impl CommonArgs {
         if let Some(path) = &self.energy_table {
             spec.energy_table = read_energy_table(path)?;
         }
+        spec.require_labels.extend(self.require_labels.iter().cloned());
         check_spec(&spec)?;
         Ok(spec)
     }
@@ -321,6 +325,7 @@ pub fn spec_error_with_flag(err: SpecError) -> UsageError {
         "rl_weight" => "--rl-weight",
         "rl_task_reward" => "--rl-task-reward",
         "init_from" => "--init-from",
+        "require_labels" => "--require-label",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
     UsageError(format!("invalid spec: {} ({flag}): {}", err.field, err.reason))

@@ -110,6 +110,48 @@ pub fn check_name(value: &str, max: usize) -> Result<(), TextError> {
     Ok(())
 }
 
+/// What is wrong with a set of labels (a worker's, or those a job requires).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("{count} labels; at most {MAX_LABELS} are allowed")]
+    TooMany { count: usize },
+    #[error("a label needs a key")]
+    EmptyKey,
+    #[error("'{text}' is not KEY=VALUE")]
+    NotPair { text: String },
+    #[error("key '{key}' {error}")]
+    Key { key: String, error: TextError },
+    #[error("[{key}] {error}")]
+    Value { key: String, error: TextError },
+}
+
+/// Labels: at most `MAX_LABELS`, each a non-empty key and a value, both names
+/// of bounded length. One rule for what workers offer and what jobs require.
+pub fn check_labels<'a, M>(labels: &'a M) -> Result<(), LabelError>
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    let mut count = 0;
+    for (k, v) in labels {
+        count += 1;
+        if k.is_empty() {
+            return Err(LabelError::EmptyKey);
+        }
+        check_name(k, MAX_LABEL_KEY_BYTES).map_err(|error| LabelError::Key { key: excerpt(k), error })?;
+        check_name(v, MAX_LABEL_VALUE_BYTES).map_err(|error| LabelError::Value { key: excerpt(k), error })?;
+    }
+    if count > MAX_LABELS {
+        return Err(LabelError::TooMany { count });
+    }
+    Ok(())
+}
+
+/// A label as a flag gives it: `KEY=VALUE` (the value may hold `=`).
+pub fn parse_label(text: &str) -> Result<(String, String), LabelError> {
+    let (k, v) = text.split_once('=').ok_or_else(|| LabelError::NotPair { text: excerpt(text) })?;
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// A user or credential name: non-empty, `[A-Za-z0-9][A-Za-z0-9._@-]*`, at most 64 bytes.
 pub fn check_principal(value: &str) -> Result<(), TextError> {
     if value.is_empty() {

@@ -1,6 +1,8 @@
 //! The job spec as the system understands it: typed, with the reference's
 //! defaults, validated once, convertible to and from the wire message.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::energy_table::EnergyTable;
@@ -225,6 +227,9 @@ pub struct JobSpec {
     /// PACT's learned clips decay at this rate (None: `weight_decay`, as the
     /// reference's `act_clip_decay` unset).
     pub pact_weight_decay: Option<f64>,
+    /// Labels a worker must carry, each with this value, to run the job
+    /// (`--require-label gpu=h100`); empty: any worker.
+    pub require_labels: BTreeMap<String, String>,
 }
 
 impl Default for JobSpec {
@@ -258,6 +263,7 @@ impl Default for JobSpec {
             rl_task_reward: RlTaskReward::PerImage,
             init_from: 0,
             pact_weight_decay: None,
+            require_labels: BTreeMap::new(),
         }
     }
 }
@@ -388,6 +394,7 @@ impl JobSpec {
                 return Err(invalid("pact_weight_decay", format!("must be in [0, {MAX_WEIGHT_DECAY}], got {wd}")));
             }
         }
+        crate::limits::check_labels(&self.require_labels).map_err(|e| invalid("require_labels", e.to_string()))?;
         if self.init_from < 0 {
             return Err(invalid("init_from", format!("must be a job id, got {}", self.init_from)));
         }
@@ -466,6 +473,7 @@ impl JobSpec {
             rl_task_reward: RlTaskReward::parse(&p.rl_task_reward)?,
             init_from: p.init_from,
             pact_weight_decay: p.pact_weight_decay,
+            require_labels: p.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         Ok(spec)
     }
@@ -504,6 +512,7 @@ impl JobSpec {
             rl_task_reward: self.rl_task_reward.as_str().into(),
             init_from: self.init_from,
             pact_weight_decay: self.pact_weight_decay,
+            require_labels: self.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 }

@@ -8,7 +8,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod dispatch;
 pub mod error;
+pub mod heartbeats;
 pub mod net;
 pub mod queue;
 pub mod store;
@@ -28,6 +30,7 @@ use crate::api::transfer::{TransferLimits, Transfers};
 use crate::api::workers::WorkerApi;
 use crate::auth::layer::{AuthLayer, Authenticator};
 use crate::auth::Access;
+use crate::dispatch::Dispatcher;
 use crate::net::{ConnectionLimits, KEEPALIVE};
 use crate::store::{ClaimPolicy, Retention, Store};
 
@@ -83,7 +86,8 @@ pub async fn serve(
     let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, settings.claims, transfers))
+    let (dispatcher, dispatching) = Dispatcher::start(store.clone(), settings.lease, settings.claims);
+    let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, dispatcher, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // A quiet but live client (a claim long-poll, a watch with nothing to say)
@@ -105,5 +109,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(net::incoming(listener, settings.connections), shutdown)
         .await;
     reaper.abort();
+    dispatching.abort();
     result
 }

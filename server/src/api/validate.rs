@@ -94,15 +94,10 @@ pub fn register(r: v1::RegisterRequest) -> ApiResult<NewWorker> {
             name(&format!("{list}[{i}]"), item)?;
         }
     }
-    count("labels", r.labels.len(), limits::MAX_LABELS)?;
-    for (k, v) in &r.labels {
-        if k.is_empty() {
-            return Err(ApiError::invalid("labels", "a label needs a key"));
-        }
-        limits::check_name(k, limits::MAX_LABEL_KEY_BYTES).map_err(field("labels"))?;
-        limits::check_name(v, limits::MAX_LABEL_VALUE_BYTES)
-            .map_err(|e| ApiError::invalid(format!("labels[{}]", limits::excerpt(k)), e))?;
-    }
+    limits::check_labels(&r.labels).map_err(|e| match e {
+        limits::LabelError::Value { key, error } => ApiError::invalid(format!("labels[{key}]"), error),
+        e => ApiError::invalid("labels", e),
+    })?;
     let labels = serde_json::to_value(&r.labels).expect("a string map always serialises");
     Ok(NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels })
 }

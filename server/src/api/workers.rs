@@ -15,10 +15,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::transfer::{ChunkStream, Transfers};
 use super::{checkpoint_to_proto, job_to_proto, requested_checkpoint, validate};
 use crate::auth::{new_session, token_sha256, WorkerCaller};
+use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
+use crate::heartbeats::Heartbeats;
 use crate::net::ConnInfo;
-use crate::queue;
-use crate::store::{AttemptRef, ClaimPolicy, LeaseRef, ReportBatch, Retention, Store};
+use crate::store::{AttemptRef, LeaseRef, ReportBatch, Retention, Store};
 
 /// The longest a claim may wait before answering "nothing yet".
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -27,13 +28,21 @@ pub struct WorkerApi {
     store: Arc<dyn Store>,
     lease: Duration,
     retention: Retention,
-    claims: ClaimPolicy,
+    dispatcher: Arc<Dispatcher>,
+    heartbeats: Heartbeats,
     transfers: Arc<Transfers>,
 }
 
 impl WorkerApi {
-    pub fn new(store: Arc<dyn Store>, lease: Duration, retention: Retention, claims: ClaimPolicy, transfers: Arc<Transfers>) -> Self {
-        WorkerApi { store, lease, retention, claims, transfers }
+    pub fn new(
+        store: Arc<dyn Store>,
+        lease: Duration,
+        retention: Retention,
+        dispatcher: Arc<Dispatcher>,
+        transfers: Arc<Transfers>,
+    ) -> Self {
+        let heartbeats = Heartbeats::start(store.clone(), lease);
+        WorkerApi { store, lease, retention, dispatcher, heartbeats, transfers }
     }
 }
 
@@ -45,6 +54,7 @@ impl WorkerService for WorkerApi {
         let session = new_session();
         let name = worker.name.clone();
         let id = self.store.register_worker(worker, &token_sha256(&session), caller.credential_id).await?;
+        self.dispatcher.forget(id);
         tracing::info!(worker = %name, %id, "registered");
         Ok(Response::new(v1::RegisterResponse { worker_id: id.to_string(), lease_ms: self.lease.as_millis() as u32, session }))
     }
@@ -52,7 +62,7 @@ impl WorkerService for WorkerApi {
     async fn claim(&self, req: Request<v1::ClaimRequest>) -> Result<Response<v1::ClaimResponse>, Status> {
         let worker = WorkerCaller::of(&req)?.named(&req.get_ref().worker_id)?;
         let wait = Duration::from_millis(req.get_ref().wait_ms as u64).min(MAX_CLAIM_WAIT);
-        let claimed = queue::claim_wait(self.store.as_ref(), worker, self.lease, wait, self.claims).await?;
+        let claimed = self.dispatcher.claim(worker, wait).await?;
         let assignment = claimed.map(|c| {
             tracing::info!(job = c.job.id, attempt = c.job.attempt, %worker, "claimed");
             v1::Assignment {
@@ -73,7 +83,7 @@ impl WorkerService for WorkerApi {
         let r = req.into_inner();
         validate::count("jobs", r.jobs.len(), MAX_HEARTBEAT_JOBS)?;
         let running: Vec<AttemptRef> = r.jobs.iter().map(|j| AttemptRef { job_id: j.job_id, attempt: j.attempt }).collect();
-        let reply = self.store.heartbeat(worker, &running, self.lease).await?;
+        let reply = self.heartbeats.beat(worker, running).await?;
         Ok(Response::new(v1::HeartbeatResponse { cancel: reply.cancel, lost: reply.lost }))
     }
 
@@ -140,6 +150,7 @@ impl WorkerService for WorkerApi {
         let (outcome, result) = validate::finish(&r)?;
         let at = LeaseRef { worker, job_id: r.job_id, attempt: r.attempt };
         self.store.finish(at, outcome, &r.message, result).await?;
+        self.dispatcher.slot_freed();
         tracing::info!(job = r.job_id, attempt = r.attempt, outcome = ?outcome, "finished");
         Ok(Response::new(v1::FinishResponse {}))
     }

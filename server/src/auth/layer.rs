@@ -20,6 +20,7 @@ use tonic::body::Body;
 use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
 
+use super::sessions::SessionCache;
 use super::{token_sha256, User, WorkerCaller, ANONYMOUS, SESSION_HEADER, USER_HEADER};
 use crate::error::{ApiError, ApiResult};
 use crate::net::ConnInfo;
@@ -30,11 +31,12 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     require_auth: bool,
     require_client_cert: bool,
+    sessions: SessionCache,
 }
 
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>, require_auth: bool, require_client_cert: bool) -> Self {
-        Authenticator { store, require_auth, require_client_cert }
+        Authenticator { store, require_auth, require_client_cert, sessions: SessionCache::default() }
     }
 
     /// Identifies the call and leaves the identity in its extensions, or says why not.
@@ -118,11 +120,19 @@ impl Authenticator {
                 "WorkerService calls need the session that Register returned, in metadata {SESSION_HEADER}"
             )));
         }
-        let session = self
-            .store
-            .worker_for_session(&token_sha256(secret))
-            .await?
-            .ok_or_else(|| ApiError::Unauthenticated("unknown worker session: register again".into()))?;
+        let sha256 = token_sha256(secret);
+        let session = match self.sessions.get(&sha256) {
+            Some(session) => session,
+            None => {
+                let session = self
+                    .store
+                    .worker_for_session(&sha256)
+                    .await?
+                    .ok_or_else(|| ApiError::Unauthenticated("unknown worker session: register again".into()))?;
+                self.sessions.put(sha256, session);
+                session
+            }
+        };
         if let Some(c) = credential {
             if session.credential_id != Some(c.id) {
                 return Err(ApiError::PermissionDenied("this worker session belongs to another credential".into()));

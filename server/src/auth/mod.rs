@@ -6,6 +6,7 @@
 //! the rules about whose jobs a user may read or change.
 
 pub mod layer;
+mod sessions;
 pub mod tokens;
 
 use tonic::Request;

@@ -59,6 +59,28 @@ pub struct LeaseRef {
     pub attempt: u32,
 }
 
+/// What a worker offers, as claims match it against jobs: its device kind,
+/// data sets and labels. Workers of one class can be served by one query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkerClass {
+    pub device_kind: String,
+    /// Sorted, without repeats.
+    pub datasets: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl WorkerClass {
+    pub fn new(device_kind: String, mut datasets: Vec<String>, labels: &serde_json::Value) -> Self {
+        datasets.sort();
+        datasets.dedup();
+        let labels = labels
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        WorkerClass { device_kind, datasets, labels }
+    }
+}
+
 /// How claims share the queue out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClaimPolicy {
@@ -104,7 +126,42 @@ pub trait LeaseStore {
     /// checkpoint to resume from and, for `init_from`, the parent's best one; metrics that
     /// earlier attempts reported past the resumed step are dropped (they will be redone).
     async fn claim(&self, worker: Uuid, lease: std::time::Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>>;
+    /// What `worker` offers (NotFound for an unknown worker).
+    async fn worker_class(&self, worker: Uuid) -> StoreResult<WorkerClass>;
+    /// Claims for several workers of one `class` at once, in `claim`'s order:
+    /// the first job goes to the first worker, and so on, until the queue has
+    /// nothing more for them. A backend with a cheaper way than one claim
+    /// after another overrides it.
+    async fn claim_batch(
+        &self,
+        class: &WorkerClass,
+        workers: &[Uuid],
+        lease: std::time::Duration,
+        policy: ClaimPolicy,
+    ) -> StoreResult<Vec<(Uuid, Claimed)>> {
+        let _ = class;
+        let mut claimed = Vec::new();
+        for &worker in workers {
+            match self.claim(worker, lease, policy).await? {
+                Some(c) => claimed.push((worker, c)),
+                None => break,
+            }
+        }
+        Ok(claimed)
+    }
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: std::time::Duration) -> StoreResult<HeartbeatReply>;
+    /// Several workers' heartbeats at once, each answered as `heartbeat` would.
+    async fn heartbeat_batch(
+        &self,
+        beats: &[(Uuid, Vec<AttemptRef>)],
+        lease: std::time::Duration,
+    ) -> StoreResult<Vec<StoreResult<HeartbeatReply>>> {
+        let mut replies = Vec::with_capacity(beats.len());
+        for (worker, running) in beats {
+            replies.push(self.heartbeat(*worker, running, lease).await);
+        }
+        Ok(replies)
+    }
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()>;
     /// Gives each running job whose lease expired `policy::reap`'s verdict (back to the
     /// queue, failed after `max_attempts` lost leases, or cancelled if asked) and cascades

@@ -36,7 +36,7 @@ pub use sqlite::SqliteStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),

@@ -48,12 +48,15 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_cpu_worker_never_gets_a_cuda_job_and_device_any_goes_to_either_kind);
         $callback!($($arg,)* a_worker_without_the_data_set_never_gets_the_job);
         $callback!($($arg,)* a_new_priority_reorders_the_queue_and_a_finished_job_keeps_its_own);
+        $callback!($($arg,)* a_job_requiring_labels_goes_only_to_a_worker_carrying_each_of_them);
+        $callback!($($arg,)* a_batch_claim_shares_jobs_out_in_claim_order_one_job_per_worker);
         // Leases, the reaper, heartbeats, fencing.
         $callback!($($arg,)* an_expired_lease_requeues_the_job_and_its_next_claim_is_the_next_attempt);
         $callback!($($arg,)* after_max_attempts_lost_leases_the_reaper_fails_the_job_and_cancels_its_children);
         $callback!($($arg,)* the_reaper_cancels_an_expired_job_whose_cancel_was_requested);
         $callback!($($arg,)* a_released_job_is_queued_again_without_counting_as_a_lost_attempt);
         $callback!($($arg,)* heartbeats_renew_leases_pass_on_cancel_requests_and_name_the_jobs_a_worker_lost);
+        $callback!($($arg,)* a_heartbeat_batch_answers_each_worker_as_its_own_heartbeat_would);
         $callback!($($arg,)* writes_from_another_worker_or_an_older_attempt_are_stale_and_write_nothing);
         $callback!($($arg,)* a_finished_attempt_takes_no_more_writes);
         // Telemetry and resuming.

@@ -24,9 +24,19 @@ async fn insert_job(
     parents: &[i64],
 ) -> StoreResult<i64> {
     let spec = serde_json::to_value(&job.spec).expect("a JobSpec always serialises");
+    // The parents' rows are locked (shared) while their count is taken, so a
+    // parent that succeeds meanwhile finishes after this job is visible, and
+    // counts it down (`finish`): no child is left waiting on a parent that
+    // succeeded between the count and the commit.
+    let (parents_pending,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM (SELECT state FROM jobs WHERE id = ANY($1) FOR SHARE) p WHERE p.state <> 'succeeded'")
+            .bind(parents)
+            .fetch_one(&mut **tx)
+            .await?;
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) RETURNING id",
+        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node, \
+         parents_pending, require_labels) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING id",
     )
     .bind(&job.name)
     .bind(&job.owner)
@@ -38,13 +48,17 @@ async fn insert_job(
     .bind(job.max_attempts as i32)
     .bind(experiment_id)
     .bind(node)
+    .bind(parents_pending as i32)
+    .bind(sqlx::types::Json(&job.spec.require_labels))
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO job_dependencies (child_id, parent_id) SELECT $1, unnest($2::bigint[])")
-        .bind(id)
-        .bind(parents)
-        .execute(&mut **tx)
-        .await?;
+    if !parents.is_empty() {
+        sqlx::query("INSERT INTO job_dependencies (child_id, parent_id) SELECT $1, unnest($2::bigint[])")
+            .bind(id)
+            .bind(parents)
+            .execute(&mut **tx)
+            .await?;
+    }
     notify(tx, Change::Job(id)).await?;
     Ok(id)
 }
@@ -262,18 +276,17 @@ impl JobStore for PgStore {
             .await?;
         let (live_matching_workers,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM workers w WHERE w.last_heartbeat > now() - make_interval(secs => $1) \
-             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets)",
+             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets) AND w.labels @> $4",
         )
         .bind(lease_secs(live_within))
         .bind(job.spec.device.as_str())
         .bind(&job.spec.dataset)
+        .bind(sqlx::types::Json(&job.spec.require_labels))
         .fetch_one(&self.pool)
         .await?;
         let (ahead,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.id <> $1 \
-             AND (j.priority > $2 OR (j.priority = $2 AND j.id < $1)) \
-             AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
-                             WHERE d.child_id = j.id AND p.state <> 'succeeded')",
+            "SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.id <> $1 \
+             AND (j.priority > $2 OR (j.priority = $2 AND j.id < $1))",
         )
         .bind(id)
         .bind(job.priority)

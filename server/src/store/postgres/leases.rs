@@ -6,6 +6,114 @@ use super::rows::*;
 use super::*;
 use crate::store::policy;
 
+/// One claim for several workers of one class, in one statement. Claim order
+/// is priority, then fair share, then age; fair share ranks an owner's k-th
+/// job by its running jobs + k, so a batch shares out as claims one after
+/// another would. The queue is never sorted whole:
+///
+/// - `owners`: each owner with a claimable job, by a skip scan of
+///   `jobs_claimable_by_owner` (its rows exclude jobs whose parents have not
+///   all succeeded: `parents_pending`);
+/// - `heads`: each owner's first `$4` jobs this class can run, read in index
+///   order (device, data set and labels are a filter on that walk);
+/// - `chosen`: the best `$4` of those, within the per-user cap `$5`;
+/// - `locked`: those still queued, skipping rows another claim holds;
+/// - the update hands the i-th to the i-th worker of `$6`, renews those
+///   workers' liveness and announces each job.
+///
+/// Statistics do not matter to this plan: every step is an index walk bounded
+/// by a LIMIT, so a queue filled by a burst a moment ago claims as fast as an
+/// analysed one.
+const CLAIM_BATCH: &str = "\
+WITH RECURSIVE owners(owner) AS ( \
+    (SELECT owner FROM jobs WHERE state = 'queued' AND parents_pending = 0 ORDER BY owner LIMIT 1) \
+  UNION ALL \
+    SELECT (SELECT j.owner FROM jobs j WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner > o.owner \
+            ORDER BY j.owner LIMIT 1) \
+    FROM owners o WHERE o.owner IS NOT NULL), \
+running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
+heads AS ( \
+    SELECT h.id, h.priority, COALESCE(r.n, 0) \
+             + row_number() OVER (PARTITION BY h.owner ORDER BY h.priority DESC, h.id) AS share \
+    FROM owners o \
+    CROSS JOIN LATERAL ( \
+        SELECT j.id, j.owner, j.priority FROM jobs j \
+        WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner = o.owner \
+          AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels \
+        ORDER BY j.priority DESC, j.id LIMIT $4) h \
+    LEFT JOIN running r ON r.owner = h.owner \
+    WHERE o.owner IS NOT NULL), \
+chosen AS ( \
+    SELECT id, priority, share FROM heads WHERE $5::bigint IS NULL OR share <= $5 \
+    ORDER BY priority DESC, share, id LIMIT $4), \
+locked AS ( \
+    SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM chosen) AND j.state = 'queued' \
+    FOR UPDATE OF j SKIP LOCKED), \
+assigned AS ( \
+    SELECT l.id, w.worker FROM ( \
+        SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.share, c.id) AS slot \
+        FROM chosen c JOIN locked l ON l.id = c.id) l \
+    JOIN unnest($6::uuid[]) WITH ORDINALITY AS w(worker, slot) ON w.slot = l.slot), \
+claimed AS ( \
+    UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_worker = a.worker, \
+        lease_expires_at = now() + make_interval(secs => $7), started_at = COALESCE(j.started_at, now()) \
+    FROM assigned a WHERE j.id = a.id \
+    RETURNING j.id, a.worker), \
+touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) RETURNING id) \
+SELECT c.id, c.worker FROM claimed c CROSS JOIN LATERAL (SELECT pg_notify('camp', c.id::text)) announced";
+
+/// Counts a succeeded parent down in each of its waiting children; true if
+/// one of them now waits for nothing. A statement of its own, after the
+/// parent's update: it sees every child committed before it (a child being
+/// submitted holds the parent's row until it commits; `insert_job`).
+async fn parent_succeeded(tx: &mut Transaction<'_, Postgres>, parent: i64) -> StoreResult<bool> {
+    let (ready,): (i64,) = sqlx::query_as(
+        "WITH counted AS (UPDATE jobs c SET parents_pending = c.parents_pending - 1 FROM job_dependencies d \
+           WHERE d.parent_id = $1 AND c.id = d.child_id AND c.state = 'queued' AND c.parents_pending > 0 \
+           RETURNING c.parents_pending) \
+         SELECT count(*) FROM counted WHERE parents_pending = 0",
+    )
+    .bind(parent)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(ready > 0)
+}
+
+/// Completes a claimed job with what its worker needs: the latest checkpoint
+/// to resume from and, for a job that starts from another's weights, that
+/// job's best one. Work that earlier attempts did past the resumed checkpoint
+/// is lost and will be redone: its metrics go, so a series has one row per
+/// step. A first attempt of a job started from scratch needs none of it.
+async fn claimed_with_checkpoints(tx: &mut Transaction<'_, Postgres>, job: Job) -> StoreResult<Claimed> {
+    let resume_from: Option<Checkpoint> = if job.attempt > 1 {
+        let latest: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
+            .bind(job.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let resume_from: Option<Checkpoint> = latest.map(Into::into);
+        let resume_step = resume_from.as_ref().map_or(0, |c| c.step);
+        sqlx::query("DELETE FROM metrics WHERE job_id = $1 AND attempt < $2 AND step > $3")
+            .bind(job.id)
+            .bind(job.attempt as i32)
+            .bind(resume_step)
+            .execute(&mut **tx)
+            .await?;
+        resume_from
+    } else {
+        None
+    };
+    let init_from: Option<CheckpointRecord> = match job.spec.init_from {
+        0 => None,
+        parent => {
+            sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"))
+                .bind(parent)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+    };
+    Ok(Claimed { job, resume_from, init_from: init_from.map(Into::into) })
+}
+
 #[async_trait]
 impl LeaseStore for PgStore {
     async fn register_worker(&self, w: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
@@ -75,124 +183,124 @@ impl LeaseStore for PgStore {
     }
 
     async fn claim(&self, worker: Uuid, lease: Duration, policy: ClaimPolicy) -> StoreResult<Option<Claimed>> {
+        let class = self.worker_class(worker).await?;
+        Ok(self.claim_batch(&class, &[worker], lease, policy).await?.pop().map(|(_, c)| c))
+    }
+
+    async fn worker_class(&self, worker: Uuid) -> StoreResult<WorkerClass> {
+        let row: Option<(String, Vec<String>, serde_json::Value)> =
+            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = $1")
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (device_kind, datasets, labels) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
+        Ok(WorkerClass::new(device_kind, datasets, &labels))
+    }
+
+    async fn claim_batch(
+        &self,
+        class: &WorkerClass,
+        workers: &[Uuid],
+        lease: Duration,
+        policy: ClaimPolicy,
+    ) -> StoreResult<Vec<(Uuid, Claimed)>> {
+        if workers.is_empty() {
+            return Ok(Vec::new());
+        }
         let cap = policy.max_running_per_user.map(i64::from);
-        // Owners found at their cap by this claim: passed over when it looks again.
-        let mut at_cap: Vec<String> = Vec::new();
-        let (mut tx, job_id) = loop {
-            let mut tx = self.pool.begin().await?;
-            touch_worker(&mut tx, worker).await?;
-            // Priority first; among equals the owner with the fewest running jobs
-            // (fair share), then the oldest job.
-            let next: Option<(i64, String)> = sqlx::query_as(
-                "WITH running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner) \
-                 SELECT j.id, j.owner FROM jobs j JOIN workers w ON w.id = $1 \
-                 LEFT JOIN running r ON r.owner = j.owner \
-                 WHERE j.state = 'queued' \
-                   AND (j.device = 'any' OR j.device = w.device_kind) \
-                   AND j.dataset = ANY(w.datasets) \
-                   AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
-                                   WHERE d.child_id = j.id AND p.state <> 'succeeded') \
-                   AND ($2::bigint IS NULL OR COALESCE(r.n, 0) < $2) \
-                   AND NOT (j.owner = ANY($3)) \
-                 ORDER BY j.priority DESC, COALESCE(r.n, 0), j.id \
-                 LIMIT 1 FOR UPDATE OF j SKIP LOCKED",
-            )
-            .bind(worker)
+        let mut tx = self.pool.begin().await?;
+        if cap.is_some() {
+            // The per-user cap counts running jobs: claims under a cap take
+            // turns across coordinators, so two cannot both start an owner's
+            // last allowed job.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('camp.claims', 0))").execute(&mut *tx).await?;
+        }
+        let claimed: Vec<(i64, Uuid)> = sqlx::query_as(CLAIM_BATCH)
+            .bind(&class.device_kind)
+            .bind(&class.datasets)
+            .bind(sqlx::types::Json(&class.labels))
+            .bind(workers.len() as i64)
             .bind(cap)
-            .bind(&at_cap)
-            .fetch_optional(&mut *tx)
+            .bind(workers)
+            .bind(lease_secs(lease))
+            .fetch_all(&mut *tx)
             .await?;
-            let Some((job_id, owner)) = next else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            if let Some(cap) = cap {
-                // Claims for one owner take turns here, so two coordinators cannot
-                // both start the owner's last allowed job: the count is read after
-                // the previous claimer committed.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('camp.owner.' || $1, 0))")
-                    .bind(&owner)
-                    .execute(&mut *tx)
-                    .await?;
-                let (running,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE owner = $1 AND state = 'running'")
-                    .bind(&owner)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if running >= cap {
-                    tx.rollback().await?;
-                    at_cap.push(owner);
-                    continue;
-                }
+        let mut out = Vec::with_capacity(claimed.len());
+        if !claimed.is_empty() {
+            let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
+            let recs: Vec<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = ANY($1)")).bind(&ids).fetch_all(&mut *tx).await?;
+            let mut jobs: HashMap<i64, Job> = HashMap::with_capacity(recs.len());
+            for rec in recs {
+                let job: Job = rec.try_into()?;
+                jobs.insert(job.id, job);
             }
-            break (tx, job_id);
-        };
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_worker = $2, \
-               lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(started_at, now()) \
-             WHERE id = $1",
-        )
-        .bind(job_id)
-        .bind(worker)
-        .bind(lease_secs(lease))
-        .execute(&mut *tx)
-        .await?;
-        let job = job_in(&mut tx, job_id).await?;
-        let latest: Option<CheckpointRecord> = sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.id DESC LIMIT 1"))
-            .bind(job_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let resume_from: Option<Checkpoint> = latest.map(Into::into);
-        // Work that earlier attempts did past the checkpoint we resume from is lost and
-        // will be redone: drop its metrics so the series has one row per step.
-        let resume_step = resume_from.as_ref().map_or(0, |c| c.step);
-        sqlx::query("DELETE FROM metrics WHERE job_id = $1 AND attempt < $2 AND step > $3")
-            .bind(job_id)
-            .bind(job.attempt as i32)
-            .bind(resume_step)
-            .execute(&mut *tx)
-            .await?;
-        // A job that starts from another's weights gets that job's best checkpoint.
-        let init_from: Option<CheckpointRecord> = match job.spec.init_from {
-            0 => None,
-            parent => {
-                sqlx::query_as(&format!("{CHECKPOINT_SELECT} AND c.job_id = $1 ORDER BY c.top1 DESC NULLS LAST, c.id LIMIT 1"))
-                    .bind(parent)
-                    .fetch_optional(&mut *tx)
-                    .await?
+            for (id, worker) in claimed {
+                let job = jobs.remove(&id).ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+                out.push((worker, claimed_with_checkpoints(&mut tx, job).await?));
             }
-        };
-        notify(&mut tx, Change::Job(job_id)).await?;
+        }
         tx.commit().await?;
-        Ok(Some(Claimed { job, resume_from, init_from: init_from.map(Into::into) }))
+        Ok(out)
     }
 
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
-        let mut tx = self.pool.begin().await?;
-        touch_worker(&mut tx, worker).await?;
-        let ids: Vec<i64> = running.iter().map(|r| r.job_id).collect();
-        let attempts: Vec<i32> = running.iter().map(|r| r.attempt as i32).collect();
-        let renewed: Vec<(i64, bool)> = sqlx::query_as(
-            "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4) \
-             FROM unnest($2::bigint[], $3::int[]) AS r(id, attempt) \
-             WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.lease_worker = $1 \
-             RETURNING j.id, j.cancel_requested",
-        )
-        .bind(worker)
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(lease_secs(lease))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut reply = HeartbeatReply::default();
-        for r in running {
-            match renewed.iter().find(|(id, _)| *id == r.job_id) {
-                Some((id, true)) => reply.cancel.push(*id),
-                Some(_) => {}
-                None => reply.lost.push(r.job_id),
+        self.heartbeat_batch(&[(worker, running.to_vec())], lease).await?.pop().expect("one reply per heartbeat")
+    }
+
+    /// Two statements for any number of heartbeats: one renews every lease
+    /// still held (fenced by worker and attempt), one records that the workers
+    /// were heard from.
+    async fn heartbeat_batch(&self, beats: &[(Uuid, Vec<AttemptRef>)], lease: Duration) -> StoreResult<Vec<StoreResult<HeartbeatReply>>> {
+        let mut workers = Vec::new();
+        let mut ids = Vec::new();
+        let mut attempts = Vec::new();
+        for (worker, running) in beats {
+            for r in running {
+                workers.push(*worker);
+                ids.push(r.job_id);
+                attempts.push(r.attempt as i32);
             }
         }
-        Ok(reply)
+        let renewed: Vec<(i64, Uuid, bool)> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4) \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS r(worker, id, attempt) \
+                 WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.lease_worker = r.worker \
+                 RETURNING j.id, r.worker, j.cancel_requested",
+            )
+            .bind(&workers)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(lease_secs(lease))
+            .fetch_all(&self.pool)
+            .await?
+        };
+        let all: Vec<Uuid> = beats.iter().map(|(w, _)| *w).collect();
+        let known: Vec<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = ANY($1) RETURNING id")
+            .bind(&all)
+            .fetch_all(&self.pool)
+            .await?;
+        let renewed: HashMap<(i64, Uuid), bool> = renewed.into_iter().map(|(id, w, cancel)| ((id, w), cancel)).collect();
+        let known: std::collections::HashSet<Uuid> = known.into_iter().map(|(w,)| w).collect();
+        Ok(beats
+            .iter()
+            .map(|(worker, running)| {
+                if !known.contains(worker) {
+                    return Err(StoreError::NotFound(format!("worker {worker}")));
+                }
+                let mut reply = HeartbeatReply::default();
+                for r in running {
+                    match renewed.get(&(r.job_id, *worker)) {
+                        Some(true) => reply.cancel.push(r.job_id),
+                        Some(false) => {}
+                        None => reply.lost.push(r.job_id),
+                    }
+                }
+                Ok(reply)
+            })
+            .collect())
     }
 
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()> {
@@ -216,8 +324,13 @@ impl LeaseStore for PgStore {
         .execute(&mut *tx)
         .await?;
         match outcome {
-            // Released work, and children waiting for this parent, are claimable now.
-            Outcome::Released | Outcome::Succeeded => notify(&mut tx, Change::Queue).await?,
+            // Released work, and children that waited only for this parent, are claimable now.
+            Outcome::Released => notify(&mut tx, Change::Queue).await?,
+            Outcome::Succeeded => {
+                if parent_succeeded(&mut tx, at.job_id).await? {
+                    notify(&mut tx, Change::Queue).await?;
+                }
+            }
             Outcome::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
             Outcome::Cancelled => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
         }

@@ -134,15 +134,6 @@ pub(super) async fn job_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> Store
     rec.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?.try_into()
 }
 
-/// Records that `worker` was heard from; an unknown worker is NotFound.
-pub(super) async fn touch_worker(tx: &mut Transaction<'_, Postgres>, worker: Uuid) -> StoreResult<()> {
-    let known: Option<(Uuid,)> = sqlx::query_as("UPDATE workers SET last_heartbeat = now() WHERE id = $1 RETURNING id")
-        .bind(worker)
-        .fetch_optional(&mut **tx)
-        .await?;
-    known.map(|_| ()).ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))
-}
-
 /// Cancels the jobs waiting on a job that failed or was cancelled, however deep.
 pub(super) async fn cancel_descendants(tx: &mut Transaction<'_, Postgres>, job_id: i64, why: &str) -> StoreResult<()> {
     let cancelled: Vec<(i64,)> = sqlx::query_as(

@@ -20,8 +20,8 @@ async fn init_parent(tx: &mut Tx, id: i64) -> StoreResult<Job> {
 async fn insert_job(tx: &mut Tx, job: &NewJob, experiment_id: Option<i64>, node: &str, parents: &[i64]) -> StoreResult<i64> {
     let spec = serde_json::to_string(&job.spec).expect("a JobSpec always serialises");
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11) RETURNING id",
+        "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node, created_at, \
+         require_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
     )
     .bind(&job.name)
     .bind(&job.owner)
@@ -34,6 +34,7 @@ async fn insert_job(tx: &mut Tx, job: &NewJob, experiment_id: Option<i64>, node:
     .bind(experiment_id)
     .bind(node)
     .bind(now_us())
+    .bind(Json(&job.spec.require_labels))
     .fetch_one(tx.conn())
     .await?;
     for parent in parents {
@@ -243,11 +244,14 @@ impl JobStore for SqliteStore {
             .await?;
         let (live_matching_workers,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM workers w WHERE w.last_heartbeat > ?1 \
-             AND (?2 = 'any' OR w.device_kind = ?2) AND EXISTS (SELECT 1 FROM json_each(w.datasets) WHERE value = ?3)",
+             AND (?2 = 'any' OR w.device_kind = ?2) AND EXISTS (SELECT 1 FROM json_each(w.datasets) WHERE value = ?3) \
+             AND NOT EXISTS (SELECT 1 FROM json_each(?4) r \
+                             WHERE NOT EXISTS (SELECT 1 FROM json_each(w.labels) l WHERE l.key = r.key AND l.value = r.value))",
         )
         .bind(now_us() - lease_us(live_within))
         .bind(job.spec.device.as_str())
         .bind(&job.spec.dataset)
+        .bind(Json(&job.spec.require_labels))
         .fetch_one(&self.reader)
         .await?;
         let (ahead,): (i64,) = sqlx::query_as(

@@ -92,8 +92,8 @@ impl LeaseStore for SqliteStore {
         // owner's is found by walking `jobs_queued_by_owner` until a job fits,
         // and only those few are ordered. The worker's device and data sets
         // are bound once as constants.
-        let (device_kind, datasets): (String, String) =
-            sqlx::query_as("SELECT device_kind, datasets FROM workers WHERE id = ?1").bind(worker).fetch_one(tx.conn()).await?;
+        let (device_kind, datasets, labels): (String, String, String) =
+            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = ?1").bind(worker).fetch_one(tx.conn()).await?;
         let next: Option<(i64,)> = sqlx::query_as(
             "WITH running AS MATERIALIZED (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
              owners AS (SELECT DISTINCT owner FROM jobs WHERE state = 'queued'), \
@@ -101,6 +101,8 @@ impl LeaseStore for SqliteStore {
                  (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.owner = o.owner \
                     AND (j.device = 'any' OR j.device = ?1) \
                     AND j.dataset IN (SELECT value FROM json_each(?2)) \
+                    AND NOT EXISTS (SELECT 1 FROM json_each(j.require_labels) r \
+                                    WHERE NOT EXISTS (SELECT 1 FROM json_each(?4) l WHERE l.key = r.key AND l.value = r.value)) \
                     AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
                                     WHERE d.child_id = j.id AND p.state <> 'succeeded') \
                   ORDER BY j.priority DESC, j.id LIMIT 1) AS id \
@@ -113,6 +115,7 @@ impl LeaseStore for SqliteStore {
         .bind(&device_kind)
         .bind(&datasets)
         .bind(policy.max_running_per_user.map(i64::from))
+        .bind(&labels)
         .fetch_optional(tx.conn())
         .await?;
         let Some((job_id,)) = next else {
@@ -158,6 +161,16 @@ impl LeaseStore for SqliteStore {
         tx.notify(Change::Job(job_id));
         tx.commit().await?;
         Ok(Some(Claimed { job, resume_from, init_from: init_from.map(Into::into) }))
+    }
+
+    async fn worker_class(&self, worker: Uuid) -> StoreResult<WorkerClass> {
+        let row: Option<(String, Json<Vec<String>>, Json<serde_json::Value>)> =
+            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = ?1")
+                .bind(worker)
+                .fetch_optional(&self.reader)
+                .await?;
+        let (device_kind, datasets, labels) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
+        Ok(WorkerClass::new(device_kind, datasets.0, &labels.0))
     }
 
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
@@ -209,7 +222,22 @@ impl LeaseStore for SqliteStore {
         .await?;
         match outcome {
             // Released work, and children waiting for this parent, are claimable now.
-            Outcome::Released | Outcome::Succeeded => tx.notify(Change::Queue),
+            // Released work, and children that waited only for this parent, are claimable now.
+            Outcome::Released => tx.notify(Change::Queue),
+            Outcome::Succeeded => {
+                let (ready,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM job_dependencies d JOIN jobs c ON c.id = d.child_id \
+                     WHERE d.parent_id = ?1 AND c.state = 'queued' AND NOT EXISTS ( \
+                       SELECT 1 FROM job_dependencies e JOIN jobs p ON p.id = e.parent_id \
+                       WHERE e.child_id = c.id AND p.state <> 'succeeded')",
+                )
+                .bind(at.job_id)
+                .fetch_one(tx.conn())
+                .await?;
+                if ready > 0 {
+                    tx.notify(Change::Queue);
+                }
+            }
             Outcome::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
             Outcome::Cancelled => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
         }

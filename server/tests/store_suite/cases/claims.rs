@@ -131,3 +131,61 @@ pub async fn a_new_priority_reorders_the_queue_and_a_finished_job_keeps_its_own(
     assert_err!(s.set_priority(newer + 1000, 1).await, StoreError::NotFound(_));
     assert_eq!(claimed_id(s, w, ClaimPolicy::default()).await, Some(older));
 }
+
+pub async fn a_job_requiring_labels_goes_only_to_a_worker_carrying_each_of_them(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let labelled = |name: &str, labels: serde_json::Value| NewWorker { labels, ..new_worker(name, "cpu", &["cifar10"]) };
+    let plain = s.register_worker(labelled("plain", serde_json::json!({})), "session-plain", None).await.unwrap();
+    let h100 = s.register_worker(labelled("h100", serde_json::json!({"gpu": "h100", "rack": "b"})), "session-h100", None).await.unwrap();
+    let a100 = s.register_worker(labelled("a100", serde_json::json!({"gpu": "a100", "rack": "b"})), "session-a100", None).await.unwrap();
+    let mut wants = camp_proto::JobSpec { ..spec() };
+    wants.require_labels.insert("gpu".into(), "h100".into());
+    wants.require_labels.insert("rack".into(), "b".into());
+    let picky = submit(s, NewJob { spec: wants, ..new_job("ada", "picky", 9) }).await.id;
+    let any = submit_as(s, "ada", "any", 0).await;
+
+    assert_eq!(claimed_id(s, plain, ClaimPolicy::default()).await, Some(any), "the labelled job comes first, but plain carries no label");
+    assert_eq!(claimed_id(s, a100, ClaimPolicy::default()).await, None, "a100 carries rack=b but not gpu=h100");
+    let facts = s.queue_facts(picky, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(facts.live_matching_workers, 1, "only h100 could run it");
+    assert_eq!(claimed_id(s, h100, ClaimPolicy::default()).await, Some(picky), "h100 carries both (and more)");
+    assert_eq!(s.worker_class(h100).await.unwrap().labels.get("gpu").map(String::as_str), Some("h100"));
+}
+
+pub async fn a_batch_claim_shares_jobs_out_in_claim_order_one_job_per_worker(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let workers = [cpu_worker(s, "w1").await, cpu_worker(s, "w2").await, cpu_worker(s, "w3").await, cpu_worker(s, "w4").await];
+    let class = s.worker_class(workers[0]).await.unwrap();
+    assert_eq!(class, s.worker_class(workers[3]).await.unwrap(), "same device, data sets and labels: one class");
+    let ada: Vec<i64> = futures_ids(s, "ada", 3).await;
+    let bob: Vec<i64> = futures_ids(s, "bob", 2).await;
+    let urgent = submit_as(s, "bob", "urgent", 5).await;
+
+    let got = s.claim_batch(&class, &workers, LONG, ClaimPolicy::default()).await.unwrap();
+    let ids: Vec<(uuid::Uuid, i64)> = got.iter().map(|(w, c)| (*w, c.job.id)).collect();
+    // Priority first; then fair share as claims one after another would take
+    // them (ada 0 running, bob 1 after urgent: ada, then a tie of 1 each: the older).
+    assert_eq!(ids, vec![(workers[0], urgent), (workers[1], ada[0]), (workers[2], ada[1]), (workers[3], bob[0])]);
+    assert!(got
+        .iter()
+        .all(|(w, c)| c.job.state == JobState::Running && c.job.attempt == 1 && c.job.worker.is_some() && *w != uuid::Uuid::nil()));
+    let again = s.claim_batch(&class, &workers, LONG, ClaimPolicy::default()).await.unwrap();
+    let rest: Vec<i64> = again.iter().map(|(_, c)| c.job.id).collect();
+    assert_eq!(rest, vec![ada[2], bob[1]], "what is left, and no job twice");
+    assert_eq!(again.iter().map(|(w, _)| *w).collect::<Vec<_>>(), workers[..2].to_vec(), "the first workers in line get them");
+    assert!(s.claim_batch(&class, &workers, LONG, ClaimPolicy::default()).await.unwrap().is_empty());
+
+    let capped = ClaimPolicy { max_running_per_user: Some(4) };
+    let more: Vec<i64> = futures_ids(s, "ada", 3).await;
+    let got = s.claim_batch(&class, &workers, LONG, capped).await.unwrap();
+    assert_eq!(got.iter().map(|(_, c)| c.job.id).collect::<Vec<_>>(), vec![more[0]], "ada runs 3: the cap of 4 leaves one more");
+}
+
+/// Submits `n` jobs of `owner` at priority 0, oldest first.
+async fn futures_ids(s: &dyn Store, owner: &str, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(submit_as(s, owner, &format!("{owner}{i}"), 0).await);
+    }
+    ids
+}

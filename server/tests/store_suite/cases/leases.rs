@@ -183,3 +183,30 @@ pub async fn a_finished_attempt_takes_no_more_writes(store: Arc<dyn Store>) {
     assert_eq!(format!("{:?}", s.get_job(job).await.unwrap()), before);
     assert!(metric_rows(s, job).await.is_empty() && s.checkpoints(job).await.unwrap().is_empty());
 }
+
+pub async fn a_heartbeat_batch_answers_each_worker_as_its_own_heartbeat_would(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (w, other) = (cpu_worker(s, "w").await, cpu_worker(s, "other").await);
+    let a = submit_as(s, "ada", "a", 0).await;
+    let b = submit_as(s, "ada", "b", 0).await;
+    assert_eq!(claim_with(s, w, SHORT).await.unwrap().job.id, a);
+    assert_eq!(claim_with(s, other, SHORT).await.unwrap().job.id, b);
+    s.cancel_job(b, "ada").await.unwrap();
+    let stranger = Uuid::new_v4();
+    let beats = vec![
+        (w, vec![AttemptRef { job_id: a, attempt: 1 }, AttemptRef { job_id: b, attempt: 1 }]),
+        (other, vec![AttemptRef { job_id: b, attempt: 1 }]),
+        (stranger, vec![]),
+    ];
+    let replies = s.heartbeat_batch(&beats, LONG).await.unwrap();
+    assert_eq!(replies.len(), 3, "one answer per heartbeat, in order");
+    let first = replies[0].as_ref().unwrap();
+    assert_eq!((&first.cancel, &first.lost), (&vec![], &vec![b]), "w holds a; b is other's");
+    let second = replies[1].as_ref().unwrap();
+    assert_eq!((&second.cancel, &second.lost), (&vec![b], &vec![]), "other is asked to stop b");
+    assert!(matches!(replies[2], Err(StoreError::NotFound(_))), "an unknown worker, alone refused");
+    past_short_lease().await;
+    assert!(s.reap_expired_leases().await.unwrap().is_empty(), "both leases were renewed for LONG");
+    let listed = s.list_workers().await.unwrap();
+    assert!(listed.iter().any(|x| x.id == w) && listed.iter().any(|x| x.id == other));
+}
