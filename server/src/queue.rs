@@ -9,7 +9,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::store::{Change, ClaimPolicy, Claimed, Job, QueueFacts, Store, StoreResult};
+use crate::ops::metrics as names;
+use crate::store::{Change, ClaimPolicy, Claimed, Job, JobState, QueueFacts, Store, StoreResult};
 
 /// A safety net only: claims are retried at least this often even if a
 /// notification was lost (for example while the listener reconnected).
@@ -52,6 +53,10 @@ pub async fn run_reaper(store: Arc<dyn Store>, every: Duration) {
             Ok(reaped) => {
                 for r in reaped {
                     tracing::warn!(job = r.job_id, attempt = r.attempt, state = r.new_state.as_str(), "lease expired");
+                    metrics::counter!(names::LEASE_EXPIRIES).increment(1);
+                    if r.new_state == JobState::Queued {
+                        metrics::counter!(names::REQUEUES).increment(1);
+                    }
                 }
             }
             Err(e) => tracing::error!("lease reaper: {e}"),
@@ -87,7 +92,6 @@ pub fn waiting_reason(job: &Job, facts: &QueueFacts, policy: ClaimPolicy) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobState;
 
     fn job() -> Job {
         Job {
