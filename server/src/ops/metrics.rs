@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -103,6 +103,7 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         tokio::spawn(async move {
             let service = service_fn(move |req| scrape(req, handle.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = tokio::time::timeout(Duration::from_secs(60), conn).await.unwrap_or(Ok(())) {
