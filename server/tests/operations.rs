@@ -253,6 +253,11 @@ async fn register(channel: &Channel, name: &str, datasets: &[&str]) -> Worker {
     Worker { id: reply.worker_id, session: reply.session, client }
 }
 
+async fn workers_by_name(jobs: &mut Jobs) -> BTreeMap<String, v1::Worker> {
+    let listed = jobs.list_workers(v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    listed.into_iter().map(|w| (w.name.clone(), w)).collect()
+}
+
 #[sqlx::test(migrations = false)]
 async fn metrics_count_claims_reports_checkpoint_bytes_expiries_and_latencies_and_gauge_the_queue(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
@@ -282,6 +287,8 @@ async fn metrics_count_claims_reports_checkpoint_bytes_expiries_and_latencies_an
     let mut w1 = register(&channel, "w1", &["cifar10"]).await;
     let a = w1.claim(1_000).await.expect("w1 gets the cifar10 job");
     assert_eq!(a.job_id, first.id);
+    let listed = workers_by_name(&mut jobs).await;
+    assert_eq!((listed["w1"].state, listed["w1"].running_jobs.as_slice()), (v1::WorkerState::Busy as i32, &[first.id][..]));
     let reply = w1.report(vec![batch(a.job_id, a.attempt, 1, 1), batch(a.job_id, a.attempt, 2, 2)]).await.unwrap();
     assert_eq!((reply.stored, reply.duplicates), (2, 0));
     let reply = w1.report(vec![batch(a.job_id, a.attempt, 2, 2)]).await.unwrap();
@@ -314,6 +321,13 @@ async fn metrics_count_claims_reports_checkpoint_bytes_expiries_and_latencies_an
         }
         assert!(Instant::now() < deadline, "the gauges never settled:\n{body}");
     };
+    // ListWorkers (`camp workers`): w1 idle and just heard from, w2 silent for longer than the lease.
+    let listed = workers_by_name(&mut jobs).await;
+    let (w1, w2) = (&listed["w1"], &listed["w2"]);
+    assert_eq!((w1.state, w1.alive, w1.running_jobs.len()), (v1::WorkerState::Idle as i32, true, 0));
+    assert!(w1.heartbeat_age_ms < 2_000, "{w1:?}");
+    assert_eq!((w2.state, w2.alive), (v1::WorkerState::Silent as i32, false));
+    assert!(w2.heartbeat_age_ms >= 2_000, "{w2:?}");
     let counters = [
         ("camp_claims_total", vec![], 2.0),
         ("camp_attempts_finished_total", vec![("outcome", "succeeded")], 1.0),
