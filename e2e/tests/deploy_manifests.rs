@@ -57,8 +57,11 @@ fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 
 /// The one manifest of `kind` named `name`.
 fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
-    let found: Vec<&Value> =
-        docs.iter().map(|(_, d)| d).filter(|d| str_at(d, &["kind"]) == Some(kind) && str_at(d, &["metadata", "name"]) == Some(name)).collect();
+    let found: Vec<&Value> = docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| str_at(d, &["kind"]) == Some(kind) && str_at(d, &["metadata", "name"]) == Some(name))
+        .collect();
     assert_eq!(found.len(), 1, "expected one {kind} named {name}");
     found[0]
 }
@@ -151,8 +154,11 @@ fn the_coordinator_is_probed_by_grpc_health_on_the_port_its_service_serves_and_s
     assert_eq!(str_at(annotations, &["prometheus.io/port"]), Some(metrics_port.to_string().as_str()));
     assert_eq!(str_at(annotations, &["prometheus.io/path"]), Some("/metrics"));
     assert!(
-        at(c, &["env"]).and_then(Value::as_sequence).unwrap().iter().any(|e| str_at(e, &["name"]) == Some("DATABASE_URL")
-            && str_at(e, &["valueFrom", "secretKeyRef", "key"]).is_some()),
+        at(c, &["env"])
+            .and_then(Value::as_sequence)
+            .unwrap()
+            .iter()
+            .any(|e| str_at(e, &["name"]) == Some("DATABASE_URL") && str_at(e, &["valueFrom", "secretKeyRef", "key"]).is_some()),
         "the database URL comes from a Secret"
     );
 

@@ -94,10 +94,7 @@ mod tests {
         // The coordinator's age is shown, whatever this machine's clock says.
         let text = table(&workers, 999_999_999).to_string();
         assert_eq!(cells(&text, 0), ["NAME", "STATE", "JOBS", "DEVICE", "GPUS", "DATASETS", "LABELS", "HEARTBEAT"]);
-        assert_eq!(
-            cells(&text, 1),
-            ["gpu-a", "busy", "3,4", "cuda", "1", "cifar10,fashion-mnist", "rack=3,slurm_job=77", "5 seconds ago"]
-        );
+        assert_eq!(cells(&text, 1), ["gpu-a", "busy", "3,4", "cuda", "1", "cifar10,fashion-mnist", "rack=3,slurm_job=77", "5 seconds ago"]);
         assert_eq!(cells(&text, 2)[1..3], ["idle", "-"]);
         assert_eq!(cells(&text, 2)[7], "1 second ago");
         assert_eq!(cells(&text, 3)[1..3], ["silent", "9"]);

@@ -18,8 +18,8 @@ use super::{checkpoint_to_proto, job_to_proto, requested_checkpoint, validate};
 use crate::auth::{new_session, token_sha256, WorkerCaller};
 use crate::error::ApiError;
 use crate::net::ConnInfo;
-use crate::queue;
 use crate::ops::metrics as names;
+use crate::queue;
 use crate::store::{AttemptRef, ClaimPolicy, LeaseRef, Outcome, ReportBatch, Retention, Store};
 
 /// The longest a claim may wait before answering "nothing yet".

@@ -5,10 +5,9 @@
 use tonic_reflection::server::{v1, v1alpha, Builder, Error};
 
 /// The `v1` and `v1alpha` reflection services.
-pub fn services() -> Result<
-    (v1::ServerReflectionServer<impl v1::ServerReflection>, v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>),
-    Error,
-> {
+pub fn services(
+) -> Result<(v1::ServerReflectionServer<impl v1::ServerReflection>, v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>), Error>
+{
     let builder = || {
         Builder::configure()
             .register_encoded_file_descriptor_set(camp_proto::FILE_DESCRIPTOR_SET)
