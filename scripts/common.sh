@@ -21,6 +21,18 @@ ensure_libtorch() {
   export LIBTORCH LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
+# kubernetes-validate (PyPI; it carries Kubernetes' JSON schemas, so it checks
+# offline) in a virtual environment under ~/.cache/camp, once; prints the program.
+ensure_kubernetes_validate() {
+  local venv="${CAMP_CACHE:-$HOME/.cache/camp}/kubernetes-validate-1.37.0"
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0 >&2
+  fi
+  echo "$venv/bin/kubernetes-validate"
+}
+
 pg_reachable() {
   psql "$1" -qtAc 'SELECT 1' >/dev/null 2>&1
 }

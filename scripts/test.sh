@@ -15,6 +15,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Each crate's modules import one another without circles.
 python3 scripts/import-cycles.py
+# The Kubernetes manifests against Kubernetes' schemas (KEDA's kinds have none
+# there: e2e/tests/deploy_manifests.rs checks those, and everything else it can).
+"$(ensure_kubernetes_validate)" --strict --quiet "$repo"/deploy/k8s/*.yaml
 # The system tests start the binaries as processes: build them first.
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then

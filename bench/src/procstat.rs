@@ -33,10 +33,29 @@ fn processes() -> Vec<(String, u64, u64)> {
     out
 }
 
+/// A coordinator process (its binary may be a renamed copy: `camp-server-before`).
+fn is_coordinator(comm: &str) -> bool {
+    comm.starts_with("camp-server")
+}
+
+/// Waits (at most `within`) until the coordinator and the database are idle:
+/// below 5% of a core over a quarter of a second.
+pub async fn settle(within: std::time::Duration) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        let meter = CpuMeter::start();
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let share = meter.stop();
+        if share.coordinator + share.database < 5.0 {
+            return;
+        }
+    }
+}
+
 fn ticks() -> Ticks {
     let mut t = Ticks::default();
     for (comm, cpu, _) in processes() {
-        if comm == "camp-server" {
+        if is_coordinator(&comm) {
             t.coordinator += cpu;
         } else if comm.starts_with("postgres") {
             t.database += cpu;
@@ -47,7 +66,7 @@ fn ticks() -> Ticks {
 
 /// The coordinator's resident memory in MiB (the largest `camp-server` process).
 pub fn coordinator_rss_mib() -> f64 {
-    processes().into_iter().filter(|(c, _, _)| c == "camp-server").map(|(_, _, rss)| rss).max().unwrap_or(0) as f64 / 1024.0
+    processes().into_iter().filter(|(c, _, _)| is_coordinator(c)).map(|(_, _, rss)| rss).max().unwrap_or(0) as f64 / 1024.0
 }
 
 /// CPU used from `start` until `stop`, as percent of one core.

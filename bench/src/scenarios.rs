@@ -181,8 +181,9 @@ pub async fn wakeups(conns: &Connections, db: &Database, n: usize, jobs: usize, 
             anyhow::Ok(())
         }));
     }
-    // Every poller is waiting before the first job arrives.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every poller is waiting, and the coordinator idle, before the first job arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::procstat::settle(Duration::from_secs(30)).await;
     let calls_before = claims.load(Ordering::Relaxed);
     let xacts_before = db.transactions().await?;
     let claim_queries_before = db.claim_queries().await?;

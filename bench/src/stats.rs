@@ -7,8 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The counter of store claim queries the coordinator exports on /metrics.
-pub const CLAIM_QUERIES: &str = "camp_claim_queries_total";
+use camp_server::ops::metrics::CLAIM_QUERIES;
 
 #[derive(Default)]
 pub struct Latencies(Vec<Duration>);

@@ -111,6 +111,29 @@ pub fn checkpoint(checkpoint: &v1::Checkpoint) -> Value {
     })
 }
 
+/// A worker's state as `camp workers` shows it. A coordinator that does not
+/// say (one older than the field) is read from `alive` and the running jobs.
+pub fn worker_state_name(worker: &v1::Worker) -> &'static str {
+    match v1::WorkerState::try_from(worker.state) {
+        Ok(v1::WorkerState::Idle) => "idle",
+        Ok(v1::WorkerState::Busy) => "busy",
+        Ok(v1::WorkerState::Silent) => "silent",
+        Ok(v1::WorkerState::Unspecified) | Err(_) if !worker.alive => "silent",
+        Ok(v1::WorkerState::Unspecified) | Err(_) if worker.running_jobs.is_empty() => "idle",
+        Ok(v1::WorkerState::Unspecified) | Err(_) => "busy",
+    }
+}
+
+/// How long ago a worker's last heartbeat was: the coordinator's figure, or
+/// (from a coordinator that does not give it) the heartbeat's time against `now_ms`.
+pub fn heartbeat_age_ms(worker: &v1::Worker, now_ms: i64) -> i64 {
+    if worker.heartbeat_age_ms > 0 || worker.state != v1::WorkerState::Unspecified as i32 {
+        worker.heartbeat_age_ms
+    } else {
+        (now_ms - worker.last_heartbeat_ms).max(0)
+    }
+}
+
 pub fn worker(worker: &v1::Worker) -> Value {
     json!({
         "id": worker.id,
@@ -121,7 +144,9 @@ pub fn worker(worker: &v1::Worker) -> Value {
         "datasets": worker.datasets,
         "labels": worker.labels,
         "alive": worker.alive,
+        "state": worker_state_name(worker),
         "last_heartbeat_ms": worker.last_heartbeat_ms,
+        "heartbeat_age_ms": heartbeat_age_ms(worker, crate::output::now_ms()),
         "running_jobs": worker.running_jobs,
     })
 }

@@ -26,6 +26,11 @@ pub mod v1 {
     tonic::include_proto!("camp.v1");
 }
 
+/// The compiled descriptors of every `camp.v1` file (a `FileDescriptorSet`,
+/// encoded), which the coordinator serves over gRPC reflection so that
+/// `grpcurl` and other generic clients can call it without the .proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/camp.bin"));
+
 pub use result::JobResult;
 pub use spec::JobSpec;
 pub use spec_error::SpecError;

@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::ops::metrics as names;
 use crate::store::{Change, ClaimPolicy, Claimed, LeaseRef, Outcome, Store, StoreResult, WorkerClass};
 
 /// Claims for at most this many waiting workers in one query.
@@ -231,6 +232,7 @@ impl Dispatcher {
     /// order, until the queue has none left for them.
     async fn serve(&self, class: WorkerClass, waiters: Vec<Waiter>) {
         let workers: Vec<Uuid> = waiters.iter().map(|w| w.worker).collect();
+        metrics::counter!(names::CLAIM_QUERIES).increment(1);
         let claimed = match self.store.claim_batch(&class, &workers, self.lease, self.policy).await {
             Ok(claimed) => claimed,
             Err(e) => {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::ops::metrics as names;
 use crate::store::{AttemptRef, HeartbeatReply, Store, StoreError, StoreResult};
 
 /// How long a batch collects heartbeats after its first one.
@@ -61,6 +62,7 @@ async fn write_batches(store: Arc<dyn Store>, lease: Duration, mut incoming: mps
             }
         }
         let beats: Vec<(Uuid, Vec<AttemptRef>)> = batch.iter_mut().map(|b| (b.worker, std::mem::take(&mut b.running))).collect();
+        metrics::counter!(names::HEARTBEAT_BATCHES).increment(1);
         match store.heartbeat_batch(&beats, lease).await {
             Ok(replies) => {
                 for (beat, reply) in batch.into_iter().zip(replies) {

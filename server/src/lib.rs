@@ -5,6 +5,10 @@
 //! tonic's rustls (`tls`) encrypts them, `auth::layer` identifies every call
 //! once, `api` checks every field against `camp_proto::limits` and applies
 //! who may do what, and the store fences every worker write.
+//!
+//! Beside the two services, `ops` serves what an operator watches: gRPC
+//! health (SERVING while the store answers) and reflection, the Prometheus
+//! series and the latency of every call.
 
 pub mod api;
 pub mod auth;
@@ -12,6 +16,7 @@ pub mod dispatch;
 pub mod error;
 pub mod heartbeats;
 pub mod net;
+pub mod ops;
 pub mod queue;
 pub mod store;
 pub mod tls;
@@ -32,6 +37,7 @@ use crate::auth::layer::{AuthLayer, Authenticator};
 use crate::auth::Access;
 use crate::dispatch::Dispatcher;
 use crate::net::{ConnectionLimits, KEEPALIVE};
+use crate::ops::rpc::RpcMetricsLayer;
 use crate::store::{ClaimPolicy, Retention, Store};
 
 #[derive(Debug, Clone)]
@@ -53,6 +59,11 @@ pub struct Settings {
     pub tls: Option<ServerTlsConfig>,
     /// `WorkerService` calls need a verified client certificate (set with a client CA).
     pub require_client_cert: bool,
+    /// How often gRPC health pings the store.
+    pub health_every: Duration,
+    /// How often the queue's gauges are read from the store; None: never
+    /// (no `/metrics` listener, so no one would read them).
+    pub gauges_every: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -69,18 +80,39 @@ impl Default for Settings {
             max_streams_per_connection: 128,
             tls: None,
             require_client_cert: false,
+            health_every: Duration::from_secs(2),
+            gauges_every: None,
         }
     }
 }
 
-/// Serves both services on `listener` until `shutdown` resolves; runs the lease reaper meanwhile.
+/// Why the server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves both services (and health and reflection) on `listener` until
+/// `shutdown` resolves; runs the lease reaper, the health pings and (if asked)
+/// the queue's gauges meanwhile.
 pub async fn serve(
     store: Arc<dyn Store>,
     settings: Settings,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let reaper = tokio::spawn(queue::run_reaper(store.clone(), settings.reap_every));
+) -> Result<(), ServeError> {
+    let (health_reporter, health) = ops::health::service().await;
+    let (reflection_v1, reflection_v1alpha) = ops::reflection::services()?;
+    let mut tasks = vec![
+        tokio::spawn(queue::run_reaper(store.clone(), settings.reap_every)),
+        tokio::spawn(ops::health::watch(store.clone(), health_reporter, settings.health_every)),
+    ];
+    if let Some(every) = settings.gauges_every {
+        tasks.push(tokio::spawn(ops::metrics::refresh_gauges(store.clone(), every, settings.lease)));
+    }
     let transfers = Arc::new(Transfers::new(settings.transfers));
     let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert));
     let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
@@ -102,13 +134,20 @@ pub async fn serve(
     if let Some(tls) = settings.tls {
         server = server.tls_config(tls)?;
     }
+    // The timing layer is the outermost, so a call's time includes its authentication.
     let result = server
+        .layer(RpcMetricsLayer::new())
         .layer(auth)
         .add_service(jobs)
         .add_service(workers)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(net::incoming(listener, settings.connections), shutdown)
         .await;
-    reaper.abort();
     dispatching.abort();
-    result
+    for task in tasks {
+        task.abort();
+    }
+    Ok(result?)
 }

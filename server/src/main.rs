@@ -9,6 +9,7 @@ use anyhow::Context;
 use camp_server::api::transfer::TransferLimits;
 use camp_server::auth::{self, Access};
 use camp_server::net::{self, ConnectionLimits};
+use camp_server::ops;
 use camp_server::store::{ClaimPolicy, Credential, Location, NewCredential, Retention, Role, Store};
 use camp_server::tls::TlsFiles;
 use camp_server::{serve, Settings};
@@ -41,6 +42,13 @@ struct Cli {
     /// Do not keep the best checkpoint beyond the latest ones.
     #[arg(long)]
     no_keep_best: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP, no credentials) on this address, e.g.
+    /// 127.0.0.1:9464. Off by default; keep it on loopback or a network only the scraper reaches.
+    #[arg(long, env = "CAMP_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Seconds between readings of the queue's gauges (queued, running, live workers) for /metrics.
+    #[arg(long, default_value_t = 5.0)]
+    metrics_every_secs: f64,
     #[command(flatten)]
     security: Security,
     #[command(flatten)]
@@ -176,7 +184,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let store: Arc<dyn Store> = location.open().await.with_context(|| format!("opening {location}"))?;
     tracing::info!(store = %location, "state kept in");
-    let settings = settings(&cli)?;
+    let mut settings = settings(&cli)?;
+    if let Some(addr) = &cli.metrics_listen {
+        let every = positive_secs("metrics-every-secs", cli.metrics_every_secs)?;
+        let (metrics_listener, bound) = ops::metrics::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        let handle = ops::metrics::install().context("installing the Prometheus recorder")?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(%bound, "/metrics is served without credentials to anyone who reaches {bound}");
+        }
+        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        tokio::spawn(ops::metrics::serve(metrics_listener, handle));
+        settings.gauges_every = Some(every);
+    }
     let listener = tokio::net::TcpListener::bind(&cli.listen).await.with_context(|| format!("binding --listen {}", cli.listen))?;
     let addr = listener.local_addr()?;
     check_exposure(&cli.security, addr, settings.tls.is_some())?;
@@ -237,6 +256,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         max_streams_per_connection: l.max_streams_per_connection,
         tls,
         require_client_cert: s.tls_client_ca.is_some(),
+        ..Settings::default()
     })
 }
 

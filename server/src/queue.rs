@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::{ClaimPolicy, Job, QueueFacts, Store};
+use crate::ops::metrics as names;
+use crate::store::{ClaimPolicy, Job, JobState, QueueFacts, Store};
 
 /// Returns jobs with expired leases to the queue (or fails them) every `every`.
 pub async fn run_reaper(store: Arc<dyn Store>, every: Duration) {
@@ -16,6 +17,10 @@ pub async fn run_reaper(store: Arc<dyn Store>, every: Duration) {
             Ok(reaped) => {
                 for r in reaped {
                     tracing::warn!(job = r.job_id, attempt = r.attempt, state = r.new_state.as_str(), "lease expired");
+                    metrics::counter!(names::LEASE_EXPIRIES).increment(1);
+                    if r.new_state == JobState::Queued {
+                        metrics::counter!(names::REQUEUES).increment(1);
+                    }
                 }
             }
             Err(e) => tracing::error!("lease reaper: {e}"),
@@ -51,7 +56,6 @@ pub fn waiting_reason(job: &Job, facts: &QueueFacts, policy: ClaimPolicy) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobState;
 
     fn job() -> Job {
         Job {

@@ -86,6 +86,18 @@ fn job_name(requested: &str, spec: &JobSpec) -> String {
 }
 
 /// The first `limit` ids of a page, and where the next page starts (0: none).
+/// Silent once its last heartbeat is older than a lease (its jobs are then
+/// about to go back to the queue), else busy while it holds a job, else idle.
+fn worker_state(heartbeat_age_ms: i64, lease: Duration, running_jobs: &[i64]) -> v1::WorkerState {
+    if heartbeat_age_ms >= lease.as_millis() as i64 {
+        v1::WorkerState::Silent
+    } else if running_jobs.is_empty() {
+        v1::WorkerState::Idle
+    } else {
+        v1::WorkerState::Busy
+    }
+}
+
 fn next_cursor(ids: &[i64], limit: u32, full: bool) -> i64 {
     if full || ids.len() as u32 >= limit {
         ids.last().copied().unwrap_or(0)
@@ -285,6 +297,7 @@ impl JobService for JobApi {
         let now = chrono::Utc::now();
         let mut reply = v1::ListWorkersResponse::default();
         for w in self.store.list_workers().await? {
+            let age_ms = (now - w.last_heartbeat).num_milliseconds().max(0);
             let worker = {
                 let labels = w
                     .new
@@ -301,7 +314,9 @@ impl JobService for JobApi {
                     datasets: w.new.datasets,
                     labels,
                     last_heartbeat_ms: super::ms(w.last_heartbeat),
-                    alive: (now - w.last_heartbeat).num_milliseconds() < self.lease.as_millis() as i64,
+                    alive: age_ms < self.lease.as_millis() as i64,
+                    state: worker_state(age_ms, self.lease, &w.running_jobs) as i32,
+                    heartbeat_age_ms: age_ms,
                     running_jobs: w.running_jobs,
                 }
             };

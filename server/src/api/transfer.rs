@@ -161,6 +161,7 @@ struct ChunkSink<'a> {
 impl ChunkSink<'_> {
     async fn take(&mut self, data: Vec<u8>) -> ApiResult<()> {
         self.size += data.len() as u64;
+        metrics::counter!(crate::ops::metrics::CHECKPOINT_UPLOADED).increment(data.len() as u64);
         if self.size > self.declared {
             return Err(ApiError::invalid("size", format!("more bytes than the declared {}", self.declared)));
         }
@@ -233,7 +234,10 @@ impl Producer {
             while offset < len {
                 let n = (len - offset).min(DOWNLOAD_PIECE_BYTES as u32);
                 let piece = match store.checkpoint_slice(ckpt.id, idx as u32, offset, n).await {
-                    Ok(data) => Ok(v1::CheckpointChunk { info: None, data }),
+                    Ok(data) => {
+                        metrics::counter!(crate::ops::metrics::CHECKPOINT_DOWNLOADED).increment(data.len() as u64);
+                        Ok(v1::CheckpointChunk { info: None, data })
+                    }
                     Err(e) => Err(Status::from(e)),
                 };
                 let failed = piece.is_err();

@@ -10,6 +10,7 @@ use camp_proto::limits::MAX_HEARTBEAT_JOBS;
 use camp_proto::v1;
 use camp_proto::v1::worker_service_server::WorkerService;
 use futures::StreamExt;
+use metrics::counter;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::transfer::{ChunkStream, Transfers};
@@ -19,7 +20,8 @@ use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::heartbeats::Heartbeats;
 use crate::net::ConnInfo;
-use crate::store::{AttemptRef, LeaseRef, ReportBatch, Retention, Store};
+use crate::ops::metrics as names;
+use crate::store::{AttemptRef, LeaseRef, Outcome, ReportBatch, Retention, Store};
 
 /// The longest a claim may wait before answering "nothing yet".
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -63,6 +65,10 @@ impl WorkerService for WorkerApi {
         let worker = WorkerCaller::of(&req)?.named(&req.get_ref().worker_id)?;
         let wait = Duration::from_millis(req.get_ref().wait_ms as u64).min(MAX_CLAIM_WAIT);
         let claimed = self.dispatcher.claim(worker, wait).await?;
+        match &claimed {
+            Some(_) => counter!(names::CLAIMS).increment(1),
+            None => counter!(names::EMPTY_CLAIMS).increment(1),
+        }
         let assignment = claimed.map(|c| {
             tracing::info!(job = c.job.id, attempt = c.job.attempt, %worker, "claimed");
             v1::Assignment {
@@ -94,6 +100,7 @@ impl WorkerService for WorkerApi {
         while let Some(batch) = batches.next().await {
             let b = batch?;
             let metrics = validate::report_batch(&b)?;
+            let points = metrics.len() as u64;
             let stored = self
                 .store
                 .report(ReportBatch {
@@ -106,8 +113,11 @@ impl WorkerService for WorkerApi {
                 .await?;
             if stored {
                 reply.stored += 1;
+                counter!(names::REPORT_BATCHES).increment(1);
+                counter!(names::REPORT_POINTS).increment(points);
             } else {
                 reply.duplicates += 1;
+                counter!(names::REPORT_DUPLICATES).increment(1);
             }
         }
         Ok(Response::new(reply))
@@ -151,7 +161,18 @@ impl WorkerService for WorkerApi {
         let at = LeaseRef { worker, job_id: r.job_id, attempt: r.attempt };
         self.store.finish(at, outcome, &r.message, result).await?;
         self.dispatcher.slot_freed();
+        counter!(names::FINISHED, "outcome" => outcome_label(outcome)).increment(1);
         tracing::info!(job = r.job_id, attempt = r.attempt, outcome = ?outcome, "finished");
         Ok(Response::new(v1::FinishResponse {}))
+    }
+}
+
+/// `FINISHED`'s `outcome` label.
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Released => "released",
     }
 }

@@ -9,6 +9,8 @@
 //!   --tls-client-ca, a verified client certificate; and on every call but
 //!   `Register`, the session `Register` returned, which must belong to the same
 //!   credential.
+//! - gRPC health and reflection (`PUBLIC_SERVICES`): anyone, with or without
+//!   a token, so that probes and `grpcurl` work on a secured cluster.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,6 +27,11 @@ use super::{token_sha256, User, WorkerCaller, ANONYMOUS, SESSION_HEADER, USER_HE
 use crate::error::{ApiError, ApiResult};
 use crate::net::ConnInfo;
 use crate::store::{Credential, Role, Store};
+
+/// Services that need no credential, even with --require-auth: gRPC health
+/// and reflection (`ops`).
+pub const PUBLIC_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// Decides who each call comes from.
 pub struct Authenticator {
@@ -49,6 +56,9 @@ impl Authenticator {
         let called = match service {
             job_service_server::SERVICE_NAME => Called::Jobs,
             worker_service_server::SERVICE_NAME => Called::Workers,
+            // Open to anyone who reaches the listener, as probes and `grpcurl` need:
+            // they tell only whether the database answers, and the public contract.
+            s if PUBLIC_SERVICES.contains(&s) => return Ok(()),
             // Not ours: the router answers UNIMPLEMENTED.
             _ => return Ok(()),
         };

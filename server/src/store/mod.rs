@@ -1,6 +1,6 @@
 //! Where all of the coordinator's state lives. `Store` is the seam, the sum of
 //! one trait per part of the contract (`jobs`, `leases`, `telemetry`,
-//! `checkpoints`, `credentials`, each beside its records): PostgreSQL
+//! `checkpoints`, `credentials`, `ops`, each beside its records): PostgreSQL
 //! (`postgres`) for a lab cluster of coordinators, SQLite (`sqlite`) embedded
 //! for one machine. Rules that are not a query's business (the reaper's
 //! verdict, retention, the DAG order, request keys) are decided once in
@@ -16,6 +16,7 @@ mod checkpoints;
 mod credentials;
 mod jobs;
 mod leases;
+mod ops;
 pub(crate) mod policy;
 pub mod postgres;
 pub mod sqlite;
@@ -26,6 +27,7 @@ pub use checkpoints::*;
 pub use credentials::*;
 pub use jobs::*;
 pub use leases::*;
+pub use ops::*;
 pub use telemetry::*;
 
 use tokio::sync::broadcast;
@@ -70,7 +72,7 @@ pub enum Change {
 }
 
 /// The whole store: every part of its contract, and the change feed.
-pub trait Store: JobStore + LeaseStore + TelemetryStore + CheckpointStore + CredentialStore + Send + Sync + 'static {
+pub trait Store: JobStore + LeaseStore + TelemetryStore + CheckpointStore + CredentialStore + OpsStore + Send + Sync + 'static {
     /// Notifications from every coordinator sharing this store.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
 }

@@ -87,6 +87,8 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_worker_may_read_the_jobs_it_runs_and_the_jobs_they_start_from);
         $callback!($($arg,)* credentials_are_found_by_token_digest_listed_and_revoked_once);
         $callback!($($arg,)* the_change_feed_announces_queue_additions_and_changes_to_each_job);
+        // What an operator watches.
+        $callback!($($arg,)* queue_depth_counts_queued_jobs_by_device_and_data_set_the_running_jobs_and_the_live_workers);
     };
 }
 

@@ -11,6 +11,7 @@ mod checkpoints;
 mod credentials;
 mod jobs;
 mod leases;
+mod ops;
 mod rows;
 mod telemetry;
 

@@ -21,6 +21,7 @@ mod checkpoints;
 mod credentials;
 mod jobs;
 mod leases;
+mod ops;
 mod rows;
 mod telemetry;
 

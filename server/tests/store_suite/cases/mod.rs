@@ -5,6 +5,7 @@ mod checkpoints;
 mod claims;
 mod jobs;
 mod leases;
+mod ops;
 mod parties;
 mod telemetry;
 
@@ -12,5 +13,6 @@ pub use checkpoints::*;
 pub use claims::*;
 pub use jobs::*;
 pub use leases::*;
+pub use ops::*;
 pub use parties::*;
 pub use telemetry::*;
