@@ -275,7 +275,9 @@ async fn try_register(config: &DaemonConfig, credential: &CallHeaders, previous:
     let addr = &config.coordinator;
     let channel = endpoint::endpoint(addr, &config.tls).map_err(|e| NotYet::Refused(e.into()))?.connect().await.map_err(|e| {
         let reason = endpoint::describe(&e);
-        let hint = endpoint::hint(addr, &reason);
+        // No TCP connection (refused, no route, no such host): nothing is listening
+        // yet, whatever the scheme; the hint is for a connection that was made.
+        let hint = if not_connected(&reason) { "" } else { endpoint::hint(addr, &reason) };
         let error = DaemonError::Connect { addr: addr.clone(), reason: format!("{reason}{hint}") };
         if hint.is_empty() {
             NotYet::Unreachable(error.to_string())
@@ -317,6 +319,13 @@ async fn try_register(config: &DaemonConfig, credential: &CallHeaders, previous:
     let kept = previous == Some(r.worker_id.as_str());
     tracing::info!(worker = %config.name, id = %r.worker_id, kept, device = device_kind, ?datasets, "registered");
     Ok(Registered { channel, worker_id: r.worker_id, session: r.session })
+}
+
+/// Whether a connection failure happened before any byte was exchanged.
+fn not_connected(reason: &str) -> bool {
+    ["tcp connect error", "dns error", "Connection refused", "No route to host", "Network is unreachable", "timed out"]
+        .iter()
+        .any(|e| reason.contains(e))
 }
 
 /// The GPUs' names as the driver gives them, else their indices.
