@@ -49,7 +49,7 @@ impl WorkerService for WorkerApi {
             Some(previous) => {
                 let rejoined = self.store.reregister_worker(previous, worker, &token_sha256(&session), caller.credential_id).await?;
                 if !rejoined.reused {
-                    tracing::info!(worker = %name, %previous, "not taking over worker {previous} (unknown, or another credential's): a new id");
+                    tracing::info!(worker = %name, %previous, "not taking over the worker it named (unknown, or another credential's): a new id");
                 }
                 for lost in &rejoined.requeued {
                     tracing::info!(job = lost.job_id, attempt = lost.attempt, state = lost.new_state.as_str(), worker = %name, "attempt lost: its worker restarted");
