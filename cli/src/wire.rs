@@ -242,6 +242,7 @@ mod tests {
             rl_task_reward: "batch_mean".into(),
             init_from: 9,
             pact_weight_decay: Some(0.001),
+            require_labels: [("gpu".to_string(), "h100".to_string())].into_iter().collect(),
         };
         let names = [
             "stage",
@@ -272,6 +273,7 @@ mod tests {
             "rl_task_reward",
             "init_from",
             "pact_weight_decay",
+            "require_labels",
         ];
         let shown = spec(&wire);
         let keys: Vec<&str> = shown.as_object().unwrap_or_else(|| panic!("{shown}")).keys().map(String::as_str).collect();

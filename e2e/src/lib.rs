@@ -180,8 +180,17 @@ impl Cluster {
     /// for a given thread count).
     pub fn worker(&self, name: &str) -> Proc {
         let mut cmd = Command::new(bin("camp-worker"));
-        cmd.args(["--coordinator", &self.addr, "--device", "cpu", "--threads", "1", "--name", name]).arg("--data-dir").arg(self.data_dir());
+        cmd.args(["--coordinator", &self.addr, "--device", "cpu", "--threads", "1", "--name", name])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("CAMP_STATE_DIR", self.worker_state_dir());
         Proc::spawn(name, cmd, self.dir.path())
+    }
+
+    /// Where this cluster's workers keep their ids (`CAMP_STATE_DIR`; a
+    /// `--state-dir` among a test's arguments wins), not the user's own.
+    pub fn worker_state_dir(&self) -> PathBuf {
+        self.dir.path().join("worker-state")
     }
 
     /// A worker on the CPU talking to `coordinator` with `extra_args` (--token, --ca, ...).
@@ -191,7 +200,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(extra_args)
-            .current_dir(self.dir.path());
+            .current_dir(self.dir.path())
+            .env("CAMP_STATE_DIR", self.worker_state_dir());
         // The test's own environment must not slip a credential in.
         for var in ["CAMP_TOKEN", "CAMP_CA", "CAMP_TLS_CERT", "CAMP_TLS_KEY", "CAMP_ADDR", "CAMP_COORDINATOR"] {
             cmd.env_remove(var);

@@ -16,7 +16,9 @@
 //! 3. Roles (--require-auth): a user token on every WorkerService RPC and a worker
 //!    token on every JobService RPC are PERMISSION_DENIED; no token (or an unknown
 //!    or malformed one) is UNAUTHENTICATED everywhere; a worker session with
-//!    another worker credential is refused; the token, not `x-camp-user`, says who
+//!    another worker credential is refused; a worker's id sent at Register takes
+//!    its row over only with the credential it registered with (anyone else gets a
+//!    new row and A keeps its lease); the token, not `x-camp-user`, says who
 //!    calls; admins cancel and re-prioritise others' jobs and experiments, users
 //!    cannot; priorities above `max_user_priority` need an admin (SubmitJob,
 //!    SubmitPipeline nodes, SetJobPriority).
@@ -526,6 +528,45 @@ async fn a_worker_session_used_with_another_worker_credential_is_refused(pool: P
     let workers = after.counts.iter_mut().find(|(t, _)| *t == "workers").unwrap();
     workers.1 -= 1;
     assert_eq!(after, before, "nothing but the new registration");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_id_is_taken_over_at_register_only_with_the_credential_it_was_registered_with(pool: PgPool) {
+    let c = Coordinator::start(pool, require_auth()).await;
+    let (fleet, other) = (c.token(Role::Worker, "fleet").await, c.token(Role::Worker, "other-fleet").await);
+    let mut jobs = c.jobs(Headers::default().bearer(&c.token(Role::User, "alice").await));
+    let mut a = c.register("a", "cpu", &["cifar10"], Some(&fleet)).await;
+    let r = running(&mut jobs, &mut a, spec()).await;
+    let a_id = a.id.clone();
+    let again = |name: &str| v1::RegisterRequest { worker_id: a_id.clone(), ..register_request(name) };
+
+    // Another worker credential naming A's id: a worker of its own; A keeps its row, session and job.
+    let before = db_state(&c.pool).await;
+    let stranger = c.workers(Headers::default().bearer(&other)).register(again("impostor")).await.unwrap().into_inner();
+    assert_ne!(stranger.worker_id, a.id);
+    let mut after = db_state(&c.pool).await;
+    after.counts.iter_mut().find(|(t, _)| *t == "workers").unwrap().1 -= 1;
+    assert_eq!(after, before, "nothing but the stranger's own registration");
+    assert!(a.heartbeat(&[(r.job, r.attempt)]).await.unwrap().lost.is_empty(), "A still holds its lease");
+    // A user token may not register at all.
+    let user = c.token(Role::User, "mallory").await;
+    refused(
+        "a user registering as A",
+        c.workers(Headers::default().bearer(&user)).register(again("mallory")).await,
+        Code::PermissionDenied,
+    );
+    invalid(
+        c.workers(Headers::default().bearer(&fleet)).register(v1::RegisterRequest { worker_id: "A".into(), ..register_request("a") }).await,
+        "worker_id",
+    );
+
+    // A itself, restarted (the same credential): its row, a new session, its job requeued at once.
+    let reply = c.workers(Headers::default().bearer(&fleet)).register(again("a")).await.unwrap().into_inner();
+    assert_eq!(reply.worker_id, a.id);
+    refused("A's old session", a.heartbeat(&[(r.job, r.attempt)]).await, Code::Unauthenticated);
+    let job = get(&mut jobs, r.job).await;
+    assert_eq!((job.state, job.lease_losses), (JobState::Queued as i32, 1), "{job:?}");
+    assert!(job.message.contains("restarted during attempt 1"), "{}", job.message);
 }
 
 #[sqlx::test(migrations = false)]

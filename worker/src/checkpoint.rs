@@ -183,6 +183,12 @@ fn tensor_bytes(t: &Tensor) -> Result<StoredTensor> {
 }
 
 /// Serialises the model's variables, the optimiser's momentum and `meta`.
+///
+/// The file is a function of the state alone: identical state gives identical
+/// bytes (and sha256) in any process. safetensors orders the tensors (by dtype,
+/// then name) but writes `__metadata__` from a `HashMap`, whose order is random
+/// per process; so the tensors are serialised without it and the metadata,
+/// with its keys sorted, is put into the header here (`with_sorted_metadata`).
 pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> {
     let mut entries: Vec<(String, StoredTensor)> = Vec::new();
     for (name, t) in vs.variables() {
@@ -196,8 +202,39 @@ pub fn save(vs: &VarStore, sgd: &Sgd, meta: &CheckpointMeta) -> Result<Vec<u8>> 
         .map(|(name, (dtype, shape, bytes))| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.as_str(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
-    let metadata: HashMap<String, String> = meta.to_map()?.into_iter().collect();
-    safetensors::serialize(views, Some(metadata)).map_err(|e| EngineError::Checkpoint(e.to_string()))
+    let tensors_only = safetensors::serialize(views, None).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+    with_sorted_metadata(&tensors_only, &meta.to_map()?)
+}
+
+/// Header lengths are a little-endian u64; the header is JSON padded with
+/// spaces to a multiple of this, and the tensors' bytes follow it.
+const HEADER_LEN_BYTES: usize = 8;
+const HEADER_ALIGN: usize = 8;
+
+/// `file` (a safetensors file without metadata) with `metadata` as its
+/// `__metadata__`, the header's first entry, keys in sorted order. The
+/// tensors' offsets count from the end of the header, so they stand.
+fn with_sorted_metadata(file: &[u8], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let bad = |why: &str| EngineError::Checkpoint(format!("serialising: {why}"));
+    let len_bytes: [u8; HEADER_LEN_BYTES] = file.get(..HEADER_LEN_BYTES).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("no header"))?;
+    let header_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad("header length"))?;
+    let header_end = HEADER_LEN_BYTES.checked_add(header_len).filter(|&end| end <= file.len()).ok_or_else(|| bad("header length"))?;
+    let header = std::str::from_utf8(&file[HEADER_LEN_BYTES..header_end]).map_err(|_| bad("header is not UTF-8"))?.trim_end();
+    let tensors = header.strip_prefix('{').and_then(|h| h.strip_suffix('}')).ok_or_else(|| bad("header is not a JSON object"))?;
+    let metadata = serde_json::to_string(metadata).map_err(|e| bad(&e.to_string()))?;
+    let mut new_header = format!("{{\"__metadata__\":{metadata}");
+    if !tensors.is_empty() {
+        new_header.push(',');
+        new_header.push_str(tensors);
+    }
+    new_header.push('}');
+    let padded = new_header.len().next_multiple_of(HEADER_ALIGN);
+    let mut out = Vec::with_capacity(HEADER_LEN_BYTES + padded + file.len() - header_end);
+    out.extend_from_slice(&(padded as u64).to_le_bytes());
+    out.extend_from_slice(new_header.as_bytes());
+    out.resize(HEADER_LEN_BYTES + padded, b' ');
+    out.extend_from_slice(&file[header_end..]);
+    Ok(out)
 }
 
 /// Reads only the metadata of a checkpoint.
@@ -304,6 +341,71 @@ mod tests {
             spec,
             partial_epoch: EpochTotals::default(),
         }
+    }
+
+    /// A small model and optimiser whose state is the same in every process:
+    /// fixed values, and momentum buffers after one step of fixed gradients.
+    fn fixed_state() -> (VarStore, Sgd) {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let w = (&root / "conv").var_copy("weight", &Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([2, 3, 2, 2]));
+        let b = (&root / "bn").var_copy("bias", &Tensor::from_slice(&[0.5f32, -1.5]));
+        let _ = (&root / "bn").var_copy("running_mean", &Tensor::from_slice(&[0.25f32, 0.75])).set_requires_grad(false);
+        let mut sgd = Sgd::new(&vs, 0.9, 5e-4).unwrap();
+        let loss = (&w * &w).sum(Kind::Float) + b.sum(Kind::Float);
+        sgd.step(&loss, 0.1).unwrap();
+        (vs, sgd)
+    }
+
+    #[test]
+    fn checkpoints_of_identical_state_are_byte_identical() {
+        let (vs, sgd) = fixed_state();
+        let first = save(&vs, &sgd, &meta()).unwrap();
+        // Each save builds its maps afresh (a new random hash order each time):
+        // any order left to a HashMap would show within a few saves.
+        for _ in 0..16 {
+            assert!(save(&vs, &sgd, &meta()).unwrap() == first, "two saves of one state differ");
+        }
+        let (vs2, sgd2) = fixed_state();
+        assert!(save(&vs2, &sgd2, &meta()).unwrap() == first, "a second model of the same state saves differently");
+        // And it is a safetensors file that reads back whole.
+        let state = load(&first).unwrap();
+        assert_eq!(state.meta, meta());
+        assert_eq!(state.model.keys().collect::<Vec<_>>(), ["bn.bias", "bn.running_mean", "conv.weight"]);
+        assert_eq!(state.momentum.len(), 2, "{:?}", state.momentum.keys());
+        let header_len = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0, "the header keeps its 8-byte alignment");
+        assert!(first[8..].starts_with(b"{\"__metadata__\":{\"best_epoch\":"), "metadata first, keys sorted");
+    }
+
+    /// With CAMP_CHECKPOINT_DIGEST_OUT set, writes the fixed state's file
+    /// there: the other process of `checkpoints_are_byte_identical_across_processes`.
+    #[test]
+    fn fixed_state_checkpoint_for_another_process() {
+        if let Some(path) = std::env::var_os("CAMP_CHECKPOINT_DIGEST_OUT") {
+            let (vs, sgd) = fixed_state();
+            std::fs::write(path, save(&vs, &sgd, &meta()).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_byte_identical_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for i in 0..2 {
+            let path = dir.path().join(format!("{i}.safetensors"));
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "checkpoint::tests::fixed_state_checkpoint_for_another_process", "--test-threads", "1"])
+                .env("CAMP_CHECKPOINT_DIGEST_OUT", &path)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            files.push(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (the other process wrote nothing)", path.display())));
+        }
+        let (vs, sgd) = fixed_state();
+        let here = save(&vs, &sgd, &meta()).unwrap();
+        assert!(files[0] == files[1] && files[0] == here, "the same state saved in three processes differs");
     }
 
     #[test]

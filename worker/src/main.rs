@@ -4,15 +4,17 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use camp_proto::endpoint::ClientTls;
 use camp_worker::bench::{run_bench, BenchConfig};
-use camp_worker::daemon::{self, DaemonConfig};
+use camp_worker::daemon::{self, DaemonConfig, Shutdown};
 use camp_worker::device::parse_device;
 use camp_worker::local::run_local;
 use camp_worker::observer::StageOutcome;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(name = "camp-worker", version, about = "camp's worker: claims training jobs from a coordinator and runs them with libtorch")]
@@ -47,6 +49,22 @@ struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CAMP_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Folder for the worker's id, kept across restarts so that a restarted worker keeps
+    /// its registration (default: $XDG_STATE_HOME/camp-worker, else ~/.local/state/camp-worker).
+    #[arg(long, env = "CAMP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Exit (status 0) after SECS holding no job and claiming none, e.g. to give a
+    /// Slurm allocation back when the queue is empty.
+    #[arg(long, env = "CAMP_EXIT_WHEN_IDLE", value_name = "SECS")]
+    exit_when_idle: Option<u64>,
+    /// Exit (status 0) after N attempts have finished, however they ended.
+    #[arg(long, env = "CAMP_MAX_JOBS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_jobs: Option<u32>,
+    /// How long one call to the coordinator is retried through transient failures
+    /// before the worker gives up on it (a checkpoint download then hands the job back
+    /// to the queue). Registering and claiming wait for the coordinator for ever.
+    #[arg(long, env = "CAMP_RETRY_FOR", value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    retry_for: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -156,28 +174,43 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
         labels: cli.labels,
         token: cli.token,
         tls,
+        state_dir: cli.state_dir.or_else(default_state_dir),
+        exit_when_idle: cli.exit_when_idle.map(Duration::from_secs),
+        max_jobs: cli.max_jobs,
+        retry_for: Duration::from_secs(cli.retry_for),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let signal = Arc::new(tokio::sync::Notify::new());
+        let shutdown = Shutdown { flag: Arc::new(AtomicBool::new(false)), signal: Arc::new(tokio::sync::Notify::new()) };
         {
-            let (shutdown, signal) = (shutdown.clone(), signal.clone());
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let shutdown = shutdown.clone();
+            // SIGUSR1 and SIGHUP too: Slurm's `--signal=B:USR1@180` warns a job
+            // before its time runs out; a hang-up ends the session it ran in.
+            let mut term = signal(SignalKind::terminate())?;
+            let mut usr1 = signal(SignalKind::user_defined1())?;
+            let mut hup = signal(SignalKind::hangup())?;
             tokio::spawn(async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                tracing::info!("signal received: finishing the current step, then checkpointing and handing the job back");
-                shutdown.store(true, Ordering::SeqCst);
-                signal.notify_waiters();
-                signal.notify_one();
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = usr1.recv() => "SIGUSR1",
+                    _ = hup.recv() => "SIGHUP",
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                };
+                tracing::info!("{name} received: finishing the current step, then checkpointing and handing the job back");
+                shutdown.flag.store(true, Ordering::SeqCst);
+                shutdown.signal.notify_waiters();
+                shutdown.signal.notify_one();
             });
         }
-        daemon::run(config, shutdown, signal).await?;
+        daemon::run(config, shutdown).await?;
         Ok(())
     })
+}
+
+/// `$XDG_STATE_HOME/camp-worker`, else `$HOME/.local/state/camp-worker`.
+fn default_state_dir() -> Option<PathBuf> {
+    let non_empty = |var| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+    non_empty("XDG_STATE_HOME").or_else(|| non_empty("HOME").map(|home| home.join(".local/state"))).map(|dir| dir.join("camp-worker"))
 }
 
 /// `--coordinator`, else `CAMP_ADDR` (clap reads both), else the deprecated

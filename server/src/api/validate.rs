@@ -82,8 +82,16 @@ pub fn request_key<M: Message + Clone>(request_id: &str, request: &M, clear: imp
     Ok(Some(RequestKey { id: request_id.to_string(), sha256 }))
 }
 
-pub fn register(r: v1::RegisterRequest) -> ApiResult<NewWorker> {
+/// A registration: the worker as it is now, and the id it kept from an earlier
+/// registration, if it sent one.
+pub fn register(r: v1::RegisterRequest) -> ApiResult<(NewWorker, Option<uuid::Uuid>)> {
     required_name("name", &r.name)?;
+    let previous = match r.worker_id.as_str() {
+        "" => None,
+        id => Some(uuid::Uuid::parse_str(id).map_err(|_| {
+            ApiError::invalid("worker_id", format!("'{}' is not a worker id (a UUID from an earlier registration)", limits::excerpt(id)))
+        })?),
+    };
     name("hostname", &r.hostname)?;
     if r.device_kind != "cpu" && r.device_kind != "cuda" {
         return Err(ApiError::invalid("device_kind", format!("expected cpu or cuda, got '{}'", limits::excerpt(&r.device_kind))));
@@ -99,7 +107,7 @@ pub fn register(r: v1::RegisterRequest) -> ApiResult<NewWorker> {
         e => ApiError::invalid("labels", e),
     })?;
     let labels = serde_json::to_value(&r.labels).expect("a string map always serialises");
-    Ok(NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels })
+    Ok((NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels }, previous))
 }
 
 fn step(name: &str, step: i64) -> ApiResult<()> {
@@ -209,7 +217,8 @@ pub fn finish(r: &v1::FinishRequest) -> ApiResult<(Outcome, Option<&JobResult>)>
         Ok(v1::Outcome::Failed) => Outcome::Failed,
         Ok(v1::Outcome::Cancelled) => Outcome::Cancelled,
         Ok(v1::Outcome::Released) => Outcome::Released,
-        _ => return Err(ApiError::invalid("outcome", "must be succeeded, failed, cancelled or released")),
+        Ok(v1::Outcome::Retry) => Outcome::Retry,
+        _ => return Err(ApiError::invalid("outcome", "must be succeeded, failed, cancelled, released or retry")),
     };
     text("message", &r.message, limits::MAX_MESSAGE_TEXT_BYTES)?;
     if let Some(result) = &r.result {
@@ -240,6 +249,10 @@ mod tests {
         assert_eq!(field_of(register(v1::RegisterRequest { datasets: vec!["c\0".into()], ..ok.clone() })), "datasets[0]");
         let labels = (0..33).map(|i| (format!("k{i}"), "v".to_string())).collect();
         assert_eq!(field_of(register(v1::RegisterRequest { labels, ..ok.clone() })), "labels");
+        assert_eq!(field_of(register(v1::RegisterRequest { worker_id: "w1".into(), ..ok.clone() })), "worker_id");
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(register(v1::RegisterRequest { worker_id: id.to_string(), ..ok.clone() }).unwrap().1, Some(id));
+        assert_eq!(register(ok.clone()).unwrap().1, None);
     }
 
     #[test]
@@ -273,6 +286,7 @@ mod tests {
         let result = v1::JobResult { best_top1: 0.5, energy_table: "t".into(), ..Default::default() };
         let ok = v1::FinishRequest { outcome: v1::Outcome::Succeeded as i32, result: Some(result.clone()), ..Default::default() };
         finish(&ok).unwrap();
+        assert_eq!(finish(&v1::FinishRequest { outcome: v1::Outcome::Retry as i32, ..ok.clone() }).unwrap().0, Outcome::Retry);
         assert_eq!(field_of(finish(&v1::FinishRequest { outcome: 99, ..ok.clone() })), "outcome");
         assert_eq!(field_of(finish(&v1::FinishRequest { message: "a\0".into(), ..ok.clone() })), "message");
         let bad = |result| field_of(finish(&v1::FinishRequest { result: Some(result), ..ok.clone() }));

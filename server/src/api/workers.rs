@@ -52,10 +52,23 @@ impl WorkerApi {
 impl WorkerService for WorkerApi {
     async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
         let caller = WorkerCaller::of(&req)?;
-        let worker = validate::register(req.into_inner())?;
+        let (worker, previous) = validate::register(req.into_inner())?;
         let session = new_session();
         let name = worker.name.clone();
-        let id = self.store.register_worker(worker, &token_sha256(&session), caller.credential_id).await?;
+        let id = match previous {
+            None => self.store.register_worker(worker, &token_sha256(&session), caller.credential_id).await?,
+            Some(previous) => {
+                let rejoined = self.store.reregister_worker(previous, worker, &token_sha256(&session), caller.credential_id).await?;
+                if !rejoined.reused {
+                    tracing::info!(worker = %name, %previous, "not taking over the worker it named (unknown, or another credential's): a new id");
+                }
+                for lost in &rejoined.requeued {
+                    tracing::info!(job = lost.job_id, attempt = lost.attempt, state = lost.new_state.as_str(), worker = %name, "attempt lost: its worker restarted");
+                }
+                rejoined.id
+            }
+        };
+        // It may offer other data sets or labels than before.
         self.dispatcher.forget(id);
         tracing::info!(worker = %name, %id, "registered");
         Ok(Response::new(v1::RegisterResponse { worker_id: id.to_string(), lease_ms: self.lease.as_millis() as u32, session }))
@@ -174,5 +187,6 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Cancelled => "cancelled",
         Outcome::Released => "released",
+        Outcome::Retry => "retry",
     }
 }

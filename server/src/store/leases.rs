@@ -101,6 +101,21 @@ pub enum Outcome {
     Cancelled,
     /// The worker gave the job back (shutting down): queued again, not a lost attempt.
     Released,
+    /// The attempt failed for a reason outside the job (a checkpoint it could not
+    /// download): queued again as a lost attempt, so it fails after `max_attempts`
+    /// (`policy::finished`).
+    Retry,
+}
+
+/// A registration that named the worker's earlier id (`reregister_worker`).
+#[derive(Debug, Clone)]
+pub struct Rejoined {
+    /// The id to use from now on: the earlier one if its row was taken over, else a new one.
+    pub id: Uuid,
+    /// Whether the earlier row was taken over.
+    pub reused: bool,
+    /// The jobs the earlier row still leased, now lost attempts (`policy::lost_attempt`).
+    pub requeued: Vec<Reaped>,
 }
 
 /// What the lease reaper did to one job.
@@ -115,6 +130,20 @@ pub struct Reaped {
 pub trait LeaseStore {
     /// Registers a worker under a session secret (its sha256) and the credential it came with.
     async fn register_worker(&self, worker: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid>;
+    /// Registers a worker that was registered before as `previous` (the id it kept
+    /// across a restart). The row is taken over (new resources, labels and session;
+    /// the old session stops working) only if `policy::may_take_over` allows it; the
+    /// jobs it still leases are lost attempts at once (re-queued, or failed after
+    /// `max_attempts`, with their children cancelled), since the worker that ran them
+    /// restarted. Otherwise (an unknown id, another credential's worker) a new row, as
+    /// `register_worker`.
+    async fn reregister_worker(
+        &self,
+        previous: Uuid,
+        worker: NewWorker,
+        session_sha256: &str,
+        credential_id: Option<i64>,
+    ) -> StoreResult<Rejoined>;
     async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>>;
     /// The 1,000 workers heard from most recently.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;

@@ -1,17 +1,19 @@
 //! The store's rules that are not a query's business, decided here once for
-//! every backend: what an expired lease does to its job, which checkpoints
+//! every backend: what a lost attempt (an expired lease, a restarted worker, a
+//! retry) does to its job, how a finished attempt ends it, who may take a
+//! worker's registration over, which checkpoints
 //! retention keeps, the order a pipeline is stored in, what a repeated request
 //! key returns, and which jobs may be started from. A backend reads the facts,
 //! asks here, and writes the verdict in the same transaction.
 
-use camp_proto::limits::excerpt;
+use camp_proto::limits::{excerpt, truncate_text, MAX_MESSAGE_TEXT_BYTES};
 use camp_proto::SpecError;
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::{JobState, LeaseRef, NewJob, NewNode, NewPipeline, RequestKey, Retention, StoreError, StoreResult};
+use super::{JobState, LeaseRef, NewJob, NewNode, NewPipeline, Outcome, RequestKey, Retention, StoreError, StoreResult};
 
 /// A spec rule broken by a submission (the store checks what needs other jobs).
 pub(crate) fn spec_invalid(e: SpecError) -> StoreError {
@@ -120,38 +122,92 @@ pub(crate) fn earlier_submission(
     }
 }
 
-/// A running job whose lease expired, as the reaper finds it.
+/// A running job's lease as found when its attempt is lost: expired (the
+/// reaper), its worker registered again (a restart), or given back by the
+/// worker as `Outcome::Retry`.
 #[derive(Debug, Clone)]
 pub(crate) struct ExpiredLease {
     pub attempt: u32,
     pub max_attempts: u32,
-    /// Attempts lost to expired leases before this one.
+    /// Attempts lost before this one.
     pub lease_losses: u32,
     pub cancel_requested: bool,
     /// The worker that held it (its name), if it is still registered.
     pub worker: Option<String>,
 }
 
-/// The reaper's verdict on an expired lease: the job's new state and message.
-/// A job whose cancel was asked is cancelled; one that lost `max_attempts`
-/// leases fails; any other goes back to the queue (the next claim starts
-/// attempt + 1 from its latest checkpoint).
+/// How an attempt was lost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Loss<'a> {
+    /// The lease ran out: the worker stopped heartbeating.
+    Expired,
+    /// The worker that held it registered again: it restarted, the attempt is gone.
+    Restarted,
+    /// The worker gave it up for a reason outside the job (`Outcome::Retry`), with its message.
+    OutsideTheJob(&'a str),
+}
+
+/// The reaper's verdict on an expired lease: see `lost_attempt`.
 pub(crate) fn reap(lease: &ExpiredLease) -> (JobState, String) {
+    lost_attempt(lease, Loss::Expired)
+}
+
+/// The verdict on a lost attempt, whatever lost it: the job's new state and
+/// message. A job whose cancel was asked is cancelled; one that has now lost
+/// `max_attempts` attempts fails; any other goes back to the queue (the next
+/// claim starts attempt + 1 from its latest checkpoint). The attempt counts
+/// as lost (`lease_losses` + 1) in every case.
+pub(crate) fn lost_attempt(lease: &ExpiredLease, loss: Loss<'_>) -> (JobState, String) {
     let worker = lease.worker.as_deref().unwrap_or("?");
     let lost = lease.lease_losses + 1;
+    let n = lease.attempt;
+    let why = match loss {
+        Loss::Expired => format!("lease expired on attempt {n} (worker {worker} stopped heartbeating)"),
+        Loss::Restarted => format!("worker {worker} restarted during attempt {n}"),
+        Loss::OutsideTheJob(message) => format!("attempt {n} failed outside the job ({message})"),
+    };
     if lease.cancel_requested {
-        (JobState::Cancelled, "cancelled: the worker stopped heartbeating".into())
+        let how = match loss {
+            Loss::Expired => "the worker stopped heartbeating",
+            Loss::Restarted => "the worker restarted",
+            Loss::OutsideTheJob(_) => "the worker gave the attempt up",
+        };
+        (JobState::Cancelled, format!("cancelled: {how}"))
     } else if lost >= lease.max_attempts {
-        (
-            JobState::Failed,
-            format!(
-                "failed: lease expired on attempt {} (worker {worker} stopped heartbeating); {lost} of {} attempts lost",
-                lease.attempt, lease.max_attempts
-            ),
-        )
+        (JobState::Failed, format!("failed: {why}; {lost} of {} attempts lost", lease.max_attempts))
     } else {
-        (JobState::Queued, format!("re-queued: lease expired on attempt {} (worker {worker} stopped heartbeating)", lease.attempt))
+        (JobState::Queued, format!("re-queued: {why}"))
     }
+}
+
+/// How a job ends an attempt its worker finished: its new state, its message,
+/// and whether the attempt counts as lost. `Retry` is a lost attempt
+/// (`lost_attempt`); `Released` goes back to the queue uncounted; the others
+/// are final, with the worker's message.
+pub(crate) fn finished(outcome: Outcome, message: &str, lease: &ExpiredLease) -> (JobState, String, bool) {
+    match outcome {
+        Outcome::Succeeded => (JobState::Succeeded, message.to_string(), false),
+        Outcome::Failed => (JobState::Failed, message.to_string(), false),
+        Outcome::Cancelled => (JobState::Cancelled, message.to_string(), false),
+        Outcome::Released => (JobState::Queued, message.to_string(), false),
+        Outcome::Retry => {
+            let (state, message) = lost_attempt(lease, Loss::OutsideTheJob(message));
+            (state, excerpt_message(message), true)
+        }
+    }
+}
+
+/// A verdict's message within the bound the worker's own messages have.
+fn excerpt_message(message: String) -> String {
+    truncate_text(&message, MAX_MESSAGE_TEXT_BYTES)
+}
+
+/// Whether a worker registering again as `previous` may take that row over:
+/// only if the row exists and was registered with the same credential as
+/// this registration (or both without one). A caller with another credential
+/// must not take over, or requeue the jobs of, a worker that is not its own.
+pub(crate) fn may_take_over(stored_credential: Option<Option<i64>>, credential_id: Option<i64>) -> bool {
+    stored_credential == Some(credential_id)
 }
 
 /// The checkpoints a new one makes redundant, from a job's complete
@@ -193,6 +249,33 @@ mod tests {
         assert_eq!(state, JobState::Failed);
         assert!(message.contains("3 of 3 attempts lost") && message.contains("worker w1"), "{message}");
         assert_eq!(reap(&lease(0, true)).0, JobState::Cancelled);
+    }
+
+    #[test]
+    fn a_retry_and_a_restart_are_lost_attempts_counted_against_max_attempts() {
+        let (state, message, lost) = finished(Outcome::Retry, "downloading checkpoint 1: broken pipe", &lease(0, false));
+        assert_eq!((state, lost), (JobState::Queued, true));
+        assert!(message.contains("attempt 1 failed outside the job (downloading checkpoint 1: broken pipe)"), "{message}");
+        let (state, message, _) = finished(Outcome::Retry, "x", &lease(2, false));
+        assert_eq!(state, JobState::Failed);
+        assert!(message.contains("3 of 3 attempts lost"), "{message}");
+        assert_eq!(finished(Outcome::Retry, "x", &lease(0, true)).0, JobState::Cancelled);
+        assert_eq!(finished(Outcome::Released, "bye", &lease(2, false)), (JobState::Queued, "bye".to_string(), false));
+        let (state, message) = lost_attempt(&lease(0, false), Loss::Restarted);
+        assert_eq!(state, JobState::Queued);
+        assert!(message.contains("worker w1 restarted during attempt 1"), "{message}");
+        let long = "x".repeat(10_000);
+        assert!(finished(Outcome::Retry, &long, &lease(0, false)).1.len() <= MAX_MESSAGE_TEXT_BYTES);
+    }
+
+    #[test]
+    fn only_the_same_credential_takes_a_worker_row_over() {
+        assert!(may_take_over(Some(Some(4)), Some(4)));
+        assert!(may_take_over(Some(None), None));
+        assert!(!may_take_over(Some(Some(4)), Some(5)), "another credential's worker");
+        assert!(!may_take_over(Some(Some(4)), None), "a caller without a credential");
+        assert!(!may_take_over(Some(None), Some(4)), "a worker registered without one");
+        assert!(!may_take_over(None, None), "an unknown id");
     }
 
     #[test]

@@ -59,6 +59,8 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_heartbeat_batch_answers_each_worker_as_its_own_heartbeat_would);
         $callback!($($arg,)* writes_from_another_worker_or_an_older_attempt_are_stale_and_write_nothing);
         $callback!($($arg,)* a_finished_attempt_takes_no_more_writes);
+        $callback!($($arg,)* a_retry_requeues_the_job_as_a_lost_attempt_until_max_attempts_then_fails_and_cancels_its_children);
+        $callback!($($arg,)* a_restarted_worker_keeps_its_row_and_its_lost_attempts_are_requeued_at_once);
         // Telemetry and resuming.
         $callback!($($arg,)* a_re_sent_report_batch_is_stored_once);
         $callback!($($arg,)* metrics_and_logs_are_read_in_pages_in_the_order_they_were_stored);

@@ -27,6 +27,7 @@ pub enum AttemptError {
     NoSpec,
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// Handed back as `Outcome::Retry`: the job is not at fault.
     #[error(transparent)]
     Download(#[from] DownloadError),
     #[error("init_from: job {0} has no checkpoint to start from")]
@@ -62,13 +63,19 @@ pub(crate) async fn run_attempt(client: &mut Client, config: &DaemonConfig, work
             tracing::warn!("lease lost; abandoned without writing");
             return;
         }
+        // Not the job's fault: back to the queue (counted against max_attempts,
+        // so a checkpoint that is broken for good ends the job).
+        Err(e @ AttemptError::Download(_)) => {
+            tracing::error!("attempt given up: {e}");
+            (v1::Outcome::Retry, limits::truncate_text(&e.to_string(), limits::MAX_MESSAGE_TEXT_BYTES), None)
+        }
         Err(e) => {
             tracing::error!("attempt failed: {e}");
             (v1::Outcome::Failed, limits::truncate_text(&e.to_string(), limits::MAX_MESSAGE_TEXT_BYTES), None)
         }
     };
     let req = v1::FinishRequest { job_id, attempt, outcome: outcome as i32, message, result };
-    match retry("finish", || {
+    match retry("finish", config.retry_for, || {
         let mut c = client.clone();
         let req = req.clone();
         async move { c.finish(req).await }
@@ -92,16 +99,16 @@ async fn prepare_and_train(
     // The coordinator checked it at submit; the worker checks what it is handed once, here.
     let spec = ValidSpec::from_proto(a.spec.as_ref().ok_or(AttemptError::NoSpec)?)?;
     let resume = match &a.resume_from {
-        Some(ckpt) => Some(download(client, ckpt).await?),
+        Some(ckpt) => Some(download(client, ckpt, config.retry_for).await?),
         None => None,
     };
     let init = match (&a.init_from, spec.init_from) {
-        (Some(ckpt), _) => Some(download(client, ckpt).await?),
+        (Some(ckpt), _) => Some(download(client, ckpt, config.retry_for).await?),
         (None, 0) => None,
         (None, parent) => return Err(AttemptError::NoInitCheckpoint(parent)),
     };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(report_loop(client.clone(), a.job_id, a.attempt, events_rx, stops.clone()));
+    let reporter = tokio::spawn(report_loop(client.clone(), a.job_id, a.attempt, events_rx, stops.clone(), config.retry_for));
     let observer = ChannelObserver { events: events_tx, stops, shutdown };
     let (data_dir, device) = (config.data_dir.clone(), config.device);
     let trainer = tokio::task::spawn_blocking(move || {

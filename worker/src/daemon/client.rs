@@ -1,9 +1,10 @@
 //! The coordinator as the daemon calls it: the gRPC client with its
-//! credentials and message bounds, the one retry policy every call follows,
-//! and checkpoint downloads checked against their sha256.
+//! credentials and message bounds, the one retry policy every call follows
+//! (`--retry-for`), and checkpoint downloads, retried whole and checked
+//! against their sha256.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use camp_proto::limits::MAX_MESSAGE_BYTES;
 use camp_proto::metadata::CallHeaders;
@@ -22,8 +23,6 @@ pub(crate) fn client(channel: Channel, credentials: CallHeaders) -> Client {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// How often one call is tried before its caller hears of the failure.
-const ATTEMPTS: u32 = 30;
 const FIRST_DELAY: Duration = Duration::from_millis(200);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
@@ -43,6 +42,11 @@ impl Backoff {
         Backoff { delay: FIRST_DELAY }
     }
 
+    /// The next wait.
+    pub(crate) fn delay(&self) -> Duration {
+        self.delay
+    }
+
     pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(MAX_DELAY);
@@ -53,24 +57,24 @@ impl Backoff {
     }
 }
 
-/// Calls until the answer is final or `ATTEMPTS` transient failures have
-/// passed (about two minutes), waiting by `Backoff` in between.
-pub(crate) async fn retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, Status>
+/// Calls until the answer is final or transient failures have gone on for
+/// `give_up_after` (the worker's `--retry-for`), waiting by `Backoff` in between.
+pub(crate) async fn retry<T, F, Fut>(what: &str, give_up_after: Duration, mut call: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
+    let started = Instant::now();
     let mut backoff = Backoff::new();
-    for _ in 1..ATTEMPTS {
+    loop {
         match call().await {
-            Err(s) if is_transient(s.code()) => {
-                tracing::warn!("{what} failed: {}; retrying", s.message());
+            Err(s) if is_transient(s.code()) && started.elapsed() + backoff.delay() < give_up_after => {
+                tracing::warn!("{what} failed: {}; retrying in {:?}", s.message(), backoff.delay());
                 backoff.wait().await;
             }
             other => return other,
         }
     }
-    call().await
 }
 
 /// A checkpoint that could not be fetched whole.
@@ -82,22 +86,26 @@ pub enum DownloadError {
     Corrupted { id: i64, got: String, want: String },
 }
 
-/// Downloads a checkpoint and checks its size and sha256.
-pub(crate) async fn download(client: &mut Client, ckpt: &v1::Checkpoint) -> Result<Vec<u8>, DownloadError> {
-    let refused = |s: Status| DownloadError::Refused { id: ckpt.id, message: s.message().to_string() };
+/// Downloads a checkpoint and checks its size and sha256. A stream that
+/// breaks is downloaded again from the start, under the retry policy (as an
+/// upload is sent again); what still fails is the caller's to hand back.
+pub(crate) async fn download(client: &Client, ckpt: &v1::Checkpoint, give_up_after: Duration) -> Result<Vec<u8>, DownloadError> {
     let request = v1::DownloadCheckpointRequest { checkpoint_id: ckpt.id, ..Default::default() };
-    let mut stream = retry("download checkpoint", || {
+    let bytes = retry("download checkpoint", give_up_after, || {
         let mut c = client.clone();
         let request = request.clone();
-        async move { c.download_checkpoint(request).await }
+        let capacity = ckpt.size.min(MAX_PREALLOCATION) as usize;
+        async move {
+            let mut stream = c.download_checkpoint(request).await?.into_inner();
+            let mut bytes = Vec::with_capacity(capacity);
+            while let Some(chunk) = stream.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            Ok(bytes)
+        }
     })
     .await
-    .map_err(refused)?
-    .into_inner();
-    let mut bytes = Vec::with_capacity(ckpt.size as usize);
-    while let Some(chunk) = stream.message().await.map_err(refused)? {
-        bytes.extend_from_slice(&chunk.data);
-    }
+    .map_err(|s| DownloadError::Refused { id: ckpt.id, message: s.message().to_string() })?;
     let digest = hex::encode(Sha256::digest(&bytes));
     if digest != ckpt.sha256 || bytes.len() as u64 != ckpt.size {
         return Err(DownloadError::Corrupted { id: ckpt.id, got: digest, want: ckpt.sha256.clone() });
@@ -105,3 +113,6 @@ pub(crate) async fn download(client: &mut Client, ckpt: &v1::Checkpoint) -> Resu
     tracing::info!(id = ckpt.id, job = ckpt.job_id, epoch = ckpt.epoch, step = ckpt.step, "checkpoint downloaded");
     Ok(bytes)
 }
+
+/// The most a download reserves before its bytes arrive.
+const MAX_PREALLOCATION: u64 = 1 << 30;

@@ -79,8 +79,15 @@ impl Observer for ChannelObserver {
 
 /// Forwards the training thread's events until it drops its observer, then
 /// sends what is left and returns.
-pub(crate) async fn report_loop(client: Client, job_id: i64, attempt: u32, mut events: mpsc::UnboundedReceiver<Event>, stops: Arc<Stops>) {
-    let mut reporter = Reporter { client, job_id, attempt, sequence: 0, pending: Vec::new(), epoch: 0, progress: None, stops };
+pub(crate) async fn report_loop(
+    client: Client,
+    job_id: i64,
+    attempt: u32,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    stops: Arc<Stops>,
+    retry_for: Duration,
+) {
+    let mut reporter = Reporter { client, job_id, attempt, sequence: 0, pending: Vec::new(), epoch: 0, progress: None, stops, retry_for };
     let mut tick = tokio::time::interval(REPORT_EVERY);
     loop {
         tokio::select! {
@@ -115,6 +122,8 @@ struct Reporter {
     epoch: u32,
     progress: Option<Progress>,
     stops: Arc<Stops>,
+    /// The retry policy's `--retry-for`.
+    retry_for: Duration,
 }
 
 /// Throughput and ETA for the worker's own log.
@@ -187,7 +196,7 @@ impl Reporter {
     async fn flush(&mut self) {
         while !self.pending.is_empty() {
             let batches = self.pending.clone();
-            let sent = retry("report", || {
+            let sent = retry("report", self.retry_for, || {
                 let mut c = self.client.clone();
                 let batches = batches.clone();
                 async move { c.report(futures::stream::iter(batches)).await }
@@ -222,7 +231,7 @@ impl Reporter {
             metadata_json: blob.metadata_json,
         };
         let bytes = Arc::new(blob.bytes);
-        let stored = retry("upload checkpoint", || {
+        let stored = retry("upload checkpoint", self.retry_for, || {
             let mut c = self.client.clone();
             let (header, bytes) = (header.clone(), bytes.clone());
             async move {

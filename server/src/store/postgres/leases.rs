@@ -117,12 +117,36 @@ async fn claimed_with_checkpoints(tx: &mut Transaction<'_, Postgres>, job: Job) 
 #[async_trait]
 impl LeaseStore for PgStore {
     async fn register_worker(&self, w: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
-        let id = Uuid::new_v4();
+        let mut tx = self.pool.begin().await?;
+        let id = insert_worker(&mut tx, &w, session_sha256, credential_id).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn reregister_worker(
+        &self,
+        previous: Uuid,
+        w: NewWorker,
+        session_sha256: &str,
+        credential_id: Option<i64>,
+    ) -> StoreResult<Rejoined> {
+        let mut tx = self.pool.begin().await?;
+        // Locked first, as a claim or heartbeat does (worker, then jobs).
+        let stored: Option<(Option<i64>, String)> = sqlx::query_as("SELECT credential_id, name FROM workers WHERE id = $1 FOR UPDATE")
+            .bind(previous)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let old_name = stored.as_ref().map(|(_, name)| name.clone());
+        if !policy::may_take_over(stored.map(|(credential, _)| credential), credential_id) {
+            let id = insert_worker(&mut tx, &w, session_sha256, credential_id).await?;
+            tx.commit().await?;
+            return Ok(Rejoined { id, reused: false, requeued: Vec::new() });
+        }
         sqlx::query(
-            "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "UPDATE workers SET name = $2, hostname = $3, device_kind = $4, gpus = $5, datasets = $6, labels = $7, \
+             session_sha256 = $8, registered_at = now(), last_heartbeat = now() WHERE id = $1",
         )
-        .bind(id)
+        .bind(previous)
         .bind(&w.name)
         .bind(&w.hostname)
         .bind(&w.device_kind)
@@ -130,10 +154,40 @@ impl LeaseStore for PgStore {
         .bind(&w.datasets)
         .bind(&w.labels)
         .bind(session_sha256)
-        .bind(credential_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(id)
+        // What the worker ran before it restarted is lost: back to the queue now, not at lease expiry.
+        let held: Vec<(i64, i32, i32, i32, bool)> = sqlx::query_as(
+            "SELECT id, attempt, max_attempts, lease_losses, cancel_requested FROM jobs \
+             WHERE state = 'running' AND lease_worker = $1 ORDER BY id FOR UPDATE",
+        )
+        .bind(previous)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut requeued = Vec::with_capacity(held.len());
+        for (job_id, attempt, max_attempts, lease_losses, cancel_requested) in held {
+            let lease = policy::ExpiredLease {
+                attempt: attempt as u32,
+                max_attempts: max_attempts as u32,
+                lease_losses: lease_losses as u32,
+                cancel_requested,
+                worker: old_name.clone(),
+            };
+            let (new_state, message) = policy::lost_attempt(&lease, policy::Loss::Restarted);
+            sqlx::query(
+                "UPDATE jobs SET state = $2, message = $3, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
+                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(new_state.as_str())
+            .bind(&message)
+            .execute(&mut *tx)
+            .await?;
+            ended(&mut tx, job_id, new_state, &message).await?;
+            requeued.push(Reaped { job_id, attempt: attempt as u32, new_state });
+        }
+        tx.commit().await?;
+        Ok(Rejoined { id: previous, reused: true, requeued })
     }
 
     async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>> {
@@ -306,35 +360,49 @@ impl LeaseStore for PgStore {
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, at, true).await?;
-        let state = match outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Released => "queued",
-        };
-        sqlx::query(
-            "UPDATE jobs SET state = $2, message = $3, result = COALESCE($4, result), lease_worker = NULL, \
-             lease_expires_at = NULL, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END \
-             WHERE id = $1",
+        let (max_attempts, lease_losses, cancel_requested, worker): (i32, i32, bool, Option<String>) = sqlx::query_as(
+            "SELECT j.max_attempts, j.lease_losses, j.cancel_requested, w.name \
+             FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker WHERE j.id = $1",
         )
         .bind(at.job_id)
-        .bind(state)
-        .bind(message)
+        .fetch_one(&mut *tx)
+        .await?;
+        let lease = policy::ExpiredLease {
+            attempt: at.attempt,
+            max_attempts: max_attempts as u32,
+            lease_losses: lease_losses as u32,
+            cancel_requested,
+            worker,
+        };
+        let (state, message, lost) = policy::finished(outcome, message, &lease);
+        sqlx::query(
+            "UPDATE jobs SET state = $2, message = $3, result = COALESCE($4, result), lease_worker = NULL, \
+             lease_expires_at = NULL, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
+             lease_losses = lease_losses + $5 WHERE id = $1",
+        )
+        .bind(at.job_id)
+        .bind(state.as_str())
+        .bind(&message)
         .bind(result.map(sqlx::types::Json))
+        .bind(i32::from(lost))
         .execute(&mut *tx)
         .await?;
-        match outcome {
-            // Released work, and children that waited only for this parent, are claimable now.
-            Outcome::Released => notify(&mut tx, Change::Queue).await?,
-            Outcome::Succeeded => {
-                if parent_succeeded(&mut tx, at.job_id).await? {
-                    notify(&mut tx, Change::Queue).await?;
+        if lost {
+            ended(&mut tx, at.job_id, state, &message).await?;
+        } else {
+            match state {
+                // Released work, and children that waited only for this parent, are claimable now.
+                JobState::Queued => notify(&mut tx, Change::Queue).await?,
+                JobState::Succeeded => {
+                    if parent_succeeded(&mut tx, at.job_id).await? {
+                        notify(&mut tx, Change::Queue).await?;
+                    }
                 }
+                JobState::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
+                _ => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
             }
-            Outcome::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
-            Outcome::Cancelled => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
+            notify(&mut tx, Change::Job(at.job_id)).await?;
         }
-        notify(&mut tx, Change::Job(at.job_id)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -404,4 +472,41 @@ impl LeaseStore for PgStore {
         .await?;
         Ok(row.is_some())
     }
+}
+
+async fn insert_worker(
+    tx: &mut Transaction<'_, Postgres>,
+    w: &NewWorker,
+    session_sha256: &str,
+    credential_id: Option<i64>,
+) -> StoreResult<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(&w.name)
+    .bind(&w.hostname)
+    .bind(&w.device_kind)
+    .bind(&w.gpus)
+    .bind(&w.datasets)
+    .bind(&w.labels)
+    .bind(session_sha256)
+    .bind(credential_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Announces a lost attempt's verdict: a re-queued job is claimable, a failed
+/// or cancelled one takes the jobs waiting on it along (a failure's message
+/// starts with "failed: ").
+async fn ended(tx: &mut Transaction<'_, Postgres>, job_id: i64, state: JobState, message: &str) -> StoreResult<()> {
+    match state {
+        JobState::Queued => notify(tx, Change::Queue).await?,
+        JobState::Failed => cancel_descendants(tx, job_id, message).await?,
+        _ => cancel_descendants(tx, job_id, "was cancelled").await?,
+    }
+    notify(tx, Change::Job(job_id)).await
 }

@@ -14,13 +14,34 @@ const ABANDON_UPLOADS_US: i64 = 6 * 3600 * 1_000_000;
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn register_worker(&self, w: NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
-        let id = Uuid::new_v4();
         let mut tx = self.begin().await?;
+        let id = insert_worker(&mut tx, &w, session_sha256, credential_id).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn reregister_worker(
+        &self,
+        previous: Uuid,
+        w: NewWorker,
+        session_sha256: &str,
+        credential_id: Option<i64>,
+    ) -> StoreResult<Rejoined> {
+        let mut tx = self.begin().await?;
+        let stored: Option<(Option<i64>, String)> =
+            sqlx::query_as("SELECT credential_id, name FROM workers WHERE id = ?1").bind(previous).fetch_optional(tx.conn()).await?;
+        let old_name = stored.as_ref().map(|(_, name)| name.clone());
+        if !policy::may_take_over(stored.map(|(credential, _)| credential), credential_id) {
+            let id = insert_worker(&mut tx, &w, session_sha256, credential_id).await?;
+            tx.commit().await?;
+            return Ok(Rejoined { id, reused: false, requeued: Vec::new() });
+        }
+        let now = now_us();
         sqlx::query(
-            "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id, \
-             registered_at, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            "UPDATE workers SET name = ?2, hostname = ?3, device_kind = ?4, gpus = ?5, datasets = ?6, labels = ?7, \
+             session_sha256 = ?8, registered_at = ?9, last_heartbeat = ?9 WHERE id = ?1",
         )
-        .bind(id)
+        .bind(previous)
         .bind(&w.name)
         .bind(&w.hostname)
         .bind(&w.device_kind)
@@ -28,12 +49,42 @@ impl LeaseStore for SqliteStore {
         .bind(Json(&w.datasets))
         .bind(Json(&w.labels))
         .bind(session_sha256)
-        .bind(credential_id)
-        .bind(now_us())
+        .bind(now)
         .execute(tx.conn())
         .await?;
+        // What the worker ran before it restarted is lost: back to the queue now, not at lease expiry.
+        let held: Vec<(i64, i64, i64, i64, bool)> = sqlx::query_as(
+            "SELECT id, attempt, max_attempts, lease_losses, cancel_requested FROM jobs \
+             WHERE state = 'running' AND lease_worker = ?1 ORDER BY id",
+        )
+        .bind(previous)
+        .fetch_all(tx.conn())
+        .await?;
+        let mut requeued = Vec::with_capacity(held.len());
+        for (job_id, attempt, max_attempts, lease_losses, cancel_requested) in held {
+            let lease = policy::ExpiredLease {
+                attempt: attempt as u32,
+                max_attempts: max_attempts as u32,
+                lease_losses: lease_losses as u32,
+                cancel_requested,
+                worker: old_name.clone(),
+            };
+            let (new_state, message) = policy::lost_attempt(&lease, policy::Loss::Restarted);
+            sqlx::query(
+                "UPDATE jobs SET state = ?2, message = ?3, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END, \
+                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = ?1",
+            )
+            .bind(job_id)
+            .bind(new_state.as_str())
+            .bind(&message)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+            ended(&mut tx, job_id, new_state, &message).await?;
+            requeued.push(Reaped { job_id, attempt: attempt as u32, new_state });
+        }
         tx.commit().await?;
-        Ok(id)
+        Ok(Rejoined { id: previous, reused: true, requeued })
     }
 
     async fn worker_for_session(&self, session_sha256: &str) -> StoreResult<Option<WorkerSession>> {
@@ -202,46 +253,59 @@ impl LeaseStore for SqliteStore {
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         fence(tx.conn(), at).await?;
-        let state = match outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Released => "queued",
-        };
-        sqlx::query(
-            "UPDATE jobs SET state = ?2, message = ?3, result = COALESCE(?4, result), lease_worker = NULL, \
-             lease_expires_at = NULL, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?5 END \
-             WHERE id = ?1",
+        let (max_attempts, lease_losses, cancel_requested, worker): (i64, i64, bool, Option<String>) = sqlx::query_as(
+            "SELECT j.max_attempts, j.lease_losses, j.cancel_requested, w.name \
+             FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker WHERE j.id = ?1",
         )
         .bind(at.job_id)
-        .bind(state)
-        .bind(message)
+        .fetch_one(tx.conn())
+        .await?;
+        let lease = policy::ExpiredLease {
+            attempt: at.attempt,
+            max_attempts: max_attempts as u32,
+            lease_losses: lease_losses as u32,
+            cancel_requested,
+            worker,
+        };
+        let (state, message, lost) = policy::finished(outcome, message, &lease);
+        sqlx::query(
+            "UPDATE jobs SET state = ?2, message = ?3, result = COALESCE(?4, result), lease_worker = NULL, \
+             lease_expires_at = NULL, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?5 END, \
+             lease_losses = lease_losses + ?6 WHERE id = ?1",
+        )
+        .bind(at.job_id)
+        .bind(state.as_str())
+        .bind(&message)
         .bind(result.map(Json))
         .bind(now_us())
+        .bind(i64::from(lost))
         .execute(tx.conn())
         .await?;
-        match outcome {
-            // Released work, and children waiting for this parent, are claimable now.
-            // Released work, and children that waited only for this parent, are claimable now.
-            Outcome::Released => tx.notify(Change::Queue),
-            Outcome::Succeeded => {
-                let (ready,): (i64,) = sqlx::query_as(
-                    "SELECT count(*) FROM job_dependencies d JOIN jobs c ON c.id = d.child_id \
-                     WHERE d.parent_id = ?1 AND c.state = 'queued' AND NOT EXISTS ( \
-                       SELECT 1 FROM job_dependencies e JOIN jobs p ON p.id = e.parent_id \
-                       WHERE e.child_id = c.id AND p.state <> 'succeeded')",
-                )
-                .bind(at.job_id)
-                .fetch_one(tx.conn())
-                .await?;
-                if ready > 0 {
-                    tx.notify(Change::Queue);
+        if lost {
+            ended(&mut tx, at.job_id, state, &message).await?;
+        } else {
+            match state {
+                // Released work, and children that waited only for this parent, are claimable now.
+                JobState::Queued => tx.notify(Change::Queue),
+                JobState::Succeeded => {
+                    let (ready,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM job_dependencies d JOIN jobs c ON c.id = d.child_id \
+                         WHERE d.parent_id = ?1 AND c.state = 'queued' AND NOT EXISTS ( \
+                           SELECT 1 FROM job_dependencies e JOIN jobs p ON p.id = e.parent_id \
+                           WHERE e.child_id = c.id AND p.state <> 'succeeded')",
+                    )
+                    .bind(at.job_id)
+                    .fetch_one(tx.conn())
+                    .await?;
+                    if ready > 0 {
+                        tx.notify(Change::Queue);
+                    }
                 }
+                JobState::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
+                _ => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
             }
-            Outcome::Failed => cancel_descendants(&mut tx, at.job_id, &format!("failed: {message}")).await?,
-            Outcome::Cancelled => cancel_descendants(&mut tx, at.job_id, "was cancelled").await?,
+            tx.notify(Change::Job(at.job_id));
         }
-        tx.notify(Change::Job(at.job_id));
         tx.commit().await?;
         Ok(())
     }
@@ -316,4 +380,38 @@ impl LeaseStore for SqliteStore {
         .await?;
         Ok(row.is_some())
     }
+}
+
+async fn insert_worker(tx: &mut Tx, w: &NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id, \
+         registered_at, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )
+    .bind(id)
+    .bind(&w.name)
+    .bind(&w.hostname)
+    .bind(&w.device_kind)
+    .bind(Json(&w.gpus))
+    .bind(Json(&w.datasets))
+    .bind(Json(&w.labels))
+    .bind(session_sha256)
+    .bind(credential_id)
+    .bind(now_us())
+    .execute(tx.conn())
+    .await?;
+    Ok(id)
+}
+
+/// Announces a lost attempt's verdict: a re-queued job is claimable, a failed
+/// or cancelled one takes the jobs waiting on it along (a failure's message
+/// starts with "failed: ").
+async fn ended(tx: &mut Tx, job_id: i64, state: JobState, message: &str) -> StoreResult<()> {
+    match state {
+        JobState::Queued => tx.notify(Change::Queue),
+        JobState::Failed => cancel_descendants(tx, job_id, message).await?,
+        _ => cancel_descendants(tx, job_id, "was cancelled").await?,
+    }
+    tx.notify(Change::Job(job_id));
+    Ok(())
 }

@@ -210,3 +210,108 @@ pub async fn a_heartbeat_batch_answers_each_worker_as_its_own_heartbeat_would(st
     let listed = s.list_workers().await.unwrap();
     assert!(listed.iter().any(|x| x.id == w) && listed.iter().any(|x| x.id == other));
 }
+
+pub async fn a_retry_requeues_the_job_as_a_lost_attempt_until_max_attempts_then_fails_and_cancels_its_children(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let exp = s.submit_pipeline(NewPipeline { max_attempts: 2, ..chain("ada", "unlucky", &[("a", &[]), ("b", &["a"])]) }).await.unwrap();
+    let (a, b) = (id_of(&exp, "a"), id_of(&exp, "b"));
+
+    let c1 = claim(s, w).await.unwrap();
+    assert_eq!(c1.job.id, a);
+    finish(s, lease_of(&c1, w), Outcome::Retry, "downloading checkpoint 7: connection reset").await;
+    let j = s.get_job(a).await.unwrap();
+    assert_eq!((j.state, j.attempt, j.lease_losses, j.worker), (JobState::Queued, 1, 1, None));
+    assert!(j.message.contains("attempt 1 failed outside the job (downloading checkpoint 7: connection reset)"), "{}", j.message);
+    assert!(j.finished_at.is_none());
+    assert_eq!(state(s, b).await, JobState::Queued, "the child still waits");
+
+    let c2 = claim(s, w).await.expect("a retried job is claimable again");
+    assert_eq!((c2.job.id, c2.job.attempt), (a, 2));
+    finish(s, lease_of(&c2, w), Outcome::Retry, "downloading checkpoint 7: corrupted").await;
+    let j = s.get_job(a).await.unwrap();
+    assert_eq!((j.state, j.lease_losses), (JobState::Failed, 2));
+    assert!(j.message.contains("2 of 2 attempts lost") && j.message.contains("corrupted"), "{}", j.message);
+    assert!(j.finished_at.is_some());
+    let child = s.get_job(b).await.unwrap();
+    assert_eq!(child.state, JobState::Cancelled);
+    assert!(child.message.contains(&format!("parent job {a} failed: attempt 2 failed outside the job")), "{}", child.message);
+    assert!(claim(s, w).await.is_none());
+    assert_err!(s.finish(lease_of(&c2, w), Outcome::Retry, "again", None).await, StoreError::Stale(_), "a retried attempt is over");
+
+    // A retry of a job whose cancel was asked ends it.
+    let stop = submit_as(s, "ada", "to stop", 0).await;
+    let c = claim(s, w).await.unwrap();
+    s.cancel_job(stop, "ada").await.unwrap();
+    finish(s, lease_of(&c, w), Outcome::Retry, "could not download").await;
+    assert_eq!(state(s, stop).await, JobState::Cancelled);
+}
+
+pub async fn a_restarted_worker_keeps_its_row_and_its_lost_attempts_are_requeued_at_once(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let cred = |name: &str, token: &[u8]| NewCredential {
+        role: Role::Worker,
+        name: name.into(),
+        token_sha256: sha256_hex(token),
+        expires_at: None,
+    };
+    let rack = s.create_credential(cred("rack 3", b"t3")).await.unwrap();
+    let other = s.create_credential(cred("rack 4", b"t4")).await.unwrap();
+    let w = s.register_worker(new_worker("w", "cpu", &["cifar10"]), &sha256_hex(b"first session"), Some(rack.id)).await.unwrap();
+    let held = submit(s, NewJob { max_attempts: 2, ..new_job("ada", "held", 0) }).await.id;
+    let c1 = claim(s, w).await.unwrap();
+    assert_eq!(c1.job.id, held);
+
+    // The same worker comes back (same credential), now with a GPU and another data set.
+    let again = NewWorker { gpus: vec!["H100".into()], ..new_worker("w again", "cuda", &["cifar10", "cifar100"]) };
+    let rejoined = s.reregister_worker(w, again.clone(), &sha256_hex(b"second session"), Some(rack.id)).await.unwrap();
+    assert_eq!((rejoined.id, rejoined.reused), (w, true));
+    assert_eq!(rejoined.requeued.iter().map(|r| (r.job_id, r.attempt, r.new_state)).collect::<Vec<_>>(), vec![(held, 1, JobState::Queued)]);
+    let listed = s.list_workers().await.unwrap();
+    assert_eq!(listed.len(), 1, "no new row");
+    assert_eq!(
+        (&listed[0].new.name, &listed[0].new.device_kind, &listed[0].new.datasets, &listed[0].new.gpus),
+        (&again.name, &again.device_kind, &again.datasets, &again.gpus)
+    );
+    assert!(listed[0].running_jobs.is_empty());
+    assert_eq!(s.worker_for_session(&sha256_hex(b"first session")).await.unwrap(), None, "the old session is gone");
+    assert_eq!(
+        s.worker_for_session(&sha256_hex(b"second session")).await.unwrap(),
+        Some(WorkerSession { worker: w, credential_id: Some(rack.id) })
+    );
+
+    let j = s.get_job(held).await.unwrap();
+    assert_eq!((j.state, j.attempt, j.lease_losses, j.worker), (JobState::Queued, 1, 1, None), "requeued now, a lost attempt");
+    assert!(j.message.contains("worker w restarted during attempt 1"), "{}", j.message);
+    assert_err!(
+        s.finish(lease_of(&c1, w), Outcome::Succeeded, "late", None).await,
+        StoreError::Stale(_),
+        "the lost attempt writes nothing"
+    );
+    let c2 = claim(s, w).await.expect("claimable again, by the worker itself");
+    assert_eq!((c2.job.id, c2.job.attempt), (held, 2));
+
+    // Another credential, or none, may not take the row (nor touch its jobs): a new row each.
+    for (who, credential) in [("another credential", Some(other.id)), ("no credential", None)] {
+        let session = sha256_hex(format!("hostile {who}").as_bytes());
+        let r = s.reregister_worker(w, new_worker("thief", "cpu", &["cifar10"]), &session, credential).await.unwrap();
+        assert!(!r.reused && r.id != w && r.requeued.is_empty(), "{who}: {r:?}");
+        assert_eq!(s.worker_for_session(&session).await.unwrap(), Some(WorkerSession { worker: r.id, credential_id: credential }));
+    }
+    assert_eq!(state(s, held).await, JobState::Running, "the worker's job is untouched");
+    assert_eq!(s.worker_for_session(&sha256_hex(b"second session")).await.unwrap().map(|x| x.worker), Some(w));
+
+    // An unknown id is a new row; a restart that holds its last attempt fails the job.
+    let r = s.reregister_worker(uuid::Uuid::new_v4(), new_worker("newcomer", "cpu", &[]), &sha256_hex(b"n"), Some(rack.id)).await.unwrap();
+    assert!(!r.reused);
+    let r = s.reregister_worker(w, again, &sha256_hex(b"third session"), Some(rack.id)).await.unwrap();
+    assert_eq!(r.requeued.iter().map(|r| (r.job_id, r.attempt, r.new_state)).collect::<Vec<_>>(), vec![(held, 2, JobState::Failed)]);
+    let j = s.get_job(held).await.unwrap();
+    assert!(j.message.contains("2 of 2 attempts lost") && j.finished_at.is_some(), "{}", j.message);
+    assert_eq!(s.list_workers().await.unwrap().len(), 4, "w, two hostile registrations and the newcomer");
+
+    // Without credentials on either side, the row is taken over too.
+    let open = s.register_worker(new_worker("open", "cpu", &[]), &sha256_hex(b"o1"), None).await.unwrap();
+    let r = s.reregister_worker(open, new_worker("open", "cpu", &[]), &sha256_hex(b"o2"), None).await.unwrap();
+    assert_eq!((r.id, r.reused), (open, true));
+}
