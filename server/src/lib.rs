@@ -34,7 +34,7 @@ use crate::api::jobs::JobApi;
 use crate::api::transfer::{TransferLimits, Transfers};
 use crate::api::workers::WorkerApi;
 use crate::auth::layer::{AuthLayer, Authenticator};
-use crate::auth::Access;
+use crate::auth::{Access, SessionCache};
 use crate::dispatch::Dispatcher;
 use crate::net::{ConnectionLimits, KEEPALIVE};
 use crate::ops::rpc::RpcMetricsLayer;
@@ -114,12 +114,13 @@ pub async fn serve(
         tasks.push(tokio::spawn(ops::metrics::refresh_gauges(store.clone(), every, settings.lease)));
     }
     let transfers = Arc::new(Transfers::new(settings.transfers));
-    let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert));
+    let sessions = Arc::new(SessionCache::default());
+    let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert, sessions.clone()));
     let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (dispatcher, dispatching) = Dispatcher::start(store.clone(), settings.lease, settings.claims);
-    let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, dispatcher, transfers))
+    let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, dispatcher, sessions, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // A quiet but live client (a claim long-poll, a watch with nothing to say)

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::transfer::{ChunkStream, Transfers};
 use super::{checkpoint_to_proto, job_to_proto, requested_checkpoint, validate};
-use crate::auth::{new_session, token_sha256, WorkerCaller};
+use crate::auth::{new_session, token_sha256, SessionCache, WorkerCaller};
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::heartbeats::Heartbeats;
@@ -31,6 +31,7 @@ pub struct WorkerApi {
     lease: Duration,
     retention: Retention,
     dispatcher: Arc<Dispatcher>,
+    sessions: Arc<SessionCache>,
     heartbeats: Heartbeats,
     transfers: Arc<Transfers>,
 }
@@ -41,10 +42,11 @@ impl WorkerApi {
         lease: Duration,
         retention: Retention,
         dispatcher: Arc<Dispatcher>,
+        sessions: Arc<SessionCache>,
         transfers: Arc<Transfers>,
     ) -> Self {
         let heartbeats = Heartbeats::start(store.clone(), lease);
-        WorkerApi { store, lease, retention, dispatcher, heartbeats, transfers }
+        WorkerApi { store, lease, retention, dispatcher, sessions, heartbeats, transfers }
     }
 }
 
@@ -68,7 +70,8 @@ impl WorkerService for WorkerApi {
                 rejoined.id
             }
         };
-        // It may offer other data sets or labels than before.
+        // Its old session is void, and it may offer other data sets or labels than before.
+        self.sessions.forget_worker(id);
         self.dispatcher.forget(id);
         tracing::info!(worker = %name, %id, "registered");
         Ok(Response::new(v1::RegisterResponse { worker_id: id.to_string(), lease_ms: self.lease.as_millis() as u32, session }))

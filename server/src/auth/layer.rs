@@ -22,8 +22,7 @@ use tonic::body::Body;
 use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
 
-use super::sessions::SessionCache;
-use super::{token_sha256, User, WorkerCaller, ANONYMOUS, SESSION_HEADER, USER_HEADER};
+use super::{token_sha256, SessionCache, User, WorkerCaller, ANONYMOUS, SESSION_HEADER, USER_HEADER};
 use crate::error::{ApiError, ApiResult};
 use crate::net::ConnInfo;
 use crate::store::{Credential, Role, Store};
@@ -38,12 +37,12 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     require_auth: bool,
     require_client_cert: bool,
-    sessions: SessionCache,
+    sessions: Arc<SessionCache>,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>, require_auth: bool, require_client_cert: bool) -> Self {
-        Authenticator { store, require_auth, require_client_cert, sessions: SessionCache::default() }
+    pub fn new(store: Arc<dyn Store>, require_auth: bool, require_client_cert: bool, sessions: Arc<SessionCache>) -> Self {
+        Authenticator { store, require_auth, require_client_cert, sessions }
     }
 
     /// Identifies the call and leaves the identity in its extensions, or says why not.

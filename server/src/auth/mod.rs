@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 
+pub use sessions::SessionCache;
 pub use tokens::{new_session, new_token, parse_expiry, token_sha256};
 
 pub use camp_proto::metadata::{SESSION as SESSION_HEADER, USER as USER_HEADER};

@@ -3,11 +3,14 @@
 //! reading it from the store each time was most of what a quiet fleet cost
 //! the database. Only sessions the store knew are remembered, for `TTL`; a
 //! session replaced by a new registration of the same worker stops working
-//! on this coordinator at most `TTL` later.
+//! at once on the coordinator that registered it (`forget_worker`), and on
+//! the others at most `TTL` later.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use uuid::Uuid;
 
 use crate::store::WorkerSession;
 
@@ -36,5 +39,12 @@ impl SessionCache {
             }
         }
         known.insert(session_sha256, (session, Instant::now()));
+    }
+}
+
+impl SessionCache {
+    /// Forgets every session of `worker` (it registered again: its old session is void).
+    pub fn forget_worker(&self, worker: Uuid) {
+        self.known.lock().expect("session cache").retain(|_, (s, _)| s.worker != worker);
     }
 }
