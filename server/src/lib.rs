@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod metric_retention;
 pub mod net;
 pub mod queue;
 pub mod store;
@@ -29,7 +30,7 @@ use crate::api::workers::WorkerApi;
 use crate::auth::layer::{AuthLayer, Authenticator};
 use crate::auth::Access;
 use crate::net::{ConnectionLimits, KEEPALIVE};
-use crate::store::{ClaimPolicy, Retention, Store};
+use crate::store::{ClaimPolicy, MetricRetention, Retention, Store};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -38,6 +39,8 @@ pub struct Settings {
     /// How often expired leases are looked for.
     pub reap_every: Duration,
     pub retention: Retention,
+    /// How many points an ended job keeps of each step-level metric series.
+    pub metric_retention: MetricRetention,
     /// Every call needs an API token of the right role.
     pub require_auth: bool,
     pub access: Access,
@@ -58,6 +61,7 @@ impl Default for Settings {
             lease: Duration::from_secs(30),
             reap_every: Duration::from_secs(1),
             retention: Retention::default(),
+            metric_retention: MetricRetention::default(),
             require_auth: false,
             access: Access::default(),
             claims: ClaimPolicy::default(),
@@ -70,7 +74,7 @@ impl Default for Settings {
     }
 }
 
-/// Serves both services on `listener` until `shutdown` resolves; runs the lease reaper meanwhile.
+/// Serves both services on `listener` until `shutdown` resolves; runs the lease reaper and metric retention meanwhile.
 pub async fn serve(
     store: Arc<dyn Store>,
     settings: Settings,
@@ -78,6 +82,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let reaper = tokio::spawn(queue::run_reaper(store.clone(), settings.reap_every));
+    let thinner = tokio::spawn(metric_retention::run(store.clone(), settings.metric_retention, settings.reap_every));
     let transfers = Arc::new(Transfers::new(settings.transfers));
     let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert));
     let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
@@ -105,5 +110,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(net::incoming(listener, settings.connections), shutdown)
         .await;
     reaper.abort();
+    thinner.abort();
     result
 }

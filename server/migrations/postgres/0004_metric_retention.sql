@@ -1,0 +1,9 @@
+-- Reads of the newest points of each series, and the list of a job's series
+-- (a loose index scan), go through (job_id, name, id).
+CREATE INDEX metrics_by_series ON metrics (job_id, name, id);
+
+-- Retention thins an ended job's step-level series once; this marks the jobs
+-- it has looked at, and the partial index finds those it has not.
+ALTER TABLE jobs ADD COLUMN metrics_retained BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX jobs_metrics_to_retain ON jobs (id)
+    WHERE NOT metrics_retained AND state IN ('succeeded', 'failed', 'cancelled');
