@@ -287,7 +287,7 @@ fn jobs_are_fetched_a_page_at_a_time_up_to_the_limit() {
 }
 
 #[test]
-fn logs_and_metrics_come_whole_across_pages_metrics_by_step() {
+fn logs_and_metrics_come_whole_across_pages_metrics_as_stored() {
     let c = Coordinator::start();
     // Stored order; the second attempt re-reports steps 10..40 after the first reached 60.
     c.state().metrics = [10, 20, 30, 40, 50, 60, 10, 20, 30, 40, 70, 80, 90, 100, 110]
@@ -306,8 +306,8 @@ fn logs_and_metrics_come_whole_across_pages_metrics_by_step() {
     let rows: Vec<(i64, u64)> =
         metrics.as_array().unwrap().iter().map(|m| (m["step"].as_i64().unwrap(), m["attempt"].as_u64().unwrap())).collect();
     assert_eq!(rows.len(), 15, "every page");
-    assert_eq!(&rows[..4], [(10, 1), (10, 2), (20, 1), (20, 2)], "by step, then as stored");
-    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "{rows:?}");
+    // Printed page by page as they come (a job may hold millions): in stored order.
+    assert_eq!(&rows[4..8], [(50, 1), (60, 1), (10, 2), (20, 2)], "as stored");
     assert_eq!(c.state().seen.metric_cursors, [0, 106, 113]);
 
     let csv = stdout(&c.camp(&["metrics", "1", "--csv"]));
