@@ -1,6 +1,12 @@
--- Reads of the newest points of each series, and the list of a job's series
--- (a loose index scan), go through (job_id, name, id).
-CREATE INDEX metrics_by_series ON metrics (job_id, name, id);
+-- The names of each job's metric series, kept by `report` beside the points
+-- (a few rows per job): a watch and "the newest N of each series" start from
+-- them instead of scanning a job's millions of points for its names.
+CREATE TABLE metric_series (
+    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    name   TEXT NOT NULL,
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;
+INSERT INTO metric_series (job_id, name) SELECT DISTINCT job_id, name FROM metrics;
 
 -- Retention thins an ended job's step-level series once; this marks the jobs
 -- it has looked at, and the partial index finds those it has not.

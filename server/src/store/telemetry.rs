@@ -3,8 +3,9 @@
 //!
 //! Reads are pages after a row id (a job may hold millions of points, more
 //! than one reply may carry); "the newest N of each series" is composed here
-//! once from two indexed reads per series (`metric_series`,
-//! `series_tail_start`). Retention: a step-level series (a name that
+//! once from the job's series names (which `report` keeps beside the points,
+//! so that no read scans millions of points for them) and one backward walk
+//! per series (`series_tail_start`). Retention: a step-level series (a name that
 //! `camp_proto::metric::MetricName` says comes with a step's progress) is
 //! kept whole while its job runs and thinned to at most N points once the job
 //! has ended (`downsample_metrics`; which points survive is
@@ -116,14 +117,15 @@ pub trait TelemetryStore {
         let filter = MetricFilter { job_id, name: name.map(str::to_string), attempt, since_step: None };
         self.metric_page(&filter, after_id, limit).await
     }
-    /// The names of a job's metric series, in byte order.
+    /// The names of a job's metric series, in byte order (kept by `report`;
+    /// a series whose points were all dropped may still be named).
     async fn metric_series(&self, job_id: i64) -> StoreResult<Vec<String>>;
     /// The row id of the oldest of the newest `last` points that `filter`
     /// selects of its one series (`filter.name` must be set); None if it selects none.
     async fn series_tail_start(&self, filter: &MetricFilter, last: u32) -> StoreResult<Option<i64>>;
     /// A page (after row `after_id`, at most `limit`, in stored order) of the
     /// newest `last` points of each series `filter` selects (composed of the
-    /// calls above, once for every backend: two indexed reads per series).
+    /// calls above, once for every backend: two short reads per series).
     async fn last_metrics_page(&self, filter: &MetricFilter, last: u32, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>> {
         let names = match &filter.name {
             Some(name) => vec![name.clone()],

@@ -23,53 +23,46 @@ impl TelemetryStore for PgStore {
     async fn report(&self, batch: ReportBatch) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, batch.at, true).await?;
-        let fresh: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO report_batches (job_id, attempt, sequence) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING RETURNING job_id",
+        // One statement stores the whole batch unless its sequence is stored
+        // already: the sequence, the points (one INSERT from arrays), the
+        // series' names, the log lines, the job's epoch, and the NOTIFY
+        // (four round trips a batch with BEGIN, the fence and COMMIT).
+        let steps: Vec<i64> = batch.metrics.iter().map(|m| m.step).collect();
+        let epochs: Vec<i32> = batch.metrics.iter().map(|m| m.epoch as i32).collect();
+        let names: Vec<&str> = batch.metrics.iter().map(|m| m.name.as_str()).collect();
+        let values: Vec<f64> = batch.metrics.iter().map(|m| m.value).collect();
+        let (fresh, _notified): (bool, i64) = sqlx::query_as(
+            "WITH fresh AS ( \
+               INSERT INTO report_batches (job_id, attempt, sequence) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id), \
+             points AS ( \
+               SELECT * FROM unnest($4::bigint[], $5::int[], $6::text[], $7::float8[]) AS p(step, epoch, name, value) \
+               WHERE EXISTS (SELECT 1 FROM fresh)), \
+             stored AS ( \
+               INSERT INTO metrics (job_id, attempt, step, epoch, name, value) SELECT $1, $2, step, epoch, name, value FROM points), \
+             named AS ( \
+               INSERT INTO metric_series (job_id, name) SELECT DISTINCT $1, name FROM points ON CONFLICT DO NOTHING), \
+             logged AS ( \
+               INSERT INTO job_logs (job_id, attempt, line) SELECT $1, $2, line FROM unnest($8::text[]) AS l(line) \
+               WHERE EXISTS (SELECT 1 FROM fresh)), \
+             progressed AS ( \
+               UPDATE jobs SET epoch = GREATEST(epoch, $9) WHERE id = $1 AND EXISTS (SELECT 1 FROM fresh)), \
+             notified AS (SELECT pg_notify($10, $1::text) FROM fresh) \
+             SELECT EXISTS (SELECT 1 FROM fresh), (SELECT count(*) FROM notified)",
         )
         .bind(batch.at.job_id)
         .bind(batch.at.attempt as i32)
         .bind(batch.sequence as i64)
-        .fetch_optional(&mut *tx)
+        .bind(&steps)
+        .bind(&epochs)
+        .bind(&names)
+        .bind(&values)
+        .bind(&batch.log_lines)
+        .bind(batch.epoch as i32)
+        .bind(CHANNEL)
+        .fetch_one(&mut *tx)
         .await?;
-        if fresh.is_none() {
-            tx.commit().await?;
-            return Ok(false);
-        }
-        if !batch.metrics.is_empty() {
-            let steps: Vec<i64> = batch.metrics.iter().map(|m| m.step).collect();
-            let epochs: Vec<i32> = batch.metrics.iter().map(|m| m.epoch as i32).collect();
-            let names: Vec<&str> = batch.metrics.iter().map(|m| m.name.as_str()).collect();
-            let values: Vec<f64> = batch.metrics.iter().map(|m| m.value).collect();
-            sqlx::query(
-                "INSERT INTO metrics (job_id, attempt, step, epoch, name, value) \
-                 SELECT $1, $2, * FROM unnest($3::bigint[], $4::int[], $5::text[], $6::float8[])",
-            )
-            .bind(batch.at.job_id)
-            .bind(batch.at.attempt as i32)
-            .bind(&steps)
-            .bind(&epochs)
-            .bind(&names)
-            .bind(&values)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !batch.log_lines.is_empty() {
-            sqlx::query("INSERT INTO job_logs (job_id, attempt, line) SELECT $1, $2, * FROM unnest($3::text[])")
-                .bind(batch.at.job_id)
-                .bind(batch.at.attempt as i32)
-                .bind(&batch.log_lines)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("UPDATE jobs SET epoch = GREATEST(epoch, $2) WHERE id = $1")
-            .bind(batch.at.job_id)
-            .bind(batch.epoch as i32)
-            .execute(&mut *tx)
-            .await?;
-        notify(&mut tx, Change::Job(batch.at.job_id)).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(fresh)
     }
 
     async fn metric_page(&self, filter: &MetricFilter, after_id: i64, limit: u32) -> StoreResult<Vec<StoredMetric>> {
@@ -101,24 +94,21 @@ impl TelemetryStore for PgStore {
     }
 
     async fn metric_series(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        // A loose index scan of metrics_by_series: one index probe per name, however many points.
-        let names: Vec<(String,)> = sqlx::query_as(
-            "WITH RECURSIVE series(name) AS ( \
-               (SELECT name FROM metrics WHERE job_id = $1 ORDER BY name LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT m.name FROM metrics m WHERE m.job_id = $1 AND m.name > s.name ORDER BY m.name LIMIT 1) \
-               FROM series s WHERE s.name IS NOT NULL) \
-             SELECT name FROM series WHERE name IS NOT NULL",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM metric_series WHERE job_id = $1 ORDER BY name COLLATE \"C\"")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(names.into_iter().map(|(name,)| name).collect())
     }
 
     async fn series_tail_start(&self, filter: &MetricFilter, last: u32) -> StoreResult<Option<i64>> {
         let name =
             filter.name.as_deref().ok_or_else(|| StoreError::Invalid { field: "name".into(), reason: "a series is needed".into() })?;
+        // Walks metrics_by_job back from the newest point (see `metric_page` for why the alternatives are priced out).
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+            .execute(&mut *tx)
+            .await?;
         let start: (Option<i64>,) = sqlx::query_as(
             "SELECT min(id) FROM (SELECT id FROM metrics WHERE job_id = $1 AND name = $2 \
                AND ($3::int IS NULL OR attempt = $3) AND ($4::bigint IS NULL OR step >= $4) ORDER BY id DESC LIMIT $5) tail",
@@ -128,8 +118,9 @@ impl TelemetryStore for PgStore {
         .bind(filter.attempt.map(|a| a as i32))
         .bind(filter.since_step)
         .bind(i64::from(last.max(1)))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(start.0)
     }
 

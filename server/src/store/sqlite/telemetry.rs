@@ -48,6 +48,14 @@ impl TelemetryStore for SqliteStore {
             .bind(now)
             .execute(tx.conn())
             .await?;
+            let mut names: Vec<&str> = points.iter().map(|p| p.2).collect();
+            names.sort_unstable();
+            names.dedup();
+            sqlx::query("INSERT OR IGNORE INTO metric_series (job_id, name) SELECT ?1, value FROM json_each(?2)")
+                .bind(batch.at.job_id)
+                .bind(Json(&names))
+                .execute(tx.conn())
+                .await?;
         }
         if !batch.log_lines.is_empty() {
             sqlx::query("INSERT INTO job_logs (job_id, attempt, line, at) SELECT ?1, ?2, value, ?4 FROM json_each(?3)")
@@ -86,18 +94,8 @@ impl TelemetryStore for SqliteStore {
     }
 
     async fn metric_series(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        // A loose index scan of metrics_by_series: one index probe per name, however many points.
-        let names: Vec<(String,)> = sqlx::query_as(
-            "WITH RECURSIVE series(name) AS ( \
-               SELECT (SELECT name FROM metrics WHERE job_id = ?1 ORDER BY name LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT m.name FROM metrics m WHERE m.job_id = ?1 AND m.name > s.name ORDER BY m.name LIMIT 1) \
-               FROM series s WHERE s.name IS NOT NULL) \
-             SELECT name FROM series WHERE name IS NOT NULL",
-        )
-        .bind(job_id)
-        .fetch_all(&self.reader)
-        .await?;
+        let names: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM metric_series WHERE job_id = ?1 ORDER BY name").bind(job_id).fetch_all(&self.reader).await?;
         Ok(names.into_iter().map(|(name,)| name).collect())
     }
 
