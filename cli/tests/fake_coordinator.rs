@@ -287,6 +287,18 @@ fn jobs_are_fetched_a_page_at_a_time_up_to_the_limit() {
 }
 
 #[test]
+fn jobs_all_pages_past_the_newest_hundred_and_before_starts_below_an_id() {
+    let c = Coordinator::start();
+    let all = ids(&c.json(&["jobs", "--all"]));
+    assert_eq!(all, (1..=JOBS).rev().collect::<Vec<_>>(), "every job, newest first");
+    let older = ids(&c.json(&["jobs", "--before", "1001", "--limit", "5"]));
+    assert_eq!(older, [1_000, 999, 998, 997, 996]);
+    assert_eq!(c.state().seen.list_jobs.iter().rev().find(|(_, before)| *before == 1_001).map(|&(limit, _)| limit), Some(5));
+    let clash = c.camp(&["jobs", "--all", "--limit", "5"]);
+    assert_eq!(clash.status.code(), Some(2), "--all and --limit do not go together");
+}
+
+#[test]
 fn logs_and_metrics_come_whole_across_pages_metrics_as_stored() {
     let c = Coordinator::start();
     // Stored order; the second attempt re-reports steps 10..40 after the first reached 60.
