@@ -14,6 +14,7 @@ use crate::commands::pipeline::PipelineAction;
 use crate::commands::plot::PlotArgs;
 use crate::commands::results::ResultsArgs;
 use crate::commands::up::UpArgs;
+use crate::commands::watch::WatchArgs;
 use crate::global_opts::GlobalOpts;
 use crate::spec_flags::SubmitStage;
 
@@ -48,11 +49,8 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Show one job's details.
     Show { id: i64 },
-    /// Follow a job live until it finishes.
-    #[command(after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
-                            (and the usual error codes, e.g. 3 if there is no such job).\n\
-                            With --json every event is printed as one JSON line (NDJSON).")]
-    Watch { id: i64 },
+    /// Follow a job live until it finishes (reconnecting if the coordinator restarts).
+    Watch(WatchArgs),
     /// Print a job's log lines.
     Logs { id: i64 },
     /// Print a job's metrics.

@@ -5,8 +5,8 @@
 //! are the backends', not gRPC's. Bounded in count; PostgreSQL gets a fresh
 //! database (dropped at the end) on the server in `DATABASE_URL`.
 //!
-//!   cargo run --release -p camp-server --example store_bench -- [JOBS] [CLAIMERS] [BATCHES] [sqlite|postgres|both]
-//!   (defaults: 5000 jobs, 50 claimers, 100 batches of 1,000 points, both)
+//!   cargo run --release -p camp-server --example store_bench -- [JOBS] [CLAIMERS] [BATCHES] [sqlite|postgres|both] [POINTS]
+//!   (defaults: 5000 jobs, 50 claimers, 100 batches of POINTS = 1,000 points, both)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +19,15 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
 
 const SUBMITTERS: usize = 16;
-const POINTS_PER_BATCH: usize = 1_000;
 const LEASE: Duration = Duration::from_secs(600);
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+/// Points in each report batch (the fifth argument).
+fn points_per_batch() -> usize {
+    arg(5, 1_000).max(1)
 }
 
 fn worker(name: &str) -> NewWorker {
@@ -97,7 +101,8 @@ async fn run(store: Arc<dyn Store>, jobs: usize, claimers: usize, batches: usize
     let claim_per_s = target as f64 / started.elapsed().as_secs_f64();
     latencies.sort_by(|a, b| a.total_cmp(b));
 
-    // Metric ingest: one running job per reporter, batches of 1,000 points.
+    // Metric ingest: one running job per reporter, batches of `points_per_batch()` points.
+    let points_per_batch = points_per_batch();
     let id = store.register_worker(worker("reporter"), "session-reporter", None).await.expect("register");
     let mut running = Vec::new();
     for _ in 0..4 {
@@ -111,8 +116,8 @@ async fn run(store: Arc<dyn Store>, jobs: usize, claimers: usize, batches: usize
         let n = batches / running.len() + usize::from(r < batches % running.len());
         tasks.push(tokio::spawn(async move {
             for b in 0..n {
-                let metrics = (0..POINTS_PER_BATCH)
-                    .map(|i| MetricPoint { name: "train_loss".into(), value: i as f64, step: (b * POINTS_PER_BATCH + i) as i64, epoch: 1 })
+                let metrics = (0..points_per_batch)
+                    .map(|i| MetricPoint { name: "train_loss".into(), value: i as f64, step: (b * points_per_batch + i) as i64, epoch: 1 })
                     .collect();
                 let batch = ReportBatch { at, sequence: b as u64, metrics, log_lines: vec!["a line".into()], epoch: 0 };
                 assert!(store.report(batch).await.expect("report"));
@@ -122,7 +127,7 @@ async fn run(store: Arc<dyn Store>, jobs: usize, claimers: usize, batches: usize
     for t in tasks {
         t.await.unwrap();
     }
-    let points_per_s = (batches * POINTS_PER_BATCH) as f64 / started.elapsed().as_secs_f64();
+    let points_per_s = (batches * points_per_batch) as f64 / started.elapsed().as_secs_f64();
     let refs: Vec<AttemptRef> = running.iter().map(|r| AttemptRef { job_id: r.job_id, attempt: r.attempt }).collect();
     assert!(store.heartbeat(id, &refs, LEASE).await.unwrap().lost.is_empty(), "the reporters' leases held");
     Figures {
@@ -137,7 +142,11 @@ async fn run(store: Arc<dyn Store>, jobs: usize, claimers: usize, batches: usize
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (jobs, claimers, batches) = (arg(1, 5_000), arg(2, 50), arg(3, 100));
-    println!("store_bench: {jobs} jobs submitted by {SUBMITTERS}, {} claimed+finished by {claimers} workers, {batches} batches of {POINTS_PER_BATCH} points", jobs / 2);
+    println!(
+        "store_bench: {jobs} jobs submitted by {SUBMITTERS}, {} claimed+finished by {claimers} workers, {batches} batches of {} points",
+        jobs / 2,
+        points_per_batch()
+    );
     let mut rows = Vec::new();
 
     let backends = std::env::args().nth(4).unwrap_or_else(|| "both".into());

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod dispatch;
 pub mod error;
 pub mod heartbeats;
+pub mod metric_retention;
 pub mod net;
 pub mod ops;
 pub mod queue;
@@ -38,7 +39,7 @@ use crate::auth::{Access, SessionCache};
 use crate::dispatch::Dispatcher;
 use crate::net::{ConnectionLimits, KEEPALIVE};
 use crate::ops::rpc::RpcMetricsLayer;
-use crate::store::{ClaimPolicy, Retention, Store};
+use crate::store::{ClaimPolicy, MetricRetention, Retention, Store};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,6 +48,8 @@ pub struct Settings {
     /// How often expired leases are looked for.
     pub reap_every: Duration,
     pub retention: Retention,
+    /// How many points an ended job keeps of each step-level metric series.
+    pub metric_retention: MetricRetention,
     /// Every call needs an API token of the right role.
     pub require_auth: bool,
     pub access: Access,
@@ -72,6 +75,7 @@ impl Default for Settings {
             lease: Duration::from_secs(30),
             reap_every: Duration::from_secs(1),
             retention: Retention::default(),
+            metric_retention: MetricRetention::default(),
             require_auth: false,
             access: Access::default(),
             claims: ClaimPolicy::default(),
@@ -96,8 +100,8 @@ pub enum ServeError {
 }
 
 /// Serves both services (and health and reflection) on `listener` until
-/// `shutdown` resolves; runs the lease reaper, the health pings and (if asked)
-/// the queue's gauges meanwhile.
+/// `shutdown` resolves; runs the lease reaper, metric retention, the health
+/// pings and (if asked) the queue's gauges meanwhile.
 pub async fn serve(
     store: Arc<dyn Store>,
     settings: Settings,
@@ -108,6 +112,7 @@ pub async fn serve(
     let (reflection_v1, reflection_v1alpha) = ops::reflection::services()?;
     let mut tasks = vec![
         tokio::spawn(queue::run_reaper(store.clone(), settings.reap_every)),
+        tokio::spawn(metric_retention::run(store.clone(), settings.metric_retention, settings.reap_every)),
         tokio::spawn(ops::health::watch(store.clone(), health_reporter, settings.health_every)),
     ];
     if let Some(every) = settings.gauges_every {

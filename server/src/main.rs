@@ -10,7 +10,7 @@ use camp_server::api::transfer::TransferLimits;
 use camp_server::auth::{self, Access};
 use camp_server::net::{self, ConnectionLimits};
 use camp_server::ops;
-use camp_server::store::{ClaimPolicy, Credential, Location, NewCredential, Retention, Role, Store};
+use camp_server::store::{ClaimPolicy, Credential, Location, MetricRetention, NewCredential, Retention, Role, Store};
 use camp_server::tls::TlsFiles;
 use camp_server::{serve, Settings};
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +49,11 @@ struct Cli {
     /// Seconds between readings of the queue's gauges (queued, running, live workers) for /metrics.
     #[arg(long, default_value_t = 5.0)]
     metrics_every_secs: f64,
+    /// Once a job has ended, thin each of its step-level metric series (loss, top1, lr,
+    /// images_per_s) to at most this many points: the first, the last and evenly spaced
+    /// steps between. Epoch-level metrics are always kept whole. 0 keeps every point.
+    #[arg(long, default_value_t = MetricRetention::DEFAULT_POINTS)]
+    metric_points_per_series: u32,
     #[command(flatten)]
     security: Security,
     #[command(flatten)]
@@ -223,6 +228,10 @@ async fn main() -> anyhow::Result<()> {
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let s = &cli.security;
     let l = &cli.limits;
+    anyhow::ensure!(
+        cli.metric_points_per_series != 1,
+        "--metric-points-per-series must be 0 (keep all) or at least 2 (the first and the last)"
+    );
     anyhow::ensure!(l.max_checkpoint_mib >= 1, "--max-checkpoint-mib must be at least 1");
     anyhow::ensure!(
         l.max_connections >= 1 && l.max_connections_per_ip >= 1,
@@ -239,6 +248,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         lease: positive_secs("lease-secs", cli.lease_secs)?,
         reap_every: positive_secs("reap-every-secs", cli.reap_every_secs)?,
         retention: Retention { keep_latest: cli.keep_latest.max(1), keep_best: !cli.no_keep_best },
+        metric_retention: MetricRetention { points_per_series: (cli.metric_points_per_series > 0).then_some(cli.metric_points_per_series) },
         require_auth: s.require_auth,
         access: Access { private_jobs: s.private_jobs, max_user_priority: s.max_user_priority },
         claims: ClaimPolicy { max_running_per_user: s.max_running_per_user },

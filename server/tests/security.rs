@@ -242,7 +242,10 @@ async fn every_job_rpc(jobs: &mut Jobs, t: Targets) -> Vec<(&'static str, Result
     out.push(("GetJob", ok_text(jobs.get_job(v1::GetJobRequest { id: job }).await)));
     out.push(("ListJobs", ok_text(jobs.list_jobs(v1::ListJobsRequest::default()).await)));
     out.push(("SetJobPriority", ok_text(jobs.set_job_priority(v1::SetJobPriorityRequest { id: job, priority: 0 }).await)));
-    out.push(("WatchJob", jobs.watch_job(v1::WatchJobRequest { id: job, history: true }).await.map(|_| "a stream".to_string())));
+    out.push((
+        "WatchJob",
+        jobs.watch_job(v1::WatchJobRequest { id: job, history: true, ..Default::default() }).await.map(|_| "a stream".to_string()),
+    ));
     out.push(("QueryMetrics", ok_text(jobs.query_metrics(v1::QueryMetricsRequest { job_id: job, ..Default::default() }).await)));
     out.push(("GetLogs", ok_text(jobs.get_logs(v1::GetLogsRequest { job_id: job, ..Default::default() }).await)));
     out.push(("ListCheckpoints", ok_text(jobs.list_checkpoints(v1::ListCheckpointsRequest { job_id: job }).await)));
@@ -679,7 +682,7 @@ async fn reads_of(jobs: &mut Jobs, t: Targets) -> Vec<(&'static str, Result<Stri
     let mut out = Vec::new();
     out.push(("GetJob", ok_text(jobs.get_job(v1::GetJobRequest { id: job }).await)));
     let watch = async {
-        let mut stream = jobs.watch_job(v1::WatchJobRequest { id: job, history: true }).await?.into_inner();
+        let mut stream = jobs.watch_job(v1::WatchJobRequest { id: job, history: true, ..Default::default() }).await?.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("a first event")?;
         Ok(format!("{first:?}"))
     };

@@ -24,8 +24,14 @@ pub struct JobsArgs {
     #[arg(long)]
     pub owner: Option<String>,
     /// At most this many jobs, fetched a page at a time [default: 100].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "all")]
     pub limit: Option<u32>,
+    /// Every job the filters select, however many (paged past the newest 100).
+    #[arg(long)]
+    pub all: bool,
+    /// Only jobs older than this one (a smaller id): the page after a listing that ended at ID.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub before: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,9 +63,10 @@ pub async fn list(opts: &GlobalOpts, args: &JobsArgs) -> anyhow::Result<()> {
         state: args.state.map_or(v1::JobState::Unspecified, v1::JobState::from) as i32,
         stage: args.stage.clone().unwrap_or_default(),
         owner: args.owner.clone().unwrap_or_default(),
+        before_id: args.before.unwrap_or(0),
         ..Default::default()
     };
-    let limit = args.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let limit = if args.all { usize::MAX } else { args.limit.unwrap_or(DEFAULT_LIMIT) as usize };
     let client = client::connect(opts).await?;
     let jobs = pages::jobs(&client, &filter, limit).await?;
     if opts.json {

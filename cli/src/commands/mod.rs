@@ -10,7 +10,7 @@ pub mod plot;
 pub mod results;
 mod submit;
 pub mod up;
-mod watch;
+pub mod watch;
 mod workers;
 
 use self::checkpoints::CheckpointAction;
@@ -25,7 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Submit { stage } => submit::run(opts, stage).await?,
         Command::Jobs(args) => jobs::list(opts, args).await?,
         Command::Show { id } => jobs::show(opts, *id).await?,
-        Command::Watch { id } => return watch::run(opts, *id).await,
+        Command::Watch(args) => return watch::run(opts, args).await,
         Command::Logs { id } => jobs::logs(opts, *id).await?,
         Command::Metrics(args) => metrics::run(opts, args).await?,
         Command::Cancel { id } => jobs::cancel(opts, *id).await?,

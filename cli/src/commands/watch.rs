@@ -13,8 +13,11 @@ use std::time::Duration;
 use anyhow::bail;
 use camp_proto::metric::MetricName;
 use camp_proto::v1::{self, job_event::Event, GetJobRequest, WatchJobRequest};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use tokio::time::Instant;
+use tonic::Code;
 
 use crate::client;
 use crate::exit;
@@ -24,32 +27,122 @@ use crate::wire;
 
 /// After the job has ended, how long to wait for the rest of the coordinator's events.
 const DRAIN_AFTER_END: Duration = Duration::from_millis(500);
+/// The first wait before reconnecting, doubled after each failed try up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Follows the job; the exit code says how it ended (0 succeeded, 1 failed, 7 cancelled).
-pub async fn run(opts: &GlobalOpts, id: i64) -> anyhow::Result<u8> {
-    let mut client = client::connect(opts).await?;
-    let mut events = client.watch_job(WatchJobRequest { id, history: true }).await?.into_inner();
-    let mut display: Box<dyn WatchDisplay> = if opts.json { Box::new(JsonLines { job_id: id }) } else { Box::new(Live::new(id)) };
-    let mut last_job: Option<v1::Job> = None;
-    loop {
-        let ended = last_job.as_ref().is_some_and(|job| wire::is_terminal(job.state));
-        let next = if ended {
-            match tokio::time::timeout(DRAIN_AFTER_END, events.message()).await {
-                Ok(Ok(next)) => next,
-                // Quiet, or the stream broke: the job has ended either way.
-                Ok(Err(_)) | Err(_) => break,
+#[derive(Debug, Args)]
+#[command(after_help = "Exit code: 0 if the job succeeded, 1 if it failed, 7 if it was cancelled \
+                        (and the usual error codes, e.g. 3 if there is no such job, 6 if the coordinator \
+                        stayed unreachable).\n\
+                        The watch starts from the latest point of each series (--history: from the first).\n\
+                        If the coordinator restarts or the stream breaks once the watch has begun, it \
+                        reconnects with backoff for up to --reconnect-for seconds (default 300, 5 minutes) \
+                        and carries on after the last metric and log line it printed: none is printed twice \
+                        and none is skipped, and the exit code still says how the job ended.\n\
+                        With --json every event is printed as one JSON line (NDJSON).")]
+pub struct WatchArgs {
+    /// The job to follow.
+    pub id: i64,
+    /// Replay the metrics and log lines stored so far first.
+    #[arg(long)]
+    pub history: bool,
+    /// Seconds to keep reconnecting after the coordinator went away or the stream broke (0: give up at once).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub reconnect_for: u64,
+}
+
+/// Where a watch is in the job's rows: what a reconnected stream resumes after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Resume {
+    /// Set once a stream has said where its rows begin (`WatchStart`), and moved on by each row shown.
+    metric_after_id: Option<i64>,
+    log_after_id: Option<i64>,
+    /// A stream has ended: from now on every row must come after the cursors
+    /// (only the first stream sends a snapshot of points before them).
+    resumed: bool,
+}
+
+impl Resume {
+    fn request(&self, id: i64, history: bool) -> WatchJobRequest {
+        WatchJobRequest { id, history, metric_after_id: self.metric_after_id, log_after_id: self.log_after_id }
+    }
+
+    /// Notes an event; false for a row already shown.
+    fn advance(&mut self, event: &Event) -> bool {
+        let (cursor, id) = match event {
+            Event::Start(start) => {
+                self.metric_after_id = Some(self.metric_after_id.unwrap_or(0).max(start.metric_after_id));
+                self.log_after_id = Some(self.log_after_id.unwrap_or(0).max(start.log_after_id));
+                return true;
             }
-        } else {
-            events.message().await?
+            Event::Metric(metric) => (&mut self.metric_after_id, metric.id),
+            Event::Log(line) => (&mut self.log_after_id, line.id),
+            Event::Job(_) => return true,
         };
-        let Some(message) = next else { break };
-        let Some(event) = message.event else { continue };
-        display.event(&event)?;
-        if let Event::Job(job) = event {
-            last_job = Some(job);
+        match *cursor {
+            // The first stream's snapshot of each series' newest point comes before its rows begin.
+            Some(after) if id <= after => !self.resumed,
+            _ => {
+                *cursor = Some(id);
+                true
+            }
         }
     }
-    let job = match last_job.filter(|job| wire::is_terminal(job.state)) {
+}
+
+/// How one stream ended.
+enum StreamEnd {
+    /// The job has ended and its last events are in.
+    JobEnded,
+    /// The stream broke (or the coordinator went away) before the job ended.
+    Broken(anyhow::Error),
+}
+
+/// Follows the job; the exit code says how it ended (0 succeeded, 1 failed, 7 cancelled).
+pub async fn run(opts: &GlobalOpts, args: &WatchArgs) -> anyhow::Result<u8> {
+    let id = args.id;
+    // The first connection must work: a wrong address is an error now, not after minutes of retries.
+    let mut client = client::connect(opts).await?;
+    let mut display: Box<dyn WatchDisplay> = if opts.json { Box::new(JsonLines { job_id: id }) } else { Box::new(Live::new(id)) };
+    let mut watch = Watch { id, resume: Resume::default(), last_job: None, shown: 0, reconnecting: false };
+    let reconnect_for = Duration::from_secs(args.reconnect_for);
+    let mut outage: Option<(Instant, Duration)> = None;
+    loop {
+        let end = match client.watch_job(watch.resume.request(id, args.history)).await {
+            Ok(events) => watch.follow(events.into_inner(), display.as_mut()).await?,
+            Err(status) => StreamEnd::Broken(status.into()),
+        };
+        watch.resume.resumed = true;
+        let err = match end {
+            StreamEnd::JobEnded => break,
+            StreamEnd::Broken(err) if retryable(&err) => err,
+            StreamEnd::Broken(err) => return Err(err),
+        };
+        let progressed = watch.take_progress();
+        let (since, backoff) = match outage {
+            // A stream that showed something before it broke starts a new outage.
+            Some((since, backoff)) if !progressed => (since, backoff),
+            _ => {
+                watch.reconnecting = true;
+                display.note(&format!(
+                    "camp: watch of job {id}: {}; reconnecting (for up to {})",
+                    exit::one_line_message(&err),
+                    duration_precise(reconnect_for)
+                ));
+                (Instant::now(), FIRST_BACKOFF)
+            }
+        };
+        if since.elapsed() + backoff > reconnect_for {
+            return Err(err.context(format!("the watch of job {id} gave up reconnecting after {}", duration_precise(since.elapsed()))));
+        }
+        tokio::time::sleep(backoff).await;
+        outage = Some((since, (backoff * 2).min(MAX_BACKOFF)));
+        if let Ok(again) = client::connect(opts).await {
+            client = again;
+        }
+    }
+    let job = match watch.last_job.filter(|job| wire::is_terminal(job.state)) {
         Some(job) => job,
         None => client.get_job(GetJobRequest { id }).await?.into_inner(),
     };
@@ -58,6 +151,82 @@ pub async fn run(opts: &GlobalOpts, id: i64) -> anyhow::Result<u8> {
     }
     display.finish(&job);
     Ok(exit_code_for_end(job.state))
+}
+
+/// What the watch has seen across its streams.
+struct Watch {
+    id: i64,
+    resume: Resume,
+    last_job: Option<v1::Job>,
+    /// Events shown since the last `take_progress`.
+    shown: u64,
+    /// A reconnect was announced and has not been seen to work yet.
+    reconnecting: bool,
+}
+
+impl Watch {
+    /// Whether any event was shown since the last call.
+    fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.shown) > 0
+    }
+
+    /// Shows one stream's events until the job has ended or the stream breaks.
+    async fn follow(&mut self, mut events: tonic::Streaming<v1::JobEvent>, display: &mut dyn WatchDisplay) -> anyhow::Result<StreamEnd> {
+        loop {
+            let ended = self.last_job.as_ref().is_some_and(|job| wire::is_terminal(job.state));
+            let next = if ended {
+                match tokio::time::timeout(DRAIN_AFTER_END, events.message()).await {
+                    Ok(Ok(next)) => next,
+                    // Quiet, or the stream broke: the job has ended either way.
+                    Ok(Err(_)) | Err(_) => return Ok(StreamEnd::JobEnded),
+                }
+            } else {
+                match events.message().await {
+                    Ok(next) => next,
+                    Err(status) => return Ok(StreamEnd::Broken(status.into())),
+                }
+            };
+            let Some(message) = next else {
+                return Ok(if ended {
+                    StreamEnd::JobEnded
+                } else {
+                    StreamEnd::Broken(tonic::Status::unavailable("the coordinator ended the stream before the job ended").into())
+                });
+            };
+            let Some(event) = message.event else { continue };
+            if std::mem::take(&mut self.reconnecting) {
+                display.note(&format!("camp: watch of job {}: reconnected", self.id));
+            }
+            if !self.resume.advance(&event) {
+                continue;
+            }
+            match &event {
+                Event::Start(_) => continue,
+                // A reconnected stream starts with the job again: shown only if it changed.
+                Event::Job(job) if self.last_job.as_ref() == Some(job) => continue,
+                _ => {}
+            }
+            display.event(&event)?;
+            self.shown += 1;
+            if let Event::Job(job) = event {
+                self.last_job = Some(job);
+            }
+        }
+    }
+}
+
+/// Whether a watch that broke this way should reconnect: the coordinator went
+/// away or restarted, or the connection broke; not when it refused the watch.
+fn retryable(err: &anyhow::Error) -> bool {
+    if client::is_transient(err) {
+        return true;
+    }
+    err.chain().filter_map(|cause| cause.downcast_ref::<tonic::Status>()).any(|status| {
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted | Code::DeadlineExceeded
+        )
+    })
 }
 
 /// 0 succeeded, 1 failed, 7 cancelled.
@@ -72,6 +241,10 @@ fn exit_code_for_end(state: i32) -> u8 {
 trait WatchDisplay {
     fn event(&mut self, event: &Event) -> anyhow::Result<()>;
     fn finish(&mut self, job: &v1::Job);
+    /// A line about the watch itself (reconnecting), for people: on stderr.
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
 }
 
 /// `--json`: one JSON object per event, `{"event": "job"|"metric"|"log", <kind>: {...}}`.
@@ -86,6 +259,9 @@ fn event_json(job_id: i64, event: &Event) -> serde_json::Value {
             json!({ "event": "metric", "metric": wire::metric(job_id, metric) })
         }
         Event::Log(line) => json!({ "event": "log", "log": wire::log_line(job_id, line) }),
+        Event::Start(start) => {
+            json!({ "event": "start", "start": { "metric_after_id": start.metric_after_id, "log_after_id": start.log_after_id } })
+        }
     }
 }
 
@@ -362,11 +538,15 @@ impl WatchDisplay for Live {
         match event {
             Event::Job(job) => self.on_job(job),
             Event::Metric(metric) => self.on_metric(metric),
-            // Log lines are for `camp logs` and `--json`.
-            Event::Log(_) => {}
+            // Log lines are for `camp logs` and `--json`; where rows begin is the watch's own business.
+            Event::Log(_) | Event::Start(_) => {}
         }
         self.refresh();
         Ok(())
+    }
+
+    fn note(&mut self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
     }
 
     fn finish(&mut self, job: &v1::Job) {
@@ -398,6 +578,47 @@ mod tests {
         assert_eq!(exit_code_for_end(v1::JobState::Succeeded as i32), 0);
         assert_eq!(exit_code_for_end(v1::JobState::Failed as i32), 1);
         assert_eq!(exit_code_for_end(v1::JobState::Cancelled as i32), 7);
+    }
+
+    fn metric_event(id: i64) -> Event {
+        Event::Metric(v1::Metric { id, name: "loss".into(), ..Default::default() })
+    }
+
+    fn log_event(id: i64) -> Event {
+        Event::Log(v1::LogLine { id, ..Default::default() })
+    }
+
+    #[test]
+    fn a_resumed_watch_asks_for_the_rows_after_the_last_it_showed_and_skips_repeats() {
+        let mut resume = Resume::default();
+        assert_eq!(
+            resume.request(4, false),
+            WatchJobRequest { id: 4, ..Default::default() },
+            "the first stream starts at the latest point"
+        );
+        assert!(resume.advance(&Event::Start(v1::WatchStart { metric_after_id: 100, log_after_id: 7 })));
+        assert!(resume.advance(&metric_event(90)), "the first stream's snapshot of a series' newest point");
+        assert!(resume.advance(&metric_event(101)) && resume.advance(&metric_event(102)) && resume.advance(&log_event(8)));
+        resume.resumed = true;
+        let again = resume.request(4, false);
+        assert_eq!((again.metric_after_id, again.log_after_id), (Some(102), Some(8)));
+        assert!(resume.advance(&Event::Start(v1::WatchStart { metric_after_id: 102, log_after_id: 8 })));
+        assert!(!resume.advance(&metric_event(102)) && !resume.advance(&metric_event(90)), "nothing is shown twice");
+        assert!(!resume.advance(&log_event(8)));
+        assert!(resume.advance(&metric_event(103)));
+        assert_eq!(resume.metric_after_id, Some(103));
+        let history = Resume::default().request(4, true);
+        assert!(history.history && history.metric_after_id.is_none());
+    }
+
+    #[test]
+    fn a_broken_stream_or_a_gone_coordinator_is_retried_and_a_refusal_is_not() {
+        for code in [Code::Unavailable, Code::Unknown, Code::Internal, Code::Cancelled] {
+            assert!(retryable(&anyhow::Error::new(tonic::Status::new(code, "gone"))), "{code:?}");
+        }
+        for code in [Code::NotFound, Code::PermissionDenied, Code::Unauthenticated, Code::InvalidArgument] {
+            assert!(!retryable(&anyhow::Error::new(tonic::Status::new(code, "no"))), "{code:?}");
+        }
     }
 
     #[test]

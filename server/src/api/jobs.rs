@@ -23,7 +23,7 @@ use crate::auth::{Access, User};
 use crate::error::{ApiError, ApiResult};
 use crate::net::ConnInfo;
 use crate::queue;
-use crate::store::{Change, ClaimPolicy, Job, JobFilter, NewJob, NewNode, NewPipeline, Store, StoreError};
+use crate::store::{Change, ClaimPolicy, Job, JobFilter, MetricFilter, NewJob, NewNode, NewPipeline, Store, StoreError};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Watchers re-read the job at least this often, in case a notification was lost.
@@ -191,16 +191,35 @@ impl JobService for JobApi {
 
     async fn watch_job(&self, req: Request<v1::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
         let user = User::of(&req)?;
-        let v1::WatchJobRequest { id, history } = req.into_inner();
+        let r = req.into_inner();
+        let id = r.id;
+        for (field, after) in [("metric_after_id", r.metric_after_id), ("log_after_id", r.log_after_id)] {
+            if after.is_some_and(|a| a < 0) {
+                return Err(ApiError::invalid(field, "a row id is not negative").into());
+            }
+        }
         let store = self.store.clone();
         let mut changes = store.subscribe();
         let mut last = self.readable_job(&user, id).await?;
-        let (mut metric_cursor, mut log_cursor) = (0i64, 0i64);
-        if !history {
-            (metric_cursor, log_cursor) = store.last_row_ids(id).await?;
-        }
+        // Where the rows begin: after the client's last rows (a resumed watch),
+        // from the first (history), or after the newest stored now, with a
+        // snapshot of each series' newest point so that the view starts full.
+        let (newest_metric, newest_log) = if r.history { (0, 0) } else { store.last_row_ids(id).await? };
+        let mut metric_cursor = r.metric_after_id.unwrap_or(newest_metric);
+        let mut log_cursor = r.log_after_id.unwrap_or(newest_log);
+        let snapshot = if r.metric_after_id.is_none() && !r.history {
+            let newest = store.last_metrics_page(&MetricFilter::job(id), 1, 0, MAX_METRICS_PAGE).await?;
+            newest.into_iter().filter(|m| m.id <= metric_cursor).collect()
+        } else {
+            Vec::new()
+        };
         let stream = async_stream::try_stream! {
             yield v1::JobEvent { event: Some(job_event::Event::Job(job_to_proto(&last))) };
+            let start = v1::WatchStart { metric_after_id: metric_cursor, log_after_id: log_cursor };
+            yield v1::JobEvent { event: Some(job_event::Event::Start(start)) };
+            for m in snapshot {
+                yield v1::JobEvent { event: Some(job_event::Event::Metric(metric_to_proto(m))) };
+            }
             loop {
                 loop {
                     let page = store.metrics(id, None, None, metric_cursor, WATCH_PAGE).await?;
@@ -251,9 +270,21 @@ impl JobService for JobApi {
         self.readable_job(&user, r.job_id).await?;
         validate::text("name", &r.name, limits::MAX_METRIC_NAME_BYTES)?;
         let limit = validate::page("limit", r.limit, MAX_METRICS_PAGE, MAX_METRICS_PAGE)?;
-        let name = (!r.name.is_empty()).then_some(r.name.as_str());
-        let attempt = (r.attempt != 0).then_some(r.attempt);
-        let rows = self.store.metrics(r.job_id, name, attempt, r.after_id, limit).await?;
+        let last = validate::page("last", r.last, 0, MAX_METRICS_PAGE)?;
+        if r.since_step < 0 {
+            return Err(ApiError::invalid("since_step", format!("a step is not negative, got {}", r.since_step)).into());
+        }
+        let filter = MetricFilter {
+            job_id: r.job_id,
+            name: (!r.name.is_empty()).then_some(r.name),
+            attempt: (r.attempt != 0).then_some(r.attempt),
+            since_step: (r.since_step > 0).then_some(r.since_step),
+        };
+        let rows = if last > 0 {
+            self.store.last_metrics_page(&filter, last, r.after_id, limit).await?
+        } else {
+            self.store.metric_page(&filter, r.after_id, limit).await?
+        };
         let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
         let metrics = rows.into_iter().map(metric_to_proto).collect();
         Ok(Response::new(v1::QueryMetricsResponse { metrics, next_after_id: next_cursor(&ids, limit, false) }))

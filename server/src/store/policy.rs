@@ -233,9 +233,41 @@ pub(crate) fn retention_victims(checkpoints: &[(i64, Option<f64>)], retention: R
     newest_first.into_iter().skip(keep_latest).filter(|&id| Some(id) != best).collect()
 }
 
+/// Which points of a step-level series of `n` points (ranked 0..n by step,
+/// then row id) downsampling to at most `points` keeps: all of them if there
+/// are no more than `points`; else the first, the last, and evenly spaced
+/// ranks between: rank `r` stays when `r * (points - 1) / (n - 1)` (integer
+/// division) differs from that of `r - 1`, which picks `points` ranks. Both
+/// backends run this rule as SQL (`DOWNSAMPLE_VICTIMS` in each); the store
+/// suite holds them to this function.
+pub(crate) fn downsample_keeps(n: u64, points: u32) -> Vec<u64> {
+    let m = u64::from(points.max(2));
+    if n <= m {
+        return (0..n).collect();
+    }
+    let bucket = |r: u64| r * (m - 1) / (n - 1);
+    (0..n).filter(|&r| r == 0 || bucket(r) != bucket(r - 1)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downsampling_keeps_the_first_the_last_and_evenly_spaced_points() {
+        assert_eq!(downsample_keeps(5, 10), vec![0, 1, 2, 3, 4], "a short series stays whole");
+        assert_eq!(downsample_keeps(10, 2), vec![0, 9]);
+        assert_eq!(downsample_keeps(10, 1), vec![0, 9], "at least the first and the last");
+        assert_eq!(downsample_keeps(11, 3), vec![0, 5, 10]);
+        for (n, m) in [(1_000_u64, 7_u32), (2_000_000, 2_000), (2_001, 2_000), (99, 98)] {
+            let kept = downsample_keeps(n, m);
+            assert_eq!(kept.len(), m as usize, "{n} points to {m}");
+            assert_eq!((kept[0], *kept.last().unwrap()), (0, n - 1));
+            let gaps: Vec<u64> = kept.windows(2).map(|w| w[1] - w[0]).collect();
+            let (lo, hi) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+            assert!(hi - lo <= 1, "evenly spaced: gaps {lo}..{hi} ({n} to {m})");
+        }
+    }
 
     fn lease(losses: u32, cancel: bool) -> ExpiredLease {
         ExpiredLease { attempt: losses + 1, max_attempts: 3, lease_losses: losses, cancel_requested: cancel, worker: Some("w1".into()) }

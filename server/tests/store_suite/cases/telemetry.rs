@@ -106,3 +106,124 @@ pub async fn without_a_checkpoint_a_new_attempt_drops_earlier_metrics_except_tho
     // Current behaviour: "past the checkpoint" is step > 0 when there is none, so step 0 stays.
     assert_eq!(metric_rows(s, job).await, vec![(1, "loss".to_string(), 0)]);
 }
+
+/// Points of `name` at each of `steps`, in epoch `epoch`.
+fn series(name: &str, steps: impl IntoIterator<Item = i64>, epoch: u32) -> Vec<MetricPoint> {
+    steps.into_iter().map(|step| MetricPoint { name: name.into(), value: step as f64, step, epoch }).collect()
+}
+
+fn steps_of(page: &[StoredMetric]) -> Vec<(String, i64)> {
+    page.iter().map(|m| (m.point.name.clone(), m.point.step)).collect()
+}
+
+pub async fn the_newest_points_of_each_series_and_the_points_since_a_step_are_read_in_pages(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "long", 0).await;
+    let at = lease_of(&claim(s, w).await.unwrap(), w);
+    assert!(s.metric_series(job).await.unwrap().is_empty());
+    assert_eq!(s.series_tail_start(&MetricFilter { name: Some("loss".into()), ..MetricFilter::job(job) }, 3).await.unwrap(), None);
+    // Interleaved as a run reports them: loss and lr every step, test_top1 every 10th step, one early-only series.
+    let mut points = series("warmup", [1, 2], 1);
+    for step in 1..=30 {
+        points.extend(series("loss", [step], 1));
+        points.extend(series("lr", [step], 1));
+        if step % 10 == 0 {
+            points.extend(series("test_top1", [step], step as u32 / 10));
+        }
+    }
+    assert!(s.report(batch(at, 1, points, &[])).await.unwrap());
+
+    assert_eq!(s.metric_series(job).await.unwrap(), ["loss", "lr", "test_top1", "warmup"], "every series, in byte order");
+    let loss = MetricFilter { name: Some("loss".into()), ..MetricFilter::job(job) };
+    let start = s.series_tail_start(&loss, 3).await.unwrap().expect("loss has points");
+    let tail = s.metric_page(&loss, start - 1, 100).await.unwrap();
+    assert_eq!(steps_of(&tail), [("loss".into(), 28), ("loss".into(), 29), ("loss".into(), 30)]);
+
+    // The newest 2 of each series, in stored order, a page of 3 at a time.
+    let all = MetricFilter::job(job);
+    let mut newest = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.last_metrics_page(&all, 2, after, 3).await.unwrap();
+        assert!(page.len() <= 3 && page.windows(2).all(|p| p[0].id < p[1].id));
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        newest.extend(page);
+    }
+    let mut expected: Vec<(String, i64)> =
+        [("warmup", 1), ("warmup", 2), ("test_top1", 20), ("loss", 29), ("lr", 29), ("loss", 30), ("lr", 30), ("test_top1", 30)]
+            .iter()
+            .map(|(n, st)| (n.to_string(), *st))
+            .collect();
+    assert_eq!(steps_of(&newest), expected, "the newest 2 of each series (warmup's only 2), in stored order");
+    let newest_lr = s.last_metrics_page(&MetricFilter { name: Some("lr".into()), ..all.clone() }, 1, 0, 100).await.unwrap();
+    assert_eq!(steps_of(&newest_lr), [("lr".into(), 30)]);
+
+    // Since a step: every series from that step on, paged like any read.
+    let since = MetricFilter { since_step: Some(29), ..all.clone() };
+    let first = s.metric_page(&since, 0, 4).await.unwrap();
+    let rest = s.metric_page(&since, first[3].id, 100).await.unwrap();
+    expected = [("loss", 29), ("lr", 29), ("loss", 30), ("lr", 30), ("test_top1", 30)].iter().map(|(n, st)| (n.to_string(), *st)).collect();
+    assert_eq!(steps_of(&[first, rest].concat()), expected);
+    let newest_since = s.last_metrics_page(&MetricFilter { since_step: Some(25), ..all.clone() }, 1, 0, 100).await.unwrap();
+    assert_eq!(steps_of(&newest_since), [("loss".into(), 30), ("lr".into(), 30), ("test_top1".into(), 30)], "warmup has nothing since 25");
+    let other_attempt = MetricFilter { attempt: Some(2), ..all };
+    assert!(s.last_metrics_page(&other_attempt, 5, 0, 100).await.unwrap().is_empty());
+}
+
+pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_metrics_kept(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let job = submit_as(s, "ada", "thinned", 0).await;
+    let short = submit_as(s, "ada", "short", 0).await;
+    let at = lease_of(&claim(s, w).await.unwrap(), w);
+    let mut points = Vec::new();
+    for step in 1..=101 {
+        points.extend(series("loss", [step], 1 + (step as u32 - 1) / 50));
+        points.extend(series("images_per_s", [step], 1 + (step as u32 - 1) / 50));
+        if step % 50 == 0 || step == 101 {
+            points.extend(series("test_top1", [step], step as u32 / 50));
+            points.extend(series("lr", [step], step as u32 / 50));
+        }
+    }
+    points.extend(series("someone_elses", 1..=40, 1));
+    assert!(s.report(batch(at, 1, points, &[])).await.unwrap());
+    let before = s.metrics(job, None, None, 0, 10_000).await.unwrap();
+    let step_series = MetricRetention::step_series();
+    assert_eq!(step_series, ["loss", "top1", "lr", "images_per_s"], "the contract's step-level names");
+
+    assert!(s.jobs_to_downsample(10).await.unwrap().is_empty(), "nothing has ended");
+    assert_err!(s.downsample_metrics(job, &step_series, 10).await, StoreError::FailedPrecondition(_), "a running job keeps every point");
+    assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), before.len());
+
+    finish(s, at, Outcome::Succeeded, "").await;
+    let at_short = lease_of(&claim(s, w).await.unwrap(), w);
+    assert!(s.report(batch(at_short, 1, series("loss", 1..=5, 1), &[])).await.unwrap());
+    finish(s, at_short, Outcome::Failed, "boom").await;
+    assert_eq!(s.jobs_to_downsample(10).await.unwrap(), [job, short], "ended, oldest first");
+    assert_eq!(s.jobs_to_downsample(1).await.unwrap(), [job]);
+
+    let removed = s.downsample_metrics(job, &step_series, 10).await.unwrap();
+    let after = s.metrics(job, None, None, 0, 10_000).await.unwrap();
+    assert_eq!(removed as usize, before.len() - after.len());
+    let kept: Vec<i64> = MetricRetention::kept_ranks(101, 10).iter().map(|&r| r as i64 + 1).collect();
+    assert_eq!(kept.len(), 10);
+    assert_eq!((kept[0], kept[9]), (1, 101), "the first and the last step stay");
+    let steps = |name: &str| after.iter().filter(|m| m.point.name == name).map(|m| m.point.step).collect::<Vec<_>>();
+    assert_eq!(steps("loss"), kept, "evenly spaced steps, as the policy says");
+    assert_eq!(steps("images_per_s"), kept);
+    assert_eq!(steps("lr"), [50, 100, 101], "a series no longer than the bound stays whole");
+    assert_eq!(steps("test_top1"), [50, 100, 101], "epoch-level metrics are never thinned");
+    assert_eq!(steps("someone_elses"), (1..=40).collect::<Vec<_>>(), "names camp does not report are kept");
+    let survivors: Vec<(i64, f64)> = after.iter().filter(|m| m.point.name == "loss").map(|m| (m.point.step, m.point.value)).collect();
+    assert!(survivors.iter().all(|&(step, value)| value == step as f64), "survivors are the points as stored");
+
+    assert_eq!(s.jobs_to_downsample(10).await.unwrap(), [short], "a job is looked at once");
+    assert_eq!(camp_server::metric_retention::pass(s, &step_series, 2).await.unwrap(), 1);
+    let short_loss: Vec<i64> = s.metrics(short, Some("loss"), None, 0, 100).await.unwrap().iter().map(|m| m.point.step).collect();
+    assert_eq!(short_loss, [1, 5], "thinned to 2: the first and the last");
+    assert!(s.jobs_to_downsample(10).await.unwrap().is_empty());
+    assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), after.len(), "the first job is not thinned again");
+    assert_err!(s.downsample_metrics(job + 1000, &step_series, 10).await, StoreError::NotFound(_));
+}
