@@ -12,9 +12,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod batcher;
 pub mod dispatch;
 pub mod error;
-pub mod heartbeats;
 pub mod metric_retention;
 pub mod net;
 pub mod ops;

@@ -12,16 +12,22 @@ use camp_proto::v1::worker_service_server::WorkerService;
 use futures::StreamExt;
 use metrics::counter;
 use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
 
 use super::transfer::{ChunkStream, Transfers};
 use super::{checkpoint_to_proto, job_to_proto, requested_checkpoint, validate};
 use crate::auth::{new_session, token_sha256, SessionCache, WorkerCaller};
+use crate::batcher::Batcher;
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
-use crate::heartbeats::Heartbeats;
 use crate::net::ConnInfo;
 use crate::ops::metrics as names;
-use crate::store::{AttemptRef, LeaseRef, Outcome, ReportBatch, Retention, Store};
+use crate::store::{AttemptRef, Finish, HeartbeatReply, LeaseRef, Outcome, ReportBatch, Retention, Store};
+
+/// Heartbeats within this long of each other are written together (`batcher`).
+const HEARTBEAT_WINDOW: Duration = Duration::from_millis(50);
+/// Calls written in one batch at most.
+const MAX_BATCH: usize = 1024;
 
 /// The longest a claim may wait before answering "nothing yet".
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -32,7 +38,8 @@ pub struct WorkerApi {
     retention: Retention,
     dispatcher: Arc<Dispatcher>,
     sessions: Arc<SessionCache>,
-    heartbeats: Heartbeats,
+    heartbeats: Batcher<(Uuid, Vec<AttemptRef>), HeartbeatReply>,
+    finishes: Batcher<Finish, ()>,
     transfers: Arc<Transfers>,
 }
 
@@ -45,8 +52,23 @@ impl WorkerApi {
         sessions: Arc<SessionCache>,
         transfers: Arc<Transfers>,
     ) -> Self {
-        let heartbeats = Heartbeats::start(store.clone(), lease);
-        WorkerApi { store, lease, retention, dispatcher, sessions, heartbeats, transfers }
+        let s = store.clone();
+        let heartbeats = Batcher::start(HEARTBEAT_WINDOW, MAX_BATCH, move |beats: Vec<(Uuid, Vec<AttemptRef>)>| {
+            let s = s.clone();
+            async move {
+                counter!(names::HEARTBEAT_BATCHES).increment(1);
+                s.heartbeat_batch(&beats, lease).await
+            }
+        });
+        let s = store.clone();
+        let finishes = Batcher::start(Duration::ZERO, MAX_BATCH, move |finishes: Vec<Finish>| {
+            let s = s.clone();
+            async move {
+                counter!(names::FINISH_BATCHES).increment(1);
+                s.finish_batch(&finishes).await
+            }
+        });
+        WorkerApi { store, lease, retention, dispatcher, sessions, heartbeats, finishes, transfers }
     }
 }
 
@@ -105,7 +127,7 @@ impl WorkerService for WorkerApi {
         let r = req.into_inner();
         validate::count("jobs", r.jobs.len(), MAX_HEARTBEAT_JOBS)?;
         let running: Vec<AttemptRef> = r.jobs.iter().map(|j| AttemptRef { job_id: j.job_id, attempt: j.attempt }).collect();
-        let reply = self.heartbeats.beat(worker, running).await?;
+        let reply = self.heartbeats.call((worker, running)).await?;
         Ok(Response::new(v1::HeartbeatResponse { cancel: reply.cancel, lost: reply.lost }))
     }
 
@@ -175,7 +197,7 @@ impl WorkerService for WorkerApi {
         let r = req.into_inner();
         let (outcome, result) = validate::finish(&r)?;
         let at = LeaseRef { worker, job_id: r.job_id, attempt: r.attempt };
-        self.store.finish(at, outcome, &r.message, result).await?;
+        self.finishes.call(Finish { at, outcome, message: r.message.clone(), result: result.cloned() }).await?;
         self.dispatcher.slot_freed();
         counter!(names::FINISHED, "outcome" => outcome_label(outcome)).increment(1);
         tracing::info!(job = r.job_id, attempt = r.attempt, outcome = ?outcome, "finished");

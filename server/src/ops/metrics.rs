@@ -37,6 +37,8 @@ pub const EMPTY_CLAIMS: &str = "camp_claims_empty_total";
 pub const CLAIM_QUERIES: &str = "camp_claim_queries_total";
 /// Heartbeat batches written (each renews the leases of every heartbeat that came within its window).
 pub const HEARTBEAT_BATCHES: &str = "camp_heartbeat_batches_total";
+/// Finish batches written (each ends every attempt whose `Finish` came while the previous batch was written).
+pub const FINISH_BATCHES: &str = "camp_finish_batches_total";
 /// Attempts ended by a worker's `Finish`, by `outcome` (succeeded, failed, cancelled, released).
 pub const FINISHED: &str = "camp_attempts_finished_total";
 /// Leases that expired (the reaper found the worker silent), whatever became of the job.
@@ -76,6 +78,7 @@ fn describe() {
     describe_counter!(EMPTY_CLAIMS, "Claim calls that ended with nothing to run");
     describe_counter!(CLAIM_QUERIES, "Store queries the claim dispatcher ran, each for up to a batch of waiting workers");
     describe_counter!(HEARTBEAT_BATCHES, "Heartbeat batches written, each for every heartbeat within its window");
+    describe_counter!(FINISH_BATCHES, "Finish batches written, each for every Finish that came while the previous one was written");
     describe_counter!(FINISHED, "Attempts ended by the worker's Finish, by outcome");
     describe_counter!(LEASE_EXPIRIES, "Leases that expired because their worker went silent");
     describe_counter!(REQUEUES, "Jobs put back in the queue after their lease expired");

@@ -107,6 +107,15 @@ pub enum Outcome {
     Retry,
 }
 
+/// One worker's `Finish`: how its attempt ended, as `LeaseStore::finish` takes it.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub at: LeaseRef,
+    pub outcome: Outcome,
+    pub message: String,
+    pub result: Option<JobResult>,
+}
+
 /// A registration that named the worker's earlier id (`reregister_worker`).
 #[derive(Debug, Clone)]
 pub struct Rejoined {
@@ -192,6 +201,15 @@ pub trait LeaseStore {
         Ok(replies)
     }
     async fn finish(&self, at: LeaseRef, outcome: Outcome, message: &str, result: Option<&JobResult>) -> StoreResult<()>;
+    /// Several finishes at once, each answered as `finish` would answer it
+    /// (one job finished twice: the second is stale).
+    async fn finish_batch(&self, finishes: &[Finish]) -> StoreResult<Vec<StoreResult<()>>> {
+        let mut answers = Vec::with_capacity(finishes.len());
+        for f in finishes {
+            answers.push(self.finish(f.at, f.outcome, &f.message, f.result.as_ref()).await);
+        }
+        Ok(answers)
+    }
     /// Gives each running job whose lease expired `policy::reap`'s verdict (back to the
     /// queue, failed after `max_attempts` lost leases, or cancelled if asked) and cascades
     /// a failure or cancel to the jobs waiting on it; drops uploads that were abandoned and

@@ -185,15 +185,34 @@ pub(crate) fn lost_attempt(lease: &ExpiredLease, loss: Loss<'_>) -> (JobState, S
 /// (`lost_attempt`); `Released` goes back to the queue uncounted; the others
 /// are final, with the worker's message.
 pub(crate) fn finished(outcome: Outcome, message: &str, lease: &ExpiredLease) -> (JobState, String, bool) {
-    match outcome {
-        Outcome::Succeeded => (JobState::Succeeded, message.to_string(), false),
-        Outcome::Failed => (JobState::Failed, message.to_string(), false),
-        Outcome::Cancelled => (JobState::Cancelled, message.to_string(), false),
-        Outcome::Released => (JobState::Queued, message.to_string(), false),
-        Outcome::Retry => {
+    match ending_state(outcome) {
+        Some(state) => (state, message.to_string(), false),
+        None => {
             let (state, message) = lost_attempt(lease, Loss::OutsideTheJob(message));
             (state, excerpt_message(message), true)
         }
+    }
+}
+
+/// The state an ending gives its job whatever the job's facts; None for a
+/// retry, a lost attempt (`lost_attempt` decides).
+fn ending_state(outcome: Outcome) -> Option<JobState> {
+    match outcome {
+        Outcome::Succeeded => Some(JobState::Succeeded),
+        Outcome::Failed => Some(JobState::Failed),
+        Outcome::Cancelled => Some(JobState::Cancelled),
+        Outcome::Released => Some(JobState::Queued),
+        Outcome::Retry => None,
+    }
+}
+
+/// The state an ending gives its job when it needs neither the job's facts
+/// nor a cascade to its children: a success, a release (back to the queue,
+/// uncounted). Such endings can be written many at once (`finish_batch`).
+pub(crate) fn plain_ending(outcome: Outcome) -> Option<JobState> {
+    match outcome {
+        Outcome::Succeeded | Outcome::Released => ending_state(outcome),
+        Outcome::Failed | Outcome::Cancelled | Outcome::Retry => None,
     }
 }
 

@@ -57,6 +57,7 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_released_job_is_queued_again_without_counting_as_a_lost_attempt);
         $callback!($($arg,)* heartbeats_renew_leases_pass_on_cancel_requests_and_name_the_jobs_a_worker_lost);
         $callback!($($arg,)* a_heartbeat_batch_answers_each_worker_as_its_own_heartbeat_would);
+        $callback!($($arg,)* a_finish_batch_ends_each_attempt_as_its_own_finish_would);
         $callback!($($arg,)* writes_from_another_worker_or_an_older_attempt_are_stale_and_write_nothing);
         $callback!($($arg,)* a_finished_attempt_takes_no_more_writes);
         $callback!($($arg,)* a_retry_requeues_the_job_as_a_lost_attempt_until_max_attempts_then_fails_and_cancels_its_children);

@@ -62,18 +62,19 @@ claimed AS ( \
 touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) RETURNING id) \
 SELECT c.id, c.worker FROM claimed c CROSS JOIN LATERAL (SELECT pg_notify('camp', c.id::text)) announced";
 
-/// Counts a succeeded parent down in each of its waiting children; true if
+/// Counts succeeded parents down in each of their waiting children; true if
 /// one of them now waits for nothing. A statement of its own, after the
-/// parent's update: it sees every child committed before it (a child being
-/// submitted holds the parent's row until it commits; `insert_job`).
-async fn parent_succeeded(tx: &mut Transaction<'_, Postgres>, parent: i64) -> StoreResult<bool> {
+/// parents' update: it sees every child committed before it (a child being
+/// submitted holds its parents' rows until it commits; `insert_job`).
+async fn parents_succeeded(tx: &mut Transaction<'_, Postgres>, parents: &[i64]) -> StoreResult<bool> {
     let (ready,): (i64,) = sqlx::query_as(
-        "WITH counted AS (UPDATE jobs c SET parents_pending = c.parents_pending - 1 FROM job_dependencies d \
-           WHERE d.parent_id = $1 AND c.id = d.child_id AND c.state = 'queued' AND c.parents_pending > 0 \
+        "WITH done AS (SELECT d.child_id, count(*) AS n FROM job_dependencies d WHERE d.parent_id = ANY($1) GROUP BY d.child_id), \
+         counted AS (UPDATE jobs c SET parents_pending = greatest(c.parents_pending - done.n, 0) FROM done \
+           WHERE c.id = done.child_id AND c.state = 'queued' AND c.parents_pending > 0 \
            RETURNING c.parents_pending) \
          SELECT count(*) FROM counted WHERE parents_pending = 0",
     )
-    .bind(parent)
+    .bind(parents)
     .fetch_one(&mut **tx)
     .await?;
     Ok(ready > 0)
@@ -394,7 +395,7 @@ impl LeaseStore for PgStore {
                 // Released work, and children that waited only for this parent, are claimable now.
                 JobState::Queued => notify(&mut tx, Change::Queue).await?,
                 JobState::Succeeded => {
-                    if parent_succeeded(&mut tx, at.job_id).await? {
+                    if parents_succeeded(&mut tx, &[at.job_id]).await? {
                         notify(&mut tx, Change::Queue).await?;
                     }
                 }
@@ -405,6 +406,75 @@ impl LeaseStore for PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The common endings (succeeded, released) of a whole batch in one
+    /// transaction: one fenced update for all, one count-down of their
+    /// children; the rest (failures, cancels, retries: they cascade or need
+    /// the job's facts) one by one through `finish`.
+    async fn finish_batch(&self, finishes: &[Finish]) -> StoreResult<Vec<StoreResult<()>>> {
+        let mut answers: Vec<Option<StoreResult<()>>> = vec![None; finishes.len()];
+        let plain: Vec<usize> = (0..finishes.len()).filter(|&i| policy::plain_ending(finishes[i].outcome).is_some()).collect();
+        if !plain.is_empty() {
+            let field = |f: fn(&Finish) -> i64| plain.iter().map(|&i| f(&finishes[i])).collect::<Vec<i64>>();
+            let ids = field(|f| f.at.job_id);
+            let attempts: Vec<i32> = plain.iter().map(|&i| finishes[i].at.attempt as i32).collect();
+            let workers: Vec<Uuid> = plain.iter().map(|&i| finishes[i].at.worker).collect();
+            let states: Vec<&str> = plain.iter().map(|&i| policy::plain_ending(finishes[i].outcome).expect("filtered").as_str()).collect();
+            let messages: Vec<&str> = plain.iter().map(|&i| finishes[i].message.as_str()).collect();
+            let results: Vec<Option<String>> = plain
+                .iter()
+                .map(|&i| finishes[i].result.as_ref().map(|r| serde_json::to_string(r).expect("a JobResult always serialises")))
+                .collect();
+            let mut tx = self.pool.begin().await?;
+            // A job named twice is written once (the first): the second is stale, as it would be after it.
+            let done: Vec<(i64, String)> = sqlx::query_as(
+                "WITH r AS (SELECT DISTINCT ON (id) * FROM unnest($1::bigint[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[]) \
+                   WITH ORDINALITY AS r(id, attempt, worker, state, message, result, n) ORDER BY id, n), \
+                 done AS (UPDATE jobs j SET state = r.state, message = r.message, result = COALESCE(r.result::jsonb, j.result), \
+                   lease_worker = NULL, lease_expires_at = NULL, finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END \
+                   FROM r WHERE j.id = r.id AND j.attempt = r.attempt AND j.lease_worker = r.worker AND j.state = 'running' \
+                   RETURNING j.id, j.state) \
+                 SELECT d.id, d.state FROM done d CROSS JOIN LATERAL (SELECT pg_notify('camp', d.id::text)) announced",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&workers)
+            .bind(&states)
+            .bind(&messages)
+            .bind(&results)
+            .fetch_all(&mut *tx)
+            .await?;
+            let succeeded: Vec<i64> = done.iter().filter(|(_, s)| s == "succeeded").map(|(id, _)| *id).collect();
+            let mut claimable = done.iter().any(|(_, s)| s == "queued");
+            if !succeeded.is_empty() {
+                claimable |= parents_succeeded(&mut tx, &succeeded).await?;
+            }
+            if claimable {
+                notify(&mut tx, Change::Queue).await?;
+            }
+            tx.commit().await?;
+            let mut written: std::collections::HashSet<i64> = done.into_iter().map(|(id, _)| id).collect();
+            for &i in &plain {
+                let at = finishes[i].at;
+                answers[i] = Some(if written.remove(&at.job_id) {
+                    Ok(())
+                } else {
+                    // Not this attempt's lease (any more): say why, as `finish` would.
+                    let mut tx = self.pool.begin().await?;
+                    let why =
+                        fence(&mut tx, at, false).await.and(Err(StoreError::Stale(format!("job {} was finished already", at.job_id))));
+                    tx.rollback().await?;
+                    why
+                });
+            }
+        }
+        for (i, f) in finishes.iter().enumerate() {
+            if answers[i].is_none() {
+                answers[i] = Some(self.finish(f.at, f.outcome, &f.message, f.result.as_ref()).await);
+            }
+        }
+        Ok(answers.into_iter().map(|a| a.expect("every finish answered")).collect())
     }
 
     async fn reap_expired_leases(&self) -> StoreResult<Vec<Reaped>> {

@@ -315,3 +315,55 @@ pub async fn a_restarted_worker_keeps_its_row_and_its_lost_attempts_are_requeued
     let r = s.reregister_worker(open, new_worker("open", "cpu", &[]), &sha256_hex(b"o2"), None).await.unwrap();
     assert_eq!((r.id, r.reused), (open, true));
 }
+
+pub async fn a_finish_batch_ends_each_attempt_as_its_own_finish_would(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let w = cpu_worker(s, "w").await;
+    let exp = s.submit_pipeline(chain("ada", "pair", &[("parent", &[]), ("child", &[])])).await.unwrap();
+    let (parent, lone) = (id_of(&exp, "parent"), id_of(&exp, "child"));
+    let tree = s.submit_pipeline(chain("ada", "tree", &[("p", &[]), ("c", &["p"])])).await.unwrap();
+    let (p, c) = (id_of(&tree, "p"), id_of(&tree, "c"));
+    let released = submit_as(s, "ada", "released", 0).await;
+    let failed = submit_as(s, "ada", "failed", 0).await;
+    let mut held = std::collections::HashMap::new();
+    while let Some(x) = claim(s, w).await {
+        held.insert(x.job.id, lease_of(&x, w));
+    }
+    assert_eq!(held.len(), 5, "all but the child c");
+    let mut feed = s.subscribe();
+    let end = |id: i64, outcome: Outcome, message: &str| Finish {
+        at: held[&id],
+        outcome,
+        message: message.into(),
+        result: (outcome == Outcome::Succeeded).then(|| result(0.5)),
+    };
+    let stale = Finish { at: LeaseRef { attempt: 9, ..held[&lone] }, ..end(lone, Outcome::Succeeded, "wrong attempt") };
+    let batch = vec![
+        end(parent, Outcome::Succeeded, "done"),
+        end(p, Outcome::Succeeded, "done"),
+        end(released, Outcome::Released, "shutting down"),
+        end(failed, Outcome::Failed, "diverged"),
+        stale,
+        end(parent, Outcome::Succeeded, "done again"),
+    ];
+    let answers = s.finish_batch(&batch).await.unwrap();
+    assert_eq!(answers.len(), 6, "one answer per finish, in order");
+    assert!(answers[..4].iter().all(Result::is_ok), "{answers:?}");
+    assert!(matches!(answers[4], Err(StoreError::Stale(_))), "another attempt's finish: {:?}", answers[4]);
+    assert!(matches!(answers[5], Err(StoreError::Stale(_))), "a second finish of one attempt: {:?}", answers[5]);
+    let done = s.get_job(parent).await.unwrap();
+    assert_eq!((done.state, done.message.as_str(), done.result), (JobState::Succeeded, "done", Some(result(0.5))));
+    assert!(done.finished_at.is_some() && done.worker.is_none());
+    let back = s.get_job(released).await.unwrap();
+    assert_eq!((back.state, back.lease_losses, back.finished_at), (JobState::Queued, 0, None), "released: queued, uncounted");
+    assert_eq!(state(s, failed).await, JobState::Failed);
+    assert_eq!(state(s, lone).await, JobState::Running, "the stale finish wrote nothing");
+    expect_changes(
+        &mut feed,
+        &[Change::Job(parent), Change::Job(p), Change::Job(released), Change::Job(failed), Change::Queue],
+        "the batch",
+    )
+    .await;
+    let next: Vec<i64> = [claim(s, w).await, claim(s, w).await].into_iter().flatten().map(|x| x.job.id).collect();
+    assert_eq!(next, vec![c, released], "c's parent succeeded; the released job is back");
+}
