@@ -6,7 +6,7 @@
 //! every worker, a `Finish` after every short job — and one transaction
 //! each cost the database more than the work itself. Two ways to batch:
 //!
-//! - heartbeats wait up to a `window` (50 ms) for others: a lease is tens of
+//! - heartbeats wait up to a `window` (200 ms) for others: a lease is tens of
 //!   seconds long, renewing it a moment later changes nothing a worker can
 //!   see, and the database then sees a few statements a second however large
 //!   the fleet;

@@ -17,3 +17,10 @@ ALTER TABLE jobs ADD COLUMN require_labels JSONB NOT NULL DEFAULT '{}';
 -- first few without sorting the queue.
 CREATE INDEX jobs_claimable_by_owner ON jobs (owner, priority DESC, id) WHERE state = 'queued' AND parents_pending = 0;
 DROP INDEX jobs_claimable;
+
+-- Heartbeats renew leases many times a second across a fleet: with no index
+-- on the lease's expiry, a renewal is a HOT update (no index is written, and
+-- the page is pruned in place without a vacuum), and room is left on each
+-- page for it. The reaper finds running jobs by jobs_running_by_owner.
+DROP INDEX jobs_leased;
+ALTER TABLE jobs SET (fillfactor = 80);

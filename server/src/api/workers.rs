@@ -25,7 +25,7 @@ use crate::ops::metrics as names;
 use crate::store::{AttemptRef, Finish, HeartbeatReply, LeaseRef, Outcome, ReportBatch, Retention, Store};
 
 /// Heartbeats within this long of each other are written together (`batcher`).
-const HEARTBEAT_WINDOW: Duration = Duration::from_millis(50);
+const HEARTBEAT_WINDOW: Duration = Duration::from_millis(200);
 /// Calls written in one batch at most.
 const MAX_BATCH: usize = 1024;
 

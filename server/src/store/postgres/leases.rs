@@ -18,49 +18,55 @@ use crate::store::policy;
 ///   order (device, data set and labels are a filter on that walk);
 /// - `chosen`: the best `$4` of those, within the per-user cap `$5`;
 /// - `locked`: those still queued, skipping rows another claim holds;
-/// - the update hands the i-th to the i-th worker of `$6`, renews those
-///   workers' liveness and announces each job.
+/// - the update hands the i-th to the i-th worker of `$6` and returns the
+///   rows; it renews those workers' liveness and announces every job it took
+///   in one notification.
 ///
 /// Statistics do not matter to this plan: every step is an index walk bounded
 /// by a LIMIT, so a queue filled by a burst a moment ago claims as fast as an
 /// analysed one.
-const CLAIM_BATCH: &str = "\
-WITH RECURSIVE owners(owner) AS ( \
-    (SELECT owner FROM jobs WHERE state = 'queued' AND parents_pending = 0 ORDER BY owner LIMIT 1) \
-  UNION ALL \
-    SELECT (SELECT j.owner FROM jobs j WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner > o.owner \
-            ORDER BY j.owner LIMIT 1) \
-    FROM owners o WHERE o.owner IS NOT NULL), \
-running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
-heads AS ( \
-    SELECT h.id, h.priority, COALESCE(r.n, 0) \
-             + row_number() OVER (PARTITION BY h.owner ORDER BY h.priority DESC, h.id) AS share \
-    FROM owners o \
-    CROSS JOIN LATERAL ( \
-        SELECT j.id, j.owner, j.priority FROM jobs j \
-        WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner = o.owner \
-          AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels \
-        ORDER BY j.priority DESC, j.id LIMIT $4) h \
-    LEFT JOIN running r ON r.owner = h.owner \
-    WHERE o.owner IS NOT NULL), \
-chosen AS ( \
-    SELECT id, priority, share FROM heads WHERE $5::bigint IS NULL OR share <= $5 \
-    ORDER BY priority DESC, share, id LIMIT $4), \
-locked AS ( \
-    SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM chosen) AND j.state = 'queued' \
-    FOR UPDATE OF j SKIP LOCKED), \
-assigned AS ( \
-    SELECT l.id, w.worker FROM ( \
-        SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.share, c.id) AS slot \
-        FROM chosen c JOIN locked l ON l.id = c.id) l \
-    JOIN unnest($6::uuid[]) WITH ORDINALITY AS w(worker, slot) ON w.slot = l.slot), \
-claimed AS ( \
-    UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_worker = a.worker, \
-        lease_expires_at = now() + make_interval(secs => $7), started_at = COALESCE(j.started_at, now()) \
-    FROM assigned a WHERE j.id = a.id \
-    RETURNING j.id, a.worker), \
-touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) RETURNING id) \
-SELECT c.id, c.worker FROM claimed c CROSS JOIN LATERAL (SELECT pg_notify('camp', c.id::text)) announced";
+const CLAIM_BATCH: &str = concat!(
+    "WITH RECURSIVE owners(owner) AS ( \
+        (SELECT owner FROM jobs WHERE state = 'queued' AND parents_pending = 0 ORDER BY owner LIMIT 1) \
+      UNION ALL \
+        SELECT (SELECT j.owner FROM jobs j WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner > o.owner \
+                ORDER BY j.owner LIMIT 1) \
+        FROM owners o WHERE o.owner IS NOT NULL), \
+    running AS (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
+    heads AS ( \
+        SELECT h.id, h.priority, COALESCE(r.n, 0) \
+                 + row_number() OVER (PARTITION BY h.owner ORDER BY h.priority DESC, h.id) AS share \
+        FROM owners o \
+        CROSS JOIN LATERAL ( \
+            SELECT j.id, j.owner, j.priority FROM jobs j \
+            WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner = o.owner \
+              AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels \
+            ORDER BY j.priority DESC, j.id LIMIT $4) h \
+        LEFT JOIN running r ON r.owner = h.owner \
+        WHERE o.owner IS NOT NULL), \
+    chosen AS ( \
+        SELECT id, priority, share FROM heads WHERE $5::bigint IS NULL OR share <= $5 \
+        ORDER BY priority DESC, share, id LIMIT $4), \
+    locked AS ( \
+        SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM chosen) AND j.state = 'queued' \
+        FOR UPDATE OF j SKIP LOCKED), \
+    assigned AS ( \
+        SELECT l.id, w.worker FROM ( \
+            SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.share, c.id) AS slot \
+            FROM chosen c JOIN locked l ON l.id = c.id) l \
+        JOIN unnest($6::uuid[]) WITH ORDINALITY AS w(worker, slot) ON w.slot = l.slot), \
+    claimed AS ( \
+        UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_worker = a.worker, \
+            lease_expires_at = now() + make_interval(secs => $7), started_at = COALESCE(j.started_at, now()) \
+        FROM assigned a WHERE j.id = a.id \
+        RETURNING a.worker AS claimed_by, (SELECT name FROM workers WHERE id = a.worker) AS worker, ",
+    job_columns!(),
+    "), \
+    touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) RETURNING id), \
+    announced AS (SELECT pg_notify('camp', 'jobs:' || x.ids) FROM (SELECT string_agg(id::text, ',') AS ids FROM claimed) x \
+        WHERE x.ids IS NOT NULL) \
+    SELECT c.* FROM claimed c LEFT JOIN announced ON true"
+);
 
 /// Counts succeeded parents down in each of their waiting children; true if
 /// one of them now waits for nothing. A statement of its own, after the
@@ -78,6 +84,14 @@ async fn parents_succeeded(tx: &mut Transaction<'_, Postgres>, parents: &[i64]) 
     .fetch_one(&mut **tx)
     .await?;
     Ok(ready > 0)
+}
+
+/// A claimed job's row and the worker it went to.
+#[derive(FromRow)]
+struct ClaimedRecord {
+    claimed_by: Uuid,
+    #[sqlx(flatten)]
+    job: JobRecord,
 }
 
 /// Completes a claimed job with what its worker needs: the latest checkpoint
@@ -263,38 +277,45 @@ impl LeaseStore for PgStore {
             return Ok(Vec::new());
         }
         let cap = policy.max_running_per_user.map(i64::from);
-        let mut tx = self.pool.begin().await?;
-        if cap.is_some() {
-            // The per-user cap counts running jobs: claims under a cap take
-            // turns across coordinators, so two cannot both start an owner's
-            // last allowed job.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('camp.claims', 0))").execute(&mut *tx).await?;
-        }
-        let claimed: Vec<(i64, Uuid)> = sqlx::query_as(CLAIM_BATCH)
+        let claim = sqlx::query_as::<_, ClaimedRecord>(CLAIM_BATCH)
             .bind(&class.device_kind)
             .bind(&class.datasets)
             .bind(sqlx::types::Json(&class.labels))
             .bind(workers.len() as i64)
             .bind(cap)
             .bind(workers)
-            .bind(lease_secs(lease))
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(lease_secs(lease));
+        let claimed: Vec<ClaimedRecord> = if cap.is_some() {
+            // The per-user cap counts running jobs: claims under a cap take
+            // turns across coordinators, so two cannot both start an owner's
+            // last allowed job.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('camp.claims', 0))").execute(&mut *tx).await?;
+            let claimed = claim.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            claimed
+        } else {
+            // One statement, one round trip: it is its own transaction.
+            claim.fetch_all(&self.pool).await?
+        };
         let mut out = Vec::with_capacity(claimed.len());
-        if !claimed.is_empty() {
-            let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
-            let recs: Vec<JobRecord> = sqlx::query_as(&format!("{JOB_SELECT} WHERE j.id = ANY($1)")).bind(&ids).fetch_all(&mut *tx).await?;
-            let mut jobs: HashMap<i64, Job> = HashMap::with_capacity(recs.len());
-            for rec in recs {
-                let job: Job = rec.try_into()?;
-                jobs.insert(job.id, job);
-            }
-            for (id, worker) in claimed {
-                let job = jobs.remove(&id).ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
-                out.push((worker, claimed_with_checkpoints(&mut tx, job).await?));
-            }
+        let mut follow_up: Option<Transaction<'_, Postgres>> = None;
+        for rec in claimed {
+            let job: Job = rec.job.try_into()?;
+            let claimed = if job.attempt > 1 || job.spec.init_from != 0 {
+                let tx = match &mut follow_up {
+                    Some(tx) => tx,
+                    None => follow_up.insert(self.pool.begin().await?),
+                };
+                claimed_with_checkpoints(tx, job).await?
+            } else {
+                Claimed { job, resume_from: None, init_from: None }
+            };
+            out.push((rec.claimed_by, claimed));
         }
-        tx.commit().await?;
+        if let Some(tx) = follow_up {
+            tx.commit().await?;
+        }
         Ok(out)
     }
 
@@ -434,8 +455,10 @@ impl LeaseStore for PgStore {
                  done AS (UPDATE jobs j SET state = r.state, message = r.message, result = COALESCE(r.result::jsonb, j.result), \
                    lease_worker = NULL, lease_expires_at = NULL, finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END \
                    FROM r WHERE j.id = r.id AND j.attempt = r.attempt AND j.lease_worker = r.worker AND j.state = 'running' \
-                   RETURNING j.id, j.state) \
-                 SELECT d.id, d.state FROM done d CROSS JOIN LATERAL (SELECT pg_notify('camp', d.id::text)) announced",
+                   RETURNING j.id, j.state), \
+                 announced AS (SELECT pg_notify('camp', 'jobs:' || x.ids) FROM (SELECT string_agg(id::text, ',') AS ids FROM done) x \
+                   WHERE x.ids IS NOT NULL) \
+                 SELECT d.id, d.state FROM done d LEFT JOIN announced ON true",
             )
             .bind(&ids)
             .bind(&attempts)

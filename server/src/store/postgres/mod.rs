@@ -31,6 +31,8 @@ use rows::{JobRecord, JOB_SELECT};
 
 const CHANNEL: &str = "camp";
 const QUEUE_PAYLOAD: &str = "queue";
+/// The payload of a notification about many jobs: `jobs:` and their ids, comma-separated.
+const JOBS_PREFIX: &str = "jobs:";
 
 pub struct PgStore {
     pool: PgPool,
@@ -83,14 +85,9 @@ async fn listen(pool: PgPool, changes: broadcast::Sender<Change>, ready: tokio::
         loop {
             match listener.recv().await {
                 Ok(n) => {
-                    let change = match n.payload() {
-                        QUEUE_PAYLOAD => Change::Queue,
-                        id => match id.parse() {
-                            Ok(id) => Change::Job(id),
-                            Err(_) => continue,
-                        },
-                    };
-                    let _ = changes.send(change);
+                    for change in parse_payload(n.payload()) {
+                        let _ = changes.send(change);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("change listener: {e}; reconnecting");
@@ -102,6 +99,16 @@ async fn listen(pool: PgPool, changes: broadcast::Sender<Change>, ready: tokio::
             return;
         }
     }
+}
+
+/// What a notification says: `queue`, one job's id, or `jobs:ID,ID,...` (a
+/// batch's jobs in one notification). Anything else says nothing.
+fn parse_payload(payload: &str) -> Vec<Change> {
+    if payload == QUEUE_PAYLOAD {
+        return vec![Change::Queue];
+    }
+    let ids = payload.strip_prefix(JOBS_PREFIX).unwrap_or(payload);
+    ids.split(',').filter_map(|id| id.parse().ok()).map(Change::Job).collect()
 }
 
 pub(super) async fn notify(tx: &mut Transaction<'_, Postgres>, change: Change) -> StoreResult<()> {
@@ -157,5 +164,18 @@ pub(super) async fn cancel_descendants(tx: &mut Transaction<'_, Postgres>, job_i
 impl Store for PgStore {
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_names_the_queue_a_job_or_a_batch_of_jobs() {
+        assert_eq!(parse_payload("queue"), vec![Change::Queue]);
+        assert_eq!(parse_payload("42"), vec![Change::Job(42)]);
+        assert_eq!(parse_payload("jobs:1,2,3"), vec![Change::Job(1), Change::Job(2), Change::Job(3)]);
+        assert!(parse_payload("nonsense").is_empty() && parse_payload("").is_empty());
     }
 }

@@ -3,11 +3,20 @@
 
 use super::*;
 
-pub(super) const JOB_SELECT: &str = "SELECT j.id, j.name, j.owner, j.spec, j.state, j.priority, j.attempt, j.max_attempts, \
-     j.lease_losses, j.cancel_requested, w.name AS worker, j.message, j.result, j.epoch, j.created_at, \
-     j.started_at, j.finished_at, j.experiment_id, j.node, \
-     ARRAY(SELECT d.parent_id FROM job_dependencies d WHERE d.child_id = j.id ORDER BY d.parent_id) AS parents \
-     FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker";
+/// The columns of a `JobRecord` but its worker's name, of table `jobs` as `j`
+/// (a SELECT joins the worker's name; a claim's RETURNING reads it itself).
+macro_rules! job_columns {
+    () => {
+        "j.id, j.name, j.owner, j.spec, j.state, j.priority, j.attempt, j.max_attempts, \
+         j.lease_losses, j.cancel_requested, j.message, j.result, j.epoch, j.created_at, \
+         j.started_at, j.finished_at, j.experiment_id, j.node, \
+         ARRAY(SELECT d.parent_id FROM job_dependencies d WHERE d.child_id = j.id ORDER BY d.parent_id) AS parents"
+    };
+}
+pub(super) use job_columns;
+
+pub(super) const JOB_SELECT: &str =
+    concat!("SELECT ", job_columns!(), ", w.name AS worker FROM jobs j LEFT JOIN workers w ON w.id = j.lease_worker");
 
 #[derive(FromRow)]
 pub(super) struct JobRecord {
