@@ -76,16 +76,19 @@ pub async fn submit_and_claims(
     let cpu = CpuMeter::start();
     let t = Instant::now();
     let tasks = workers.into_iter().map(|mut w| async move {
-        let mut lat = Latencies::default();
+        let (mut lat, mut fin) = (Latencies::default(), Latencies::default());
         loop {
             let (assignment, took) = w.claim(Duration::ZERO).await?;
             let Some(a) = assignment else { break };
             lat.push(took);
+            let t = Instant::now();
             w.finish(&a).await?;
+            fin.push(t.elapsed());
         }
-        anyhow::Ok(lat)
+        anyhow::Ok((lat, fin))
     });
-    let claims = Latencies::merge(try_join_all(tasks).await?);
+    let (claims, finishes): (Vec<_>, Vec<_>) = try_join_all(tasks).await?.into_iter().unzip();
+    let (claims, finishes) = (Latencies::merge(claims), Latencies::merge(finishes));
     let claim_secs = t.elapsed().as_secs_f64();
     let claim_cpu = cpu.stop();
     let stats = if analyze { "fresh statistics" } else { "statistics as the burst left them" };
@@ -99,11 +102,12 @@ pub async fn submit_and_claims(
         Row {
             figure: format!("claims from a queue of {jobs}, {claimers} workers, each claim then Finish ({stats})"),
             value: format!(
-                "{:.0} claims/s ({} claimed), p50 {}, p99 {}",
+                "{:.0} claims/s ({} claimed), p50 {}, p99 {}; Finish p50 {}",
                 claims.len() as f64 / claim_secs,
                 claims.len(),
                 claims.p(0.5),
-                claims.p(0.99)
+                claims.p(0.99),
+                finishes.p(0.5)
             ),
             target: ">= 5,000 claims/s",
             cpu: Some(claim_cpu),

@@ -31,6 +31,10 @@ use crate::store::{Change, ClaimPolicy, Claimed, LeaseRef, Outcome, Store, Store
 
 /// Claims for at most this many waiting workers in one query.
 const BATCH: usize = 128;
+/// Queries one class may have in flight at once: while one is being written,
+/// the next batch of waiters is already asked for (rows taken by the first
+/// are skipped by the second, not waited for).
+const MAX_IN_FLIGHT: usize = 2;
 /// A safety net only: every class with waiters is asked again this often,
 /// even if a notification was lost (for example while the listener reconnected).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -54,6 +58,12 @@ struct ClassQueue {
     waiters: VecDeque<Waiter>,
     /// The queue may hold work for this class: the next round asks the store.
     fresh: bool,
+    /// Queries for this class running now, and started so far.
+    in_flight: usize,
+    started: u64,
+    /// The last query found a job for every waiter it asked for: a second
+    /// may run beside the next (there is likely more work than waiters).
+    last_full: bool,
 }
 
 #[derive(Default)]
@@ -91,7 +101,8 @@ impl Dispatcher {
             let mut state = self.state.lock().expect("dispatcher state");
             let id = state.next_id;
             state.next_id += 1;
-            let queue = state.classes.entry(class.clone()).or_insert_with(|| ClassQueue { fresh: true, ..ClassQueue::default() });
+            let queue =
+                state.classes.entry(class.clone()).or_insert_with(|| ClassQueue { fresh: true, last_full: true, ..ClassQueue::default() });
             if once && !queue.fresh {
                 // Nothing changed since this class last found the queue empty.
                 return Ok(None);
@@ -184,19 +195,25 @@ impl Dispatcher {
         queue_changed
     }
 
-    /// The waiters the next round serves: up to `BATCH` of each fresh class.
-    fn take_round(&self) -> Vec<(WorkerClass, Vec<Waiter>)> {
+    /// The waiters the next round serves: up to `BATCH` of each fresh class
+    /// that has a query to spare, with the number of its query and whether
+    /// another query of the class was running when it started.
+    fn take_round(&self) -> Vec<(WorkerClass, Vec<Waiter>, u64, bool)> {
         let mut state = self.state.lock().expect("dispatcher state");
         // Classes nobody waits for are forgotten (their emptiness with them).
         state.classes.retain(|_, q| {
             q.waiters.retain(|w| !w.reply.is_closed());
-            !q.waiters.is_empty()
+            !q.waiters.is_empty() || q.in_flight > 0
         });
         let mut round = Vec::new();
         for (class, queue) in state.classes.iter_mut() {
-            if queue.fresh {
+            let room = queue.in_flight == 0 || (queue.last_full && queue.in_flight < MAX_IN_FLIGHT);
+            if queue.fresh && !queue.waiters.is_empty() && room {
                 let n = queue.waiters.len().min(BATCH);
-                round.push((class.clone(), queue.waiters.drain(..n).collect()));
+                let beside_another = queue.in_flight > 0;
+                queue.in_flight += 1;
+                queue.started += 1;
+                round.push((class.clone(), queue.waiters.drain(..n).collect(), queue.started, beside_another));
             }
         }
         round
@@ -206,15 +223,9 @@ impl Dispatcher {
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            loop {
-                self.absorb(&mut changes);
-                let round = self.take_round();
-                if round.is_empty() {
-                    break;
-                }
-                for (class, waiters) in round {
-                    self.serve(class, waiters).await;
-                }
+            self.absorb(&mut changes);
+            for (class, waiters, query, beside_another) in self.take_round() {
+                tokio::spawn(self.clone().serve(class, waiters, query, beside_another));
             }
             tokio::select! {
                 _ = self.kick.notified() => {}
@@ -228,49 +239,68 @@ impl Dispatcher {
         }
     }
 
-    /// One query for `waiters` (all of `class`): each gets a job, in line
+    /// One query for `waiters` (all of `class`; the class's query number
+    /// `query`, started `beside_another` or not): each gets a job, in line
     /// order, until the queue has none left for them.
-    async fn serve(&self, class: WorkerClass, waiters: Vec<Waiter>) {
+    async fn serve(self: Arc<Self>, class: WorkerClass, waiters: Vec<Waiter>, query: u64, beside_another: bool) {
         let workers: Vec<Uuid> = waiters.iter().map(|w| w.worker).collect();
         metrics::counter!(names::CLAIM_QUERIES).increment(1);
-        let claimed = match self.store.claim_batch(&class, &workers, self.lease, self.policy).await {
-            Ok(claimed) => claimed,
+        let claimed = self.store.claim_batch(&class, &workers, self.lease, self.policy).await;
+        let (claimed, failed) = match claimed {
+            Ok(claimed) => (claimed, None),
             Err(e) => {
                 tracing::warn!("claim: {e}");
-                for w in waiters {
-                    let _ = w.reply.send(Err(e.clone()));
-                }
-                return;
+                (Vec::new(), Some(e))
             }
         };
-        let dry = claimed.len() < workers.len();
+        let short = claimed.len() < workers.len();
         let mut jobs: HashMap<Uuid, VecDeque<Claimed>> = HashMap::new();
         for (worker, c) in claimed {
             jobs.entry(worker).or_default().push_back(c);
         }
-        let mut unserved = Vec::new();
-        for w in waiters {
-            match jobs.get_mut(&w.worker).and_then(VecDeque::pop_front) {
-                Some(c) => {
-                    if let Err(Ok(Some(c))) = w.reply.send(Ok(Some(c))) {
-                        // The caller went away meanwhile: the job goes back to the queue.
-                        self.give_back(w.worker, &c).await;
+        // Did another query for this class run beside this one? Then a short
+        // answer may only mean that the other took the rows: that one's
+        // answer says whether the queue is empty for the class.
+        let mut gone = Vec::new();
+        {
+            let mut state = self.state.lock().expect("dispatcher state");
+            let queue = state.classes.entry(class).or_default();
+            let alone = !beside_another && queue.started == query;
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+            if failed.is_none() {
+                queue.last_full = !short;
+                if short && alone {
+                    // Nothing more for this class until something changes.
+                    queue.fresh = false;
+                }
+            }
+            let mut unserved = Vec::new();
+            for w in waiters {
+                match (jobs.get_mut(&w.worker).and_then(VecDeque::pop_front), &failed) {
+                    (Some(c), _) => {
+                        if let Err(Ok(Some(c))) = w.reply.send(Ok(Some(c))) {
+                            // The caller went away meanwhile: the job goes back to the queue.
+                            gone.push((w.worker, c));
+                        }
                     }
+                    (None, Some(e)) => {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                    // A claim that does not wait is answered once the class has no work left.
+                    (None, None) if w.once && !queue.fresh => {
+                        let _ = w.reply.send(Ok(None));
+                    }
+                    (None, None) => unserved.push(w),
                 }
-                None if w.once => {
-                    let _ = w.reply.send(Ok(None));
-                }
-                None => unserved.push(w),
+            }
+            for w in unserved.into_iter().rev() {
+                queue.waiters.push_front(w);
             }
         }
-        let mut state = self.state.lock().expect("dispatcher state");
-        let queue = state.classes.entry(class).or_default();
-        if dry {
-            queue.fresh = false;
+        for (worker, c) in gone {
+            self.give_back(worker, &c).await;
         }
-        for w in unserved.into_iter().rev() {
-            queue.waiters.push_front(w);
-        }
+        self.kick.notify_one();
     }
 
     async fn give_back(&self, worker: Uuid, c: &Claimed) {

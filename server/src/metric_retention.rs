@@ -37,7 +37,7 @@ pub async fn run(store: Arc<dyn Store>, retention: MetricRetention, every: Durat
 pub async fn pass(store: &dyn Store, series: &[String], points: u32) -> StoreResult<usize> {
     let mut jobs = 0;
     loop {
-        let ended = store.jobs_to_downsample(BATCH).await?;
+        let ended = store.jobs_to_downsample(series, BATCH).await?;
         if ended.is_empty() {
             return Ok(jobs);
         }

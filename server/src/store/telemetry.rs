@@ -141,8 +141,11 @@ pub trait TelemetryStore {
         page.truncate(limit as usize);
         Ok(page)
     }
-    /// Ended jobs whose metrics retention has not looked at yet, oldest first, at most `limit`.
-    async fn jobs_to_downsample(&self, limit: u32) -> StoreResult<Vec<i64>>;
+    /// Ended jobs whose metrics retention has not looked at yet and that have
+    /// one of `series`, oldest first, at most `limit`. Ended jobs with none of
+    /// them have nothing to thin: they are marked looked-at on the way, many
+    /// at once (a queue of short jobs ends thousands a minute).
+    async fn jobs_to_downsample(&self, series: &[String], limit: u32) -> StoreResult<Vec<i64>>;
     /// Thins each of `series` of an ended job to at most `points` points (at
     /// least 2; `policy::downsample_keeps` says which stay), and records that
     /// retention has looked at the job. Returns the points removed.

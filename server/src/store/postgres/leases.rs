@@ -15,9 +15,10 @@ use crate::store::policy;
 ///   `jobs_claimable_by_owner` (its rows exclude jobs whose parents have not
 ///   all succeeded: `parents_pending`);
 /// - `heads`: each owner's first `$4` jobs this class can run, read in index
-///   order (device, data set and labels are a filter on that walk);
+///   order (device, data set and labels are a filter on that walk) and
+///   locked, skipping rows another claim holds (a dispatcher runs two claims
+///   at once; other coordinators run theirs);
 /// - `chosen`: the best `$4` of those, within the per-user cap `$5`;
-/// - `locked`: those still queued, skipping rows another claim holds;
 /// - the update hands the i-th to the i-th worker of `$6` and returns the
 ///   rows; it renews those workers' liveness and announces every job it took
 ///   in one notification.
@@ -41,19 +42,15 @@ const CLAIM_BATCH: &str = concat!(
             SELECT j.id, j.owner, j.priority FROM jobs j \
             WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner = o.owner \
               AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels \
-            ORDER BY j.priority DESC, j.id LIMIT $4) h \
+            ORDER BY j.priority DESC, j.id LIMIT $4 FOR UPDATE OF j SKIP LOCKED) h \
         LEFT JOIN running r ON r.owner = h.owner \
         WHERE o.owner IS NOT NULL), \
     chosen AS ( \
         SELECT id, priority, share FROM heads WHERE $5::bigint IS NULL OR share <= $5 \
         ORDER BY priority DESC, share, id LIMIT $4), \
-    locked AS ( \
-        SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM chosen) AND j.state = 'queued' \
-        FOR UPDATE OF j SKIP LOCKED), \
     assigned AS ( \
         SELECT l.id, w.worker FROM ( \
-            SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.share, c.id) AS slot \
-            FROM chosen c JOIN locked l ON l.id = c.id) l \
+            SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.share, c.id) AS slot FROM chosen c) l \
         JOIN unnest($6::uuid[]) WITH ORDINALITY AS w(worker, slot) ON w.slot = l.slot), \
     claimed AS ( \
         UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_worker = a.worker, \

@@ -124,10 +124,15 @@ impl TelemetryStore for PgStore {
         Ok(start.0)
     }
 
-    async fn jobs_to_downsample(&self, limit: u32) -> StoreResult<Vec<i64>> {
+    async fn jobs_to_downsample(&self, series: &[String], limit: u32) -> StoreResult<Vec<i64>> {
         let ids: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM jobs WHERE NOT metrics_retained AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT $1",
+            "WITH ended AS (SELECT id FROM jobs WHERE NOT metrics_retained AND state IN ('succeeded', 'failed', 'cancelled') \
+               ORDER BY id LIMIT 1000), \
+             empty AS (UPDATE jobs j SET metrics_retained = true FROM ended e WHERE j.id = e.id \
+               AND NOT EXISTS (SELECT 1 FROM metric_series s WHERE s.job_id = e.id AND s.name = ANY($1)) RETURNING j.id) \
+             SELECT e.id FROM ended e WHERE NOT EXISTS (SELECT 1 FROM empty x WHERE x.id = e.id) ORDER BY e.id LIMIT $2",
         )
+        .bind(series)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

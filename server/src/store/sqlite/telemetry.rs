@@ -116,13 +116,23 @@ impl TelemetryStore for SqliteStore {
         Ok(start.0)
     }
 
-    async fn jobs_to_downsample(&self, limit: u32) -> StoreResult<Vec<i64>> {
+    async fn jobs_to_downsample(&self, series: &[String], limit: u32) -> StoreResult<Vec<i64>> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET metrics_retained = 1 WHERE id IN ( \
+               SELECT id FROM jobs WHERE metrics_retained = 0 AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT 1000) \
+             AND NOT EXISTS (SELECT 1 FROM metric_series s WHERE s.job_id = jobs.id AND s.name IN (SELECT value FROM json_each(?1)))",
+        )
+        .bind(Json(series))
+        .execute(tx.conn())
+        .await?;
         let ids: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM jobs WHERE metrics_retained = 0 AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT ?1",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(tx.conn())
         .await?;
+        tx.commit().await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 

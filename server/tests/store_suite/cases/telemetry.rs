@@ -177,6 +177,7 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     let w = cpu_worker(s, "w").await;
     let job = submit_as(s, "ada", "thinned", 0).await;
     let short = submit_as(s, "ada", "short", 0).await;
+    let quiet = submit_as(s, "ada", "quiet", 0).await;
     let at = lease_of(&claim(s, w).await.unwrap(), w);
     let mut points = Vec::new();
     for step in 1..=101 {
@@ -193,7 +194,7 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     let step_series = MetricRetention::step_series();
     assert_eq!(step_series, ["loss", "top1", "lr", "images_per_s"], "the contract's step-level names");
 
-    assert!(s.jobs_to_downsample(10).await.unwrap().is_empty(), "nothing has ended");
+    assert!(s.jobs_to_downsample(&step_series, 10).await.unwrap().is_empty(), "nothing has ended");
     assert_err!(s.downsample_metrics(job, &step_series, 10).await, StoreError::FailedPrecondition(_), "a running job keeps every point");
     assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), before.len());
 
@@ -201,8 +202,13 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     let at_short = lease_of(&claim(s, w).await.unwrap(), w);
     assert!(s.report(batch(at_short, 1, series("loss", 1..=5, 1), &[])).await.unwrap());
     finish(s, at_short, Outcome::Failed, "boom").await;
-    assert_eq!(s.jobs_to_downsample(10).await.unwrap(), [job, short], "ended, oldest first");
-    assert_eq!(s.jobs_to_downsample(1).await.unwrap(), [job]);
+    let quietly = claim(s, w).await.unwrap();
+    assert_eq!(quietly.job.id, quiet);
+    let at_quiet = lease_of(&quietly, w);
+    assert!(s.report(batch(at_quiet, 1, series("test_top1", [1], 1), &[])).await.unwrap());
+    finish(s, at_quiet, Outcome::Succeeded, "").await;
+    assert_eq!(s.jobs_to_downsample(&step_series, 10).await.unwrap(), [job, short], "ended, oldest first; quiet has no step series");
+    assert_eq!(s.jobs_to_downsample(&step_series, 1).await.unwrap(), [job]);
 
     let removed = s.downsample_metrics(job, &step_series, 10).await.unwrap();
     let after = s.metrics(job, None, None, 0, 10_000).await.unwrap();
@@ -219,11 +225,11 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     let survivors: Vec<(i64, f64)> = after.iter().filter(|m| m.point.name == "loss").map(|m| (m.point.step, m.point.value)).collect();
     assert!(survivors.iter().all(|&(step, value)| value == step as f64), "survivors are the points as stored");
 
-    assert_eq!(s.jobs_to_downsample(10).await.unwrap(), [short], "a job is looked at once");
+    assert_eq!(s.jobs_to_downsample(&step_series, 10).await.unwrap(), [short], "a job is looked at once");
     assert_eq!(camp_server::metric_retention::pass(s, &step_series, 2).await.unwrap(), 1);
     let short_loss: Vec<i64> = s.metrics(short, Some("loss"), None, 0, 100).await.unwrap().iter().map(|m| m.point.step).collect();
     assert_eq!(short_loss, [1, 5], "thinned to 2: the first and the last");
-    assert!(s.jobs_to_downsample(10).await.unwrap().is_empty());
+    assert!(s.jobs_to_downsample(&step_series, 10).await.unwrap().is_empty());
     assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), after.len(), "the first job is not thinned again");
     assert_err!(s.downsample_metrics(job + 1000, &step_series, 10).await, StoreError::NotFound(_));
 }
