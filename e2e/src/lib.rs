@@ -380,6 +380,44 @@ pub mod grpc {
         }
     }
 
+    /// A worker played by hand, holding the one job it claimed.
+    pub struct HandClaimed {
+        /// Its client, the session in `x-camp-session`.
+        pub workers: Workers,
+        pub session: String,
+        pub job: v1::Job,
+        pub assignment: v1::Assignment,
+    }
+
+    /// Registers a cpu worker with cifar10 named `name` (its session goes into
+    /// `x-camp-session`), submits `submit` with `submitter`'s headers and claims
+    /// it. For coordinators without --require-auth.
+    pub async fn register_and_claim(channel: Channel, name: &str, submitter: Headers, submit: v1::SubmitJobRequest) -> HandClaimed {
+        let registered = workers(channel.clone(), Headers::default())
+            .register(v1::RegisterRequest {
+                name: name.into(),
+                hostname: "e2e".into(),
+                device_kind: "cpu".into(),
+                datasets: vec!["cifar10".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("Register")
+            .into_inner();
+        assert!(!registered.session.is_empty(), "Register returns a session");
+        let mut worker = workers(channel.clone(), Headers::default().with(metadata::SESSION, &registered.session));
+        let job = jobs(channel, submitter).submit_job(submit).await.expect("SubmitJob").into_inner();
+        let assignment = worker
+            .claim(v1::ClaimRequest { worker_id: String::new(), wait_ms: 5_000 })
+            .await
+            .expect("Claim")
+            .into_inner()
+            .assignment
+            .expect("the job just submitted is assigned");
+        assert_eq!(assignment.job_id, job.id);
+        HandClaimed { workers: worker, session: registered.session, job, assignment }
+    }
+
     /// Reads a whole checkpoint through `DownloadCheckpoint`.
     pub async fn download(jobs: &mut Jobs, checkpoint_id: i64) -> Result<Vec<u8>, tonic::Status> {
         let mut stream =
@@ -395,33 +433,9 @@ pub mod grpc {
     /// does: registers (the session goes into `x-camp-session`), submits a job as
     /// `user`, claims it and uploads. For coordinators without --require-auth.
     pub async fn put_checkpoint(addr: &str, user: &str, bytes: &[u8]) -> v1::Checkpoint {
-        let channel = channel(addr).await;
-        let registered = workers(channel.clone(), Headers::default())
-            .register(v1::RegisterRequest {
-                name: "uploader".into(),
-                hostname: "e2e".into(),
-                device_kind: "cpu".into(),
-                datasets: vec!["cifar10".into()],
-                ..Default::default()
-            })
-            .await
-            .expect("Register")
-            .into_inner();
-        assert!(!registered.session.is_empty(), "Register returns a session");
-        let mut worker = workers(channel.clone(), Headers::default().with(metadata::SESSION, &registered.session));
-        let job = jobs(channel, Headers::user(user))
-            .submit_job(v1::SubmitJobRequest { spec: Some(tiny_spec(1)), name: "upload".into(), ..Default::default() })
-            .await
-            .expect("SubmitJob")
-            .into_inner();
-        let assignment = worker
-            .claim(v1::ClaimRequest { worker_id: String::new(), wait_ms: 5_000 })
-            .await
-            .expect("Claim")
-            .into_inner()
-            .assignment
-            .expect("the job just submitted is assigned");
-        assert_eq!(assignment.job_id, job.id);
+        let submit = v1::SubmitJobRequest { spec: Some(tiny_spec(1)), name: "upload".into(), ..Default::default() };
+        let HandClaimed { workers: mut worker, job, assignment, .. } =
+            register_and_claim(channel(addr).await, "uploader", Headers::user(user), submit).await;
         let header = v1::CheckpointHeader {
             job_id: job.id,
             attempt: assignment.attempt,

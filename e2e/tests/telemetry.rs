@@ -31,33 +31,10 @@ struct HandWorker {
 impl HandWorker {
     /// Registers, submits a job as `USER` and claims it.
     async fn start(addr: &str) -> HandWorker {
-        let channel = grpc::channel(addr).await;
-        let registered = grpc::workers(channel.clone(), Headers::default())
-            .register(v1::RegisterRequest {
-                name: "hand".into(),
-                hostname: "e2e".into(),
-                device_kind: "cpu".into(),
-                datasets: vec!["cifar10".into()],
-                ..Default::default()
-            })
-            .await
-            .expect("Register")
-            .into_inner();
-        let job = jobs(channel.clone())
-            .submit_job(v1::SubmitJobRequest { spec: Some(grpc::tiny_spec(500)), name: "many points".into(), ..Default::default() })
-            .await
-            .expect("SubmitJob")
-            .into_inner();
-        let mut workers = grpc::workers(channel, Headers::default().with(metadata::SESSION, &registered.session));
-        let assignment = workers
-            .claim(v1::ClaimRequest { worker_id: String::new(), wait_ms: 5_000 })
-            .await
-            .expect("Claim")
-            .into_inner()
-            .assignment
-            .expect("the job just submitted is assigned");
-        assert_eq!(assignment.job_id, job.id);
-        HandWorker { session: registered.session, workers, job: job.id, attempt: assignment.attempt, sequence: 0 }
+        let submit = v1::SubmitJobRequest { spec: Some(grpc::tiny_spec(500)), name: "many points".into(), ..Default::default() };
+        let claimed = grpc::register_and_claim(grpc::channel(addr).await, "hand", Headers::user(USER), submit).await;
+        let grpc::HandClaimed { workers, session, job, assignment } = claimed;
+        HandWorker { session, workers, job: job.id, attempt: assignment.attempt, sequence: 0 }
     }
 
     /// Talks to the coordinator again on a new connection (after it restarted), as the same worker.

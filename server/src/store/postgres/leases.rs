@@ -70,16 +70,7 @@ const CLAIM_BATCH: &str = concat!(
 /// parents' update: it sees every child committed before it (a child being
 /// submitted holds its parents' rows until it commits; `insert_job`).
 async fn parents_succeeded(tx: &mut Transaction<'_, Postgres>, parents: &[i64]) -> StoreResult<bool> {
-    let (ready,): (i64,) = sqlx::query_as(
-        "WITH done AS (SELECT d.child_id, count(*) AS n FROM job_dependencies d WHERE d.parent_id = ANY($1) GROUP BY d.child_id), \
-         counted AS (UPDATE jobs c SET parents_pending = greatest(c.parents_pending - done.n, 0) FROM done \
-           WHERE c.id = done.child_id AND c.state = 'queued' AND c.parents_pending > 0 \
-           RETURNING c.parents_pending) \
-         SELECT count(*) FROM counted WHERE parents_pending = 0",
-    )
-    .bind(parents)
-    .fetch_one(&mut **tx)
-    .await?;
+    let (ready,): (i64,) = sqlx::query_as("SELECT camp_count_down_children($1)").bind(parents).fetch_one(&mut **tx).await?;
     Ok(ready > 0)
 }
 
@@ -186,16 +177,7 @@ impl LeaseStore for PgStore {
                 worker: old_name.clone(),
             };
             let (new_state, message) = policy::lost_attempt(&lease, policy::Loss::Restarted);
-            sqlx::query(
-                "UPDATE jobs SET state = $2, message = $3, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
-                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(new_state.as_str())
-            .bind(&message)
-            .execute(&mut *tx)
-            .await?;
-            ended(&mut tx, job_id, new_state, &message).await?;
+            lose_attempt(&mut tx, job_id, new_state, &message).await?;
             requeued.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
         tx.commit().await?;
@@ -427,8 +409,8 @@ impl LeaseStore for PgStore {
     }
 
     /// The common endings (succeeded, released) of a whole batch in one
-    /// transaction: one fenced update for all, one count-down of their
-    /// children; the rest (failures, cancels, retries: they cascade or need
+    /// round trip (`camp_finish_batch`: one fenced update for all, one
+    /// count-down of their children); the rest (failures, cancels, retries: they cascade or need
     /// the job's facts) one by one through `finish`.
     async fn finish_batch(&self, finishes: &[Finish]) -> StoreResult<Vec<StoreResult<()>>> {
         let mut answers: Vec<Option<StoreResult<()>>> = vec![None; finishes.len()];
@@ -444,36 +426,16 @@ impl LeaseStore for PgStore {
                 .iter()
                 .map(|&i| finishes[i].result.as_ref().map(|r| serde_json::to_string(r).expect("a JobResult always serialises")))
                 .collect();
-            let mut tx = self.pool.begin().await?;
-            // A job named twice is written once (the first): the second is stale, as it would be after it.
-            let done: Vec<(i64, String)> = sqlx::query_as(
-                "WITH r AS (SELECT DISTINCT ON (id) * FROM unnest($1::bigint[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[]) \
-                   WITH ORDINALITY AS r(id, attempt, worker, state, message, result, n) ORDER BY id, n), \
-                 done AS (UPDATE jobs j SET state = r.state, message = r.message, result = COALESCE(r.result::jsonb, j.result), \
-                   lease_worker = NULL, lease_expires_at = NULL, finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END \
-                   FROM r WHERE j.id = r.id AND j.attempt = r.attempt AND j.lease_worker = r.worker AND j.state = 'running' \
-                   RETURNING j.id, j.state), \
-                 announced AS (SELECT pg_notify('camp', 'jobs:' || x.ids) FROM (SELECT string_agg(id::text, ',') AS ids FROM done) x \
-                   WHERE x.ids IS NOT NULL) \
-                 SELECT d.id, d.state FROM done d LEFT JOIN announced ON true",
-            )
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&workers)
-            .bind(&states)
-            .bind(&messages)
-            .bind(&results)
-            .fetch_all(&mut *tx)
-            .await?;
-            let succeeded: Vec<i64> = done.iter().filter(|(_, s)| s == "succeeded").map(|(id, _)| *id).collect();
-            let mut claimable = done.iter().any(|(_, s)| s == "queued");
-            if !succeeded.is_empty() {
-                claimable |= parents_succeeded(&mut tx, &succeeded).await?;
-            }
-            if claimable {
-                notify(&mut tx, Change::Queue).await?;
-            }
-            tx.commit().await?;
+            // One round trip, its own transaction (migrations/postgres/0005_lab_scale.sql).
+            let done: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM camp_finish_batch($1, $2, $3, $4, $5, $6)")
+                .bind(&ids)
+                .bind(&attempts)
+                .bind(&workers)
+                .bind(&states)
+                .bind(&messages)
+                .bind(&results)
+                .fetch_all(&self.pool)
+                .await?;
             let mut written: std::collections::HashSet<i64> = done.into_iter().map(|(id, _)| id).collect();
             for &i in &plain {
                 let at = finishes[i].at;
@@ -516,21 +478,7 @@ impl LeaseStore for PgStore {
                 worker,
             };
             let (new_state, message) = policy::reap(&lease);
-            sqlx::query(
-                "UPDATE jobs SET state = $2, message = $3, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
-                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(new_state.as_str())
-            .bind(&message)
-            .execute(&mut *tx)
-            .await?;
-            match new_state {
-                JobState::Queued => notify(&mut tx, Change::Queue).await?,
-                JobState::Failed => cancel_descendants(&mut tx, job_id, "failed: its worker stopped heartbeating").await?,
-                _ => cancel_descendants(&mut tx, job_id, "was cancelled").await?,
-            }
-            notify(&mut tx, Change::Job(job_id)).await?;
+            lose_attempt(&mut tx, job_id, new_state, &message).await?;
             reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
         // Registrations silent for a week that hold no job are gone for good.
@@ -587,6 +535,21 @@ async fn insert_worker(
     .execute(&mut **tx)
     .await?;
     Ok(id)
+}
+
+/// Writes a lost attempt's verdict (`policy::lost_attempt`): the job's new
+/// state and message, one more lost attempt, no lease; then announces it.
+async fn lose_attempt(tx: &mut Transaction<'_, Postgres>, job_id: i64, state: JobState, message: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = $2, message = $3, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() END, \
+         lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(state.as_str())
+    .bind(message)
+    .execute(&mut **tx)
+    .await?;
+    ended(tx, job_id, state, message).await
 }
 
 /// Announces a lost attempt's verdict: a re-queued job is claimable, a failed

@@ -70,17 +70,7 @@ impl LeaseStore for SqliteStore {
                 worker: old_name.clone(),
             };
             let (new_state, message) = policy::lost_attempt(&lease, policy::Loss::Restarted);
-            sqlx::query(
-                "UPDATE jobs SET state = ?2, message = ?3, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END, \
-                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = ?1",
-            )
-            .bind(job_id)
-            .bind(new_state.as_str())
-            .bind(&message)
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-            ended(&mut tx, job_id, new_state, &message).await?;
+            lose_attempt(&mut tx, job_id, new_state, &message, now).await?;
             requeued.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
         tx.commit().await?;
@@ -331,22 +321,7 @@ impl LeaseStore for SqliteStore {
                 worker,
             };
             let (new_state, message) = policy::reap(&lease);
-            sqlx::query(
-                "UPDATE jobs SET state = ?2, message = ?3, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END, \
-                 lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = ?1",
-            )
-            .bind(job_id)
-            .bind(new_state.as_str())
-            .bind(&message)
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-            match new_state {
-                JobState::Queued => tx.notify(Change::Queue),
-                JobState::Failed => cancel_descendants(&mut tx, job_id, "failed: its worker stopped heartbeating").await?,
-                _ => cancel_descendants(&mut tx, job_id, "was cancelled").await?,
-            }
-            tx.notify(Change::Job(job_id));
+            lose_attempt(&mut tx, job_id, new_state, &message, now).await?;
             reaped.push(Reaped { job_id, attempt: attempt as u32, new_state });
         }
         // Registrations silent for a week that hold no job are gone for good.
@@ -401,6 +376,23 @@ async fn insert_worker(tx: &mut Tx, w: &NewWorker, session_sha256: &str, credent
     .execute(tx.conn())
     .await?;
     Ok(id)
+}
+
+/// Writes a lost attempt's verdict (`policy::lost_attempt`) at `now`: the
+/// job's new state and message, one more lost attempt, no lease; then
+/// announces it.
+async fn lose_attempt(tx: &mut Tx, job_id: i64, state: JobState, message: &str, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = ?2, message = ?3, finished_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END, \
+         lease_losses = lease_losses + 1, lease_worker = NULL, lease_expires_at = NULL WHERE id = ?1",
+    )
+    .bind(job_id)
+    .bind(state.as_str())
+    .bind(message)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    ended(tx, job_id, state, message).await
 }
 
 /// Announces a lost attempt's verdict: a re-queued job is claimable, a failed
