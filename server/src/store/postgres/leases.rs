@@ -20,8 +20,8 @@ use crate::store::policy;
 ///   at once; other coordinators run theirs);
 /// - `chosen`: the best `$4` of those, within the per-user cap `$5`;
 /// - the update hands the i-th to the i-th worker of `$6` and returns the
-///   rows; it renews those workers' liveness (unless renewed within the last
-///   second) and announces every job it took in one notification.
+///   rows; it renews those workers' liveness and announces every job it took
+///   in one notification.
 ///
 /// Statistics do not matter to this plan: every step is an index walk bounded
 /// by a LIMIT, so a queue filled by a burst a moment ago claims as fast as an
@@ -59,8 +59,7 @@ const CLAIM_BATCH: &str = concat!(
         RETURNING a.worker AS claimed_by, (SELECT name FROM workers WHERE id = a.worker) AS worker, ",
     job_columns!(),
     "), \
-    touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) \
-        AND last_heartbeat < now() - interval '1 second' RETURNING id), \
+    touched AS (UPDATE workers SET last_heartbeat = now() WHERE id = ANY($6) RETURNING id), \
     announced AS (SELECT pg_notify('camp', 'jobs:' || x.ids) FROM (SELECT string_agg(id::text, ',') AS ids FROM claimed) x \
         WHERE x.ids IS NOT NULL) \
     SELECT c.* FROM claimed c LEFT JOIN announced ON true"
