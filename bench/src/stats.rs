@@ -51,10 +51,12 @@ impl Database {
         Ok(Database { pool, metrics_url })
     }
 
-    /// Transactions committed in the coordinator's database so far (PostgreSQL's count).
+    /// Transactions committed in the coordinator's database so far (PostgreSQL's count, read after a pause).
     pub async fn transactions(&self) -> anyhow::Result<Option<i64>> {
         let Some(pool) = &self.pool else { return Ok(None) };
-        // The statistics collector publishes a backend's counts when it goes idle: flush ours first.
+        // An idle backend publishes its counts within 10 s (PostgreSQL 15's
+        // shared statistics, PGSTAT_IDLE_INTERVAL): wait until every count so far is in.
+        tokio::time::sleep(std::time::Duration::from_secs(11)).await;
         let (n,): (i64,) =
             sqlx::query_as("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetch_one(pool).await?;
         Ok(Some(n))

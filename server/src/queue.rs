@@ -45,7 +45,14 @@ pub fn waiting_reason(job: &Job, facts: &QueueFacts, policy: ClaimPolicy) -> Str
             "any" => String::new(),
             d => format!("device {d} and "),
         };
-        return format!("no live worker offers {device}data set {}", job.spec.dataset);
+        let labels = match job.spec.require_labels.is_empty() {
+            true => String::new(),
+            false => {
+                let wanted: Vec<String> = job.spec.require_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(" with labels {}", wanted.join(", "))
+            }
+        };
+        return format!("no live worker offers {device}data set {}{labels}", job.spec.dataset);
     }
     match facts.ahead {
         0 => "next in line: waiting for a free worker".into(),
@@ -93,6 +100,9 @@ mod tests {
         assert_eq!(waiting_reason(&job(), &busy, ClaimPolicy::default()), "next in line: waiting for a free worker");
         let nobody = QueueFacts::default();
         assert_eq!(waiting_reason(&job(), &nobody, capped), "no live worker offers data set cifar10");
+        let mut picky = job();
+        picky.spec.require_labels.insert("gpu".into(), "h100".into());
+        assert_eq!(waiting_reason(&picky, &nobody, capped), "no live worker offers data set cifar10 with labels gpu=h100");
         let behind = QueueFacts { ahead: 4, ..live };
         assert!(waiting_reason(&job(), &behind, capped).starts_with("4 queued job(s) come first"));
     }

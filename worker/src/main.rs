@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, env = "CAMP_WORKER_NAME")]
     name: Option<String>,
     /// Labels as key=value, repeatable.
-    #[arg(long = "label", value_parser = parse_label)]
+    #[arg(long = "label", value_parser = camp_proto::limits::parse_label)]
     labels: Vec<(String, String)>,
     /// CPU threads libtorch may use (default: all cores).
     #[arg(long, env = "CAMP_THREADS")]
@@ -114,10 +114,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         init: Option<PathBuf>,
     },
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("'{s}' is not key=value"))
 }
 
 fn main() -> anyhow::Result<()> {
