@@ -467,3 +467,38 @@ pub fn tensors(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+/// `camp submit baseline` flags of a small CPU run of `epochs` epochs: ResNet-20 on
+/// 256 training and 128 test images, batch 64, step metrics every 2 steps.
+pub fn small_run(epochs: u32) -> Vec<String> {
+    [
+        "-a",
+        "preact_resnet20_cifar",
+        "--dataset",
+        "cifar10",
+        "--epochs",
+        &epochs.to_string(),
+        "-b",
+        "64",
+        "--lr",
+        "0.05",
+        "-p",
+        "2",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "128",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Owned arguments as `&str`s, for `Cluster::submit`.
+pub fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -4,45 +4,18 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use camp_e2e::{tensors, Cluster};
+use camp_e2e::{args, tensors, Cluster};
 use serde_json::Value;
 use sqlx::PgPool;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// A short, deterministic run of the real architecture on a small generated CIFAR-10.
+/// A small CPU run, its lr divided by 10 after the first epoch.
 fn small_run(epochs: u32) -> Vec<String> {
-    [
-        "-a",
-        "preact_resnet20_cifar",
-        "--dataset",
-        "cifar10",
-        "--epochs",
-        &epochs.to_string(),
-        "-b",
-        "64",
-        "--lr",
-        "0.05",
-        "--lr-schedule",
-        "1:0.1",
-        "-p",
-        "2",
-        "--seed",
-        "7",
-        "--device",
-        "cpu",
-        "--train-limit",
-        "256",
-        "--test-limit",
-        "128",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+    let mut run = camp_e2e::small_run(epochs);
+    run.extend(["--lr-schedule".to_string(), "1:0.1".to_string()]);
+    run
 }
 
 fn checkpoints(c: &Cluster, id: i64) -> Vec<Value> {

@@ -10,44 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use camp_e2e::{Cluster, Proc};
+use camp_e2e::{args, small_run, Cluster, Proc};
 use serde_json::Value;
 use sqlx::PgPool;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// A short, deterministic run of the real architecture on a small generated CIFAR-10.
-fn small_run(epochs: u32) -> Vec<String> {
-    [
-        "-a",
-        "preact_resnet20_cifar",
-        "--dataset",
-        "cifar10",
-        "--epochs",
-        &epochs.to_string(),
-        "-b",
-        "64",
-        "--lr",
-        "0.05",
-        "-p",
-        "2",
-        "--seed",
-        "7",
-        "--device",
-        "cpu",
-        "--train-limit",
-        "256",
-        "--test-limit",
-        "128",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 fn cluster(pool: &PgPool, lease_secs: f64) -> Cluster {
     let c = Cluster::start(pool, lease_secs);
@@ -347,7 +314,8 @@ async fn a_download_cut_mid_stream_is_retried_and_one_that_keeps_failing_requeue
     let second = child("5");
     let requeued = c.wait_for(second, MINUTE, "the attempt handed back", |j| j["lease_losses"].as_u64() >= Some(1));
     proxy.disarm();
-    assert!(requeued["message"].as_str().unwrap().contains("attempt 1 failed outside the job (downloading checkpoint"), "{requeued}");
+    // (Polled: a later attempt may have been handed back too by the time it is read.)
+    assert!(requeued["message"].as_str().unwrap().contains("failed outside the job (downloading checkpoint"), "{requeued}");
     let job = c.wait_state(second, "succeeded", 2 * MINUTE);
     assert!(job["attempt"].as_u64().unwrap() >= 2, "{job}");
     assert!(proxy.cuts() >= 3, "{} cuts", proxy.cuts());
