@@ -296,6 +296,14 @@ impl Dispatcher {
             for w in unserved.into_iter().rev() {
                 queue.waiters.push_front(w);
             }
+            if !queue.fresh {
+                // Claims that do not wait and came while this query ran: the class has no work.
+                let (done, waiting): (VecDeque<Waiter>, VecDeque<Waiter>) = queue.waiters.drain(..).partition(|w| w.once);
+                queue.waiters = waiting;
+                for w in done {
+                    let _ = w.reply.send(Ok(None));
+                }
+            }
         }
         for (worker, c) in gone {
             self.give_back(worker, &c).await;
