@@ -80,3 +80,8 @@ BEGIN
     END IF;
     RETURN QUERY SELECT unnest(done_ids), unnest(done_states);
 END $$;
+
+-- Claims and finishes rewrite a job row twice: an index that stand-alone jobs
+-- do not need should not be written for them (reads name an experiment).
+DROP INDEX jobs_by_experiment;
+CREATE INDEX jobs_by_experiment ON jobs (experiment_id, id) WHERE experiment_id IS NOT NULL;
