@@ -99,8 +99,8 @@ async fn a_worker_with_max_jobs_exits_0_after_that_many_attempts(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_worker_with_exit_when_idle_exits_0_once_idle_that_long_and_never_while_it_runs_a_job(pool: PgPool) {
     let c = cluster(&pool, 10.0);
-    // A job that takes longer than the idle limit: the clock stops while it runs.
-    let id = c.submit(&args(&small_run(3)));
+    // A job that takes longer than the idle limit (about 0.7 s an epoch here): the clock stops while it runs.
+    let id = c.submit(&args(&small_run(8)));
     let mut worker = c.worker_with("w1", &c.addr, &["--exit-when-idle", "2"]);
     let job = c.wait_state(id, "succeeded", 3 * MINUTE);
     let ran_ms = job["finished_at_ms"].as_i64().unwrap() - job["started_at_ms"].as_i64().unwrap();
@@ -284,7 +284,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, mut forward: impl FnMut(usize) -
 
 #[sqlx::test(migrations = false)]
 async fn a_download_cut_mid_stream_is_retried_and_one_that_keeps_failing_requeues_the_attempt(pool: PgPool) {
-    let c = cluster(&pool, 10.0);
+    // A lease far longer than the hand-back takes: the proxy's cuts also break
+    // heartbeats on the same connection, and the attempt must end by the
+    // worker's hand-back, not by its lease running out.
+    let c = cluster(&pool, 60.0);
     let proxy = CuttingProxy::start(c.port, 256 * 1024);
     let mut worker = c.worker_with("w1", &proxy.addr(), &["--retry-for", "2"]);
     let parent = c.submit(&args(&small_run(1)));

@@ -29,7 +29,8 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 /// An answer worth asking again: the coordinator is unreachable, restarting or
 /// busy. Every other code is the coordinator's final word on the request.
 pub(crate) fn is_transient(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal)
+    // CANCELLED: the call's stream was reset under it (a connection cut mid-call), not refused.
+    matches!(code, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal | Code::Cancelled)
 }
 
 /// The retry policy's waits: 200 ms, doubling up to 5 s.
