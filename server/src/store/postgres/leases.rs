@@ -145,20 +145,7 @@ impl LeaseStore for PgStore {
             tx.commit().await?;
             return Ok(Rejoined { id, reused: false, requeued: Vec::new() });
         }
-        sqlx::query(
-            "UPDATE workers SET name = $2, hostname = $3, device_kind = $4, gpus = $5, datasets = $6, labels = $7, \
-             session_sha256 = $8, registered_at = now(), last_heartbeat = now() WHERE id = $1",
-        )
-        .bind(previous)
-        .bind(&w.name)
-        .bind(&w.hostname)
-        .bind(&w.device_kind)
-        .bind(&w.gpus)
-        .bind(&w.datasets)
-        .bind(&w.labels)
-        .bind(session_sha256)
-        .execute(&mut *tx)
-        .await?;
+        write_worker(&mut tx, previous, &w, session_sha256, credential_id).await?;
         // What the worker ran before it restarted is lost: back to the queue now, not at lease expiry.
         let held: Vec<(i64, i32, i32, i32, bool)> = sqlx::query_as(
             "SELECT id, attempt, max_attempts, lease_losses, cancel_requested FROM jobs \
@@ -519,9 +506,24 @@ async fn insert_worker(
     credential_id: Option<i64>,
 ) -> StoreResult<Uuid> {
     let id = Uuid::new_v4();
+    write_worker(tx, id, w, session_sha256, credential_id).await?;
+    Ok(id)
+}
+
+/// Writes worker `id`'s registration: a new row, or the row of the same worker
+/// registering again (what it offers, its new session, registered and heard from now).
+async fn write_worker(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    w: &NewWorker,
+    session_sha256: &str,
+    credential_id: Option<i64>,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET name = $2, hostname = $3, device_kind = $4, gpus = $5, datasets = $6, labels = $7, \
+           session_sha256 = $8, credential_id = $9, registered_at = now(), last_heartbeat = now()",
     )
     .bind(id)
     .bind(&w.name)
@@ -534,7 +536,7 @@ async fn insert_worker(
     .bind(credential_id)
     .execute(&mut **tx)
     .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// Writes a lost attempt's verdict (`policy::lost_attempt`): the job's new

@@ -37,21 +37,7 @@ impl LeaseStore for SqliteStore {
             return Ok(Rejoined { id, reused: false, requeued: Vec::new() });
         }
         let now = now_us();
-        sqlx::query(
-            "UPDATE workers SET name = ?2, hostname = ?3, device_kind = ?4, gpus = ?5, datasets = ?6, labels = ?7, \
-             session_sha256 = ?8, registered_at = ?9, last_heartbeat = ?9 WHERE id = ?1",
-        )
-        .bind(previous)
-        .bind(&w.name)
-        .bind(&w.hostname)
-        .bind(&w.device_kind)
-        .bind(Json(&w.gpus))
-        .bind(Json(&w.datasets))
-        .bind(Json(&w.labels))
-        .bind(session_sha256)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
+        write_worker(&mut tx, previous, &w, session_sha256, credential_id, now).await?;
         // What the worker ran before it restarted is lost: back to the queue now, not at lease expiry.
         let held: Vec<(i64, i64, i64, i64, bool)> = sqlx::query_as(
             "SELECT id, attempt, max_attempts, lease_losses, cancel_requested FROM jobs \
@@ -359,9 +345,18 @@ impl LeaseStore for SqliteStore {
 
 async fn insert_worker(tx: &mut Tx, w: &NewWorker, session_sha256: &str, credential_id: Option<i64>) -> StoreResult<Uuid> {
     let id = Uuid::new_v4();
+    write_worker(tx, id, w, session_sha256, credential_id, now_us()).await?;
+    Ok(id)
+}
+
+/// Writes worker `id`'s registration at `now`: a new row, or the row of the same
+/// worker registering again (what it offers, its new session, registered and heard from now).
+async fn write_worker(tx: &mut Tx, id: Uuid, w: &NewWorker, session_sha256: &str, credential_id: Option<i64>, now: i64) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id, \
-         registered_at, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+         registered_at, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) \
+         ON CONFLICT (id) DO UPDATE SET name = ?2, hostname = ?3, device_kind = ?4, gpus = ?5, datasets = ?6, labels = ?7, \
+           session_sha256 = ?8, credential_id = ?9, registered_at = ?10, last_heartbeat = ?10",
     )
     .bind(id)
     .bind(&w.name)
@@ -372,10 +367,10 @@ async fn insert_worker(tx: &mut Tx, w: &NewWorker, session_sha256: &str, credent
     .bind(Json(&w.labels))
     .bind(session_sha256)
     .bind(credential_id)
-    .bind(now_us())
+    .bind(now)
     .execute(tx.conn())
     .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// Writes a lost attempt's verdict (`policy::lost_attempt`) at `now`: the
