@@ -307,7 +307,13 @@ async fn try_register(config: &DaemonConfig, credential: &CallHeaders, previous:
             Some(cause) => format!("{}: {cause}", s.message()),
             None => s.message().to_string(),
         };
-        let hint = endpoint::hint(addr, &text);
+        let mut hint = endpoint::hint(addr, &text);
+        if hint.is_empty() && config.tls.cert.is_some() && closed_after_handshake(&text) {
+            // TLS 1.3: the client's handshake is over before the server checks its
+            // certificate, so a refused certificate often shows as a connection cut
+            // under the first call rather than as the server's alert.
+            hint = " (the coordinator closed the connection after the TLS handshake: is --tls-cert signed by the coordinator's --tls-client-ca?)";
+        }
         let error = DaemonError::Refused { call: "register", status: format!("{:?}: {text}{hint}", s.code()) };
         match s.code() {
             code if !is_transient(code) => NotYet::Refused(error),
@@ -326,6 +332,11 @@ fn not_connected(reason: &str) -> bool {
     ["tcp connect error", "dns error", "Connection refused", "No route to host", "Network is unreachable", "timed out"]
         .iter()
         .any(|e| reason.contains(e))
+}
+
+/// Whether a call failed because the peer closed a connection that had been made.
+fn closed_after_handshake(reason: &str) -> bool {
+    ["broken pipe", "connection closed", "connection reset"].iter().any(|e| reason.contains(e))
 }
 
 /// The GPUs' names as the driver gives them, else their indices.
