@@ -8,10 +8,8 @@ mod global_opts;
 mod input_files;
 mod output;
 mod pages;
-mod plot;
 mod spec_flags;
 mod values;
-mod wire;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
-//! Output helpers: aligned tables, JSON, CSV fields, ages, sizes and numbers.
+//! Output for people: aligned tables, ages, sizes and numbers (what programs
+//! read back, JSON numbers and CSV cells, is `camp_proto::text`).
 
-use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,15 +57,6 @@ impl fmt::Display for Table {
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// A CSV field, quoted when it holds a comma, quote or line break.
-pub fn csv_field(text: &str) -> Cow<'_, str> {
-    if text.contains([',', '"', '\n', '\r']) {
-        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
-    } else {
-        Cow::Borrowed(text)
-    }
 }
 
 pub fn now_ms() -> i64 {
@@ -184,74 +175,6 @@ fn short_exponent(value: f64) -> String {
     }
 }
 
-/// A value exactly (it parses back to the same f64), for CSV and spec fields:
-/// Rust's shortest form, in exponent form when it is huge or tiny (`1e308`,
-/// `1e-300`, `0.00001`, `0.1`); `NaN`, `inf`, `-inf` as such.
-pub fn exact(value: f64) -> String {
-    let magnitude = value.abs();
-    if value.is_finite() && value != 0.0 && !(1e-5..1e16).contains(&magnitude) {
-        format!("{value:e}")
-    } else {
-        value.to_string()
-    }
-}
-
-/// Every f64 that goes into `--json` goes through here: a JSON number when
-/// finite, else the string `"NaN"`, `"inf"` or `"-inf"` (JSON has no such
-/// numbers, and serde_json would print `null`).
-pub fn json_f64(value: f64) -> Value {
-    if value.is_nan() {
-        Value::from("NaN")
-    } else if value == f64::INFINITY {
-        Value::from("inf")
-    } else if value == f64::NEG_INFINITY {
-        Value::from("-inf")
-    } else {
-        Value::from(value)
-    }
-}
-
-/// `json_f64`, `null` for `None`.
-pub fn json_opt_f64(value: Option<f64>) -> Value {
-    value.map_or(Value::Null, json_f64)
-}
-
-/// The f64 `json_f64` wrote: a number, or one of the strings `NaN`, `inf`, `-inf`.
-pub fn f64_from_json(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(number) => number.as_f64(),
-        Value::String(text) => match text.as_str() {
-            "NaN" => Some(f64::NAN),
-            "inf" => Some(f64::INFINITY),
-            "-inf" => Some(f64::NEG_INFINITY),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `#[serde(with = "crate::output::json_opt_f64_serde", default)]` for an
-/// `Option<f64>` field: written by `json_opt_f64`, read back by `f64_from_json`.
-pub mod json_opt_f64_serde {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
-        super::json_opt_f64(*value).serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        if value.is_null() {
-            return Ok(None);
-        }
-        super::f64_from_json(&value)
-            .map(Some)
-            .ok_or_else(|| D::Error::custom(format!("expected a number, \"NaN\", \"inf\" or \"-inf\", got {value}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,13 +185,6 @@ mod tests {
         table.push(vec!["7".into(), "a".into()]);
         table.push(vec!["1234".into(), "long name".into()]);
         assert_eq!(table.to_string(), "ID    NAME\n7     a\n1234  long name\n");
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("test_top1"), "test_top1");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 
     #[test]
@@ -311,29 +227,5 @@ mod tests {
         assert_eq!((number(f64::INFINITY), number(f64::NEG_INFINITY)), ("inf".into(), "-inf".into()));
         assert_eq!(whole(8900.4), "8900");
         assert_eq!(whole(2.5e20), "2.5e20");
-        assert_eq!(exact(1e308), "1e308");
-        assert_eq!(exact(1e-300), "1e-300");
-        assert_eq!(exact(1.5e-7), "1.5e-7");
-        assert_eq!(exact(0.00001), "0.00001");
-        assert_eq!((exact(0.1), exact(55.25), exact(0.0)), ("0.1".into(), "55.25".into(), "0".into()));
-        assert_eq!(exact(f64::NAN), "NaN");
-        for value in [1e308, 1e-300, 1.5e-7, 0.1, 123.456, f64::MAX, f64::MIN_POSITIVE] {
-            assert_eq!(exact(value).parse::<f64>().unwrap(), value, "{value:e} round-trips");
-        }
-    }
-
-    #[test]
-    fn json_numbers_keep_nan_and_infinities_as_strings() {
-        assert_eq!(json_f64(f64::NAN), Value::from("NaN"));
-        assert_eq!(json_f64(f64::INFINITY), Value::from("inf"));
-        assert_eq!(json_f64(f64::NEG_INFINITY), Value::from("-inf"));
-        assert_eq!(json_f64(0.25), serde_json::json!(0.25));
-        assert_eq!(json_f64(1e308).to_string(), "1e+308", "compact, not 309 digits");
-        assert_eq!(json_opt_f64(None), Value::Null);
-        for value in [f64::INFINITY, f64::NEG_INFINITY, 1e-300] {
-            assert_eq!(f64_from_json(&json_f64(value)), Some(value));
-        }
-        assert!(f64_from_json(&json_f64(f64::NAN)).unwrap().is_nan());
-        assert_eq!(f64_from_json(&Value::from("lots")), None);
     }
 }

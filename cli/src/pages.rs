@@ -124,7 +124,7 @@ pub async fn each_metric_page(
 /// Every log line of a job, in stored order.
 pub async fn logs(client: &JobClient, job_id: i64) -> anyhow::Result<Vec<v1::LogLine>> {
     collect(usize::MAX, |after_id, room| {
-        let request = GetLogsRequest { job_id, after_id, limit: page_size(room, MAX_LOGS_PAGE) };
+        let request = GetLogsRequest { job_id, after_id, limit: page_size(room, MAX_LOGS_PAGE), last: 0 };
         let mut client = client.clone();
         async move {
             let page = client.get_logs(request).await?.into_inner();

@@ -77,7 +77,7 @@ impl fmt::Display for LrSchedule {
         if self.0.is_empty() {
             return f.write_str("none");
         }
-        let steps: Vec<String> = self.0.iter().map(|step| format!("{}:{}", step.epoch, crate::output::exact(step.gamma))).collect();
+        let steps: Vec<String> = self.0.iter().map(|step| format!("{}:{}", step.epoch, camp_proto::text::exact(step.gamma))).collect();
         f.write_str(&steps.join(","))
     }
 }

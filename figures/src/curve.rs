@@ -1,43 +1,22 @@
 //! The accuracy/energy curve of an experiment, as in the reference's figure:
 //! top-1 against normalised energy on a log axis; the fixed-precision networks
 //! (1-bit, 4-bit, fp32) joined by a line, the co-adaptive ones (sp, rl) as
-//! markers labelled with their alpha. Drawn with plotters, text in DejaVu Sans
-//! (shipped by the `dejavu` crate, so no system font is needed).
-//!
-//! It draws the points it is handed (`Point`); `commands::plot` makes them from
-//! an experiment's results.
+//! markers labelled with their alpha. `points` makes the points from an
+//! experiment's result rows; `svg` and `draw` draw them.
 
 use std::path::Path;
-use std::sync::Once;
 
-use anyhow::anyhow;
+use camp_proto::results::ResultRow;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::FontStyle;
+
+use crate::{axis_number, register_font, FigureError, Format, FONT};
 
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 650;
-const FONT: &str = "sans-serif";
 const FIXED_COLOUR: RGBColor = RGBColor(76, 114, 176);
 const CAMP_COLOUR: RGBColor = RGBColor(150, 16, 50);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Svg,
-    Png,
-}
-
-impl Format {
-    pub fn from_path(path: &Path) -> Option<Format> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "svg" => Some(Format::Svg),
-            "png" => Some(Format::Png),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Series {
@@ -60,31 +39,65 @@ pub struct Point {
 const LABEL_WIDTH: i32 = 70;
 const LABEL_HEIGHT: i32 = 18;
 
-fn register_font() {
-    static FONT_ONCE: Once = Once::new();
-    FONT_ONCE.call_once(|| {
-        // The bytes are DejaVu Sans from the dejavu crate: a valid font.
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
-        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
-    });
+/// The plottable rows: succeeded jobs with a top-1 and a positive energy.
+pub fn points(rows: &[ResultRow]) -> Vec<Point> {
+    rows.iter()
+        .filter(|row| row.state == "succeeded")
+        .filter_map(|row| {
+            let (top1, energy) = (row.top1?, row.normalized_energy?);
+            if !(top1.is_finite() && energy.is_finite() && energy > 0.0) {
+                return None;
+            }
+            let (series, label) = match row.stage.as_str() {
+                "baseline" => (Series::Fixed, "fp32".to_owned()),
+                "qat" => (
+                    Series::Fixed,
+                    match (row.bits_weights, row.bits_activations) {
+                        (Some(w), Some(a)) if w == a => format!("{w}-bit"),
+                        (Some(w), Some(a)) => format!("w{w}/a{a}"),
+                        _ => "qat".to_owned(),
+                    },
+                ),
+                "sp" => (Series::CoAdaptive, "sp".to_owned()),
+                "rl" => (Series::CoAdaptive, row.alpha.map_or("rl".to_owned(), |a| format!("α={a}"))),
+                _ => return None,
+            };
+            Some(Point { label, series, energy, top1: 100.0 * top1 })
+        })
+        .collect()
+}
+
+/// The curve as an SVG document.
+pub fn svg(points: &[Point], title: &str) -> Result<String, FigureError> {
+    if points.is_empty() {
+        return Err(FigureError::Empty);
+    }
+    register_font();
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
+        draw_on(&root, points, title)?;
+        root.present().map_err(|err| FigureError::Draw(err.to_string()))?;
+    }
+    Ok(out)
 }
 
 /// Writes the curve to `path` as SVG or PNG.
-pub fn draw(points: &[Point], title: &str, path: &Path, format: Format) -> anyhow::Result<()> {
+pub fn draw(points: &[Point], title: &str, path: &Path, format: Format) -> Result<(), FigureError> {
     if points.is_empty() {
-        return Err(anyhow!("nothing to plot"));
+        return Err(FigureError::Empty);
     }
     register_font();
     match format {
         Format::Svg => {
             let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
             draw_on(&root, points, title)?;
-            root.present().map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
+            root.present().map_err(|err| FigureError::Write { path: path.to_path_buf(), reason: err.to_string() })?;
         }
         Format::Png => {
             let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
             draw_on(&root, points, title)?;
-            root.present().map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
+            root.present().map_err(|err| FigureError::Write { path: path.to_path_buf(), reason: err.to_string() })?;
         }
     }
     Ok(())
@@ -109,20 +122,11 @@ fn top1_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     ((lo - margin).floor().max(0.0), (hi + margin).ceil().min(100.0))
 }
 
-fn axis_number(v: f64) -> String {
-    if v >= 1.0 {
-        crate::output::whole(v)
-    } else {
-        let text = format!("{v:.4}");
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    }
-}
-
-fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], title: &str) -> anyhow::Result<()>
+fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], title: &str) -> Result<(), FigureError>
 where
     DB::ErrorType: 'static,
 {
-    let fail = |err: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {err}");
+    let fail = |err: DrawingAreaErrorKind<DB::ErrorType>| FigureError::Draw(err.to_string());
     root.fill(&WHITE).map_err(fail)?;
     let (x_lo, x_hi) = log_range(points.iter().map(|p| p.energy));
     let (y_lo, y_hi) = top1_range(points.iter().map(|p| p.top1));
@@ -202,11 +206,56 @@ where
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
 
+    fn row(node: &str, stage: &str, bits: u32, alpha: Option<f64>, top1: f64, energy: f64) -> ResultRow {
+        ResultRow {
+            node: node.into(),
+            job_id: 1,
+            stage: stage.into(),
+            bits_weights: Some(bits),
+            bits_activations: Some(bits),
+            alpha,
+            top1: Some(top1),
+            normalized_energy: Some(energy),
+            fullbit_share: None,
+            state: "succeeded".into(),
+        }
+    }
+
+    fn sample_rows() -> Vec<ResultRow> {
+        let mut failed = row("rl-0.5", "rl", 1, Some(0.5), 0.5, 0.2);
+        failed.state = "failed".into();
+        vec![
+            row("baseline", "baseline", 32, None, 0.9186, 70.77),
+            row("qat4", "qat", 4, None, 0.912, 1.0),
+            row("qat1", "qat", 1, None, 0.85, 0.106),
+            row("sp", "sp", 1, None, 0.905, 0.62),
+            row("rl-0.01", "rl", 1, Some(0.01), 0.909, 0.71),
+            row("rl-0.1", "rl", 1, Some(0.1), 0.899, 0.41),
+            row("rl-0.2", "rl", 1, Some(0.2), 0.89, 0.3),
+            failed,
+        ]
+    }
+
+    #[test]
+    fn only_succeeded_jobs_with_results_are_points() {
+        let points = points(&sample_rows());
+        assert_eq!(points.len(), 7);
+        assert_eq!(points, sample_points(), "the points plot's own test draws");
+        let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(labels, ["fp32", "4-bit", "1-bit", "sp", "α=0.01", "α=0.1", "α=0.2"]);
+        assert_eq!(points[0].series, Series::Fixed);
+        assert_eq!(points[5].series, Series::CoAdaptive);
+        assert!((points[0].top1 - 91.86).abs() < 1e-9);
+        let mut no_energy = row("x", "qat", 4, None, 0.9, 1.0);
+        no_energy.normalized_energy = None;
+        assert!(super::points(&[no_energy]).is_empty());
+    }
+
     /// The points of a camp run: fixed precision (fp32, 4-bit, 1-bit) and co-adaptive (sp, rl by alpha).
-    pub fn sample_points() -> Vec<Point> {
+    fn sample_points() -> Vec<Point> {
         let point = |label: &str, series, energy, top1: f64| Point { label: label.into(), series, energy, top1: 100.0 * top1 };
         vec![
             point("fp32", Series::Fixed, 70.77, 0.9186),
@@ -265,5 +314,16 @@ pub mod tests {
         assert!(white < total * 99 / 100, "only {} of {total} pixels are not white", total - white);
         let camp_red = pixels.chunks(channels).filter(|p| p[0] == CAMP_COLOUR.0 && p[1] == CAMP_COLOUR.1 && p[2] == CAMP_COLOUR.2).count();
         assert!(camp_red > 100, "the CAMP markers are drawn ({camp_red} pixels)");
+    }
+
+    #[test]
+    fn an_svg_string_is_the_same_figure_and_nothing_is_an_error() {
+        let text = svg(&sample_points(), "camp-r20").unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let circles = doc.descendants().filter(|n| n.has_tag_name("circle")).count();
+        assert_eq!(circles, 4 + 1, "one per CAMP point and one in the legend");
+        assert!(matches!(svg(&[], "x"), Err(FigureError::Empty)));
+        assert_eq!(Format::from_path(Path::new("a/curve.PNG")), Some(Format::Png));
+        assert_eq!(Format::from_path(Path::new("curve.pdf")), None);
     }
 }

@@ -14,11 +14,14 @@ pub mod metric;
 pub mod pipeline;
 pub mod quant;
 pub mod result;
+pub mod results;
 pub mod schedule;
 pub mod spec;
 pub mod spec_error;
 pub mod spec_file;
+pub mod text;
 pub mod valid;
+pub mod wire;
 
 /// Generated from `proto/camp/v1/*.proto`.
 #[allow(clippy::large_enum_variant)] // prost's oneof enums, as generated

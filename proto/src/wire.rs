@@ -1,9 +1,11 @@
-//! The JSON shapes of the wire types for `--json`, and their names for people.
+//! The JSON shapes of the wire types: what `camp --json` prints and the
+//! coordinator's dashboard API answers (one shape for both), and the names
+//! people read for states.
 
-use camp_proto::v1;
 use serde_json::{json, Value};
 
-use crate::output::json_f64;
+use crate::text::json_f64;
+use crate::v1;
 
 /// Lowercase state name: queued, running, succeeded, failed, cancelled.
 pub fn state_name(state: i32) -> &'static str {
@@ -30,12 +32,12 @@ pub fn embedded_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-/// The spec as the contract reads it (`camp_proto::JobSpec`: every field, the
+/// The spec as the contract reads it (`crate::JobSpec`: every field, the
 /// stage's defaults where the wire left a knob unset), so a field added to the
 /// contract is shown without a line here. A spec the contract refuses (a newer
 /// or broken coordinator) is shown as the reason, not half.
 pub fn spec(spec: &v1::JobSpec) -> Value {
-    match camp_proto::ValidSpec::from_proto(spec) {
+    match crate::ValidSpec::from_proto(spec) {
         Ok(spec) => serde_json::to_value(&spec).unwrap_or(Value::Null),
         Err(err) => json!({ "invalid": err.to_string() }),
     }
@@ -134,7 +136,8 @@ pub fn heartbeat_age_ms(worker: &v1::Worker, now_ms: i64) -> i64 {
     }
 }
 
-pub fn worker(worker: &v1::Worker) -> Value {
+/// A worker; `now_ms` dates its last heartbeat when the coordinator did not give its age.
+pub fn worker(worker: &v1::Worker, now_ms: i64) -> Value {
     json!({
         "id": worker.id,
         "name": worker.name,
@@ -146,9 +149,58 @@ pub fn worker(worker: &v1::Worker) -> Value {
         "alive": worker.alive,
         "state": worker_state_name(worker),
         "last_heartbeat_ms": worker.last_heartbeat_ms,
-        "heartbeat_age_ms": heartbeat_age_ms(worker, crate::output::now_ms()),
+        "heartbeat_age_ms": heartbeat_age_ms(worker, now_ms),
         "running_jobs": worker.running_jobs,
     })
+}
+
+fn bits_number(bits: Option<u32>) -> u32 {
+    bits.unwrap_or(32)
+}
+
+/// A network's energy (`camp energy --json`, the dashboard's job page): totals,
+/// the table, every layer and, for dual path, the per-block 4-bit paths.
+pub fn energy_report(spec: &crate::JobSpec, report: &crate::energy::EnergyReport) -> Value {
+    let blocks_pj = report.all_blocks_pj();
+    let layers: Vec<Value> = report
+        .layers
+        .iter()
+        .map(|layer| {
+            json!({
+                "path": layer.path,
+                "role": layer.role,
+                "macs": layer.macs,
+                "bits": bits_number(layer.bits),
+                "energy_pj": json_f64(layer.energy_pj),
+            })
+        })
+        .collect();
+    let mut value = json!({
+        "arch": report.arch,
+        "dataset": spec.dataset,
+        "stage": spec.stage.as_str(),
+        "bits_weights": spec.weight_bits(),
+        "bits_activations": spec.activation_bits(),
+        "macs": report.macs,
+        "energy_pj": json_f64(blocks_pj),
+        "normalized_energy": json_f64(report.normalized(blocks_pj)),
+        "stem_head_pj": json_f64(report.stem_head_pj),
+        "reference_4bit_pj": json_f64(report.reference_4bit_pj),
+        "table": {
+            "name": spec.energy_table.name,
+            "fp32_pj": json_f64(spec.energy_table.fp32_pj),
+            "int8_mult_pj": json_f64(spec.energy_table.int8_mult_pj),
+            "int8_add_pj": json_f64(spec.energy_table.int8_add_pj),
+        },
+        "layers": layers,
+    });
+    if spec.stage.is_dual_path() {
+        let all_off = report.blocks_pj(&vec![0.0; report.fullbit_pj.len()]);
+        value["fullbit_pj"] = report.fullbit_pj.iter().copied().map(json_f64).collect();
+        value["energy_pj_all_off"] = json_f64(all_off);
+        value["normalized_energy_all_off"] = json_f64(report.normalized(all_off));
+    }
+    value
 }
 
 #[cfg(test)]
@@ -160,7 +212,7 @@ mod tests {
         let running = v1::Job {
             id: 12,
             state: v1::JobState::Running as i32,
-            spec: Some(camp_proto::JobSpec::default().to_proto()),
+            spec: Some(crate::JobSpec::default().to_proto()),
             result: Some(v1::JobResult { best_top1: 0.915, best_epoch: 180, ..Default::default() }),
             attempt: 1,
             max_attempts: 3,
@@ -205,7 +257,7 @@ mod tests {
         let inf = |value| metric(4, &v1::Metric { value, ..Default::default() })["value"].clone();
         assert_eq!((inf(f64::INFINITY), inf(f64::NEG_INFINITY)), (json!("inf"), json!("-inf")));
         assert_eq!(inf(1e308).to_string(), "1e+308");
-        let broken = super::spec(&v1::JobSpec { lr: f64::INFINITY, ..camp_proto::JobSpec::default().to_proto() });
+        let broken = super::spec(&v1::JobSpec { lr: f64::INFINITY, ..crate::JobSpec::default().to_proto() });
         assert!(broken["invalid"].as_str().unwrap().contains("lr: must be"), "{broken}");
     }
 
@@ -285,8 +337,8 @@ mod tests {
             (&shown["pact_weight_decay"], &shown["rl_task_reward"], &shown["alpha"]),
             (&json!(0.001), &json!("batch_mean"), &json!(0.3))
         );
-        let unset = spec(&camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).to_proto());
-        assert_eq!(unset["rl_weight"], json!(camp_proto::JobSpec::defaults_for(camp_proto::spec::Stage::Rl).rl_weight));
+        let unset = spec(&crate::JobSpec::defaults_for(crate::spec::Stage::Rl).to_proto());
+        assert_eq!(unset["rl_weight"], json!(crate::JobSpec::defaults_for(crate::spec::Stage::Rl).rl_weight));
     }
 
     #[test]

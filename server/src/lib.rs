@@ -21,6 +21,7 @@ pub mod ops;
 pub mod queue;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ use crate::dispatch::Dispatcher;
 use crate::net::{ConnectionLimits, KEEPALIVE};
 use crate::ops::rpc::RpcMetricsLayer;
 use crate::store::{ClaimPolicy, MetricRetention, Retention, Store};
+use crate::web::{Dashboard, DashboardListener};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -108,6 +110,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_dashboard(store, settings, listener, None, shutdown).await
+}
+
+/// `serve`, and the dashboard (`web`) on its own listener when one is given.
+pub async fn serve_with_dashboard(
+    store: Arc<dyn Store>,
+    settings: Settings,
+    listener: TcpListener,
+    dashboard: Option<DashboardListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let (health_reporter, health) = ops::health::service().await;
     let (reflection_v1, reflection_v1alpha) = ops::reflection::services()?;
     let mut tasks = vec![
@@ -120,10 +133,16 @@ pub async fn serve(
     }
     let transfers = Arc::new(Transfers::new(settings.transfers));
     let sessions = Arc::new(SessionCache::default());
-    let auth = AuthLayer::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert, sessions.clone()));
-    let jobs = JobServiceServer::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let authenticator = Arc::new(Authenticator::new(store.clone(), settings.require_auth, settings.require_client_cert, sessions.clone()));
+    let auth = AuthLayer::new(authenticator.clone());
+    let job_api = Arc::new(JobApi::new(store.clone(), settings.access, settings.lease, settings.claims, transfers.clone()));
+    if let Some(d) = dashboard {
+        let secure = d.tls.is_some();
+        let board = Arc::new(Dashboard::new(job_api.clone(), authenticator, store.clone(), secure));
+        tasks.push(web::spawn(d.listener, board, d.tls, settings.connections.for_dashboard()));
+    }
+    let jobs =
+        JobServiceServer::from_arc(job_api).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (dispatcher, dispatching) = Dispatcher::start(store.clone(), settings.lease, settings.claims);
     let workers = WorkerServiceServer::new(WorkerApi::new(store, settings.lease, settings.retention, dispatcher, sessions, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

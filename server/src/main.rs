@@ -12,7 +12,8 @@ use camp_server::net::{self, ConnectionLimits};
 use camp_server::ops;
 use camp_server::store::{ClaimPolicy, Credential, Location, MetricRetention, NewCredential, Retention, Role, Store};
 use camp_server::tls::TlsFiles;
-use camp_server::{serve, Settings};
+use camp_server::web::DashboardListener;
+use camp_server::{serve_with_dashboard, Settings};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,6 +47,10 @@ struct Cli {
     /// 127.0.0.1:9464. Off by default; keep it on loopback or a network only the scraper reaches.
     #[arg(long, env = "CAMP_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Serve the dashboard (web pages: jobs, experiments, workers, live charts) on this address,
+    /// e.g. 127.0.0.1:8080. Same credentials as the gRPC API; HTTPS with --tls-cert. Off by default.
+    #[arg(long, env = "CAMP_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<String>,
     /// Seconds between readings of the queue's gauges (queued, running, live workers) for /metrics.
     #[arg(long, default_value_t = 5.0)]
     metrics_every_secs: f64,
@@ -221,7 +226,11 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    serve(store, settings, listener, shutdown).await?;
+    let dashboard = match &cli.http_listen {
+        Some(addr) => Some(dashboard_listener(&cli, addr).await?),
+        None => None,
+    };
+    serve_with_dashboard(store, settings, listener, dashboard, shutdown).await?;
     Ok(())
 }
 
@@ -268,6 +277,20 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         require_client_cert: s.tls_client_ca.is_some(),
         ..Settings::default()
     })
+}
+
+/// The dashboard's listener: bound now (a taken port fails at start), exposed
+/// only as the gRPC listener may be, over HTTPS when the coordinator has a certificate.
+async fn dashboard_listener(cli: &Cli, addr: &str) -> anyhow::Result<DashboardListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --http-listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    let s = &cli.security;
+    let files = s.tls_cert.clone().zip(s.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key, client_ca: None });
+    let tls = files.as_ref().map(TlsFiles::dashboard_config).transpose()?.map(Arc::new);
+    check_exposure(s, bound, tls.is_some()).context("--http-listen")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %bound, "dashboard at {scheme}://{bound}/");
+    Ok(DashboardListener { listener, tls })
 }
 
 /// Without --require-auth callers name themselves: such a coordinator serves

@@ -46,6 +46,19 @@ impl Default for ConnectionLimits {
     }
 }
 
+impl ConnectionLimits {
+    /// The dashboard's share: its own count of connections, and a longer
+    /// silence (a page's live-update stream only receives; it ends itself
+    /// after a few minutes and the browser opens another).
+    pub fn for_dashboard(self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: (self.max_connections / 4).max(16),
+            max_per_ip: self.max_per_ip.min(64),
+            idle: self.idle.max(Duration::from_secs(360)),
+        }
+    }
+}
+
 /// Raises this process's open-file limit to its hard limit, and returns the
 /// most connections it can hold besides the database pool and the rest.
 pub fn raise_fd_limit() -> u64 {

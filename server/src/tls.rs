@@ -22,15 +22,17 @@ pub struct TlsFiles {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} {}: {source}", path.display())]
-pub struct TlsError {
-    flag: &'static str,
-    path: PathBuf,
-    source: camp_proto::limits::ReadFileError,
+pub enum TlsError {
+    #[error("{flag} {}: {source}", path.display())]
+    Read { flag: &'static str, path: PathBuf, source: camp_proto::limits::ReadFileError },
+    #[error("{flag} {}: {reason}", path.display())]
+    Pem { flag: &'static str, path: PathBuf, reason: String },
+    #[error("--tls-cert and --tls-key: {0}")]
+    Config(rustls::Error),
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    camp_proto::limits::read_small_file(path).map_err(|source| TlsError { flag, path: path.to_path_buf(), source })
+    camp_proto::limits::read_small_file(path).map_err(|source| TlsError::Read { flag, path: path.to_path_buf(), source })
 }
 
 impl TlsFiles {
@@ -41,6 +43,31 @@ impl TlsFiles {
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?)).client_auth_optional(true);
         }
+        Ok(config)
+    }
+
+    /// The same certificate for the dashboard's HTTPS listener (browsers
+    /// present no client certificate there: they log in with a token).
+    pub fn dashboard_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pem = |flag: &'static str, path: &Path, reason: String| TlsError::Pem { flag, path: path.to_path_buf(), reason };
+        let cert_pem = read("--tls-cert", &self.cert)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem("--tls-cert", &self.cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(pem("--tls-cert", &self.cert, "no certificate in the file".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&read("--tls-key", &self.key)?).map_err(|e| pem("--tls-key", &self.key, e.to_string()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(TlsError::Config)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
 }

@@ -198,9 +198,10 @@ async fn metrics_and_logs_come_in_pages(pool: PgPool) {
         after_id = page.next_after_id;
     }
     assert_eq!(steps, vec![1, 2, 3, 4, 5]);
-    let page = jobs.get_logs(v1::GetLogsRequest { job_id: job.id, after_id: 0, limit: 3 }).await.unwrap().into_inner();
+    let page = jobs.get_logs(v1::GetLogsRequest { job_id: job.id, after_id: 0, limit: 3, last: 0 }).await.unwrap().into_inner();
     assert_eq!((page.lines.len(), page.next_after_id), (3, page.lines[2].id));
-    let rest = jobs.get_logs(v1::GetLogsRequest { job_id: job.id, after_id: page.next_after_id, limit: 3 }).await.unwrap().into_inner();
+    let rest =
+        jobs.get_logs(v1::GetLogsRequest { job_id: job.id, after_id: page.next_after_id, limit: 3, last: 0 }).await.unwrap().into_inner();
     assert_eq!((rest.lines.len(), rest.next_after_id), (2, 0));
     let err = jobs.query_metrics(v1::QueryMetricsRequest { job_id: job.id, limit: 1_000_000, ..Default::default() }).await.unwrap_err();
     assert!(err.message().starts_with("limit:"), "{}", err.message());

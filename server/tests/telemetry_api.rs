@@ -44,7 +44,7 @@ fn two_series(job_id: i64, sequence: u64, steps: std::ops::RangeInclusive<i64>) 
 }
 
 #[sqlx::test(migrations = false)]
-async fn metrics_are_read_since_a_step_or_as_the_newest_of_each_series_and_bad_bounds_are_refused_by_name(pool: PgPool) {
+async fn metrics_are_read_since_a_step_as_the_newest_of_each_series_or_sampled_and_bad_bounds_are_refused_by_name(pool: PgPool) {
     let c = Coordinator::start(pool, Settings::default()).await;
     let mut jobs = c.jobs_as("tester");
     let job = submit(&mut jobs, spec()).await;
@@ -71,9 +71,27 @@ async fn metrics_are_read_since_a_step_or_as_the_newest_of_each_series_and_bad_b
     let one = query(v1::QueryMetricsRequest { last: 1, name: "top1".into(), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(one.metrics.iter().map(|m| (m.name.as_str(), m.step)).collect::<Vec<_>>(), [("top1", 10)]);
 
+    // A chart's sample of one series: the first, the last and evenly spaced steps, in one reply.
+    let sample = query(v1::QueryMetricsRequest { name: "loss".into(), sample: 4, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(sample.metrics.iter().map(|m| m.step).collect::<Vec<_>>(), [1, 4, 7, 10]);
+    assert_eq!(sample.next_after_id, 0, "a sample is one whole reply");
+    let whole = query(v1::QueryMetricsRequest { name: "top1".into(), sample: 100, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(whole.metrics.len(), 10, "a short series is sampled whole");
+    // The newest log lines, oldest first.
+    let mut logs = jobs.clone();
+    let tail = logs.get_logs(v1::GetLogsRequest { job_id: job.id, last: 5, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(tail.lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["batch 1"]);
+    let err = logs.get_logs(v1::GetLogsRequest { job_id: job.id, last: 5, after_id: 3, ..Default::default() }).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().starts_with("last:"), "{err:?}");
+    let err = logs.get_logs(v1::GetLogsRequest { job_id: job.id, last: 401, ..Default::default() }).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().starts_with("last:"), "{err:?}");
+
     for (request, field) in [
         (v1::QueryMetricsRequest { since_step: -1, ..Default::default() }, "since_step"),
         (v1::QueryMetricsRequest { last: 20_001, ..Default::default() }, "last"),
+        (v1::QueryMetricsRequest { sample: 5, ..Default::default() }, "name"),
+        (v1::QueryMetricsRequest { name: "loss".into(), sample: 20_001, ..Default::default() }, "sample"),
+        (v1::QueryMetricsRequest { name: "loss".into(), sample: 5, since_step: 3, ..Default::default() }, "sample"),
     ] {
         let err = query(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

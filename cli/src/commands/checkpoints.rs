@@ -15,7 +15,7 @@ use tonic::Status;
 use crate::client;
 use crate::global_opts::GlobalOpts;
 use crate::output::{age, now_ms, percent, print_json, size, Table};
-use crate::wire;
+use camp_proto::wire;
 
 #[derive(Debug, Subcommand)]
 pub enum CheckpointAction {

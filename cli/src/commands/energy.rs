@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use camp_proto::energy::{self, EnergyReport};
 use camp_proto::spec::Stage;
-use camp_proto::JobSpec;
+use camp_proto::text::exact;
+use camp_proto::{wire, JobSpec};
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
 
 use crate::global_opts::GlobalOpts;
 use crate::input_files::read_energy_table;
-use crate::output::{exact, json_f64, number, print_json, thousands, Table};
+use crate::output::{number, print_json, thousands, Table};
 use crate::spec_flags::{check_spec, spec_error_with_flag, BitsArgs};
 use crate::values::BitsOverrideArg;
 
@@ -59,7 +59,7 @@ pub fn run(opts: &GlobalOpts, args: &EnergyArgs) -> anyhow::Result<()> {
     let spec = spec_for(args)?;
     let report = energy::report(&spec).map_err(spec_error_with_flag)?;
     if opts.json {
-        return print_json(&report_json(&spec, &report));
+        return print_json(&wire::energy_report(&spec, &report));
     }
     print!("{}", report_text(&spec, &report));
     Ok(())
@@ -83,54 +83,6 @@ pub fn spec_for(args: &EnergyArgs) -> anyhow::Result<JobSpec> {
     }
     check_spec(&spec)?;
     Ok(spec)
-}
-
-fn bits_number(bits: Option<u32>) -> u32 {
-    bits.unwrap_or(32)
-}
-
-/// `--json`: totals, the table, every layer and, for dual path, the per-block 4-bit paths.
-pub fn report_json(spec: &JobSpec, report: &EnergyReport) -> Value {
-    let blocks_pj = report.all_blocks_pj();
-    let layers: Vec<Value> = report
-        .layers
-        .iter()
-        .map(|layer| {
-            json!({
-                "path": layer.path,
-                "role": layer.role,
-                "macs": layer.macs,
-                "bits": bits_number(layer.bits),
-                "energy_pj": json_f64(layer.energy_pj),
-            })
-        })
-        .collect();
-    let mut value = json!({
-        "arch": report.arch,
-        "dataset": spec.dataset,
-        "stage": spec.stage.as_str(),
-        "bits_weights": spec.weight_bits(),
-        "bits_activations": spec.activation_bits(),
-        "macs": report.macs,
-        "energy_pj": json_f64(blocks_pj),
-        "normalized_energy": json_f64(report.normalized(blocks_pj)),
-        "stem_head_pj": json_f64(report.stem_head_pj),
-        "reference_4bit_pj": json_f64(report.reference_4bit_pj),
-        "table": {
-            "name": spec.energy_table.name,
-            "fp32_pj": json_f64(spec.energy_table.fp32_pj),
-            "int8_mult_pj": json_f64(spec.energy_table.int8_mult_pj),
-            "int8_add_pj": json_f64(spec.energy_table.int8_add_pj),
-        },
-        "layers": layers,
-    });
-    if spec.stage.is_dual_path() {
-        let all_off = report.blocks_pj(&vec![0.0; report.fullbit_pj.len()]);
-        value["fullbit_pj"] = report.fullbit_pj.iter().copied().map(json_f64).collect();
-        value["energy_pj_all_off"] = json_f64(all_off);
-        value["normalized_energy_all_off"] = json_f64(report.normalized(all_off));
-    }
-    value
 }
 
 /// The per-layer table, then the totals, for people.
@@ -209,7 +161,7 @@ mod tests {
         let cli = Cli::try_parse_from(["camp", "energy"].iter().chain(line)).unwrap();
         let Command::Energy(args) = cli.command else { panic!("not energy") };
         let spec = spec_for(&args).unwrap();
-        report_json(&spec, &energy::report(&spec).unwrap())
+        wire::energy_report(&spec, &energy::report(&spec).unwrap())
     }
 
     #[test]

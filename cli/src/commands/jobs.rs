@@ -7,10 +7,11 @@ use serde_json::Value;
 
 use crate::client;
 use crate::global_opts::GlobalOpts;
-use crate::output::{age, exact, now_ms, number, percent, print_json, Table};
+use crate::output::{age, now_ms, number, percent, print_json, Table};
 use crate::pages;
 use crate::values::LrSchedule;
-use crate::wire;
+use camp_proto::text::exact;
+use camp_proto::wire;
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {

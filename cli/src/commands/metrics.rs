@@ -14,9 +14,10 @@ use std::io::Write;
 
 use crate::client;
 use crate::global_opts::GlobalOpts;
-use crate::output::{age, csv_field, exact, now_ms, number};
+use crate::output::{age, now_ms, number};
 use crate::pages;
-use crate::wire;
+use camp_proto::text::{csv_field, exact};
+use camp_proto::wire;
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
@@ -131,7 +132,7 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// One line per metric; values in their shortest exact form (`output::exact`:
+/// One line per metric; values in their shortest exact form (`camp_proto::text::exact`:
 /// `1e308`, not 309 digits).
 fn csv_rows(job_id: i64, metrics: &[v1::Metric]) -> String {
     let mut text = String::new();

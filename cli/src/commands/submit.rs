@@ -6,7 +6,7 @@ use crate::client;
 use crate::global_opts::GlobalOpts;
 use crate::output::print_json;
 use crate::spec_flags::SubmitStage;
-use crate::wire;
+use camp_proto::wire;
 
 /// Validates the spec locally (exit 2 naming the flag), then submits it under
 /// its request id (`--request-id`, else a fresh UUID), retried while the

@@ -23,7 +23,7 @@ use crate::client;
 use crate::exit;
 use crate::global_opts::GlobalOpts;
 use crate::output::{duration_precise, number, percent, whole};
-use crate::wire;
+use camp_proto::wire;
 
 /// After the job has ended, how long to wait for the rest of the coordinator's events.
 const DRAIN_AFTER_END: Duration = Duration::from_millis(500);

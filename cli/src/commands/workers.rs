@@ -12,12 +12,12 @@ use serde_json::Value;
 use crate::client;
 use crate::global_opts::GlobalOpts;
 use crate::output::{now_ms, print_json, Table};
-use crate::wire;
+use camp_proto::wire;
 
 pub async fn list(opts: &GlobalOpts) -> anyhow::Result<()> {
     let workers = client::connect(opts).await?.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
     if opts.json {
-        return print_json(&Value::Array(workers.iter().map(wire::worker).collect()));
+        return print_json(&Value::Array(workers.iter().map(|w| wire::worker(w, now_ms())).collect()));
     }
     print!("{}", table(&workers, now_ms()));
     Ok(())
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn json_names_the_state_and_the_heartbeat_age() {
-        let json = wire::worker(&worker(v1::WorkerState::Silent, 42_000, &[9]));
+        let json = wire::worker(&worker(v1::WorkerState::Silent, 42_000, &[9]), 0);
         assert_eq!(json["state"], "silent");
         assert_eq!(json["heartbeat_age_ms"], 42_000);
         assert_eq!(json["running_jobs"], serde_json::json!([9]));

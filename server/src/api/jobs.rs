@@ -274,6 +274,21 @@ impl JobService for JobApi {
         if r.since_step < 0 {
             return Err(ApiError::invalid("since_step", format!("a step is not negative, got {}", r.since_step)).into());
         }
+        let sample = validate::page("sample", r.sample, 0, MAX_METRICS_PAGE)?;
+        if sample > 0 {
+            if r.name.is_empty() {
+                return Err(ApiError::invalid("name", "a sample is of one series: name it").into());
+            }
+            if r.after_id != 0 || r.since_step != 0 || last != 0 {
+                return Err(ApiError::invalid("sample", "a sample is one whole reply: leave after_id, since_step and last unset").into());
+            }
+            let attempt = (r.attempt != 0).then_some(r.attempt);
+            let rows = self.store.sample_metrics(r.job_id, &r.name, attempt, sample).await?;
+            return Ok(Response::new(v1::QueryMetricsResponse {
+                metrics: rows.into_iter().map(metric_to_proto).collect(),
+                next_after_id: 0,
+            }));
+        }
         let filter = MetricFilter {
             job_id: r.job_id,
             name: (!r.name.is_empty()).then_some(r.name),
@@ -295,6 +310,14 @@ impl JobService for JobApi {
         let r = req.into_inner();
         self.readable_job(&user, r.job_id).await?;
         let limit = validate::page("limit", r.limit, MAX_LOGS_PAGE, MAX_LOGS_PAGE)?;
+        let last = validate::page("last", r.last, 0, MAX_LOGS_PAGE)?;
+        if last > 0 {
+            if r.after_id != 0 {
+                return Err(ApiError::invalid("last", "the newest lines are one whole reply: leave after_id unset").into());
+            }
+            let lines = self.store.log_tail(r.job_id, last).await?.into_iter().map(log_to_proto).collect();
+            return Ok(Response::new(v1::GetLogsResponse { lines, next_after_id: 0 }));
+        }
         let rows = self.store.logs(r.job_id, r.after_id, limit).await?;
         let ids: Vec<i64> = rows.iter().map(|l| l.id).collect();
         let lines = rows.into_iter().map(log_to_proto).collect();

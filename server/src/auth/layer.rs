@@ -61,29 +61,13 @@ impl Authenticator {
             // Not ours: the router answers UNIMPLEMENTED.
             _ => return Ok(()),
         };
-        let credential = match bearer(req.headers())? {
-            Some(token) => Some(self.credential(token).await?),
-            None if self.require_auth => {
-                return Err(ApiError::Unauthenticated(
-                    "this coordinator requires an API token (authorization: Bearer TOKEN; the CLI reads CAMP_TOKEN)".into(),
-                ))
-            }
-            None => None,
-        };
         match called {
             Called::Jobs => {
-                let user = match &credential {
-                    Some(c) if c.role == Role::Worker => {
-                        return Err(ApiError::PermissionDenied(
-                            "a worker credential may call WorkerService only; use a user's token for JobService".into(),
-                        ))
-                    }
-                    Some(c) => User { name: c.name.clone(), admin: c.role == Role::Admin },
-                    None => User { name: named_user(req.headers())?, admin: false },
-                };
+                let user = self.user(req.headers()).await?;
                 req.extensions_mut().insert(user);
             }
             Called::Workers => {
+                let credential = self.presented(req.headers()).await?;
                 if let Some(c) = &credential {
                     if c.role != Role::Worker {
                         return Err(ApiError::PermissionDenied(
@@ -101,6 +85,37 @@ impl Authenticator {
             }
         }
         Ok(())
+    }
+
+    /// The user a `JobService` call (or a dashboard request) comes from: a
+    /// user's or admin's token; without --require-auth, the name in `x-camp-user`.
+    pub async fn user(&self, headers: &HeaderMap) -> ApiResult<User> {
+        Ok(match self.presented(headers).await? {
+            Some(c) if c.role == Role::Worker => {
+                return Err(ApiError::PermissionDenied(
+                    "a worker credential may call WorkerService only; use a user's token for JobService".into(),
+                ))
+            }
+            Some(c) => User { name: c.name.clone(), admin: c.role == Role::Admin },
+            None => User { name: named_user(headers)?, admin: false },
+        })
+    }
+
+    /// Whether every caller must present a token.
+    pub fn requires_auth(&self) -> bool {
+        self.require_auth
+    }
+
+    /// The credential of the bearer token in `headers`; None where there is
+    /// none and the coordinator does not require one.
+    async fn presented(&self, headers: &HeaderMap) -> ApiResult<Option<Credential>> {
+        match bearer(headers)? {
+            Some(token) => Ok(Some(self.credential(token).await?)),
+            None if self.require_auth => Err(ApiError::Unauthenticated(
+                "this coordinator requires an API token (authorization: Bearer TOKEN; the CLI reads CAMP_TOKEN)".into(),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The live credential a bearer token stands for.
@@ -196,8 +211,9 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    pub fn new(auth: Authenticator) -> Self {
-        AuthLayer { auth: Arc::new(auth) }
+    /// The layer, sharing `auth` with the dashboard (which identifies its requests alike).
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
     }
 }
 

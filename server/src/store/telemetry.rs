@@ -151,8 +151,16 @@ pub trait TelemetryStore {
     /// retention has looked at the job. Returns the points removed.
     /// FailedPrecondition while the job has not ended (a running job keeps every point).
     async fn downsample_metrics(&self, job_id: i64, series: &[String], points: u32) -> StoreResult<u64>;
+    /// At most `points` (at least 2) of the series `name` of a job (of one
+    /// attempt if given), ordered by step: the first, the last and evenly
+    /// spaced ones between, by the rule retention thins with
+    /// (`policy::downsample_keeps`), read without changing anything: a chart's
+    /// view of a long series in one short reply.
+    async fn sample_metrics(&self, job_id: i64, name: &str, attempt: Option<u32>, points: u32) -> StoreResult<Vec<StoredMetric>>;
     /// The ids of the newest metric and log line of a job (0 where none), where a live view starts.
     async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)>;
     /// A page of a job's log lines, after row `after_id`.
     async fn logs(&self, job_id: i64, after_id: i64, limit: u32) -> StoreResult<Vec<LogLine>>;
+    /// The newest `last` log lines of a job, oldest first.
+    async fn log_tail(&self, job_id: i64, last: u32) -> StoreResult<Vec<LogLine>>;
 }

@@ -15,7 +15,8 @@ use camp_proto::v1::{self, JobState};
 use camp_proto::JobSpec;
 use camp_server::auth::{new_token, token_sha256};
 use camp_server::store::{Credential, NewCredential, PgStore, Role, Store};
-use camp_server::{serve, Settings};
+use camp_server::web::DashboardListener;
+use camp_server::{serve, serve_with_dashboard, Settings};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tonic::service::interceptor::InterceptedService;
@@ -84,6 +85,20 @@ impl Coordinator {
         let (addr, store) = serve_on_loopback(&pool, settings).await;
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Coordinator { addr, channel, store, pool }
+    }
+
+    /// A plaintext coordinator serving the dashboard too; returns it and the dashboard's address.
+    pub async fn start_with_dashboard(pool: PgPool, settings: Settings) -> (Coordinator, SocketAddr) {
+        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool.clone()).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let web_addr = web.local_addr().unwrap();
+        let dashboard = DashboardListener { listener: web, tls: None };
+        tokio::spawn(serve_with_dashboard(store.clone(), settings, listener, Some(dashboard), std::future::pending()));
+        tokio::spawn(close_for_good(pool.clone()));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        (Coordinator { addr, channel, store, pool }, web_addr)
     }
 
     /// A coordinator with `settings.tls`, and a channel to it over `https://127.0.0.1:PORT`

@@ -68,7 +68,7 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_new_attempt_resumes_from_the_latest_checkpoint_and_drops_earlier_metrics_past_it);
         $callback!($($arg,)* without_a_checkpoint_a_new_attempt_drops_earlier_metrics_except_those_at_step_zero);
         $callback!($($arg,)* the_newest_points_of_each_series_and_the_points_since_a_step_are_read_in_pages);
-        $callback!($($arg,)* an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_metrics_kept);
+        $callback!($($arg,)* an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_metrics_kept_and_a_sample_reads_the_same_points);
         // Checkpoints.
         $callback!($($arg,)* a_checkpoint_upload_is_invisible_until_committed_and_reads_back_in_its_chunks);
         $callback!($($arg,)* retention_keeps_the_latest_checkpoints_and_the_best_one);

@@ -13,9 +13,9 @@ use clap::Args;
 
 use crate::exit::UsageError;
 use crate::input_files::apply_compress_file;
-use crate::output::exact;
 use crate::spec_flags::{check_spec, RequestIdArg};
 use crate::values::parse_device;
+use camp_proto::text::exact;
 
 #[derive(Debug, Args)]
 pub struct PipelineCampArgs {

@@ -26,7 +26,7 @@ use crate::input_files::read_input_file;
 use crate::output::{age, now_ms, print_json, Table};
 use crate::pages;
 use crate::spec_flags::RequestIdArg;
-use crate::wire;
+use camp_proto::wire;
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineAction {

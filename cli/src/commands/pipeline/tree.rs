@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use camp_proto::v1;
 
 use crate::output::{age, number, percent, Table};
-use crate::wire;
+use camp_proto::wire;
 
 /// `3 succeeded, 1 running, 5 queued`.
 pub fn state_counts(jobs: &[v1::Job]) -> String {
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn show_draws_children_under_parents_with_results_and_messages() {
-        let mut experiment = crate::commands::results::tests::sample_experiment();
+        let mut experiment = camp_proto::results::examples::example_experiment();
         let parents = [(13, vec![11]), (14, vec![13]), (15, vec![13])];
         for (id, ps) in parents {
             experiment.jobs.iter_mut().find(|j| j.id == id).unwrap().parents = ps;

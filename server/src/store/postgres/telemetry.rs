@@ -158,6 +158,24 @@ impl TelemetryStore for PgStore {
         Ok(removed)
     }
 
+    async fn sample_metrics(&self, job_id: i64, name: &str, attempt: Option<u32>, points: u32) -> StoreResult<Vec<StoredMetric>> {
+        // The keep rule of DOWNSAMPLE_VICTIMS, as a read.
+        let rows: Vec<MetricRow> = sqlx::query_as(
+            "SELECT id, attempt, step, epoch, name, value, at FROM ( \
+               SELECT *, row_number() OVER (ORDER BY step, id) - 1 AS r, count(*) OVER () AS n \
+               FROM metrics WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3)) ranked \
+             WHERE n <= $4 OR r = 0 OR (r * ($4 - 1)) / (n - 1) <> ((r - 1) * ($4 - 1)) / (n - 1) \
+             ORDER BY step, id",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(attempt.map(|a| a as i32))
+        .bind(i64::from(points.max(2)))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(stored_metric).collect())
+    }
+
     async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)> {
         let row: (i64, i64) = sqlx::query_as(
             "SELECT COALESCE((SELECT max(id) FROM metrics WHERE job_id = $1), 0), \
@@ -177,6 +195,17 @@ impl TelemetryStore for PgStore {
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await?;
+        Ok(rows.into_iter().map(|(id, attempt, at, line)| LogLine { id, attempt: attempt as u32, at, line }).collect())
+    }
+
+    async fn log_tail(&self, job_id: i64, last: u32) -> StoreResult<Vec<LogLine>> {
+        let rows: Vec<(i64, i32, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT id, attempt, at, line FROM (SELECT * FROM job_logs WHERE job_id = $1 ORDER BY id DESC LIMIT $2) tail ORDER BY id",
+        )
+        .bind(job_id)
+        .bind(last as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(id, attempt, at, line)| LogLine { id, attempt: attempt as u32, at, line }).collect())
     }
 }

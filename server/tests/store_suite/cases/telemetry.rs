@@ -63,6 +63,10 @@ pub async fn metrics_and_logs_are_read_in_pages_in_the_order_they_were_stored(st
     assert!(logs.iter().all(|l| l.attempt == 1));
     let after_first = s.logs(job, logs[0].id, 1).await.unwrap();
     assert_eq!(after_first.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), vec!["l2"]);
+    let tail = s.log_tail(job, 2).await.unwrap();
+    assert_eq!(tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), vec!["l2", "l3"], "the newest lines, oldest first");
+    assert_eq!(s.log_tail(job, 10).await.unwrap().len(), 3);
+    assert!(s.log_tail(job + 1000, 10).await.unwrap().is_empty());
     assert_eq!(s.last_row_ids(job).await.unwrap(), (all[4].id, logs[2].id));
     let (quiet_metric, quiet_log) = s.last_row_ids(quiet).await.unwrap();
     assert!(quiet_metric > 0 && quiet_log > 0 && quiet_metric != all[4].id);
@@ -172,7 +176,9 @@ pub async fn the_newest_points_of_each_series_and_the_points_since_a_step_are_re
     assert!(s.last_metrics_page(&other_attempt, 5, 0, 100).await.unwrap().is_empty());
 }
 
-pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_metrics_kept(store: Arc<dyn Store>) {
+pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_metrics_kept_and_a_sample_reads_the_same_points(
+    store: Arc<dyn Store>,
+) {
     let s = store.as_ref();
     let w = cpu_worker(s, "w").await;
     let job = submit_as(s, "ada", "thinned", 0).await;
@@ -197,6 +203,16 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     assert!(s.jobs_to_downsample(&step_series, 10).await.unwrap().is_empty(), "nothing has ended");
     assert_err!(s.downsample_metrics(job, &step_series, 10).await, StoreError::FailedPrecondition(_), "a running job keeps every point");
     assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), before.len());
+    // A chart's sample of a running job's series: the points retention would keep, nothing removed.
+    let sampled: Vec<i64> = s.sample_metrics(job, "loss", None, 10).await.unwrap().iter().map(|m| m.point.step).collect();
+    let would_keep: Vec<i64> = MetricRetention::kept_ranks(101, 10).iter().map(|&r| r as i64 + 1).collect();
+    assert_eq!(sampled, would_keep, "a sample is what thinning would keep");
+    let whole: Vec<i64> = s.sample_metrics(job, "lr", None, 10).await.unwrap().iter().map(|m| m.point.step).collect();
+    assert_eq!(whole, [50, 100, 101], "a short series is sampled whole");
+    assert!(s.sample_metrics(job, "loss", Some(2), 10).await.unwrap().is_empty(), "of another attempt: none");
+    assert!(s.sample_metrics(job, "no_such_series", None, 10).await.unwrap().is_empty());
+    assert_eq!(s.sample_metrics(job, "loss", None, 1).await.unwrap().len(), 2, "at least the first and the last");
+    assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), before.len(), "sampling removes nothing");
 
     finish(s, at, Outcome::Succeeded, "").await;
     let at_short = lease_of(&claim(s, w).await.unwrap(), w);
