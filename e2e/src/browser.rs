@@ -197,9 +197,19 @@ impl Browser {
         panic!("browser: {css} was re-rendered under every {what} for 2 s{}", self.describe().await)
     }
 
-    /// The visible text of the first element matching `css`.
+    /// The text of the first element matching `css` (its `textContent`, trimmed:
+    /// the data, whatever CSS does to how it looks); panics if none matches.
     pub async fn text(&self, css: &str) -> String {
-        self.with_first(css, "text", |el| async move { el.text().await }).await
+        match self.texts(css).await.into_iter().next() {
+            Some(text) => text,
+            None => panic!("browser: no element matches {css} (for its text){}", self.describe().await),
+        }
+    }
+
+    /// The text WebDriver sees of the first element matching `css`: as rendered
+    /// (hidden parts left out, CSS text-transform applied).
+    pub async fn visible_text(&self, css: &str) -> String {
+        self.with_first(css, "visible text", |el| async move { el.text().await }).await
     }
 
     /// The texts of every element matching `css`, in document order.

@@ -15,7 +15,7 @@ const SECOND: Duration = Duration::from_secs(1);
 /// `body[data-ready]`), an input and a button that copies it, and an `#error`.
 const PAGE: &str = r#"<!doctype html>
 <html><head><title>harness</title>
-<style>body { font-family: sans-serif; background: #fafafa; } li { color: #036; }</style></head>
+<style>body { font-family: sans-serif; background: #fafafa; } li { color: #036; } h1 { text-transform: uppercase; }</style></head>
 <body>
 <h1 id="title">camp harness</h1>
 <ul id="items"></ul>
@@ -104,6 +104,7 @@ async fn headless_chromium_reads_types_sends_cookies_and_saves_a_screenshot() {
     browser.wait_ready(5 * SECOND).await;
     assert_eq!(browser.path().await, "/");
     assert_eq!(browser.text("#title").await, "camp harness");
+    assert_eq!(browser.visible_text("#title").await, "CAMP HARNESS", "as drawn: text-transform applied");
     assert_eq!(browser.count("#items li").await, 3);
     assert_eq!(browser.count("svg circle").await, 2);
     assert_eq!(browser.attr("li[data-job-id='2']", "data-state").await.as_deref(), Some("running"));
