@@ -360,6 +360,20 @@ impl Browser {
         }
     }
 
+    /// Waits until the first element matching `css` has some text; returns it.
+    pub async fn wait_some_text(&self, css: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(text) = self.texts(css).await.into_iter().next().filter(|t| !t.is_empty()) {
+                return text;
+            }
+            if Instant::now() >= deadline {
+                panic!("browser: waited {within:?} for text in {css}{}", self.describe().await);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Waits until the page's path starts with `prefix` (`/jobs`, `/login`).
     pub async fn wait_path(&self, prefix: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;

@@ -115,6 +115,7 @@ async fn headless_chromium_reads_types_sends_cookies_and_saves_a_screenshot() {
     browser.fill("#name", "alice").await;
     browser.click("#copy").await;
     assert_eq!(browser.wait_text("#copied", "alice", 2 * SECOND).await, "alice");
+    assert_eq!(browser.wait_some_text("#error", SECOND).await, "boom: nothing here");
 
     browser.set_cookie("camp_session", "forged").await;
     assert_eq!(browser.cookie("camp_session").await.as_deref(), Some("forged"));
