@@ -69,6 +69,19 @@ ensure_fashion_mnist() {
   [ -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] || { echo "error: $FASHION_MNIST_DIR is empty" >&2; return 1; }
 }
 
+# Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver):
+# the real browser the dashboard's tests (e2e/tests/dashboard.rs) drive. Never
+# skipped: no browser, no run.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "Chromium or its WebDriver not found: installing chromium and chromium-driver" >&2
+    apt_install --no-install-recommends chromium chromium-driver
+  fi
+  [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing (install Debian's chromium)" >&2; return 1; }
+  [ -x /usr/bin/chromedriver ] || { echo "error: /usr/bin/chromedriver is missing (install Debian's chromium-driver)" >&2; return 1; }
+  /usr/bin/chromedriver --version >/dev/null 2>&1 || { echo "error: /usr/bin/chromedriver does not run" >&2; return 1; }
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; return 1; }
   command -v cc >/dev/null || apt_install build-essential

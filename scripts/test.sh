@@ -5,8 +5,10 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 prepare_checkout
 ensure_postgres
+ensure_chromium
 echo "libtorch: $LIBTORCH" >&2
 echo "database: $DATABASE_URL" >&2
+echo "browser: $(/usr/bin/chromium --version 2>/dev/null), $(/usr/bin/chromedriver --version)" >&2
 # Tests run two at a time on two cores, each libtorch with one thread (the tests
 # set it): OpenMP threads must not spin-wait for cores that other tests hold.
 export OMP_WAIT_POLICY=PASSIVE

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::PgPool;
 
+/// A headless Chromium driven over WebDriver, for the dashboard's tests.
+pub mod browser;
+
 /// target/<profile>/, where cargo puts the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
