@@ -2,7 +2,8 @@
 # The lab-scale load benchmark (issue 12's table): starts a coordinator of its
 # own on a fresh PostgreSQL database (or SQLite with --sqlite), runs camp-bench
 # against it on loopback, prints the rows, and cleans up. Extra arguments go
-# to camp-bench (e.g. --only claims --jobs 5000).
+# to camp-bench (e.g. --only claims --jobs 5000; --only dashboard for the
+# dashboard's pages with 10,000 jobs and a 1,000,000-point series).
 #
 #   bash scripts/bench-load.sh [--sqlite] [camp-bench flags]
 #   CAMP_SERVER_BIN=/path/to/camp-server bash scripts/bench-load.sh   (measure another build)
@@ -41,7 +42,13 @@ if "$server" --help | grep -q -- --metrics-listen; then
   metrics=(--metrics-listen "127.0.0.1:$metrics_port")
   bench_db+=(--metrics-url "http://127.0.0.1:$metrics_port/metrics")
 fi
-"$server" --listen "127.0.0.1:$port" --database-url "$url" "${metrics[@]}" 2>"$work/server.log" &
+# The dashboard's row (--only dashboard) reads the coordinator's web pages.
+web=()
+if "$server" --help | grep -q -- --http-listen; then
+  web=(--http-listen "127.0.0.1:$((port + 2))")
+  bench_db+=(--dashboard-url "http://127.0.0.1:$((port + 2))")
+fi
+"$server" --listen "127.0.0.1:$port" --database-url "$url" "${metrics[@]}" "${web[@]}" 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 100); do
   (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

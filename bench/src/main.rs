@@ -6,6 +6,7 @@
 //! count. Run it against a coordinator of its own (no real workers: they
 //! would take the bench's jobs); `scripts/bench-load.sh` starts one.
 
+mod dashboard;
 mod fleet;
 mod procstat;
 mod scenarios;
@@ -35,6 +36,14 @@ struct Cli {
     /// Scenarios to run, in order (default: all).
     #[arg(long, value_delimiter = ',', default_value = "claims,heartbeats,wakeups,ingest,latency")]
     only: Vec<String>,
+    /// The coordinator's dashboard (http://HOST:PORT), for the `dashboard` scenario.
+    #[arg(long)]
+    dashboard_url: Option<String>,
+    /// Jobs in the store and points in the long series of the `dashboard` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    dashboard_jobs: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    dashboard_points: usize,
     /// Jobs in the deep queue of the claims row.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
@@ -89,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
                 rows
             }
             "latency" => scenarios::submit_to_start(&conns, cli.latency_jobs).await?,
-            other => anyhow::bail!("--only: unknown scenario {other:?} (claims, heartbeats, wakeups, ingest, latency)"),
+            "dashboard" => {
+                let url = cli.dashboard_url.as_deref().ok_or_else(|| anyhow::anyhow!("--only dashboard needs --dashboard-url"))?;
+                dashboard::dashboard(&conns, url.trim_end_matches('/'), cli.token.as_deref(), cli.dashboard_jobs, cli.dashboard_points)
+                    .await?
+            }
+            other => anyhow::bail!("--only: unknown scenario {other:?} (claims, heartbeats, wakeups, ingest, latency, dashboard)"),
         };
         for row in rows {
             println!("| {} | {} | {} |", row.figure, row.value, row.target);

@@ -29,7 +29,7 @@ const DATASET: &str = "cifar100";
 const SUBMITTERS: usize = 16;
 
 /// Submits `n` jobs from `SUBMITTERS` concurrent clients; returns each call's latency.
-async fn submit_burst(conns: &Connections, n: usize) -> anyhow::Result<Latencies> {
+pub async fn submit_burst(conns: &Connections, n: usize) -> anyhow::Result<Latencies> {
     let next = Arc::new(AtomicUsize::new(0));
     let tasks = (0..SUBMITTERS).map(|s| {
         let (conns, next) = (conns.clone(), next.clone());
@@ -47,7 +47,7 @@ async fn submit_burst(conns: &Connections, n: usize) -> anyhow::Result<Latencies
     Ok(Latencies::merge(try_join_all(tasks).await?))
 }
 
-async fn register(conns: &Connections, n: usize) -> anyhow::Result<Vec<FakeWorker>> {
+pub async fn register(conns: &Connections, n: usize) -> anyhow::Result<Vec<FakeWorker>> {
     let mut workers = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
         workers.extend(try_join_all(chunk.iter().map(|&i| conns.worker(i, DATASET))).await?);

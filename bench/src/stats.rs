@@ -83,13 +83,24 @@ impl Database {
     }
 }
 
-/// A plain HTTP/1.0 GET of a loopback URL (`http://HOST:PORT/PATH`).
-async fn http_get(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--metrics-url: must start with http://"))?;
+/// A plain HTTP/1.0 GET of a loopback URL (`http://HOST:PORT/PATH`) with
+/// `headers`: the status and the body (the connection's end ends the body).
+pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url}: must start with http://"))?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    Ok(body.split_once("\r\n\r\n").map_or(body.clone(), |(_, b)| b.to_string()))
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.write_all(format!("{request}\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    Ok(http_get_with(url, &[]).await?.1)
 }

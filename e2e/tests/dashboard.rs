@@ -102,6 +102,9 @@ async fn login_with_token(b: &Browser, base: &str, token: &str) {
 /// Clicks `button#logout`: the session ends (/api/jobs answers 401) and pages send to /login again.
 async fn logout(b: &Browser, base: &str) {
     b.click("button#logout").await;
+    // The page goes to /login once the session is gone; a script run meanwhile would be cut by the navigation.
+    b.wait_path("/login", READY).await;
+    b.wait_for("input#token", READY).await;
     let deadline = Instant::now() + READY;
     loop {
         let (status, _) = b.fetch("GET", "/api/jobs", None).await;
@@ -403,13 +406,13 @@ async fn the_compare_page_draws_one_line_per_chosen_job(pool: PgPool) {
     want.sort();
     assert_eq!(chosen, want, "the two jobs ticked: {path}");
     b.wait_ready(READY).await;
-    b.wait_count("figure#compare svg polyline", READY, "a line per chosen job", |n| n == 2).await;
+    b.wait_count("figure#compare svg polyline[stroke-width=\"2\"]", READY, "a line per chosen job", |n| n == 2).await;
     assert!(b.exists("select#compare-metric").await);
     b.screenshot("dashboard-compare").await;
 
     // All three, another metric, by URL.
     b.goto(&format!("{base}/compare?jobs={first},{second},{third}&metric=top1")).await;
     b.wait_ready(READY).await;
-    b.wait_count("figure#compare svg polyline", READY, "three lines", |n| n == 3).await;
+    b.wait_count("figure#compare svg polyline[stroke-width=\"2\"]", READY, "three lines", |n| n == 3).await;
     b.close().await;
 }

@@ -86,8 +86,9 @@ fn camp_up_runs_the_service_on_one_machine_and_stops_cleanly_on_ctrl_c() {
     let data = dir.path().join("data");
     camp_worker::fixtures::write_fashion_mnist_like(&data, 96, 32, 5, true).unwrap();
     let addr = format!("http://127.0.0.1:{}", free_port());
+    let dashboard = format!("127.0.0.1:{}", free_port());
     let up_args = |cmd: &mut Command| {
-        cmd.args(["--addr", &addr, "up", "--cpu"])
+        cmd.args(["--addr", &addr, "up", "--cpu", "--dashboard", &dashboard])
             .arg("--data-dir")
             .arg(&data)
             .env("XDG_DATA_HOME", dir.path().join("xdg"))
@@ -111,6 +112,13 @@ fn camp_up_runs_the_service_on_one_machine_and_stops_cleanly_on_ctrl_c() {
     let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_i64().unwrap();
     let watch = camp(&["watch", &id.to_string()]);
     assert!(watch.status.success(), "watch: {}\n{}", String::from_utf8_lossy(&watch.stdout), up.log_text());
+    // The dashboard is served beside it, and says so.
+    assert!(up.log_text().contains(&format!("dashboard: http://{dashboard}/")), "{}", up.log_text());
+    let mut page = std::net::TcpStream::connect(&dashboard).expect("the dashboard listens");
+    std::io::Write::write_all(&mut page, b"GET /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut page, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"user\":\"anonymous\""), "{answer}");
     // The default store: under XDG_DATA_HOME, as documented.
     assert!(dir.path().join("xdg/camp/camp.db").is_file(), "{}", up.log_text());
     up.signal("INT");

@@ -7,7 +7,7 @@
 
 use plotters::prelude::*;
 
-use crate::{axis_number, register_font, FigureError, FONT};
+use crate::{linear_axis_number, register_font, FigureError, FONT};
 
 pub const WIDTH: u32 = 900;
 pub const HEIGHT: u32 = 380;
@@ -70,6 +70,7 @@ pub fn svg(chart: &Chart) -> Result<String, FigureError> {
         let fail = |err: DrawingAreaErrorKind<_>| FigureError::Draw(err.to_string());
         let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(fail)?;
+        let (x_label, y_label) = (linear_axis_number(x_lo, x_hi), linear_axis_number(y_lo, y_hi));
         let mut plot = ChartBuilder::on(&root)
             .caption(chart.title, (FONT, 18))
             .margin(14)
@@ -80,8 +81,8 @@ pub fn svg(chart: &Chart) -> Result<String, FigureError> {
         plot.configure_mesh()
             .x_desc(chart.x_desc)
             .y_desc(chart.y_desc)
-            .x_label_formatter(&|v| axis_number(*v))
-            .y_label_formatter(&|v| axis_number(*v))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 14))
             .light_line_style(WHITE)

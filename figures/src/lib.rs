@@ -63,3 +63,39 @@ pub(crate) fn axis_number(v: f64) -> String {
         text.trim_end_matches('0').trim_end_matches('.').to_owned()
     }
 }
+
+/// The labels of a linear axis over `lo..hi`: as many decimals as its tick
+/// spacing needs (a loss between 2.21 and 2.29 reads 2.22, 2.24, not 2, 2),
+/// without trailing zeros.
+pub(crate) fn linear_axis_number(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
+    let tick = ((hi - lo).abs() / 10.0).max(f64::MIN_POSITIVE);
+    let decimals = (-tick.log10().floor()).clamp(0.0, 8.0) as usize;
+    move |v: &f64| {
+        if v.abs() >= 1e6 || (v.abs() < 1e-4 && *v != 0.0 && decimals > 6) {
+            return format!("{v:.2e}");
+        }
+        let text = format!("{v:.decimals$}");
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_have_the_decimals_their_ticks_need() {
+        let narrow = linear_axis_number(2.21, 2.29);
+        assert_eq!((narrow(&2.22), narrow(&2.24)), ("2.22".to_string(), "2.24".to_string()));
+        let steps = linear_axis_number(0.0, 5_000.0);
+        assert_eq!(steps(&1500.0), "1500");
+        let share = linear_axis_number(0.0, 1.0);
+        assert_eq!((share(&0.1), share(&1.0)), ("0.1".to_string(), "1".to_string()));
+        assert_eq!(axis_number(0.106), "0.106");
+        assert_eq!(axis_number(70.77), "71");
+    }
+}

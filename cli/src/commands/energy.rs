@@ -156,6 +156,7 @@ mod tests {
     use super::*;
     use crate::args::{Cli, Command};
     use clap::Parser;
+    use serde_json::Value;
 
     fn energy_json(line: &[&str]) -> Value {
         let cli = Cli::try_parse_from(["camp", "energy"].iter().chain(line)).unwrap();

@@ -36,6 +36,13 @@ pub struct UpArgs {
     /// Folder for the coordinator's and workers' logs [default: $XDG_DATA_HOME/camp/logs].
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Where the coordinator serves the dashboard (web pages of jobs, experiments and workers); loopback only
+    /// [default: 127.0.0.1:8080, when that port is free].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_dashboard")]
+    pub dashboard: Option<String>,
+    /// Serve no dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// `$XDG_DATA_HOME/camp` (`~/.local/share/camp`), as the coordinator picks it.
@@ -57,6 +64,18 @@ fn listen_address(addr: &str) -> Result<SocketAddr, UsageError> {
         rest.trim_end_matches('/').parse().map_err(|_| UsageError(format!("--addr {addr}: expected http://127.0.0.1:PORT")))?;
     if !socket.ip().is_loopback() {
         return Err(UsageError(format!("--addr {addr}: camp up listens on loopback only (a cluster needs --require-auth)")));
+    }
+    Ok(socket)
+}
+
+/// Where `camp up` serves the dashboard unless told otherwise.
+const DEFAULT_DASHBOARD_PORT: u16 = 8080;
+
+/// The dashboard's address: a loopback socket address (camp up serves no one else).
+fn dashboard_address(addr: &str) -> Result<SocketAddr, UsageError> {
+    let socket: SocketAddr = addr.parse().map_err(|_| UsageError(format!("--dashboard {addr}: expected 127.0.0.1:PORT")))?;
+    if !socket.ip().is_loopback() {
+        return Err(UsageError(format!("--dashboard {addr}: camp up serves on loopback only")));
     }
     Ok(socket)
 }
@@ -103,8 +122,29 @@ pub async fn run(opts: &GlobalOpts, args: &UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
 
+    let dashboard = match (&args.dashboard, args.no_dashboard) {
+        (_, true) => None,
+        (Some(addr), false) => Some(dashboard_address(addr)?),
+        // The default port may be someone else's: then no dashboard, rather than no camp.
+        (None, false) => {
+            let default = SocketAddr::from(([127, 0, 0, 1], DEFAULT_DASHBOARD_PORT));
+            match std::net::TcpListener::bind(default) {
+                Ok(probe) => {
+                    drop(probe);
+                    Some(default)
+                }
+                Err(e) => {
+                    eprintln!("camp up: no dashboard: {default} is not free ({e}); --dashboard ADDR picks another");
+                    None
+                }
+            }
+        }
+    };
     let mut server = Command::new(binary("camp-server"));
-    server.arg("--listen").arg(listen.to_string()).env_remove("DATABASE_URL");
+    server.arg("--listen").arg(listen.to_string()).env_remove("DATABASE_URL").env_remove("CAMP_HTTP_LISTEN");
+    if let Some(addr) = dashboard {
+        server.arg("--http-listen").arg(addr.to_string());
+    }
     if let Some(url) = &args.database_url {
         server.arg("--database-url").arg(url);
     }
@@ -141,6 +181,9 @@ pub async fn run(opts: &GlobalOpts, args: &UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("camp is up on {}: a coordinator and {} worker(s) ({})", opts.addr, workers.len(), devices.join(", "));
     eprintln!("  data sets: {}   logs: {}", data_dir.display(), log_dir.display());
+    if let Some(addr) = dashboard {
+        eprintln!("  dashboard: http://{addr}/");
+    }
     eprintln!("  submit from another terminal: camp submit ... / camp pipeline camp ...; Ctrl-C stops everything");
 
     let stopped_early = tokio::select! {
@@ -236,7 +279,8 @@ mod tests {
 
     #[test]
     fn one_worker_per_gpu_or_one_on_the_cpu() {
-        let args = |workers, cpu| UpArgs { database_url: None, data_dir: None, workers, cpu, log_dir: None };
+        let args =
+            |workers, cpu| UpArgs { database_url: None, data_dir: None, workers, cpu, log_dir: None, dashboard: None, no_dashboard: false };
         assert_eq!(worker_devices(&args(None, false), 0), ["cpu"]);
         assert_eq!(worker_devices(&args(None, false), 2), ["cuda:0", "cuda:1"]);
         assert_eq!(worker_devices(&args(None, true), 2), ["cpu"]);

@@ -22,7 +22,7 @@ function el(tag, attrs, ...children) {
     else if (key.startsWith("on")) e.addEventListener(key.slice(2), value);
     else e.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     e.append(child instanceof Node ? child : String(child));
   }
@@ -567,7 +567,7 @@ function svgEl(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "dataset") Object.assign(e.dataset, v); else e.setAttribute(k, v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
 
@@ -592,8 +592,7 @@ function drawDag(jobs) {
   columns.forEach((col, c) => col.forEach((job, r) => pos.set(job.id, { x: PAD + c * (W + GX), y: PAD + r * (H + GY) })));
   const width = PAD * 2 + columns.length * W + Math.max(0, columns.length - 1) * GX;
   const height = PAD * 2 + Math.max(1, ...columns.map((c) => c.length)) * (H + GY) - GY;
-  const svg = svgEl("svg", { id: "dag", viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": "pipeline graph" });
-  svg.dataset.width = width;
+  const svg = svgEl("svg", { id: "dag", viewBox: "0 0 " + width + " " + height, width, height, role: "img", "aria-label": "pipeline graph" });
   for (const job of jobs) {
     for (const p of job.parents) {
       if (!pos.has(p)) continue;
