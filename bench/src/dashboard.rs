@@ -14,7 +14,7 @@ use camp_proto::v1;
 use futures::future::try_join_all;
 
 use crate::fleet::{Connections, BENCH_USER};
-use crate::scenarios::{register, submit_burst, Row};
+use crate::scenarios::{loss_batch, register, submit_burst, Row};
 use crate::stats::{http_get_with, Latencies};
 
 /// Times each page is read.
@@ -30,22 +30,8 @@ pub async fn dashboard(conns: &Connections, base: &str, token: Option<&str>, job
     let (job_id, attempt) = (held.job_id, held.attempt);
     // In streams of 50 batches, with a heartbeat between them: the lease outlives the report.
     let batches = points.div_ceil(BATCH_POINTS);
-    let batch = move |b: usize| v1::ReportBatch {
-        job_id,
-        attempt,
-        sequence: b as u64 + 1,
-        metrics: (0..BATCH_POINTS)
-            .map(|p| v1::Metric {
-                name: "loss".into(),
-                value: 2.0 / (2 + b * BATCH_POINTS + p) as f64,
-                step: (b * BATCH_POINTS + p) as i64,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
     for first in (0..batches).step_by(50) {
-        w.client.report(futures::stream::iter((first..(first + 50).min(batches)).map(batch))).await?;
+        w.client.report(futures::stream::iter((first..(first + 50).min(batches)).map(move |b| loss_batch(job_id, attempt, b, BATCH_POINTS)))).await?;
         w.heartbeat(&[&held]).await?;
     }
 
@@ -76,6 +62,8 @@ pub async fn dashboard(conns: &Connections, base: &str, token: Option<&str>, job
         (format!("dashboard: a job page's data (job with {points} points)"), format!("/api/jobs/{job_id}")),
         (format!("dashboard: chart of a {points}-point series (1,000 drawn)"), format!("/api/jobs/{job_id}/chart/loss")),
     ] {
+        // The job stays running (an ended job's series would be thinned): its lease is renewed.
+        w.heartbeat(&[&held]).await?;
         let (lat, size) = page(path).await?;
         rows.push(Row {
             figure,
@@ -85,6 +73,7 @@ pub async fn dashboard(conns: &Connections, base: &str, token: Option<&str>, job
         });
     }
 
+    w.heartbeat(&[&held]).await?;
     w.finish(&held).await?;
     cancel_queued(conns).await?;
     Ok(rows)

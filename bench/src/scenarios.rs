@@ -28,6 +28,20 @@ pub struct Row {
 const DATASET: &str = "cifar100";
 const SUBMITTERS: usize = 16;
 
+/// Batch `b` (sequence `b + 1`) of a `loss` series reported `points` at a
+/// time: steps `b * points ..`, values falling with the step.
+pub fn loss_batch(job_id: i64, attempt: u32, b: usize, points: usize) -> v1::ReportBatch {
+    v1::ReportBatch {
+        job_id,
+        attempt,
+        sequence: b as u64 + 1,
+        metrics: (0..points)
+            .map(|p| v1::Metric { name: "loss".into(), value: 2.0 / (2 + b * points + p) as f64, step: (b * points + p) as i64, ..Default::default() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Submits `n` jobs from `SUBMITTERS` concurrent clients; returns each call's latency.
 pub async fn submit_burst(conns: &Connections, n: usize) -> anyhow::Result<Latencies> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -247,22 +261,7 @@ pub async fn ingest(conns: &Connections, streams: usize, batches: usize, points:
     let t = Instant::now();
     let tasks = workers.iter_mut().zip(&held).map(|(w, a)| async move {
         let (job_id, attempt) = (a.job_id, a.attempt);
-        let stream = futures::stream::iter((0..batches).map(move |b| {
-            v1::ReportBatch {
-                job_id,
-                attempt,
-                sequence: b as u64 + 1,
-                metrics: (0..points)
-                    .map(|p| v1::Metric {
-                        name: "loss".into(),
-                        value: 1.0 / (1 + p) as f64,
-                        step: (b * points + p) as i64,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }
-        }));
+        let stream = futures::stream::iter((0..batches).map(move |b| loss_batch(job_id, attempt, b, points)));
         let reply = w.client.report(stream).await?.into_inner();
         anyhow::Ok(reply.stored as usize)
     });

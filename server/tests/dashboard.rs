@@ -22,6 +22,7 @@ struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -57,24 +58,26 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("an answer within 10 s").unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let rest = raw.get(split + 4..).unwrap_or_default();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Reply { status, headers, body: if chunked { dechunk(body) } else { body.to_string() } }
+    let bytes = if chunked { dechunk(rest) } else { rest.to_vec() };
+    Reply { status, headers, body: String::from_utf8_lossy(&bytes).into_owned(), bytes }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&body[..eol]).trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
         }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
+        out.extend_from_slice(&body[eol + 2..eol + 2 + n]);
+        body = &body[eol + 2 + n + 2..];
     }
     out
 }
@@ -246,7 +249,16 @@ async fn a_chart_draws_every_stored_point_or_an_even_sample_of_a_long_series(poo
     let few = http_get(web, &format!("/api/jobs/{}/chart/loss?points=7", job.id), cookie).await;
     assert_eq!(circles(&few.body), 7);
 
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let saved = w.upload(job.id, 1, 1, 0.5, &bytes).await.unwrap();
+    let download = http_get(web, &format!("/api/checkpoints/{}/download", saved.id), cookie).await;
+    assert_eq!(download.status, 200);
+    assert!(download.header("content-disposition").unwrap().starts_with("attachment;"));
+    assert!(download.bytes == bytes, "the checkpoint's bytes, streamed ({} of {})", download.bytes.len(), bytes.len());
+    assert_eq!(http_get(web, &format!("/api/checkpoints/{}/download", saved.id), "camp_user=mallory").await.status, 200, "not private here");
+
     let page = http_get(web, &format!("/api/jobs/{}", job.id), cookie).await.json();
+    assert_eq!(page["checkpoints"][0]["sha256"], saved.sha256);
     assert_eq!(page["series"], serde_json::json!([{ "name": "loss", "per_epoch": false }]));
     assert_eq!(page["log"].as_array().unwrap().len(), 7, "the log's tail");
     assert_eq!(page["attempts"][0]["worker"], "w");

@@ -152,10 +152,12 @@ pub trait TelemetryStore {
     /// FailedPrecondition while the job has not ended (a running job keeps every point).
     async fn downsample_metrics(&self, job_id: i64, series: &[String], points: u32) -> StoreResult<u64>;
     /// At most `points` (at least 2) of the series `name` of a job (of one
-    /// attempt if given), ordered by step: the first, the last and evenly
-    /// spaced ones between, by the rule retention thins with
-    /// (`policy::downsample_keeps`), read without changing anything: a chart's
-    /// view of a long series in one short reply.
+    /// attempt if given), ordered by step: all of a series no longer than
+    /// that, else the first point at or after each of `points` evenly spaced
+    /// steps from its first to its last (for a series of consecutive steps,
+    /// exactly the points retention keeps, `policy::downsample_keeps`). Read
+    /// by index probes, without changing anything: a chart's view of a long
+    /// series in one short reply.
     async fn sample_metrics(&self, job_id: i64, name: &str, attempt: Option<u32>, points: u32) -> StoreResult<Vec<StoredMetric>>;
     /// The ids of the newest metric and log line of a job (0 where none), where a live view starts.
     async fn last_row_ids(&self, job_id: i64) -> StoreResult<(i64, i64)>;

@@ -159,20 +159,35 @@ impl TelemetryStore for PgStore {
     }
 
     async fn sample_metrics(&self, job_id: i64, name: &str, attempt: Option<u32>, points: u32) -> StoreResult<Vec<StoredMetric>> {
-        // The keep rule of DOWNSAMPLE_VICTIMS, as a read.
-        let rows: Vec<MetricRow> = sqlx::query_as(
-            "SELECT id, attempt, step, epoch, name, value, at FROM ( \
-               SELECT *, row_number() OVER (ORDER BY step, id) - 1 AS r, count(*) OVER () AS n \
-               FROM metrics WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3)) ranked \
-             WHERE n <= $4 OR r = 0 OR (r * ($4 - 1)) / (n - 1) <> ((r - 1) * ($4 - 1)) / (n - 1) \
-             ORDER BY step, id",
+        // A series no longer than `points` is read whole (counting stops past
+        // it); a longer one is probed at `points` evenly spaced steps, each
+        // probe one walk down metrics_by_series: a million-point series costs
+        // what a thousand-point one does.
+        let points = i64::from(points.max(2));
+        let attempt = attempt.map(|a| a as i32);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM (SELECT 1 FROM metrics WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3) LIMIT $4 + 1) s",
         )
         .bind(job_id)
         .bind(name)
-        .bind(attempt.map(|a| a as i32))
-        .bind(i64::from(points.max(2)))
-        .fetch_all(&self.pool)
+        .bind(attempt)
+        .bind(points)
+        .fetch_one(&self.pool)
         .await?;
+        let sql = if n <= points {
+            "SELECT id, attempt, step, epoch, name, value, at FROM metrics \
+             WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3) AND $4 > 0 ORDER BY step, id"
+        } else {
+            "WITH bounds AS (SELECT min(step) AS lo, max(step) AS hi FROM metrics \
+                              WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3)) \
+             SELECT DISTINCT ON (m.step, m.id) m.id, m.attempt, m.step, m.epoch, m.name, m.value, m.at \
+             FROM bounds, generate_series(0, $4 - 1) AS k, LATERAL ( \
+               SELECT * FROM metrics WHERE job_id = $1 AND name = $2 AND ($3::int IS NULL OR attempt = $3) \
+                 AND step >= bounds.lo + ((bounds.hi - bounds.lo) * k + $4 - 2) / ($4 - 1) \
+               ORDER BY step, id LIMIT 1) m \
+             ORDER BY m.step, m.id"
+        };
+        let rows: Vec<MetricRow> = sqlx::query_as(sql).bind(job_id).bind(name).bind(attempt).bind(points).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(stored_metric).collect())
     }
 

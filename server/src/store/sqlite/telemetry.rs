@@ -157,20 +157,33 @@ impl TelemetryStore for SqliteStore {
     }
 
     async fn sample_metrics(&self, job_id: i64, name: &str, attempt: Option<u32>, points: u32) -> StoreResult<Vec<StoredMetric>> {
-        // The keep rule of DOWNSAMPLE_VICTIMS, as a read.
-        let rows: Vec<MetricRow> = sqlx::query_as(
-            "SELECT id, attempt, step, epoch, name, value, at FROM ( \
-               SELECT *, row_number() OVER (ORDER BY step, id) - 1 AS r, count(*) OVER () AS n \
-               FROM metrics WHERE job_id = ?1 AND name = ?2 AND (?3 IS NULL OR attempt = ?3)) \
-             WHERE n <= ?4 OR r = 0 OR (r * (?4 - 1)) / (n - 1) <> ((r - 1) * (?4 - 1)) / (n - 1) \
-             ORDER BY step, id",
+        // As PostgreSQL's: whole when short, else one probe of
+        // metrics_by_series at each of `points` evenly spaced steps.
+        let points = i64::from(points.max(2));
+        let attempt = attempt.map(i64::from);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM (SELECT 1 FROM metrics WHERE job_id = ?1 AND name = ?2 AND (?3 IS NULL OR attempt = ?3) LIMIT ?4 + 1)",
         )
         .bind(job_id)
         .bind(name)
-        .bind(attempt.map(i64::from))
-        .bind(i64::from(points.max(2)))
-        .fetch_all(&self.reader)
+        .bind(attempt)
+        .bind(points)
+        .fetch_one(&self.reader)
         .await?;
+        let sql = if n <= points {
+            "SELECT id, attempt, step, epoch, name, value, at FROM metrics \
+             WHERE job_id = ?1 AND name = ?2 AND (?3 IS NULL OR attempt = ?3) AND ?4 > 0 ORDER BY step, id"
+        } else {
+            "WITH RECURSIVE k(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < ?4), \
+             bounds AS (SELECT min(step) AS lo, max(step) AS hi FROM metrics \
+                        WHERE job_id = ?1 AND name = ?2 AND (?3 IS NULL OR attempt = ?3)), \
+             picked AS (SELECT DISTINCT (SELECT id FROM metrics WHERE job_id = ?1 AND name = ?2 AND (?3 IS NULL OR attempt = ?3) \
+                                           AND step >= bounds.lo + ((bounds.hi - bounds.lo) * k.k + ?4 - 2) / (?4 - 1) \
+                                         ORDER BY step, id LIMIT 1) AS id FROM k, bounds) \
+             SELECT m.id, m.attempt, m.step, m.epoch, m.name, m.value, m.at FROM metrics m JOIN picked ON m.id = picked.id \
+             ORDER BY m.step, m.id"
+        };
+        let rows: Vec<MetricRow> = sqlx::query_as(sql).bind(job_id).bind(name).bind(attempt).bind(points).fetch_all(&self.reader).await?;
         Ok(rows.into_iter().map(stored_metric).collect())
     }
 

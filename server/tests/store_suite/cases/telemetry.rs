@@ -248,4 +248,17 @@ pub async fn an_ended_jobs_step_series_are_thinned_to_n_points_and_its_epoch_met
     assert!(s.jobs_to_downsample(&step_series, 10).await.unwrap().is_empty());
     assert_eq!(s.metrics(job, None, None, 0, 10_000).await.unwrap().len(), after.len(), "the first job is not thinned again");
     assert_err!(s.downsample_metrics(job + 1000, &step_series, 10).await, StoreError::NotFound(_));
+
+    // Steps need not be consecutive: a sample is by step, the first point at or after each mark.
+    let mut sparse = series("every_tenth", (0..=100).map(|i| i * 10), 1);
+    sparse.extend(series("clustered", (1..=50).chain(1_000..=1_050), 1));
+    let sparse_job = submit_as(s, "ada", "sparse", 0).await;
+    let at_sparse = lease_of(&claim(s, w).await.unwrap(), w);
+    assert_eq!(at_sparse.job_id, sparse_job);
+    assert!(s.report(batch(at_sparse, 1, sparse, &[])).await.unwrap());
+    let tenth: Vec<i64> = s.sample_metrics(sparse_job, "every_tenth", None, 11).await.unwrap().iter().map(|m| m.point.step).collect();
+    assert_eq!(tenth, (0..=10).map(|i| i * 100).collect::<Vec<_>>());
+    let clustered: Vec<i64> = s.sample_metrics(sparse_job, "clustered", None, 10).await.unwrap().iter().map(|m| m.point.step).collect();
+    assert_eq!((clustered.first(), clustered.last()), (Some(&1), Some(&1_050)), "{clustered:?}");
+    assert!(clustered.len() <= 10 && clustered.windows(2).all(|w| w[0] < w[1]), "at most 10, in step order, none twice: {clustered:?}");
 }
