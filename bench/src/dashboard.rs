@@ -31,7 +31,9 @@ pub async fn dashboard(conns: &Connections, base: &str, token: Option<&str>, job
     // In streams of 50 batches, with a heartbeat between them: the lease outlives the report.
     let batches = points.div_ceil(BATCH_POINTS);
     for first in (0..batches).step_by(50) {
-        w.client.report(futures::stream::iter((first..(first + 50).min(batches)).map(move |b| loss_batch(job_id, attempt, b, BATCH_POINTS)))).await?;
+        w.client
+            .report(futures::stream::iter((first..(first + 50).min(batches)).map(move |b| loss_batch(job_id, attempt, b, BATCH_POINTS))))
+            .await?;
         w.heartbeat(&[&held]).await?;
     }
 

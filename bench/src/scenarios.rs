@@ -36,7 +36,12 @@ pub fn loss_batch(job_id: i64, attempt: u32, b: usize, points: usize) -> v1::Rep
         attempt,
         sequence: b as u64 + 1,
         metrics: (0..points)
-            .map(|p| v1::Metric { name: "loss".into(), value: 2.0 / (2 + b * points + p) as f64, step: (b * points + p) as i64, ..Default::default() })
+            .map(|p| v1::Metric {
+                name: "loss".into(),
+                value: 2.0 / (2 + b * points + p) as f64,
+                step: (b * points + p) as i64,
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }

@@ -255,7 +255,11 @@ async fn a_chart_draws_every_stored_point_or_an_even_sample_of_a_long_series(poo
     assert_eq!(download.status, 200);
     assert!(download.header("content-disposition").unwrap().starts_with("attachment;"));
     assert!(download.bytes == bytes, "the checkpoint's bytes, streamed ({} of {})", download.bytes.len(), bytes.len());
-    assert_eq!(http_get(web, &format!("/api/checkpoints/{}/download", saved.id), "camp_user=mallory").await.status, 200, "not private here");
+    assert_eq!(
+        http_get(web, &format!("/api/checkpoints/{}/download", saved.id), "camp_user=mallory").await.status,
+        200,
+        "not private here"
+    );
 
     let page = http_get(web, &format!("/api/jobs/{}", job.id), cookie).await.json();
     assert_eq!(page["checkpoints"][0]["sha256"], saved.sha256);
@@ -349,4 +353,50 @@ async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, want:
     })
     .await
     .unwrap_or_else(|_| panic!("no '{want}' within 10 s: {seen}"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_a_certificate_the_dashboard_speaks_https_only_and_its_cookie_is_secure(pool: PgPool) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("dash.pem"), dir.path().join("dash.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let files = camp_server::tls::TlsFiles { cert: cert_path, key: key_path, client_ca: None };
+    let tls = std::sync::Arc::new(files.dashboard_config().unwrap());
+    let (_c, web) = Coordinator::start_with_dashboard_tls(pool, Settings::default(), Some(tls)).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(cert.cert.pem().as_bytes()).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+    let mut stream = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.expect("a TLS handshake");
+    let body = r#"{"user": "ada"}"#;
+    let request = format!(
+        "POST /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-camp-csrf: 1\r\ncontent-type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.expect("an answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let cookie =
+        answer.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie: camp_user=ada")).unwrap_or_else(|| panic!("{answer}"));
+    assert!(cookie.contains("; Secure"), "over HTTPS the cookie is Secure: {cookie}");
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer (the TLS layer drops it).
+    let mut plain = tokio::net::TcpStream::connect(web).await.unwrap();
+    plain.write_all(b"GET /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut raw)).await.expect("the connection ends");
+    assert!(!raw.starts_with(b"HTTP/"), "plain HTTP is not served on the HTTPS port: {}", String::from_utf8_lossy(&raw));
 }

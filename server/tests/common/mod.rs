@@ -89,12 +89,21 @@ impl Coordinator {
 
     /// A plaintext coordinator serving the dashboard too; returns it and the dashboard's address.
     pub async fn start_with_dashboard(pool: PgPool, settings: Settings) -> (Coordinator, SocketAddr) {
+        Coordinator::start_with_dashboard_tls(pool, settings, None).await
+    }
+
+    /// `start_with_dashboard`, the dashboard over HTTPS with `tls` if given.
+    pub async fn start_with_dashboard_tls(
+        pool: PgPool,
+        settings: Settings,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (Coordinator, SocketAddr) {
         let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool.clone()).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let web_addr = web.local_addr().unwrap();
-        let dashboard = DashboardListener { listener: web, tls: None };
+        let dashboard = DashboardListener { listener: web, tls };
         tokio::spawn(serve_with_dashboard(store.clone(), settings, listener, Some(dashboard), std::future::pending()));
         tokio::spawn(close_for_good(pool.clone()));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
