@@ -5,6 +5,11 @@
 # (a coordinator on its embedded SQLite store, one worker per GPU) runs the
 # pipeline file that `camp pipeline submit` sends, and `camp results` and
 # `camp plot` write the table and the curve.
+# Beside camp's benchmarks it runs PyTorch's own (ANCHOR, default
+# ../shared/anchors/torch_anchor.py --suite: the reference-style loop and
+# PyTorch at its best, eager and torch.compile) on the same GPU, and prints one
+# table of both (scripts/speed-table.py); then N ResNet-20 jobs at once on the
+# GPU against one (camp-worker --slots N bench).
 #   usage: scripts/gpu-check.sh BIN_DIR DATA_DIR OUT_DIR
 # BIN_DIR holds release camp, camp-server and camp-worker built here; DATA_DIR/fashion-mnist the IDX files.
 # Everything but the checkpoints ends up in OUT_DIR/gpu-results.tgz.
@@ -37,6 +42,25 @@ profile() { echo "== profile $*"; timeout 90 "${worker[@]}" bench -a preact_resn
 [ "${BENCH:-1}" = 1 ] || profile() { :; }
 profile -b 512 --bits 4 --bf16 --channels-last
 profile -b 512 --dualpath --bf16 --channels-last
+
+# PyTorch on the same GPU in the same run, then the table of both.
+here=$(cd "$(dirname "$0")" && pwd)
+anchor=${ANCHOR:-$here/../../shared/anchors/torch_anchor.py}
+if [ "${BENCH:-1}" = 1 ] && [ -f "$anchor" ]; then
+  echo "== PyTorch anchors ($anchor --suite)"
+  timeout 1200 python3 "$anchor" --suite | tee "$out/anchor.jsonl"
+  python3 "$here/speed-table.py" "$out/bench.jsonl" "$out/anchor.jsonl" | tee "$out/speed.md"
+elif [ "${BENCH:-1}" = 1 ]; then
+  echo "== no PyTorch anchors: $anchor not found (set ANCHOR)" | tee "$out/speed.md"
+fi
+# Small networks leave the GPU idle: N ResNet-20 jobs at once against one.
+if [ "${BENCH:-1}" = 1 ]; then
+  for n in 2 4; do
+    echo "== $n slots"
+    timeout 180 "${worker[@]}" --slots "$n" bench -a preact_resnet20_cifar -b 128 --steps 60 --warmup-steps 10 --bf16 --channels-last --json \
+      | tee -a "$out/slots.jsonl"
+  done
+fi
 
 # 2. The pipeline: baseline, qat 4-bit, qat 1-bit, sp from qat-4, rl per alpha from sp.
 # A short schedule (minutes, not the reference's 200 epochs per stage); rl gets one

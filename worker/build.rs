@@ -28,6 +28,7 @@ fn main() {
         .file("csrc/ffi.cpp")
         .file("csrc/fused.cpp")
         .file("csrc/profile.cpp")
+        .file("csrc/collective.cpp")
         .compile("camp_csrc");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
 }

@@ -115,6 +115,28 @@ pub struct CommonArgs {
     /// Run only on a worker started with this label (`camp-worker --label KEY=VALUE`). Repeatable: the worker needs all of them.
     #[arg(long = "require-label", value_name = "KEY=VALUE", value_parser = camp_proto::limits::parse_label)]
     pub require_labels: Vec<(String, String)>,
+    /// Data-parallel ranks: a count (`--gpus 4`) or, as the reference's flag, a
+    /// list of device indices (`--gpus 0,1,2,3`: its length counts; the worker
+    /// picks which of its devices). Each rank trains a shard of every batch;
+    /// the job runs on a worker with at least that many devices.
+    #[arg(long, value_name = "N|I,J,...", value_parser = parse_gpus)]
+    pub gpus: Option<u32>,
+}
+
+/// `--gpus N` or `--gpus 0,1,2,3` (the reference's list of device indices): the number of ranks.
+fn parse_gpus(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if text.contains(',') {
+        let mut seen = std::collections::BTreeSet::new();
+        for item in text.split(',') {
+            let index: u32 = item.trim().parse().map_err(|_| format!("'{}' is not a device index", item.trim()))?;
+            if !seen.insert(index) {
+                return Err(format!("device {index} is listed twice"));
+            }
+        }
+        return u32::try_from(seen.len()).map_err(|_| "too many devices".to_string());
+    }
+    text.parse().map_err(|_| format!("expected a count (4) or a list of device indices (0,1,2,3), got '{text}'"))
 }
 
 /// Weight and activation bits of the quantised layers.
@@ -287,6 +309,7 @@ impl CommonArgs {
             spec.energy_table = read_energy_table(path)?;
         }
         spec.require_labels.extend(self.require_labels.iter().cloned());
+        set(&mut spec.gpus, self.gpus);
         check_spec(&spec)?;
         Ok(spec)
     }
@@ -380,6 +403,20 @@ pub mod tests {
     fn baseline_defaults_equal_the_reference_spec() {
         let spec = baseline(&["-a", "preact_resnet20_cifar"]).to_spec().unwrap();
         assert_eq!(spec, JobSpec::default());
+    }
+
+    #[test]
+    fn gpus_is_a_count_or_the_references_list_of_device_indices() {
+        assert_eq!(baseline(&["-a", "preact_resnet20_cifar", "--gpus", "4"]).to_spec().unwrap().gpus, 4);
+        assert_eq!(baseline(&["-a", "preact_resnet20_cifar", "--gpus", "0,1,2,3"]).to_spec().unwrap().gpus, 4);
+        assert_eq!(baseline(&["-a", "preact_resnet20_cifar", "--gpus", "3"]).to_spec().unwrap().gpus, 3);
+        assert_eq!(baseline(&["-a", "preact_resnet20_cifar"]).to_spec().unwrap().gpus, 1);
+        let twice = parse(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--gpus", "0,0"]).unwrap_err().to_string();
+        assert!(twice.contains("device 0 is listed twice"), "{twice}");
+        let word = parse(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--gpus", "all"]).unwrap_err().to_string();
+        assert!(word.contains("--gpus"), "{word}");
+        let zero = baseline(&["-a", "preact_resnet20_cifar", "--gpus", "0"]).to_spec().unwrap_err().to_string();
+        assert!(zero.contains("gpus (--gpus)"), "{zero}");
     }
 
     #[test]

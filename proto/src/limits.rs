@@ -60,6 +60,8 @@ pub const MAX_LR_STEPS: usize = 64;
 /// Numeric ranges of the spec (the reference trains 200 epochs at batch 128, lr 0.1).
 pub const MAX_EPOCHS: u32 = 10_000;
 pub const MAX_BATCH_SIZE: u32 = 16_384;
+/// Data-parallel ranks of one job (`spec.gpus`) and devices a worker advertises.
+pub const MAX_GPUS: u32 = 64;
 pub const MAX_LR: f64 = 10.0;
 pub const MAX_WEIGHT_DECAY: f64 = 1.0;
 pub const MAX_PRINT_FREQ: u32 = 1_000_000;

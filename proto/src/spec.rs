@@ -230,6 +230,9 @@ pub struct JobSpec {
     /// Labels a worker must carry, each with this value, to run the job
     /// (`--require-label gpu=h100`); empty: any worker.
     pub require_labels: BTreeMap<String, String>,
+    /// Data-parallel ranks, one per device of one worker, each training a
+    /// shard of every batch; the global batch stays `batch_size`.
+    pub gpus: u32,
 }
 
 impl Default for JobSpec {
@@ -264,6 +267,7 @@ impl Default for JobSpec {
             init_from: 0,
             pact_weight_decay: None,
             require_labels: BTreeMap::new(),
+            gpus: 1,
         }
     }
 }
@@ -394,6 +398,10 @@ impl JobSpec {
                 return Err(invalid("pact_weight_decay", format!("must be in [0, {MAX_WEIGHT_DECAY}], got {wd}")));
             }
         }
+        in_range("gpus", self.gpus, 1, MAX_GPUS)?;
+        if i64::from(self.gpus) > i64::from(self.batch_size) {
+            return Err(invalid("gpus", format!("{} ranks cannot share a batch of {}", self.gpus, self.batch_size)));
+        }
         crate::limits::check_labels(&self.require_labels).map_err(|e| invalid("require_labels", e.to_string()))?;
         if self.init_from < 0 {
             return Err(invalid("init_from", format!("must be a job id, got {}", self.init_from)));
@@ -474,6 +482,7 @@ impl JobSpec {
             init_from: p.init_from,
             pact_weight_decay: p.pact_weight_decay,
             require_labels: p.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            gpus: p.gpus.max(1),
         };
         Ok(spec)
     }
@@ -513,6 +522,7 @@ impl JobSpec {
             init_from: self.init_from,
             pact_weight_decay: self.pact_weight_decay,
             require_labels: self.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            gpus: self.gpus,
         }
     }
 }
@@ -556,6 +566,15 @@ mod tests {
         assert_eq!(field_of(|p| p.lr = 1e9), "lr");
         assert_eq!(field_of(|p| p.batch_size = 0), "batch_size");
         assert_eq!(field_of(|p| p.batch_size = 1_000_000_000), "batch_size");
+        assert_eq!(field_of(|p| p.gpus = 65), "gpus");
+        assert_eq!(
+            field_of(|p| {
+                p.gpus = 4;
+                p.batch_size = 3
+            }),
+            "gpus"
+        );
+        assert_eq!(ValidSpec::from_proto(&v1::JobSpec { gpus: 0, ..JobSpec::default().to_proto() }).unwrap().gpus, 1, "0 reads as 1");
         assert_eq!(field_of(|p| p.epochs = 0), "epochs");
         assert_eq!(field_of(|p| p.epochs = u32::MAX), "epochs");
         assert_eq!(field_of(|p| p.epochs = (1 << 31) + 1), "epochs");

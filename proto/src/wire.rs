@@ -144,6 +144,7 @@ pub fn worker(worker: &v1::Worker, now_ms: i64) -> Value {
         "hostname": worker.hostname,
         "device_kind": worker.device_kind,
         "gpus": worker.gpus,
+        "devices": worker.devices.max(1),
         "datasets": worker.datasets,
         "labels": worker.labels,
         "alive": worker.alive,
@@ -295,6 +296,7 @@ mod tests {
             init_from: 9,
             pact_weight_decay: Some(0.001),
             require_labels: [("gpu".to_string(), "h100".to_string())].into_iter().collect(),
+            gpus: 2,
         };
         let names = [
             "stage",
@@ -326,6 +328,7 @@ mod tests {
             "init_from",
             "pact_weight_decay",
             "require_labels",
+            "gpus",
         ];
         let shown = spec(&wire);
         let keys: Vec<&str> = shown.as_object().unwrap_or_else(|| panic!("{shown}")).keys().map(String::as_str).collect();

@@ -38,6 +38,7 @@ fn worker(name: &str) -> NewWorker {
         gpus: vec![],
         datasets: vec!["cifar10".into()],
         labels: serde_json::json!({}),
+        devices: 1,
     }
 }
 

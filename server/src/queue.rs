@@ -52,7 +52,11 @@ pub fn waiting_reason(job: &Job, facts: &QueueFacts, policy: ClaimPolicy) -> Str
                 format!(" with labels {}", wanted.join(", "))
             }
         };
-        return format!("no live worker offers {device}data set {}{labels}", job.spec.dataset);
+        let devices = match job.spec.gpus {
+            1 => String::new(),
+            n => format!(" and {n} devices"),
+        };
+        return format!("no live worker offers {device}data set {}{labels}{devices}", job.spec.dataset);
     }
     match facts.ahead {
         0 => "next in line: waiting for a free worker".into(),
@@ -103,6 +107,8 @@ mod tests {
         let mut picky = job();
         picky.spec.require_labels.insert("gpu".into(), "h100".into());
         assert_eq!(waiting_reason(&picky, &nobody, capped), "no live worker offers data set cifar10 with labels gpu=h100");
+        picky.spec.gpus = 4;
+        assert_eq!(waiting_reason(&picky, &nobody, capped), "no live worker offers data set cifar10 with labels gpu=h100 and 4 devices");
         let behind = QueueFacts { ahead: 4, ..live };
         assert!(waiting_reason(&job(), &behind, capped).starts_with("4 queued job(s) come first"));
     }

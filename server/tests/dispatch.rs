@@ -29,6 +29,7 @@ async fn workers(s: &dyn Store, n: usize) -> Vec<Uuid> {
             gpus: vec![],
             datasets: vec!["cifar10".into()],
             labels: serde_json::json!({}),
+            devices: 1,
         };
         ids.push(s.register_worker(w, &format!("session {i}"), None).await.unwrap());
     }

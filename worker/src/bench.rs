@@ -3,16 +3,18 @@
 //! full precision, quantisation-aware at k bits, or the dual-path network's
 //! sp step; optionally a profile of the training step (host ops, GPU kernels).
 
+use std::ffi::OsString;
 use std::fmt;
+use std::io::Read;
 use std::time::Instant;
 
 use camp_proto::spec::{JobSpec, Stage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::compute::ComputeOptions;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::precision::Precision;
@@ -237,4 +239,78 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
         eval_images_per_s: images_timed / eval_seconds,
         train_profile,
     })
+}
+
+/// What one slot of `--slots N` measured (read back from its `--json` line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotFigures {
+    pub train_images_per_s: f64,
+    pub eval_images_per_s: f64,
+}
+
+/// One job alone against N jobs at once on the same device (`--slots N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotsReport {
+    pub single: BenchReport,
+    /// Each of the N concurrent jobs, over its own timed window.
+    pub slots: Vec<SlotFigures>,
+    pub total_train_images_per_s: f64,
+    /// `total_train_images_per_s` over the single job's.
+    pub speedup: f64,
+}
+
+/// Runs `config` alone in this process, then as `slots` processes at once
+/// (`camp-worker --device DEVICE bench ... --json`, crate::slots) and adds
+/// up their training images/s. Each process times its own steps after its
+/// own warm-up; with enough steps their windows overlap almost whole.
+pub fn run_bench_slots(config: &BenchConfig, slots: u32, device_arg: &str, threads: Option<i32>) -> Result<SlotsReport> {
+    let single = run_bench(config)?;
+    let mut args: Vec<OsString> = vec!["--device".into(), device_arg.into()];
+    if let Some(threads) = threads {
+        args.extend(["--threads".into(), threads.to_string().into()]);
+    }
+    args.extend(["bench", "-a", &config.arch, "-b", &config.batch.to_string()].map(OsString::from));
+    args.extend(["--steps".into(), config.steps.to_string().into(), "--warmup-steps".into(), config.warmup_steps.to_string().into()]);
+    for (on, flag) in [(config.bf16, "--bf16"), (config.channels_last, "--channels-last"), (config.dual_path, "--dualpath")] {
+        if on {
+            args.push(flag.into());
+        }
+    }
+    if let Some(bits) = config.bits {
+        args.extend(["--bits".into(), bits.to_string().into()]);
+    }
+    args.push("--json".into());
+    // Slots 1..=N: this process only waits for them.
+    let children = crate::slots::Slots::spawn(slots + 1, &args, true)?.into_children();
+    let mut figures = Vec::new();
+    for (slot, mut child) in children {
+        let mut out = String::new();
+        if let Some(stdout) = child.stdout.as_mut() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let status = child.wait().map_err(|e| EngineError::Slots(format!("slot {slot}: {e}")))?;
+        let line = out.lines().last().unwrap_or_default();
+        let parsed: SlotFigures = serde_json::from_str(line).map_err(|e| {
+            EngineError::Slots(format!("slot {slot} ({status}) printed no report ({e}): {}", line.chars().take(200).collect::<String>()))
+        })?;
+        figures.push(parsed);
+    }
+    let total: f64 = figures.iter().map(|f| f.train_images_per_s).sum();
+    Ok(SlotsReport { speedup: total / single.train_images_per_s, single, slots: figures, total_train_images_per_s: total })
+}
+
+impl fmt::Display for SlotsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.single)?;
+        let each: Vec<String> = self.slots.iter().map(|s| format!("{:.0}", s.train_images_per_s)).collect();
+        write!(
+            f,
+            "{} jobs at once: {:.0} training images/s in all ({} each) = {:.2}x one job alone ({:.0})",
+            self.slots.len(),
+            self.total_train_images_per_s,
+            each.join(", "),
+            self.speedup,
+            self.single.train_images_per_s
+        )
+    }
 }

@@ -18,6 +18,10 @@ pub enum EngineError {
     Quantization(String),
     #[error("model: {0}")]
     Model(String),
+    #[error("slots: {0}")]
+    Slots(String),
+    #[error("data-parallel ranks: {0}")]
+    Parallel(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("{path}: {source}")]

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod collective;
 pub mod compute;
 mod csrc;
 pub mod daemon;
@@ -21,11 +22,14 @@ mod module_path;
 pub mod network;
 pub mod observer;
 pub mod optim;
+pub mod parallel;
 pub mod precision;
 pub mod profile;
 pub mod quant;
+pub mod ranks;
 pub mod reinforce;
 mod rng;
+pub mod slots;
 pub mod stage;
 pub mod weights;
 

@@ -11,7 +11,7 @@ use tch::Device;
 
 use crate::error::{EngineError, Result};
 use crate::observer::{CheckpointBlob, CheckpointError, Control, Observer, RunInfo, StageOutcome};
-use crate::stage;
+use crate::{parallel, stage};
 
 pub const LATEST_FILE: &str = "latest.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
@@ -29,7 +29,10 @@ pub fn read_spec(path: &Path) -> Result<ValidSpec> {
 /// `best.safetensors` and at the end `summary.json` into `out_dir`. With
 /// `resume`, continues from `out_dir/latest.safetensors` where it exists; with
 /// `init`, starts from the weights of that checkpoint file (for example the
-/// `best.safetensors` of a qat run for an sp run).
+/// `best.safetensors` of a qat run for an sp run). A spec of N ranks
+/// (`gpus`) runs N processes, the others writing their final state to
+/// `out_dir/rank-R.safetensors`, or with `one_process` trains every rank's
+/// shard in this process in turn.
 pub fn run_local(
     spec_path: &Path,
     data_dir: &Path,
@@ -37,6 +40,7 @@ pub fn run_local(
     out_dir: &Path,
     resume: bool,
     init: Option<&Path>,
+    one_process: bool,
 ) -> Result<StageOutcome> {
     let spec = read_spec(spec_path)?;
     std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
@@ -67,7 +71,11 @@ pub fn run_local(
         Some(path) => Some(std::fs::read(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?),
         None => None,
     };
-    let outcome = stage::run_stage(&spec, data_dir, device, resume_bytes.as_deref(), init_bytes.as_deref(), &mut observer)?;
+    let (resume_bytes, init_bytes) = (resume_bytes.as_deref(), init_bytes.as_deref());
+    let outcome = match one_process {
+        true => stage::run_stage(&spec, data_dir, device, resume_bytes, init_bytes, &mut observer)?,
+        false => parallel::run_lead(&spec, data_dir, device, resume_bytes, init_bytes, &mut observer, Some(out_dir))?,
+    };
     if let StageOutcome::Completed(summary) = &outcome {
         let path = out_dir.join(SUMMARY_FILE);
         let json = serde_json::to_string_pretty(summary).map_err(|e| EngineError::Io { path: path.clone(), source: e.into() })?;

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use camp_proto::endpoint::ClientTls;
-use camp_worker::bench::{run_bench, BenchConfig};
+use camp_worker::bench::{run_bench, run_bench_slots, BenchConfig};
 use camp_worker::daemon::{self, DaemonConfig, Shutdown};
-use camp_worker::device::parse_device;
+use camp_worker::device::{cuda_device_count, parse_device};
 use camp_worker::local::run_local;
 use camp_worker::observer::StageOutcome;
+use camp_worker::parallel::{run_follower, FollowerArgs};
+use camp_worker::slots::{pass_on, Slots};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -28,6 +30,21 @@ struct Cli {
     /// Training device: cpu, cuda or cuda:N. CUDA never falls back to the CPU.
     #[arg(long, env = "CAMP_DEVICE", default_value = "cpu")]
     device: String,
+    /// Devices one job may train on, from --device on: a job of `gpus: N` runs
+    /// N ranks, one per device, and is offered only to a worker with at least N.
+    /// Default: every visible GPU for `--device cuda`, else 1. On the CPU, N
+    /// ranks share the cores (Gloo).
+    #[arg(long, env = "CAMP_DEVICES", value_parser = clap::value_parser!(u32).range(1..=i64::from(camp_proto::limits::MAX_GPUS)))]
+    devices: Option<u32>,
+    /// Jobs at once on --device: N worker processes side by side, each claiming
+    /// and training its own job (a small network leaves a GPU mostly idle). Each
+    /// registers as a worker (`camp workers` lists N rows of this name). With
+    /// `bench`: one job alone, then N at once, and the images/s of both.
+    #[arg(long, env = "CAMP_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    slots: u32,
+    /// Which slot this process is (given by slot 0 to the others).
+    #[arg(long, hide = true, global = true)]
+    slot: Option<u32>,
     /// Name shown in `camp workers` (default: the host name).
     #[arg(long, env = "CAMP_WORKER_NAME")]
     name: Option<String>,
@@ -113,6 +130,27 @@ enum Command {
         /// Start from this checkpoint's weights (e.g. a qat run's best.safetensors for sp).
         #[arg(long, value_name = "FILE")]
         init: Option<PathBuf>,
+        /// A spec of several ranks (`gpus`): train every rank's shard in this one
+        /// process in turn, instead of one process per rank.
+        #[arg(long)]
+        one_process: bool,
+    },
+    /// One rank (1..N) of a data-parallel job, started by rank 0 (the daemon or `run`).
+    #[command(hide = true)]
+    Rank {
+        /// The folder rank 0 wrote the spec and checkpoints to.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        rank: i64,
+        #[arg(long)]
+        world: i64,
+        /// Rank 0's rendezvous port on loopback.
+        #[arg(long)]
+        port: u16,
+        /// Write this rank's final state here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -141,6 +179,14 @@ fn main() -> anyhow::Result<()> {
                 dual_path: dualpath,
                 profile_steps: profile,
             };
+            if cli.slots > 1 && cli.slot.is_none() {
+                let report = run_bench_slots(&config, cli.slots, &cli.device, cli.threads)?;
+                match json {
+                    true => println!("{}", serde_json::to_string(&report)?),
+                    false => println!("{report}"),
+                }
+                return Ok(());
+            }
             let report = run_bench(&config)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -149,15 +195,53 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Run { spec, out, resume, init }) => match run_local(&spec, &cli.data_dir, device, &out, resume, init.as_deref())? {
-            StageOutcome::Completed(_) => Ok(()),
-            _ => anyhow::bail!("run stopped before the end"),
-        },
-        None => run_daemon(cli, device),
+        Some(Command::Run { spec, out, resume, init, one_process }) => {
+            match run_local(&spec, &cli.data_dir, device, &out, resume, init.as_deref(), one_process)? {
+                StageOutcome::Completed(_) => Ok(()),
+                _ => anyhow::bail!("run stopped before the end"),
+            }
+        }
+        Some(Command::Rank { dir, rank, world, port, out }) => {
+            let args = FollowerArgs { dir, rank, world, port, out };
+            run_follower(&args, &cli.data_dir, device).with_context(|| format!("rank {rank} of {world}"))
+        }
+        None => {
+            let devices = devices_of(&cli.device, device, cli.devices)?;
+            anyhow::ensure!(cli.slots == 1 || devices == 1, "--slots {} with --devices {devices}: slots share one device", cli.slots);
+            // Slot 0 starts the others before its runtime, from the main thread (crate::slots).
+            let slots = match cli.slot {
+                None if cli.slots > 1 => Some(Slots::spawn(cli.slots, &std::env::args_os().skip(1).collect::<Vec<_>>(), false)?),
+                _ => None,
+            };
+            let pids = slots.as_ref().map(Slots::pids).unwrap_or_default();
+            let ran = run_daemon(cli, device, devices, pids);
+            for (slot, status) in slots.map(Slots::wait).unwrap_or_default() {
+                match status {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => tracing::warn!("slot {slot} ended: {status}"),
+                    Err(e) => tracing::warn!("slot {slot}: {e}"),
+                }
+            }
+            ran
+        }
     }
 }
 
-fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
+/// `--devices`, checked against the CUDA devices there are; by default every
+/// visible GPU for `--device cuda`, else 1.
+fn devices_of(name: &str, device: tch::Device, given: Option<u32>) -> anyhow::Result<u32> {
+    let tch::Device::Cuda(first) = device else { return Ok(given.unwrap_or(1)) };
+    let count = cuda_device_count();
+    let devices = given.unwrap_or(if name.trim() == "cuda" { (count - first) as u32 } else { 1 });
+    anyhow::ensure!(
+        first + devices as usize <= count,
+        "--devices {devices} from cuda:{first} asked for, but only {count} CUDA device(s) exist"
+    );
+    Ok(devices.min(camp_proto::limits::MAX_GPUS))
+}
+
+/// Runs the daemon until a stop signal (passed on to the slots in `slot_pids`) or its limits.
+fn run_daemon(cli: Cli, device: tch::Device, devices: u32, slot_pids: Vec<i32>) -> anyhow::Result<()> {
     let name = cli.name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
     });
@@ -166,6 +250,7 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
         coordinator: coordinator_address(cli.coordinator),
         data_dir: cli.data_dir,
         device,
+        devices,
         name,
         labels: cli.labels,
         token: cli.token,
@@ -186,12 +271,13 @@ fn run_daemon(cli: Cli, device: tch::Device) -> anyhow::Result<()> {
             let mut usr1 = signal(SignalKind::user_defined1())?;
             let mut hup = signal(SignalKind::hangup())?;
             tokio::spawn(async move {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = usr1.recv() => "SIGUSR1",
-                    _ = hup.recv() => "SIGHUP",
-                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                let (name, number) = tokio::select! {
+                    _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+                    _ = usr1.recv() => ("SIGUSR1", libc::SIGUSR1),
+                    _ = hup.recv() => ("SIGHUP", libc::SIGHUP),
+                    _ = tokio::signal::ctrl_c() => ("SIGINT", libc::SIGINT),
                 };
+                pass_on(&slot_pids, number);
                 tracing::info!("{name} received: finishing the current step, then checkpointing and handing the job back");
                 shutdown.flag.store(true, Ordering::SeqCst);
                 shutdown.signal.notify_waiters();

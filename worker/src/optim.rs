@@ -66,6 +66,14 @@ impl Sgd {
 
     /// Back-propagates `loss` to the parameters and updates them with learning rate `lr`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+        let gradient = self.gradient(loss)?;
+        self.update(gradient, lr)
+    }
+
+    /// Back-propagates `loss` to the parameters: their gradient, laid out as
+    /// the flat parameter buffer (a fresh tensor the caller owns). Data-parallel
+    /// ranks sum these buffers with one all-reduce before [`Sgd::update`].
+    pub fn gradient(&self, loss: &Tensor) -> Result<Tensor> {
         if self.params.first().is_some_and(|(_, p)| p.data_ptr() != self.flat_params.data_ptr()) {
             return Err(EngineError::Model(
                 "the parameters no longer live in this optimiser's buffer (a second optimiser took them)".into(),
@@ -74,7 +82,19 @@ impl Sgd {
         let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;
         let _no_grad = tch::no_grad_guard();
-        let mut d = flat::concat(&grads.iter().collect::<Vec<_>>(), &self.orders)?;
+        flat::concat(&grads.iter().collect::<Vec<_>>(), &self.orders)
+    }
+
+    /// A gradient of zeros (a rank whose shard of a batch is empty).
+    pub fn zero_gradient(&self) -> Result<Tensor> {
+        Ok(self.flat_params.f_zeros_like()?)
+    }
+
+    /// Updates the parameters from `gradient` (from [`Sgd::gradient`], summed
+    /// over ranks or not) with learning rate `lr`.
+    pub fn update(&mut self, gradient: Tensor, lr: f64) -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
+        let mut d = gradient;
         match &self.decay_by_element {
             Some(decay) => d = d.f_add(&self.flat_params.f_mul(decay)?)?,
             None if self.weight_decay != 0.0 => d = d.f_add(&self.flat_params.f_mul_scalar(self.weight_decay)?)?,
@@ -85,11 +105,21 @@ impl Sgd {
                 let _ = buf.f_mul_scalar_(self.momentum)?.f_add_(&d)?;
                 buf.shallow_clone()
             }
-            // `d` is a fresh tensor (made by cat), safe to keep as the buffer.
+            // `d` is a fresh tensor (made by cat, or by the caller), safe to keep as the buffer.
             None => self.momentum_buffer.insert(d).shallow_clone(),
         };
         let _ = self.flat_params.f_sub_(&buf.f_mul_scalar(lr)?)?;
         Ok(())
+    }
+
+    /// Every parameter end to end (the buffer the parameters are views of).
+    pub fn flat_params(&self) -> &Tensor {
+        &self.flat_params
+    }
+
+    /// Every momentum buffer end to end, laid out as [`Sgd::flat_params`]; None before the first step.
+    pub fn flat_momentum(&self) -> Option<&Tensor> {
+        self.momentum_buffer.as_ref()
     }
 
     /// Each parameter's momentum buffer (views into the flat buffer); empty before the first step.

@@ -25,6 +25,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, CheckpointMeta, EpochTotals};
+use crate::collective::RankOf;
 use crate::compute::ComputeOptions;
 use crate::data::{Dataset, EpochPlan};
 use crate::error::{EngineError, Result};
@@ -34,6 +35,7 @@ use crate::observer::{CheckpointBlob, Control, Observer, RunInfo, StageOutcome};
 use crate::optim::Sgd;
 use crate::precision::Precision;
 use crate::quant::PACT_CLIP_SUFFIX;
+use crate::ranks::{FollowerObserver, Ranks};
 use crate::reinforce::{rl_loss, Reinforce};
 use crate::rng::SplitMix64;
 
@@ -41,7 +43,8 @@ use crate::rng::SplitMix64;
 /// `resume` (an interrupted attempt of the same job), or starting from the
 /// weights of `init` (a finished job's checkpoint: every parameter the two
 /// networks share by name, with a fresh optimiser), reporting to `observer`.
-/// `init` is not read when resuming: the checkpoint has it all.
+/// `init` is not read when resuming: the checkpoint has it all. One process
+/// trains every rank's shard of a data-parallel spec (`gpus` > 1) in turn.
 pub fn run_stage(
     spec: &ValidSpec,
     data_dir: &Path,
@@ -50,7 +53,26 @@ pub fn run_stage(
     init: Option<&[u8]>,
     observer: &mut dyn Observer,
 ) -> Result<StageOutcome> {
+    run_stage_ranked(spec, data_dir, device, resume, init, observer, Ranks::Local)
+}
+
+/// [`run_stage`] as one rank of a data-parallel run (crate::parallel): rank 0
+/// reports to `observer`; the others train alongside it and report nothing.
+pub fn run_stage_ranked(
+    spec: &ValidSpec,
+    data_dir: &Path,
+    device: Device,
+    resume: Option<&[u8]>,
+    init: Option<&[u8]>,
+    observer: &mut dyn Observer,
+    ranks: Ranks,
+) -> Result<StageOutcome> {
     let spec: &JobSpec = spec;
+    if let Ranks::Group(group) = &ranks {
+        if group.rank_of().world != i64::from(spec.gpus) {
+            return Err(EngineError::Parallel(format!("a group of {} ranks for a job of {}", group.rank_of().world, spec.gpus)));
+        }
+    }
     let resume = resume.map(checkpoint::load).transpose()?;
     if let Some(state) = &resume {
         check_same_run(spec, &state.meta.spec)?;
@@ -78,7 +100,8 @@ pub fn run_stage(
     let network = Network::build(&vs.root(), spec, &precision, data.info.channels, data.info.classes, options)?;
     if resume.is_none() {
         if let Some(bytes) = init {
-            initialise(&vs, bytes, observer)?;
+            let mut quiet = FollowerObserver { out: None };
+            initialise(&vs, bytes, if ranks.leads() { observer } else { &mut quiet })?;
         }
     }
     let mut sgd = Sgd::new(&vs, spec.momentum, spec.weight_decay)?
@@ -102,6 +125,7 @@ pub fn run_stage(
         last_train: None,
         train_images: 0,
         train_seconds: 0.0,
+        ranks,
     };
     if let Some(state) = resume {
         checkpoint::load_weights(&run.vs, &state.model)?;
@@ -114,6 +138,8 @@ pub fn run_stage(
         run.best_top1 = meta.best_top1;
         run.best_epoch = meta.best_epoch;
     }
+    let momentum = sgd.flat_momentum().map(Tensor::shallow_clone);
+    run.ranks.align(&[sgd.flat_params()].into_iter().chain(momentum.as_ref()).collect::<Vec<_>>())?;
     run.train(&mut sgd, observer)
 }
 
@@ -182,6 +208,8 @@ struct Run<'a> {
     last_train: Option<(f64, f64)>,
     train_images: i64,
     train_seconds: f64,
+    /// Which shards of each batch this process trains, and with whom.
+    ranks: Ranks,
 }
 
 /// Running sums of an epoch, kept on the device so that a step needs no sync.
@@ -247,6 +275,16 @@ impl Run<'_> {
                 return Ok(StageOutcome::Interrupted);
             }
         }
+        self.ranks.check_agree(sgd.flat_params())?;
+        if !self.ranks.leads() {
+            // Its final state, for whoever asked to see it (the observer decides).
+            self.store_checkpoint(sgd, f64::NAN, observer)?;
+            return Ok(StageOutcome::Completed(JobResult {
+                epochs: self.completed_epochs,
+                steps: self.global_step,
+                ..JobResult::default()
+            }));
+        }
         let eval = match self.last_eval.take() {
             Some(eval) => eval,
             None => self.evaluate()?,
@@ -293,9 +331,15 @@ impl Run<'_> {
         let lr = spec.lr_at_epoch(epoch);
         let device = self.data.device();
         let plan: EpochPlan = self.data.epoch_plan(spec.seed, epoch)?;
-        let mut totals = DeviceTotals::new(self.partial_epoch, device)?;
+        // Rank 0 carries the epoch's sums so far; the other ranks add their shards' from zero.
+        let carried = match self.ranks.leads() {
+            true => self.partial_epoch,
+            false => EpochTotals { seen: self.partial_epoch.seen, ..EpochTotals::default() },
+        };
+        let mut totals = DeviceTotals::new(carried, device)?;
         let batch = spec.batch_size as i64;
         let n = self.data.train_len();
+        let shards = self.ranks.shards(spec.gpus);
         let mut window_start = Instant::now();
         let mut window_images = 0i64;
         let mut control = Control::Continue;
@@ -303,71 +347,133 @@ impl Run<'_> {
             let step_started = Instant::now();
             let start = self.step_in_epoch * batch;
             let len = batch.min(n - start);
-            let (images, labels) = self.data.train_batch(&plan, start, len)?;
-            if spec.stage == Stage::Rl {
-                // The gates' actions are a function of (seed, step), so a resumed run samples alike.
-                tch::manual_seed(SplitMix64::for_stream(spec.seed, self.global_step as u64).next_u64() as i64);
+            let mut gradient: Option<Tensor> = None;
+            for of in &shards {
+                let (offset, shard_len) = of.shard(len);
+                if shard_len == 0 {
+                    continue;
+                }
+                let g = self.shard_gradient(sgd, &plan, *of, start + offset, shard_len, len, &mut totals)?;
+                gradient = Some(match gradient {
+                    Some(mut sum) => sum.f_add_(&g)?,
+                    None => g,
+                });
             }
-            let forward = self.network.forward(&images, true)?;
-            let logits = &forward.logits;
-            let task_loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
-            let loss = if spec.stage == Stage::Rl {
-                let actions: Vec<Tensor> = forward.gates.iter().map(|g| g.mask.shallow_clone()).collect();
-                let log_probs = forward
-                    .gates
-                    .iter()
-                    .map(|g| g.log_prob.as_ref().map(Tensor::shallow_clone))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
-                let knobs = Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
-                task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, knobs)?)?
-            } else {
-                task_loss.shallow_clone()
+            let gradient = match gradient {
+                Some(g) => g,
+                None => sgd.zero_gradient()?,
             };
-            sgd.step(&loss, lr)?;
-            tch::no_grad(|| -> Result<()> {
-                // The epoch's train loss is the task's cross-entropy in every stage.
-                let _ = totals.loss_sum.f_add_(&task_loss.f_to_kind(Kind::Double)?.f_mul_scalar(len)?)?;
-                let _ = totals.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&labels)?.f_sum(Kind::Int64)?)?;
-                Ok(())
-            })?;
+            self.ranks.sum_gradient(&gradient)?;
+            sgd.update(gradient, lr)?;
             totals.seen += len;
             self.step_in_epoch += 1;
             self.global_step += 1;
             self.train_images += len;
             window_images += len;
             if self.global_step % spec.print_freq as i64 == 0 {
-                let sums = totals.read()?;
+                let sums = self.read_totals(&totals)?;
                 let images_per_s = window_images as f64 / window_start.elapsed().as_secs_f64();
                 observer.step(&StepMetrics { step: self.global_step, epoch, loss: sums.mean_loss(), top1: sums.top1(), lr, images_per_s });
                 window_start = Instant::now();
                 window_images = 0;
             }
             self.train_seconds += step_started.elapsed().as_secs_f64();
-            control = observer.control();
+            control = self.ranks.share_control(observer.control())?;
             match control {
                 Control::Continue => {}
                 Control::Abandon => return Ok((EpochEnd::Stopped(StageOutcome::Abandoned), control)),
                 Control::Cancel => return Ok((EpochEnd::Stopped(StageOutcome::Cancelled), control)),
                 Control::Interrupt if self.step_in_epoch < self.steps_per_epoch => {
-                    self.partial_epoch = totals.read()?;
-                    self.store_checkpoint(sgd, f64::NAN, observer)?;
-                    observer.log(format!(
-                        "interrupted in epoch {epoch} after step {}/{}; checkpoint stored",
-                        self.step_in_epoch, self.steps_per_epoch
-                    ));
+                    self.partial_epoch = self.read_totals(&totals)?;
+                    if self.ranks.leads() {
+                        self.store_checkpoint(sgd, f64::NAN, observer)?;
+                        observer.log(format!(
+                            "interrupted in epoch {epoch} after step {}/{}; checkpoint stored",
+                            self.step_in_epoch, self.steps_per_epoch
+                        ));
+                    }
                     return Ok((EpochEnd::Stopped(StageOutcome::Interrupted), control));
                 }
                 Control::Interrupt => {}
             }
         }
-        self.partial_epoch = totals.read()?;
+        self.partial_epoch = self.read_totals(&totals)?;
         Ok((EpochEnd::Finished, control))
+    }
+
+    /// Back-propagates the loss of rank `of`'s shard (`shard_len` images at
+    /// `at` of the epoch's plan, in a batch of `len`): the shard's gradient,
+    /// weighted by its share of the batch so that the ranks' gradients sum to
+    /// the batch mean's. Adds the shard's loss and hits to `totals`.
+    #[allow(clippy::too_many_arguments)]
+    fn shard_gradient(
+        &mut self,
+        sgd: &Sgd,
+        plan: &EpochPlan,
+        of: RankOf,
+        at: i64,
+        shard_len: i64,
+        len: i64,
+        totals: &mut DeviceTotals,
+    ) -> Result<Tensor> {
+        let spec = self.spec;
+        let (images, labels) = self.data.train_batch(plan, at, shard_len)?;
+        if spec.stage == Stage::Rl {
+            // The gates' actions are a function of (seed, step, rank), so a resumed run samples alike;
+            // rank r takes the step stream's (r+1)-th number (rank 0, as a single process, the first).
+            let mut stream = SplitMix64::for_stream(spec.seed, self.global_step as u64);
+            let mut draw = stream.next_u64();
+            for _ in 0..of.rank {
+                draw = stream.next_u64();
+            }
+            tch::manual_seed(draw as i64);
+        }
+        let forward = self.network.forward(&images, true)?;
+        let logits = &forward.logits;
+        let task_loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
+        let loss = if spec.stage == Stage::Rl {
+            let actions: Vec<Tensor> = forward.gates.iter().map(|g| g.mask.shallow_clone()).collect();
+            let log_probs = forward
+                .gates
+                .iter()
+                .map(|g| g.log_prob.as_ref().map(Tensor::shallow_clone))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
+            let knobs = Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
+            task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, knobs)?)?
+        } else {
+            task_loss.shallow_clone()
+        };
+        let gradient = match shard_len == len {
+            true => sgd.gradient(&loss)?,
+            false => sgd.gradient(&loss.f_mul_scalar(shard_len as f64 / len as f64)?)?,
+        };
+        tch::no_grad(|| -> Result<()> {
+            // The epoch's train loss is the task's cross-entropy in every stage.
+            let _ = totals.loss_sum.f_add_(&task_loss.f_to_kind(Kind::Double)?.f_mul_scalar(shard_len)?)?;
+            let _ = totals.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&labels)?.f_sum(Kind::Int64)?)?;
+            Ok(())
+        })?;
+        Ok(gradient)
+    }
+
+    /// The epoch's sums over every rank (a collective: every rank calls it at the same step).
+    fn read_totals(&mut self, totals: &DeviceTotals) -> Result<EpochTotals> {
+        let local = totals.read()?;
+        let summed = self.ranks.sum(&[local.loss_sum, local.correct as f64])?;
+        Ok(EpochTotals { loss_sum: summed[0], correct: summed[1].round() as i64, seen: local.seen })
     }
 
     /// Evaluates, reports and checkpoints a finished epoch.
     fn finish_epoch(&mut self, epoch: u32, epoch_images_per_s: f64, sgd: &Sgd, observer: &mut dyn Observer) -> Result<()> {
         let train = self.partial_epoch;
+        if !self.ranks.leads() {
+            // Rank 0 evaluates and checkpoints; the others only keep count.
+            self.completed_epochs = epoch;
+            self.step_in_epoch = 0;
+            self.partial_epoch = EpochTotals::default();
+            return Ok(());
+        }
         let eval = self.evaluate()?;
         if self.best_top1.is_nan() || eval.top1 > self.best_top1 {
             self.best_top1 = eval.top1;

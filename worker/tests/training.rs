@@ -152,18 +152,18 @@ fn local_run_writes_checkpoints_and_summary_and_resumes() {
     let out = tempfile::tempdir().unwrap();
     let spec_path = out.path().join("job.yaml");
     std::fs::write(&spec_path, "arch: preact_resnet20_cifar\ndataset: fashion-mnist\nepochs: 1\nbatch_size: 32\nprint_freq: 1\n").unwrap();
-    let outcome = camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), false, None).unwrap();
+    let outcome = camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), false, None, false).unwrap();
     assert!(matches!(outcome, StageOutcome::Completed(_)));
     for file in ["latest.safetensors", "best.safetensors", "summary.json"] {
         assert!(out.path().join(file).is_file(), "{file} missing");
     }
     // Two epochs now, resumed from the first.
     std::fs::write(&spec_path, "arch: preact_resnet20_cifar\ndataset: fashion-mnist\nepochs: 2\nbatch_size: 32\nprint_freq: 1\n").unwrap();
-    camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), true, None).unwrap();
+    camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), true, None, false).unwrap();
     let latest = std::fs::read(out.path().join("latest.safetensors")).unwrap();
     assert_eq!(checkpoint::read_meta(&latest).unwrap().epoch, 2);
 
     std::fs::write(&spec_path, "arch: preact_resnet20_cifar\nbogus: 1\n").unwrap();
-    let err = camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), false, None).err().unwrap();
+    let err = camp_worker::local::run_local(&spec_path, dir.path(), Device::Cpu, out.path(), false, None, false).err().unwrap();
     assert!(err.to_string().contains("bogus"), "{err}");
 }

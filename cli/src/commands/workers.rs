@@ -24,7 +24,7 @@ pub async fn list(opts: &GlobalOpts) -> anyhow::Result<()> {
 }
 
 fn table(workers: &[v1::Worker], now_ms: i64) -> Table {
-    let mut table = Table::new(&["name", "state", "jobs", "device", "gpus", "datasets", "labels", "heartbeat"]);
+    let mut table = Table::new(&["name", "state", "jobs", "device", "devices", "datasets", "labels", "heartbeat"]);
     for worker in workers {
         let running: Vec<String> = worker.running_jobs.iter().map(i64::to_string).collect();
         let mut labels: Vec<String> = worker.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -34,7 +34,7 @@ fn table(workers: &[v1::Worker], now_ms: i64) -> Table {
             wire::worker_state_name(worker).into(),
             dash_if_empty(running.join(",")),
             worker.device_kind.clone(),
-            worker.gpus.len().to_string(),
+            worker.devices.max(1).to_string(),
             dash_if_empty(worker.datasets.join(",")),
             dash_if_empty(labels.join(",")),
             heartbeat_age(worker, now_ms),
@@ -93,7 +93,7 @@ mod tests {
         ];
         // The coordinator's age is shown, whatever this machine's clock says.
         let text = table(&workers, 999_999_999).to_string();
-        assert_eq!(cells(&text, 0), ["NAME", "STATE", "JOBS", "DEVICE", "GPUS", "DATASETS", "LABELS", "HEARTBEAT"]);
+        assert_eq!(cells(&text, 0), ["NAME", "STATE", "JOBS", "DEVICE", "DEVICES", "DATASETS", "LABELS", "HEARTBEAT"]);
         assert_eq!(cells(&text, 1), ["gpu-a", "busy", "3,4", "cuda", "1", "cifar10,fashion-mnist", "rack=3,slurm_job=77", "5 seconds ago"]);
         assert_eq!(cells(&text, 2)[1..3], ["idle", "-"]);
         assert_eq!(cells(&text, 2)[7], "1 second ago");

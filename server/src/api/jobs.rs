@@ -372,6 +372,7 @@ impl JobService for JobApi {
                     state: worker_state(age_ms, self.lease, &w.running_jobs) as i32,
                     heartbeat_age_ms: age_ms,
                     running_jobs: w.running_jobs,
+                    devices: w.new.devices,
                 }
             };
             if reply.encoded_len() + worker.encoded_len() + 16 > LIST_REPLY_BYTES {

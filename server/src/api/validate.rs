@@ -106,8 +106,15 @@ pub fn register(r: v1::RegisterRequest) -> ApiResult<(NewWorker, Option<uuid::Uu
         limits::LabelError::Value { key, error } => ApiError::invalid(format!("labels[{key}]"), error),
         e => ApiError::invalid("labels", e),
     })?;
+    if r.devices > limits::MAX_GPUS {
+        return Err(ApiError::invalid("devices", format!("at most {} devices, got {}", limits::MAX_GPUS, r.devices)));
+    }
     let labels = serde_json::to_value(&r.labels).expect("a string map always serialises");
-    Ok((NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels }, previous))
+    let devices = r.devices.max(1);
+    Ok((
+        NewWorker { name: r.name, hostname: r.hostname, device_kind: r.device_kind, gpus: r.gpus, datasets: r.datasets, labels, devices },
+        previous,
+    ))
 }
 
 fn step(name: &str, step: i64) -> ApiResult<()> {
@@ -246,6 +253,7 @@ mod tests {
         assert_eq!(field_of(register(v1::RegisterRequest { name: " ".into(), ..ok.clone() })), "name");
         assert_eq!(field_of(register(v1::RegisterRequest { hostname: "x".repeat(1000), ..ok.clone() })), "hostname");
         assert_eq!(field_of(register(v1::RegisterRequest { gpus: vec!["g".into(); 65], ..ok.clone() })), "gpus");
+        assert_eq!(field_of(register(v1::RegisterRequest { devices: 65, ..ok.clone() })), "devices");
         assert_eq!(field_of(register(v1::RegisterRequest { datasets: vec!["c\0".into()], ..ok.clone() })), "datasets[0]");
         let labels = (0..33).map(|i| (format!("k{i}"), "v".to_string())).collect();
         assert_eq!(field_of(register(v1::RegisterRequest { labels, ..ok.clone() })), "labels");

@@ -15,6 +15,8 @@ pub struct NewWorker {
     pub gpus: Vec<String>,
     pub datasets: Vec<String>,
     pub labels: serde_json::Value,
+    /// Devices it trains one job on: it runs jobs of at most this many ranks (`spec.gpus`).
+    pub devices: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -60,24 +62,25 @@ pub struct LeaseRef {
 }
 
 /// What a worker offers, as claims match it against jobs: its device kind,
-/// data sets and labels. Workers of one class can be served by one query.
+/// data sets, labels and number of devices. Workers of one class can be served by one query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WorkerClass {
     pub device_kind: String,
     /// Sorted, without repeats.
     pub datasets: Vec<String>,
     pub labels: std::collections::BTreeMap<String, String>,
+    pub devices: u32,
 }
 
 impl WorkerClass {
-    pub fn new(device_kind: String, mut datasets: Vec<String>, labels: &serde_json::Value) -> Self {
+    pub fn new(device_kind: String, mut datasets: Vec<String>, labels: &serde_json::Value, devices: u32) -> Self {
         datasets.sort();
         datasets.dedup();
         let labels = labels
             .as_object()
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
-        WorkerClass { device_kind, datasets, labels }
+        WorkerClass { device_kind, datasets, labels, devices }
     }
 }
 

@@ -59,6 +59,7 @@ pub fn new_worker(name: &str, device: &str, datasets: &[&str]) -> NewWorker {
         gpus: Vec::new(),
         datasets: datasets.iter().map(|d| d.to_string()).collect(),
         labels: serde_json::json!({}),
+        devices: 1,
     }
 }
 

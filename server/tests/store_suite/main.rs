@@ -50,6 +50,7 @@ macro_rules! for_each_case {
         $callback!($($arg,)* a_new_priority_reorders_the_queue_and_a_finished_job_keeps_its_own);
         $callback!($($arg,)* a_job_requiring_labels_goes_only_to_a_worker_carrying_each_of_them);
         $callback!($($arg,)* a_batch_claim_shares_jobs_out_in_claim_order_one_job_per_worker);
+        $callback!($($arg,)* a_job_of_n_ranks_goes_only_to_a_worker_with_at_least_n_devices);
         // Leases, the reaper, heartbeats, fencing.
         $callback!($($arg,)* an_expired_lease_requeues_the_job_and_its_next_claim_is_the_next_attempt);
         $callback!($($arg,)* after_max_attempts_lost_leases_the_reaper_fails_the_job_and_cancels_its_children);

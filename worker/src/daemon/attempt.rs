@@ -18,7 +18,7 @@ use super::reporter::{report_loop, ChannelObserver, Stops};
 use super::DaemonConfig;
 use crate::error::EngineError;
 use crate::observer::StageOutcome;
-use crate::stage;
+use crate::parallel;
 
 /// Why an attempt failed (its text becomes the job's message).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum AttemptError {
     NoInitCheckpoint(i64),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("spec.gpus: the job needs {wanted} devices, this worker has {have}")]
+    TooFewDevices { wanted: u32, have: u32 },
     #[error("training panicked: {0}")]
     Panicked(String),
     #[error("training thread: {0}")]
@@ -63,9 +65,10 @@ pub(crate) async fn run_attempt(client: &mut Client, config: &DaemonConfig, work
             tracing::warn!("lease lost; abandoned without writing");
             return;
         }
-        // Not the job's fault: back to the queue (counted against max_attempts,
-        // so a checkpoint that is broken for good ends the job).
-        Err(e @ AttemptError::Download(_)) => {
+        // Not the job's fault (a download that failed, a data-parallel rank
+        // that died): back to the queue, to resume from its last checkpoint
+        // (counted against max_attempts, so a fault for good ends the job).
+        Err(e @ (AttemptError::Download(_) | AttemptError::Engine(EngineError::Parallel(_)))) => {
             tracing::error!("attempt given up: {e}");
             (v1::Outcome::Retry, limits::truncate_text(&e.to_string(), limits::MAX_MESSAGE_TEXT_BYTES), None)
         }
@@ -98,6 +101,9 @@ async fn prepare_and_train(
 ) -> Result<StageOutcome, AttemptError> {
     // The coordinator checked it at submit; the worker checks what it is handed once, here.
     let spec = ValidSpec::from_proto(a.spec.as_ref().ok_or(AttemptError::NoSpec)?)?;
+    if spec.gpus > config.devices {
+        return Err(AttemptError::TooFewDevices { wanted: spec.gpus, have: config.devices });
+    }
     let resume = match &a.resume_from {
         Some(ckpt) => Some(download(client, ckpt, config.retry_for).await?),
         None => None,
@@ -114,7 +120,7 @@ async fn prepare_and_train(
     let trainer = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            stage::run_stage(&spec, &data_dir, device, resume.as_deref(), init.as_deref(), &mut observer)
+            parallel::run_lead(&spec, &data_dir, device, resume.as_deref(), init.as_deref(), &mut observer, None)
         }));
         drop(observer);
         match run {

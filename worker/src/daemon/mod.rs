@@ -66,6 +66,8 @@ pub struct DaemonConfig {
     pub coordinator: String,
     pub data_dir: PathBuf,
     pub device: tch::Device,
+    /// Devices a job may use, from `device` on (`spec.gpus` ranks need as many).
+    pub devices: u32,
     pub name: String,
     pub labels: Vec<(String, String)>,
     /// Sent as `authorization: Bearer` when set (a worker credential).
@@ -295,6 +297,7 @@ async fn try_register(config: &DaemonConfig, credential: &CallHeaders, previous:
         hostname: hostname(),
         device_kind: device_kind.into(),
         gpus,
+        devices: config.devices,
         datasets: datasets.clone(),
         labels: config.labels.iter().cloned().collect(),
         worker_id: previous.unwrap_or_default().to_string(),

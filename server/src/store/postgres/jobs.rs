@@ -35,8 +35,8 @@ async fn insert_job(
             .await?;
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node, \
-         parents_pending, require_labels) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING id",
+         parents_pending, require_labels, gpus) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     )
     .bind(&job.name)
     .bind(&job.owner)
@@ -50,6 +50,7 @@ async fn insert_job(
     .bind(node)
     .bind(parents_pending as i32)
     .bind(sqlx::types::Json(&job.spec.require_labels))
+    .bind(job.spec.gpus as i32)
     .fetch_one(&mut **tx)
     .await?;
     if !parents.is_empty() {
@@ -276,12 +277,13 @@ impl JobStore for PgStore {
             .await?;
         let (live_matching_workers,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM workers w WHERE w.last_heartbeat > now() - make_interval(secs => $1) \
-             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets) AND w.labels @> $4",
+             AND ($2 = 'any' OR w.device_kind = $2) AND $3 = ANY(w.datasets) AND w.labels @> $4 AND w.devices >= $5",
         )
         .bind(lease_secs(live_within))
         .bind(job.spec.device.as_str())
         .bind(&job.spec.dataset)
         .bind(sqlx::types::Json(&job.spec.require_labels))
+        .bind(job.spec.gpus as i32)
         .fetch_one(&self.pool)
         .await?;
         let (ahead,): (i64,) = sqlx::query_as(

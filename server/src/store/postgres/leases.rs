@@ -41,7 +41,7 @@ const CLAIM_BATCH: &str = concat!(
         CROSS JOIN LATERAL ( \
             SELECT j.id, j.owner, j.priority FROM jobs j \
             WHERE j.state = 'queued' AND j.parents_pending = 0 AND j.owner = o.owner \
-              AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels \
+              AND (j.device = 'any' OR j.device = $1) AND j.dataset = ANY($2) AND $3::jsonb @> j.require_labels AND j.gpus <= $8 \
             ORDER BY j.priority DESC, j.id LIMIT $4 FOR UPDATE OF j SKIP LOCKED) h \
         LEFT JOIN running r ON r.owner = h.owner \
         WHERE o.owner IS NOT NULL), \
@@ -189,11 +189,12 @@ impl LeaseStore for PgStore {
             gpus: Vec<String>,
             datasets: Vec<String>,
             labels: serde_json::Value,
+            devices: i32,
             last_heartbeat: DateTime<Utc>,
             running_jobs: Vec<i64>,
         }
         let recs: Vec<Rec> = sqlx::query_as(
-            "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.last_heartbeat, \
+            "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.devices, w.last_heartbeat, \
              ARRAY(SELECT j.id FROM jobs j WHERE j.lease_worker = w.id AND j.state = 'running' ORDER BY j.id) \
              AS running_jobs FROM workers w ORDER BY w.last_heartbeat DESC LIMIT 1000",
         )
@@ -210,6 +211,7 @@ impl LeaseStore for PgStore {
                     gpus: r.gpus,
                     datasets: r.datasets,
                     labels: r.labels,
+                    devices: r.devices.max(1) as u32,
                 },
                 last_heartbeat: r.last_heartbeat,
                 running_jobs: r.running_jobs,
@@ -223,13 +225,13 @@ impl LeaseStore for PgStore {
     }
 
     async fn worker_class(&self, worker: Uuid) -> StoreResult<WorkerClass> {
-        let row: Option<(String, Vec<String>, serde_json::Value)> =
-            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = $1")
+        let row: Option<(String, Vec<String>, serde_json::Value, i32)> =
+            sqlx::query_as("SELECT device_kind, datasets, labels, devices FROM workers WHERE id = $1")
                 .bind(worker)
                 .fetch_optional(&self.pool)
                 .await?;
-        let (device_kind, datasets, labels) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
-        Ok(WorkerClass::new(device_kind, datasets, &labels))
+        let (device_kind, datasets, labels, devices) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
+        Ok(WorkerClass::new(device_kind, datasets, &labels, devices.max(1) as u32))
     }
 
     async fn claim_batch(
@@ -250,7 +252,8 @@ impl LeaseStore for PgStore {
             .bind(workers.len() as i64)
             .bind(cap)
             .bind(workers)
-            .bind(lease_secs(lease));
+            .bind(lease_secs(lease))
+            .bind(class.devices as i32);
         let claimed: Vec<ClaimedRecord> = if cap.is_some() {
             // The per-user cap counts running jobs: claims under a cap take
             // turns across coordinators, so two cannot both start an owner's
@@ -520,10 +523,10 @@ async fn write_worker(
     credential_id: Option<i64>,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id, devices) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (id) DO UPDATE SET name = $2, hostname = $3, device_kind = $4, gpus = $5, datasets = $6, labels = $7, \
-           session_sha256 = $8, credential_id = $9, registered_at = now(), last_heartbeat = now()",
+           session_sha256 = $8, credential_id = $9, devices = $10, registered_at = now(), last_heartbeat = now()",
     )
     .bind(id)
     .bind(&w.name)
@@ -534,6 +537,7 @@ async fn write_worker(
     .bind(&w.labels)
     .bind(session_sha256)
     .bind(credential_id)
+    .bind(w.devices as i32)
     .execute(&mut **tx)
     .await?;
     Ok(())

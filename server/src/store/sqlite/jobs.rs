@@ -21,7 +21,7 @@ async fn insert_job(tx: &mut Tx, job: &NewJob, experiment_id: Option<i64>, node:
     let spec = serde_json::to_string(&job.spec).expect("a JobSpec always serialises");
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO jobs (name, owner, stage, dataset, device, spec, state, priority, max_attempts, experiment_id, node, created_at, \
-         require_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+         require_labels, gpus) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
     )
     .bind(&job.name)
     .bind(&job.owner)
@@ -35,6 +35,7 @@ async fn insert_job(tx: &mut Tx, job: &NewJob, experiment_id: Option<i64>, node:
     .bind(node)
     .bind(now_us())
     .bind(Json(&job.spec.require_labels))
+    .bind(job.spec.gpus as i64)
     .fetch_one(tx.conn())
     .await?;
     for parent in parents {
@@ -246,12 +247,14 @@ impl JobStore for SqliteStore {
             "SELECT count(*) FROM workers w WHERE w.last_heartbeat > ?1 \
              AND (?2 = 'any' OR w.device_kind = ?2) AND EXISTS (SELECT 1 FROM json_each(w.datasets) WHERE value = ?3) \
              AND NOT EXISTS (SELECT 1 FROM json_each(?4) r \
-                             WHERE NOT EXISTS (SELECT 1 FROM json_each(w.labels) l WHERE l.key = r.key AND l.value = r.value))",
+                             WHERE NOT EXISTS (SELECT 1 FROM json_each(w.labels) l WHERE l.key = r.key AND l.value = r.value)) \
+             AND w.devices >= ?5",
         )
         .bind(now_us() - lease_us(live_within))
         .bind(job.spec.device.as_str())
         .bind(&job.spec.dataset)
         .bind(Json(&job.spec.require_labels))
+        .bind(job.spec.gpus as i64)
         .fetch_one(&self.reader)
         .await?;
         let (ahead,): (i64,) = sqlx::query_as(

@@ -81,11 +81,12 @@ impl LeaseStore for SqliteStore {
             gpus: Json<Vec<String>>,
             datasets: Json<Vec<String>>,
             labels: Json<serde_json::Value>,
+            devices: i64,
             last_heartbeat: i64,
             running_jobs: Json<Vec<i64>>,
         }
         let recs: Vec<Rec> = sqlx::query_as(
-            "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.last_heartbeat, \
+            "SELECT w.id, w.name, w.hostname, w.device_kind, w.gpus, w.datasets, w.labels, w.devices, w.last_heartbeat, \
              (SELECT json_group_array(id) FROM (SELECT j.id FROM jobs j WHERE j.lease_worker = w.id AND j.state = 'running' ORDER BY j.id)) \
              AS running_jobs FROM workers w ORDER BY w.last_heartbeat DESC LIMIT 1000",
         )
@@ -102,6 +103,7 @@ impl LeaseStore for SqliteStore {
                     gpus: r.gpus.0,
                     datasets: r.datasets.0,
                     labels: r.labels.0,
+                    devices: r.devices.max(1) as u32,
                 },
                 last_heartbeat: time(r.last_heartbeat),
                 running_jobs: r.running_jobs.0,
@@ -119,8 +121,11 @@ impl LeaseStore for SqliteStore {
         // owner's is found by walking `jobs_queued_by_owner` until a job fits,
         // and only those few are ordered. The worker's device and data sets
         // are bound once as constants.
-        let (device_kind, datasets, labels): (String, String, String) =
-            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = ?1").bind(worker).fetch_one(tx.conn()).await?;
+        let (device_kind, datasets, labels, devices): (String, String, String, i64) =
+            sqlx::query_as("SELECT device_kind, datasets, labels, devices FROM workers WHERE id = ?1")
+                .bind(worker)
+                .fetch_one(tx.conn())
+                .await?;
         let next: Option<(i64,)> = sqlx::query_as(
             "WITH running AS MATERIALIZED (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner), \
              owners AS (SELECT DISTINCT owner FROM jobs WHERE state = 'queued'), \
@@ -128,6 +133,7 @@ impl LeaseStore for SqliteStore {
                  (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.owner = o.owner \
                     AND (j.device = 'any' OR j.device = ?1) \
                     AND j.dataset IN (SELECT value FROM json_each(?2)) \
+                    AND j.gpus <= ?5 \
                     AND NOT EXISTS (SELECT 1 FROM json_each(j.require_labels) r \
                                     WHERE NOT EXISTS (SELECT 1 FROM json_each(?4) l WHERE l.key = r.key AND l.value = r.value)) \
                     AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.parent_id \
@@ -143,6 +149,7 @@ impl LeaseStore for SqliteStore {
         .bind(&datasets)
         .bind(policy.max_running_per_user.map(i64::from))
         .bind(&labels)
+        .bind(devices)
         .fetch_optional(tx.conn())
         .await?;
         let Some((job_id,)) = next else {
@@ -191,13 +198,13 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn worker_class(&self, worker: Uuid) -> StoreResult<WorkerClass> {
-        let row: Option<(String, Json<Vec<String>>, Json<serde_json::Value>)> =
-            sqlx::query_as("SELECT device_kind, datasets, labels FROM workers WHERE id = ?1")
+        let row: Option<(String, Json<Vec<String>>, Json<serde_json::Value>, i64)> =
+            sqlx::query_as("SELECT device_kind, datasets, labels, devices FROM workers WHERE id = ?1")
                 .bind(worker)
                 .fetch_optional(&self.reader)
                 .await?;
-        let (device_kind, datasets, labels) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
-        Ok(WorkerClass::new(device_kind, datasets.0, &labels.0))
+        let (device_kind, datasets, labels, devices) = row.ok_or_else(|| StoreError::NotFound(format!("worker {worker}")))?;
+        Ok(WorkerClass::new(device_kind, datasets.0, &labels.0, devices.max(1) as u32))
     }
 
     async fn heartbeat(&self, worker: Uuid, running: &[AttemptRef], lease: Duration) -> StoreResult<HeartbeatReply> {
@@ -354,9 +361,9 @@ async fn insert_worker(tx: &mut Tx, w: &NewWorker, session_sha256: &str, credent
 async fn write_worker(tx: &mut Tx, id: Uuid, w: &NewWorker, session_sha256: &str, credential_id: Option<i64>, now: i64) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO workers (id, name, hostname, device_kind, gpus, datasets, labels, session_sha256, credential_id, \
-         registered_at, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) \
+         registered_at, last_heartbeat, devices) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11) \
          ON CONFLICT (id) DO UPDATE SET name = ?2, hostname = ?3, device_kind = ?4, gpus = ?5, datasets = ?6, labels = ?7, \
-           session_sha256 = ?8, credential_id = ?9, registered_at = ?10, last_heartbeat = ?10",
+           session_sha256 = ?8, credential_id = ?9, registered_at = ?10, last_heartbeat = ?10, devices = ?11",
     )
     .bind(id)
     .bind(&w.name)
@@ -368,6 +375,7 @@ async fn write_worker(tx: &mut Tx, id: Uuid, w: &NewWorker, session_sha256: &str
     .bind(session_sha256)
     .bind(credential_id)
     .bind(now)
+    .bind(w.devices as i64)
     .execute(tx.conn())
     .await?;
     Ok(())

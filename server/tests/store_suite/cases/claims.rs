@@ -152,6 +152,28 @@ pub async fn a_job_requiring_labels_goes_only_to_a_worker_carrying_each_of_them(
     assert_eq!(s.worker_class(h100).await.unwrap().labels.get("gpu").map(String::as_str), Some("h100"));
 }
 
+pub async fn a_job_of_n_ranks_goes_only_to_a_worker_with_at_least_n_devices(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let with = |name: &str, devices: u32| NewWorker { devices, ..new_worker(name, "cpu", &["cifar10"]) };
+    let one = s.register_worker(with("one", 1), "session-one", None).await.unwrap();
+    let two = s.register_worker(with("two", 2), "session-two", None).await.unwrap();
+    let eight = s.register_worker(with("eight", 8), "session-eight", None).await.unwrap();
+    let ranks = |n: u32| camp_proto::JobSpec { gpus: n, ..spec() };
+    let four = submit(s, NewJob { spec: ranks(4), ..new_job("ada", "four ranks", 9) }).await.id;
+    let pair = submit(s, NewJob { spec: ranks(2), ..new_job("ada", "two ranks", 5) }).await.id;
+    let single = submit_as(s, "ada", "one rank", 0).await;
+
+    assert_eq!(s.worker_class(two).await.unwrap().devices, 2);
+    assert_ne!(s.worker_class(one).await.unwrap(), s.worker_class(two).await.unwrap(), "devices set classes apart");
+    let facts = s.queue_facts(four, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(facts.live_matching_workers, 1, "only eight could run four ranks");
+    assert_eq!(claimed_id(s, one, ClaimPolicy::default()).await, Some(single), "one device: past both multi-rank jobs");
+    assert_eq!(claimed_id(s, two, ClaimPolicy::default()).await, Some(pair), "two devices: past the four-rank job");
+    assert_eq!(claimed_id(s, eight, ClaimPolicy::default()).await, Some(four));
+    let listed = s.list_workers().await.unwrap();
+    assert_eq!(listed.iter().find(|w| w.id == eight).map(|w| w.new.devices), Some(8));
+}
+
 pub async fn a_batch_claim_shares_jobs_out_in_claim_order_one_job_per_worker(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let workers = [cpu_worker(s, "w1").await, cpu_worker(s, "w2").await, cpu_worker(s, "w3").await, cpu_worker(s, "w4").await];
