@@ -706,7 +706,7 @@ async function workersPage(app) {
     tbody.replaceChildren(...reply.workers.map((w) => el("tr", { dataset: { workerId: w.id, state: w.state, age: w.heartbeat_age_ms } },
       el("td", { class: "name" }, w.name),
       el("td", { class: "host" }, w.hostname),
-      el("td", { class: "device" }, w.device_kind + (w.gpus.length ? " · " + w.gpus.join(", ") : "")),
+      el("td", { class: "device" }, w.device_kind + (w.gpus.length ? " · " + w.gpus.join(", ") : "") + (w.devices > 1 ? " · " + w.devices + " devices" : "")),
       el("td", { class: "datasets" }, w.datasets.join(", ")),
       el("td", { class: "labels" }, Object.entries(w.labels || {}).map(([k, v]) => el("span", { class: "chip" }, k + "=" + v))),
       el("td", { class: "state" }, badge(w.state)),
