@@ -33,6 +33,12 @@ bench -b 512 --bits 4 --bf16 --channels-last
 bench -b 512 --bits 1 --bf16 --channels-last
 bench -b 128 --dualpath
 bench -b 512 --dualpath --bf16 --channels-last
+# The whole step captured in a CUDA graph and replayed; each first checks that five
+# replayed steps end where five eager ones do (exit 1 and the figure if not).
+bench -b 512 --bf16 --channels-last --cuda-graph
+bench -b 512 --bits 4 --bf16 --channels-last --cuda-graph
+bench -b 512 --bits 1 --bf16 --channels-last --cuda-graph
+bench -b 512 --dualpath --bf16 --channels-last --cuda-graph
 # The host's floor: at batch 16 the GPU is nearly idle, so a step takes what the
 # host needs to issue it. Step times close to batch 512's mean host-bound training.
 bench -b 16 --bits 4 --bf16 --channels-last
@@ -57,7 +63,7 @@ fi
 if [ "${BENCH:-1}" = 1 ]; then
   for n in 2 4; do
     echo "== $n slots"
-    timeout 180 "${worker[@]}" --slots "$n" bench -a preact_resnet20_cifar -b 128 --steps 60 --warmup-steps 10 --bf16 --channels-last --json \
+    timeout 180 "${worker[@]}" --slots "$n" bench -a preact_resnet20_cifar -b 128 --steps 60 --warmup-steps 10 --bf16 --channels-last --cuda-graph --json \
       | tee -a "$out/slots.jsonl"
   done
 fi

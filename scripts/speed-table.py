@@ -39,6 +39,7 @@ def main(bench_path, anchor_path):
         config = row["config"]
         net, batch = camp_net(config), config["batch"]
         setting = f"batch {batch}" + (", bf16" if config["bf16"] else "") + (", channels-last" if config["channels_last"] else "")
+        setting += ", CUDA graph" if config.get("cuda_graph") else ""
         camp = row["train_images_per_s"]
         peers = [a for a in anchors if a["net"] == net and a["batch"] == batch]
         best = max(peers, key=lambda a: a["images_per_s"], default=None)

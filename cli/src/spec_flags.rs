@@ -121,6 +121,9 @@ pub struct CommonArgs {
     /// the job runs on a worker with at least that many devices.
     #[arg(long, value_name = "N|I,J,...", value_parser = parse_gpus)]
     pub gpus: Option<u32>,
+    /// Capture the training step in a CUDA graph and replay it (needs --device cuda).
+    #[arg(long)]
+    pub cuda_graph: bool,
 }
 
 /// `--gpus N` or `--gpus 0,1,2,3` (the reference's list of device indices): the number of ranks.
@@ -310,6 +313,7 @@ impl CommonArgs {
         }
         spec.require_labels.extend(self.require_labels.iter().cloned());
         set(&mut spec.gpus, self.gpus);
+        spec.cuda_graph |= self.cuda_graph;
         check_spec(&spec)?;
         Ok(spec)
     }
@@ -349,6 +353,7 @@ pub fn spec_error_with_flag(err: SpecError) -> UsageError {
         "rl_task_reward" => "--rl-task-reward",
         "init_from" => "--init-from",
         "require_labels" => "--require-label",
+        "cuda_graph" => "--cuda-graph",
         other => return UsageError(format!("invalid spec: {other} (--{other}): {}", err.reason)),
     };
     UsageError(format!("invalid spec: {} ({flag}): {}", err.field, err.reason))
@@ -415,6 +420,9 @@ pub mod tests {
         assert!(twice.contains("device 0 is listed twice"), "{twice}");
         let word = parse(&["submit", "baseline", "-a", "preact_resnet20_cifar", "--gpus", "all"]).unwrap_err().to_string();
         assert!(word.contains("--gpus"), "{word}");
+        let graph = baseline(&["-a", "preact_resnet20_cifar", "--cuda-graph"]).to_spec().unwrap_err().to_string();
+        assert!(graph.contains("cuda_graph (--cuda-graph)") && graph.contains("device: cuda"), "{graph}");
+        assert!(baseline(&["-a", "preact_resnet20_cifar", "--cuda-graph", "--device", "cuda"]).to_spec().unwrap().cuda_graph);
         let zero = baseline(&["-a", "preact_resnet20_cifar", "--gpus", "0"]).to_spec().unwrap_err().to_string();
         assert!(zero.contains("gpus (--gpus)"), "{zero}");
     }

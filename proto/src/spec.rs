@@ -233,6 +233,8 @@ pub struct JobSpec {
     /// Data-parallel ranks, one per device of one worker, each training a
     /// shard of every batch; the global batch stays `batch_size`.
     pub gpus: u32,
+    /// Capture the training step in a CUDA graph and replay it (device cuda).
+    pub cuda_graph: bool,
 }
 
 impl Default for JobSpec {
@@ -268,6 +270,7 @@ impl Default for JobSpec {
             pact_weight_decay: None,
             require_labels: BTreeMap::new(),
             gpus: 1,
+            cuda_graph: false,
         }
     }
 }
@@ -402,6 +405,12 @@ impl JobSpec {
         if i64::from(self.gpus) > i64::from(self.batch_size) {
             return Err(invalid("gpus", format!("{} ranks cannot share a batch of {}", self.gpus, self.batch_size)));
         }
+        if self.cuda_graph && self.device != DeviceRequest::Cuda {
+            return Err(invalid("cuda_graph", "CUDA graphs capture GPU work: set device: cuda"));
+        }
+        if self.cuda_graph && self.gpus > 1 {
+            return Err(invalid("cuda_graph", "a step of several ranks (gpus > 1) is not captured: use one of them"));
+        }
         crate::limits::check_labels(&self.require_labels).map_err(|e| invalid("require_labels", e.to_string()))?;
         if self.init_from < 0 {
             return Err(invalid("init_from", format!("must be a job id, got {}", self.init_from)));
@@ -483,6 +492,7 @@ impl JobSpec {
             pact_weight_decay: p.pact_weight_decay,
             require_labels: p.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             gpus: p.gpus.max(1),
+            cuda_graph: p.cuda_graph,
         };
         Ok(spec)
     }
@@ -523,6 +533,7 @@ impl JobSpec {
             pact_weight_decay: self.pact_weight_decay,
             require_labels: self.require_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             gpus: self.gpus,
+            cuda_graph: self.cuda_graph,
         }
     }
 }
@@ -567,6 +578,15 @@ mod tests {
         assert_eq!(field_of(|p| p.batch_size = 0), "batch_size");
         assert_eq!(field_of(|p| p.batch_size = 1_000_000_000), "batch_size");
         assert_eq!(field_of(|p| p.gpus = 65), "gpus");
+        assert_eq!(field_of(|p| p.cuda_graph = true), "cuda_graph", "device any may be a CPU");
+        assert_eq!(
+            field_of(|p| {
+                p.cuda_graph = true;
+                p.device = "cuda".into();
+                p.gpus = 2
+            }),
+            "cuda_graph"
+        );
         assert_eq!(
             field_of(|p| {
                 p.gpus = 4;

@@ -296,7 +296,8 @@ mod tests {
             init_from: 9,
             pact_weight_decay: Some(0.001),
             require_labels: [("gpu".to_string(), "h100".to_string())].into_iter().collect(),
-            gpus: 2,
+            gpus: 1,
+            cuda_graph: true,
         };
         let names = [
             "stage",
@@ -329,6 +330,7 @@ mod tests {
             "pact_weight_decay",
             "require_labels",
             "gpus",
+            "cuda_graph",
         ];
         let shown = spec(&wire);
         let keys: Vec<&str> = shown.as_object().unwrap_or_else(|| panic!("{shown}")).keys().map(String::as_str).collect();

@@ -39,6 +39,9 @@ pub struct BenchConfig {
     pub dual_path: bool,
     /// Training steps to profile after the timed ones (0: none).
     pub profile_steps: usize,
+    /// Replay the training step from a CUDA graph (captured after the first
+    /// warm-up step), and check that replayed steps end where eager ones do.
+    pub cuda_graph: bool,
 }
 
 impl BenchConfig {
@@ -81,7 +84,17 @@ pub struct BenchReport {
     pub train_ms_per_step: f64,
     pub eval_images_per_s: f64,
     pub train_profile: Option<StepProfile>,
+    /// With `cuda_graph`: the largest difference between the weights after
+    /// `GRAPH_CHECK_STEPS` replayed steps and after as many eager ones, relative
+    /// to the weights' largest magnitude.
+    pub graph_max_rel_diff: Option<f64>,
 }
+
+/// Steps of the replayed-against-eager check.
+const GRAPH_CHECK_STEPS: usize = 5;
+/// What the check accepts: the same maths, but cuDNN may pick other algorithms
+/// for a captured step (benchmark mode), so not the same bits.
+pub const GRAPH_CHECK_TOLERANCE: f64 = 1e-3;
 
 /// Where a training step's time goes, from libtorch's profiler.
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +163,12 @@ impl fmt::Display for BenchReport {
         writeln!(f, "{:<8} {:>12} {:>10}", "phase", "images/s", "ms/step")?;
         writeln!(f, "{:<8} {:>12.0} {:>10.2}", "train", self.train_images_per_s, self.train_ms_per_step)?;
         write!(f, "{:<8} {:>12.0} {:>10.2}", "eval", self.eval_images_per_s, 1000.0 * c.batch as f64 / self.eval_images_per_s)?;
+        if let Some(diff) = self.graph_max_rel_diff {
+            write!(
+                f,
+                "\ntraining steps replayed from a CUDA graph; after {GRAPH_CHECK_STEPS} steps the weights are within {diff:e} of eager ones (relative; at most {GRAPH_CHECK_TOLERANCE:e} accepted)"
+            )?;
+        }
         let Some(p) = &self.train_profile else { return Ok(()) };
         write!(
             f,
@@ -179,8 +198,20 @@ fn synchronize(device: Device) {
 /// Times `config.steps` training steps (forward, backward, SGD) and as many
 /// evaluation steps on a 3x32x32, 10-class input.
 pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
+    if config.cuda_graph {
+        crate::cuda_graph::check(config.device)?;
+    }
     if config.device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let graph_max_rel_diff = match config.cuda_graph {
+        true => Some(graph_check(config)?),
+        false => None,
+    };
+    if let Some(diff) = graph_max_rel_diff.filter(|d| d.is_nan() || *d > GRAPH_CHECK_TOLERANCE) {
+        return Err(EngineError::Device(format!(
+            "cuda_graph: after {GRAPH_CHECK_STEPS} steps replayed weights differ from eager ones by {diff:e} (relative), over {GRAPH_CHECK_TOLERANCE:e}"
+        )));
     }
     let vs = VarStore::new(config.device);
     let options = ComputeOptions { bf16: config.bf16, channels_last: config.channels_last };
@@ -195,13 +226,21 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
         let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
         sgd.step(&loss, 0.01)
     };
-    for _ in 0..config.warmup_steps {
+    for _ in 0..config.warmup_steps.max(usize::from(config.cuda_graph)) {
         train_step()?;
     }
+    // With --cuda-graph the step is captured once (after a step that made the momentum) and replayed.
+    let mut graph = match config.cuda_graph {
+        true => Some(crate::cuda_graph::CudaGraph::capture(config.device, &mut train_step)?.0),
+        false => None,
+    };
     synchronize(config.device);
     let started = Instant::now();
     for _ in 0..config.steps {
-        train_step()?;
+        match graph.as_mut() {
+            Some(graph) => graph.replay()?,
+            None => train_step()?,
+        }
     }
     synchronize(config.device);
     let train_seconds = started.elapsed().as_secs_f64();
@@ -238,6 +277,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<BenchReport> {
         train_ms_per_step: 1000.0 * train_seconds / config.steps as f64,
         eval_images_per_s: images_timed / eval_seconds,
         train_profile,
+        graph_max_rel_diff,
     })
 }
 
@@ -271,7 +311,12 @@ pub fn run_bench_slots(config: &BenchConfig, slots: u32, device_arg: &str, threa
     }
     args.extend(["bench", "-a", &config.arch, "-b", &config.batch.to_string()].map(OsString::from));
     args.extend(["--steps".into(), config.steps.to_string().into(), "--warmup-steps".into(), config.warmup_steps.to_string().into()]);
-    for (on, flag) in [(config.bf16, "--bf16"), (config.channels_last, "--channels-last"), (config.dual_path, "--dualpath")] {
+    for (on, flag) in [
+        (config.bf16, "--bf16"),
+        (config.channels_last, "--channels-last"),
+        (config.dual_path, "--dualpath"),
+        (config.cuda_graph, "--cuda-graph"),
+    ] {
         if on {
             args.push(flag.into());
         }
@@ -313,4 +358,41 @@ impl fmt::Display for SlotsReport {
             self.single.train_images_per_s
         )
     }
+}
+
+/// Trains two copies of the network (same initial weights, same inputs) for
+/// `GRAPH_CHECK_STEPS` steps, one eagerly and one replaying a captured step,
+/// and returns how far apart their weights end (relative).
+fn graph_check(config: &BenchConfig) -> Result<f64> {
+    let spec = config.spec();
+    let options = ComputeOptions { bf16: config.bf16, channels_last: config.channels_last };
+    let images = Tensor::f_randn([config.batch, 3, 32, 32], (Kind::Float, config.device))?;
+    let labels = Tensor::f_randint(10, [config.batch], (Kind::Int64, config.device))?;
+    let build = || -> Result<(VarStore, Network, Sgd)> {
+        tch::manual_seed(7);
+        let vs = VarStore::new(config.device);
+        let model = Network::build(&vs.root(), &spec, &Precision::for_spec(&spec)?, 3, 10, options)?;
+        let sgd = Sgd::new(&vs, 0.9, 2e-4)?;
+        Ok((vs, model, sgd))
+    };
+    let step = |model: &Network, sgd: &mut Sgd| -> Result<()> {
+        let logits = model.forward(&images, true)?.logits;
+        let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
+        sgd.step(&loss, 0.01)
+    };
+    let (_eager_vs, eager_model, mut eager) = build()?;
+    for _ in 0..GRAPH_CHECK_STEPS {
+        step(&eager_model, &mut eager)?;
+    }
+    let (_graph_vs, graph_model, mut replayed) = build()?;
+    // The first step eagerly (it makes the momentum buffer), the rest replayed.
+    step(&graph_model, &mut replayed)?;
+    let (mut graph, ()) = crate::cuda_graph::CudaGraph::capture(config.device, || step(&graph_model, &mut replayed))?;
+    for _ in 1..GRAPH_CHECK_STEPS {
+        graph.replay()?;
+    }
+    synchronize(config.device);
+    let (a, b) = (eager.flat_params(), replayed.flat_params());
+    let scale = 1.0 + a.f_abs()?.f_max()?.f_double_value(&[])?;
+    Ok(a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])? / scale)
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod compute;
 mod csrc;
+pub mod cuda_graph;
 pub mod daemon;
 pub mod data;
 pub mod device;

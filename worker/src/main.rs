@@ -117,6 +117,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Capture the training step in a CUDA graph and replay it; first check
+        /// that replayed steps end where eager ones do (refused on the CPU).
+        #[arg(long)]
+        cuda_graph: bool,
     },
     /// Train one job from a YAML spec, with no coordinator; checkpoints go to --out.
     Run {
@@ -166,7 +170,7 @@ fn main() -> anyhow::Result<()> {
     }
     let device = parse_device(&cli.device).with_context(|| format!("--device {}", cli.device))?;
     match cli.command {
-        Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, profile, json }) => {
+        Some(Command::Bench { arch, batch, bf16, channels_last, bits, dualpath, steps, warmup_steps, profile, json, cuda_graph }) => {
             let config = BenchConfig {
                 arch,
                 batch,
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<()> {
                 bits,
                 dual_path: dualpath,
                 profile_steps: profile,
+                cuda_graph,
             };
             if cli.slots > 1 && cli.slot.is_none() {
                 let report = run_bench_slots(&config, cli.slots, &cli.device, cli.threads)?;

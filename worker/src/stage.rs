@@ -27,6 +27,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::checkpoint::{self, CheckpointMeta, EpochTotals};
 use crate::collective::RankOf;
 use crate::compute::ComputeOptions;
+use crate::cuda_graph::{self, CudaGraph};
 use crate::data::{Dataset, EpochPlan};
 use crate::error::{EngineError, Result};
 use crate::evaluation::{evaluate, Evaluation};
@@ -90,6 +91,9 @@ pub fn run_stage_ranked(
             reason: "the training or test split is empty".into(),
         });
     }
+    if spec.cuda_graph {
+        cuda_graph::check(device)?;
+    }
     if device.is_cuda() {
         // Fastest convolution algorithms for the fixed shapes; exactness is only promised on the CPU.
         tch::Cuda::cudnn_set_benchmark(true);
@@ -126,6 +130,7 @@ pub fn run_stage_ranked(
         train_images: 0,
         train_seconds: 0.0,
         ranks,
+        graphed: None,
     };
     if let Some(state) = resume {
         checkpoint::load_weights(&run.vs, &state.model)?;
@@ -210,6 +215,25 @@ struct Run<'a> {
     train_seconds: f64,
     /// Which shards of each batch this process trains, and with whom.
     ranks: Ranks,
+    /// The captured training step, with `spec.cuda_graph`.
+    graphed: Option<GraphedStep>,
+}
+
+/// One step's summed loss and hits, on the device.
+struct StepTotals {
+    loss_sum: Tensor,
+    correct: Tensor,
+}
+
+/// A training step captured in a CUDA graph, with the buffers it reads and writes.
+struct GraphedStep {
+    graph: CudaGraph,
+    /// The lr the update was captured with.
+    lr: f64,
+    images: Tensor,
+    labels: Tensor,
+    /// Rewritten by each replay.
+    totals: StepTotals,
 }
 
 /// Running sums of an epoch, kept on the device so that a step needs no sync.
@@ -225,6 +249,14 @@ impl DeviceTotals {
             loss_sum: Tensor::f_from_slice(&[from.loss_sum])?.f_to_device(device)?,
             correct: Tensor::f_from_slice(&[from.correct])?.f_to_device(device)?,
             seen: from.seen,
+        })
+    }
+
+    fn add(&mut self, step: &StepTotals) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            let _ = self.loss_sum.f_add_(&step.loss_sum)?;
+            let _ = self.correct.f_add_(&step.correct)?;
+            Ok(())
         })
     }
 
@@ -347,24 +379,32 @@ impl Run<'_> {
             let step_started = Instant::now();
             let start = self.step_in_epoch * batch;
             let len = batch.min(n - start);
-            let mut gradient: Option<Tensor> = None;
-            for of in &shards {
-                let (offset, shard_len) = of.shard(len);
-                if shard_len == 0 {
-                    continue;
+            // A full batch once the optimiser has its momentum: captured once per lr, then replayed.
+            if spec.cuda_graph && len == batch && sgd.flat_momentum().is_some() {
+                self.graphed_step(sgd, &plan, start, len, lr, &mut totals)?;
+            } else {
+                let mut gradient: Option<Tensor> = None;
+                for of in &shards {
+                    let (offset, shard_len) = of.shard(len);
+                    if shard_len == 0 {
+                        continue;
+                    }
+                    let (images, labels) = self.data.train_batch(&plan, start + offset, shard_len)?;
+                    self.seed_step(*of)?;
+                    let (g, step_totals) = self.shard_gradient(sgd, &images, &labels, shard_len, len)?;
+                    totals.add(&step_totals)?;
+                    gradient = Some(match gradient {
+                        Some(mut sum) => sum.f_add_(&g)?,
+                        None => g,
+                    });
                 }
-                let g = self.shard_gradient(sgd, &plan, *of, start + offset, shard_len, len, &mut totals)?;
-                gradient = Some(match gradient {
-                    Some(mut sum) => sum.f_add_(&g)?,
-                    None => g,
-                });
+                let gradient = match gradient {
+                    Some(g) => g,
+                    None => sgd.zero_gradient()?,
+                };
+                self.ranks.sum_gradient(&gradient)?;
+                sgd.update(gradient, lr)?;
             }
-            let gradient = match gradient {
-                Some(g) => g,
-                None => sgd.zero_gradient()?,
-            };
-            self.ranks.sum_gradient(&gradient)?;
-            sgd.update(gradient, lr)?;
             totals.seen += len;
             self.step_in_epoch += 1;
             self.global_step += 1;
@@ -401,36 +441,31 @@ impl Run<'_> {
         Ok((EpochEnd::Finished, control))
     }
 
-    /// Back-propagates the loss of rank `of`'s shard (`shard_len` images at
-    /// `at` of the epoch's plan, in a batch of `len`): the shard's gradient,
-    /// weighted by its share of the batch so that the ranks' gradients sum to
-    /// the batch mean's. Adds the shard's loss and hits to `totals`.
-    #[allow(clippy::too_many_arguments)]
-    fn shard_gradient(
-        &mut self,
-        sgd: &Sgd,
-        plan: &EpochPlan,
-        of: RankOf,
-        at: i64,
-        shard_len: i64,
-        len: i64,
-        totals: &mut DeviceTotals,
-    ) -> Result<Tensor> {
-        let spec = self.spec;
-        let (images, labels) = self.data.train_batch(plan, at, shard_len)?;
-        if spec.stage == Stage::Rl {
-            // The gates' actions are a function of (seed, step, rank), so a resumed run samples alike;
-            // rank r takes the step stream's (r+1)-th number (rank 0, as a single process, the first).
-            let mut stream = SplitMix64::for_stream(spec.seed, self.global_step as u64);
+    /// Seeds the generator for this step's sampling in stage rl: the gates'
+    /// actions are a function of (seed, step, rank), so a resumed run samples
+    /// alike; rank r takes the step stream's (r+1)-th number (rank 0, as a
+    /// single process, the first).
+    fn seed_step(&self, of: RankOf) -> Result<()> {
+        if self.spec.stage == Stage::Rl {
+            let mut stream = SplitMix64::for_stream(self.spec.seed, self.global_step as u64);
             let mut draw = stream.next_u64();
             for _ in 0..of.rank {
                 draw = stream.next_u64();
             }
             tch::manual_seed(draw as i64);
         }
-        let forward = self.network.forward(&images, true)?;
+        Ok(())
+    }
+
+    /// Back-propagates the loss of a shard of `shard_len` images in a batch of
+    /// `len`: the shard's gradient, weighted by its share of the batch so that
+    /// the ranks' gradients sum to the batch mean's, and the shard's summed
+    /// loss and hits (new tensors: under capture, the graph's outputs).
+    fn shard_gradient(&mut self, sgd: &Sgd, images: &Tensor, labels: &Tensor, shard_len: i64, len: i64) -> Result<(Tensor, StepTotals)> {
+        let spec = self.spec;
+        let forward = self.network.forward(images, true)?;
         let logits = &forward.logits;
-        let task_loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)?;
+        let task_loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)?;
         let loss = if spec.stage == Stage::Rl {
             let actions: Vec<Tensor> = forward.gates.iter().map(|g| g.mask.shallow_clone()).collect();
             let log_probs = forward
@@ -440,7 +475,7 @@ impl Run<'_> {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| EngineError::Model("stage rl: a gate sampled no action".into()))?;
             let knobs = Reinforce { alpha: spec.alpha, gamma: spec.gamma, rl_weight: spec.rl_weight, task_reward: spec.rl_task_reward };
-            task_loss.f_add(&rl_loss(logits, &labels, &actions, &log_probs, knobs)?)?
+            task_loss.f_add(&rl_loss(logits, labels, &actions, &log_probs, knobs)?)?
         } else {
             task_loss.shallow_clone()
         };
@@ -448,13 +483,45 @@ impl Run<'_> {
             true => sgd.gradient(&loss)?,
             false => sgd.gradient(&loss.f_mul_scalar(shard_len as f64 / len as f64)?)?,
         };
-        tch::no_grad(|| -> Result<()> {
+        let totals = tch::no_grad(|| -> Result<StepTotals> {
             // The epoch's train loss is the task's cross-entropy in every stage.
-            let _ = totals.loss_sum.f_add_(&task_loss.f_to_kind(Kind::Double)?.f_mul_scalar(shard_len)?)?;
-            let _ = totals.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&labels)?.f_sum(Kind::Int64)?)?;
-            Ok(())
+            Ok(StepTotals {
+                loss_sum: task_loss.f_to_kind(Kind::Double)?.f_mul_scalar(shard_len)?,
+                correct: logits.f_argmax(1, false)?.f_eq_tensor(labels)?.f_sum(Kind::Int64)?,
+            })
         })?;
-        Ok(gradient)
+        Ok((gradient, totals))
+    }
+
+    /// One full-batch step through a CUDA graph (`spec.cuda_graph`): the batch
+    /// is copied into the graph's static buffers and the captured forward,
+    /// backward and update are replayed. The graph is captured at the first such
+    /// step and again whenever the lr changes (it is part of the captured update).
+    fn graphed_step(&mut self, sgd: &mut Sgd, plan: &EpochPlan, start: i64, len: i64, lr: f64, totals: &mut DeviceTotals) -> Result<()> {
+        let (images, labels) = self.data.train_batch(plan, start, len)?;
+        self.seed_step(RankOf::SOLE)?;
+        match self.graphed.as_mut() {
+            Some(step) if step.lr == lr => {
+                step.images.f_copy_(&images)?;
+                step.labels.f_copy_(&labels)?;
+                step.graph.replay()?;
+            }
+            _ => {
+                self.graphed = None;
+                // Static buffers made outside the graph: the copies of later batches land in them.
+                let (static_images, static_labels) = (images.f_detach_copy()?, labels.f_detach_copy()?);
+                let device = self.data.device();
+                let (mut graph, step_totals) = CudaGraph::capture(device, || {
+                    let (gradient, step_totals) = self.shard_gradient(sgd, &static_images, &static_labels, len, len)?;
+                    sgd.update(gradient, lr)?;
+                    Ok(step_totals)
+                })?;
+                graph.replay()?;
+                self.graphed = Some(GraphedStep { graph, lr, images: static_images, labels: static_labels, totals: step_totals });
+            }
+        }
+        let step = self.graphed.as_ref().expect("captured above");
+        totals.add(&step.totals)
     }
 
     /// The epoch's sums over every rank (a collective: every rank calls it at the same step).

@@ -193,6 +193,7 @@ fn tiny_bench(batch: i64, steps: usize, bits: Option<u32>, profile_steps: usize)
         bits,
         dual_path: false,
         profile_steps,
+        cuda_graph: false,
     };
     camp_worker::bench::run_bench(&config).unwrap()
 }

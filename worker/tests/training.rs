@@ -146,6 +146,17 @@ fn cancel_and_abandon_stop_without_writing_and_a_foreign_spec_is_refused() {
 }
 
 #[test]
+fn a_cuda_graph_job_on_the_cpu_is_refused_before_it_trains() {
+    let _serial = serial();
+    let dir = fashion_dir(32, 16);
+    let spec = camp_proto::JobSpec { cuda_graph: true, device: camp_proto::spec::DeviceRequest::Cuda, ..tiny_spec(1) };
+    let mut rec = Recorder::default();
+    let error = run_stage(&valid(&spec), dir.path(), Device::Cpu, None, None, &mut rec).err().expect("refused").to_string();
+    assert!(error.contains("cuda_graph") && error.contains("on the CPU"), "{error}");
+    assert!(rec.metrics.is_empty() && rec.checkpoints.is_empty(), "nothing trained, nothing written");
+}
+
+#[test]
 fn local_run_writes_checkpoints_and_summary_and_resumes() {
     let _serial = serial();
     let dir = fashion_dir(64, 16);
