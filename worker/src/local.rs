@@ -71,10 +71,10 @@ pub fn run_local(
         Some(path) => Some(std::fs::read(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?),
         None => None,
     };
-    let (resume_bytes, init_bytes) = (resume_bytes.as_deref(), init_bytes.as_deref());
+    let input = stage::StageInput { spec: &spec, data_dir, device, resume: resume_bytes.as_deref(), init: init_bytes.as_deref() };
     let outcome = match one_process {
-        true => stage::run_stage(&spec, data_dir, device, resume_bytes, init_bytes, &mut observer)?,
-        false => parallel::run_lead(&spec, data_dir, device, resume_bytes, init_bytes, &mut observer, Some(out_dir))?,
+        true => stage::run_stage_ranked(&input, &mut observer, crate::ranks::Ranks::Local)?,
+        false => parallel::run_lead(&input, &mut observer, Some(out_dir))?,
     };
     if let StageOutcome::Completed(summary) = &outcome {
         let path = out_dir.join(SUMMARY_FILE);

@@ -35,6 +35,7 @@ use crate::collective::Rendezvous;
 use crate::error::{EngineError, Result};
 use crate::observer::Observer;
 use crate::ranks::{FollowerObserver, Ranks};
+use crate::stage::{run_stage_ranked, StageInput};
 
 /// How long ranks wait for each other in a collective. Rank 0 evaluates and
 /// uploads a checkpoint at each epoch's end while the others wait in the next
@@ -82,15 +83,8 @@ impl Followers {
     /// devices after `device`, hands them the spec and the checkpoint bytes to
     /// start from, and waits until each has loaded them. Returns rank 0's
     /// store, to join as rank 0 at once.
-    pub fn launch(
-        spec: &ValidSpec,
-        data_dir: &Path,
-        device: Device,
-        resume: Option<&[u8]>,
-        init: Option<&[u8]>,
-        rank_out: Option<&Path>,
-        threads: i32,
-    ) -> Result<(Rendezvous, Followers)> {
+    pub fn launch(input: &StageInput, rank_out: Option<&Path>, threads: i32) -> Result<(Rendezvous, Followers)> {
+        let StageInput { spec, data_dir, device, resume, init } = *input;
         let world = i64::from(spec.gpus);
         let dir = tempfile::Builder::new()
             .prefix("camp-ranks-")
@@ -222,7 +216,8 @@ pub fn run_follower(args: &FollowerArgs, data_dir: &Path, device: Device) -> Res
     println!("{READY}");
     let group = store.join(args.rank)?;
     let mut observer = FollowerObserver { out: args.out.clone() };
-    crate::stage::run_stage_ranked(&spec, data_dir, device, resume.as_deref(), init.as_deref(), &mut observer, Ranks::Group(group))?;
+    let input = StageInput { spec: &spec, data_dir, device, resume: resume.as_deref(), init: init.as_deref() };
+    run_stage_ranked(&input, &mut observer, Ranks::Group(group))?;
     Ok(())
 }
 
@@ -230,26 +225,19 @@ pub fn run_follower(args: &FollowerArgs, data_dir: &Path, device: Device) -> Res
 /// a job of N ranks with ranks 1..N started beside it ([`Followers`]), on the
 /// CPU each with its share of the cores. `rank_out`: a folder where each
 /// other rank writes its final state as `rank-R.safetensors`.
-pub fn run_lead(
-    spec: &ValidSpec,
-    data_dir: &Path,
-    device: Device,
-    resume: Option<&[u8]>,
-    init: Option<&[u8]>,
-    observer: &mut dyn Observer,
-    rank_out: Option<&Path>,
-) -> Result<crate::observer::StageOutcome> {
+pub fn run_lead(input: &StageInput, observer: &mut dyn Observer, rank_out: Option<&Path>) -> Result<crate::observer::StageOutcome> {
+    let (spec, device) = (input.spec, input.device);
     if spec.gpus == 1 {
-        return crate::stage::run_stage(spec, data_dir, device, resume, init, observer);
+        return run_stage_ranked(input, observer, Ranks::Local);
     }
     let world = i64::from(spec.gpus);
     let threads = tch::get_num_threads();
     let per_rank = if device.is_cuda() { threads } else { threads_per_rank(world) };
     tch::set_num_threads(per_rank);
     let mut run = || {
-        let (store, mut followers) = Followers::launch(spec, data_dir, device, resume, init, rank_out, per_rank)?;
+        let (store, mut followers) = Followers::launch(input, rank_out, per_rank)?;
         let group = store.join(0)?;
-        match crate::stage::run_stage_ranked(spec, data_dir, device, resume, init, observer, Ranks::Group(group)) {
+        match run_stage_ranked(input, observer, Ranks::Group(group)) {
             Ok(outcome) => {
                 followers.wait()?;
                 Ok(outcome)

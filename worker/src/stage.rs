@@ -54,20 +54,24 @@ pub fn run_stage(
     init: Option<&[u8]>,
     observer: &mut dyn Observer,
 ) -> Result<StageOutcome> {
-    run_stage_ranked(spec, data_dir, device, resume, init, observer, Ranks::Local)
+    run_stage_ranked(&StageInput { spec, data_dir, device, resume, init }, observer, Ranks::Local)
+}
+
+/// What a run starts from: [`run_stage`]'s arguments, handed on whole to each
+/// rank of a data-parallel run (crate::parallel).
+#[derive(Clone, Copy)]
+pub struct StageInput<'a> {
+    pub spec: &'a ValidSpec,
+    pub data_dir: &'a Path,
+    pub device: Device,
+    pub resume: Option<&'a [u8]>,
+    pub init: Option<&'a [u8]>,
 }
 
 /// [`run_stage`] as one rank of a data-parallel run (crate::parallel): rank 0
 /// reports to `observer`; the others train alongside it and report nothing.
-pub fn run_stage_ranked(
-    spec: &ValidSpec,
-    data_dir: &Path,
-    device: Device,
-    resume: Option<&[u8]>,
-    init: Option<&[u8]>,
-    observer: &mut dyn Observer,
-    ranks: Ranks,
-) -> Result<StageOutcome> {
+pub fn run_stage_ranked(input: &StageInput, observer: &mut dyn Observer, ranks: Ranks) -> Result<StageOutcome> {
+    let StageInput { spec, data_dir, device, resume, init } = *input;
     let spec: &JobSpec = spec;
     if let Ranks::Group(group) = &ranks {
         if group.rank_of().world != i64::from(spec.gpus) {

@@ -19,6 +19,7 @@ use super::DaemonConfig;
 use crate::error::EngineError;
 use crate::observer::StageOutcome;
 use crate::parallel;
+use crate::stage::StageInput;
 
 /// Why an attempt failed (its text becomes the job's message).
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,8 @@ async fn prepare_and_train(
     let trainer = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            parallel::run_lead(&spec, &data_dir, device, resume.as_deref(), init.as_deref(), &mut observer, None)
+            let input = StageInput { spec: &spec, data_dir: &data_dir, device, resume: resume.as_deref(), init: init.as_deref() };
+            parallel::run_lead(&input, &mut observer, None)
         }));
         drop(observer);
         match run {
